@@ -1,0 +1,3 @@
+from adlib.cli import main
+
+raise SystemExit(main())
