@@ -1,0 +1,292 @@
+"""Result tables and figures with provenance, the papers' printed numbers, paper-vs-reproduced tables.
+
+Every table is in one long format (values in percent, as the papers print them):
+`dataset, method, setting, level, metric, value`; reproduced tables add `profile, backbone, data`.
+
+Files (relative to the output root, which is the repository root unless `root=` or `$ADLIB_OUTPUT_ROOT`
+says otherwise):
+    results/<profile>/<paper>/<name>.csv        + <name>.meta.json (provenance and parameters)
+    figures/<profile>/<paper>/<name>.png        + <name>.meta.json
+    results/paper/<paper>/<name>.csv            the paper's printed numbers
+
+Everything is written atomically (temp file in the same folder, then `os.replace`), so an interrupted
+run never leaves a half-written file. When `$ADLIB_RUN_LOG` names a file (`adlib reproduce` sets it for
+each notebook), every written path is appended to it as one JSON line, which the run record lists.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from contextlib import contextmanager
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Iterator
+
+import pandas as pd
+
+KEY_COLUMNS = ["dataset", "method", "setting", "level", "metric"]
+TABLE_COLUMNS = KEY_COLUMNS + ["value"]
+PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
+LEVELS = ("image", "pixel", "model")
+METRICS = (
+    "auroc", "f1max", "ap", "aupro", "mad", "params_m", "fps", "flops_g", "train_s",
+    "n_categories", "train_normal", "test_normal", "test_abnormal",
+)
+PACKAGES = (
+    "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib",
+    "pillow", "papermill", "mamba-ssm", "mambapy",
+)
+RUN_LOG_ENV = "ADLIB_RUN_LOG"
+OUTPUT_ROOT_ENV = "ADLIB_OUTPUT_ROOT"
+FOOTER_GID = "adlib-footer"
+
+
+class TableFormatError(ValueError):
+    """A table does not follow the long format."""
+
+
+# ----------------------------------------------------------------------------------------- locations
+def repo_root() -> Path:
+    """The repository (or source tree) that holds the `adlib` package."""
+    return Path(__file__).resolve().parent.parent
+
+
+def output_root(root: str | os.PathLike | None = None) -> Path:
+    """Where results/ and figures/ live: `root`, else `$ADLIB_OUTPUT_ROOT`, else the repository root."""
+    if root is not None:
+        return Path(root)
+    env = os.environ.get(OUTPUT_ROOT_ENV)
+    return Path(env) if env else repo_root()
+
+
+def table_path(paper: str, name: str, *, profile: str, root: str | os.PathLike | None = None) -> Path:
+    return output_root(root) / "results" / profile / paper / f"{name}.csv"
+
+
+def figure_path(paper: str, name: str, *, profile: str, root: str | os.PathLike | None = None) -> Path:
+    return output_root(root) / "figures" / profile / paper / f"{name}.png"
+
+
+def paper_table_path(paper: str, name: str, root: str | os.PathLike | None = None) -> Path:
+    return output_root(root) / "results" / "paper" / paper / f"{name}.csv"
+
+
+def meta_path(path: Path) -> Path:
+    """The sidecar of a table or figure: `<name>.meta.json` beside it."""
+    return path.with_name(path.stem + ".meta.json")
+
+
+# ----------------------------------------------------------------------------------------- atomic IO
+@contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's folder; on success it replaces `path` in one step."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o644)
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def _log_written(path: Path, kind: str) -> None:
+    log = os.environ.get(RUN_LOG_ENV)
+    if not log:
+        return
+    line = json.dumps({"path": str(Path(path).resolve()), "kind": kind, "time": time.time()})
+    with open(log, "a", encoding="utf-8") as handle:  # one short line per write: appends do not interleave
+        handle.write(line + "\n")
+
+
+# ----------------------------------------------------------------------------------------- provenance
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=repo_root(), capture_output=True, text=True, timeout=10)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def git_revision() -> dict:
+    """`{"commit": sha or None, "dirty": bool or None}` for the source tree of this package."""
+    commit = _git("rev-parse", "HEAD")
+    status = _git("status", "--porcelain", "--untracked-files=no") if commit else None
+    return {"commit": commit, "dirty": None if status is None else bool(status)}
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def provenance(**extra: Any) -> dict:
+    """Git revision, adlib and package versions, Python, platform, host, time, plus `extra` (e.g. device)."""
+    from adlib import __version__
+
+    record = {
+        "git": git_revision(),
+        "adlib": __version__,
+        "packages": package_versions(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "host": platform.node(),
+        "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "argv": list(sys.argv),
+    }
+    record.update(extra)
+    return record
+
+
+# ----------------------------------------------------------------------------------------- tables
+def check_table(df: pd.DataFrame, what: str = "table") -> pd.DataFrame:
+    """Check the long format; returns a copy with `value` as float. Raises TableFormatError."""
+    if not isinstance(df, pd.DataFrame):
+        raise TableFormatError(f"{what}: expected a pandas DataFrame, got {type(df).__name__}")
+    missing = [c for c in TABLE_COLUMNS if c not in df.columns]
+    if missing:
+        raise TableFormatError(
+            f"{what}: missing columns {missing}; expected long format with columns {TABLE_COLUMNS}"
+        )
+    bad_levels = sorted(set(df["level"].astype(str)) - set(LEVELS))
+    if bad_levels:
+        raise TableFormatError(f"{what}: column 'level' has {bad_levels}; expected one of {list(LEVELS)}")
+    bad_metrics = sorted(set(df["metric"].astype(str)) - set(METRICS))
+    if bad_metrics:
+        raise TableFormatError(f"{what}: column 'metric' has {bad_metrics}; expected one of {list(METRICS)}")
+    out = df.copy()
+    try:
+        out["value"] = pd.to_numeric(out["value"], errors="raise").astype(float)
+    except (ValueError, TypeError) as exc:
+        raise TableFormatError(f"{what}: column 'value' must be numeric (percent): {exc}") from None
+    for column in KEY_COLUMNS:
+        out[column] = out[column].astype(str)
+    duplicated = out.duplicated(KEY_COLUMNS + [c for c in PROVENANCE_COLUMNS if c in out.columns])
+    if duplicated.any():
+        rows = out.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
+        raise TableFormatError(f"{what}: duplicated rows for the same {KEY_COLUMNS}, e.g. {rows}")
+    return out
+
+
+def _stamp_columns(df: pd.DataFrame, profile: str, backbone: str, data: str) -> pd.DataFrame:
+    """Add profile/backbone/data columns; values already in the table (per row) take precedence."""
+    out = df.copy()
+    for column, value in zip(PROVENANCE_COLUMNS, (profile, backbone, data)):
+        if column in out.columns:
+            out[column] = out[column].where(out[column].notna(), value)
+        else:
+            out[column] = value
+    extra = [c for c in out.columns if c not in TABLE_COLUMNS + PROVENANCE_COLUMNS]
+    return out[TABLE_COLUMNS + PROVENANCE_COLUMNS + extra]
+
+
+def _sidecar(path: Path, kind: str, paper: str, name: str, profile: str, backbone: str, data: str,
+             params: dict | None, extra: dict | None = None) -> None:
+    record = {
+        "kind": kind, "paper": paper, "name": name, "file": path.name,
+        "profile": profile, "backbone": backbone, "data": data,
+        "params": dict(params or {}),
+        "provenance": provenance(),
+    }
+    record.update(extra or {})
+    atomic_write_json(meta_path(path), record)
+    _log_written(meta_path(path), "meta")
+
+
+def write_table(df: pd.DataFrame, paper: str, name: str, *, profile: str, backbone: str, data: str,
+                params: dict | None = None, root: str | os.PathLike | None = None) -> Path:
+    """Write `results/<profile>/<paper>/<name>.csv` (+ `.meta.json`) atomically; returns the CSV path."""
+    table = _stamp_columns(check_table(df, f"table {paper}/{name}"), profile, backbone, data)
+    path = table_path(paper, name, profile=profile, root=root)
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.4f")
+    _sidecar(path, "table", paper, name, profile, backbone, data, params, {"rows": len(table)})
+    _log_written(path, "table")
+    return path
+
+
+def read_table(paper: str, name: str, *, profile: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """A reproduced table written by `write_table`."""
+    path = table_path(paper, name, profile=profile, root=root)
+    if not path.exists():
+        raise FileNotFoundError(f"no reproduced table {path} (run the notebook that writes {paper}/{name})")
+    return check_table(pd.read_csv(path, keep_default_na=False, na_values=[""]), str(path))
+
+
+def paper_table(paper: str, name: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
+    """The paper's printed numbers from `results/paper/<paper>/<name>.csv` (long format)."""
+    path = paper_table_path(paper, name, root=root)
+    if not path.exists():
+        raise FileNotFoundError(f"no paper table {path}; expected the paper's numbers in long format")
+    return check_table(pd.read_csv(path, keep_default_na=False, na_values=[""]), str(path))
+
+
+def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame) -> pd.DataFrame:
+    """Outer join on the key columns: `paper`, `ours`, `diff` (ours − paper) per metric row.
+
+    Rows present on one side only are kept with NaN on the other side. Provenance columns of the
+    reproduced table (profile, backbone, data) are carried over.
+    """
+    paper = check_table(paper_df, "paper table")[KEY_COLUMNS + ["value"]].rename(columns={"value": "paper"})
+    ours = check_table(ours_df, "reproduced table")
+    keep = KEY_COLUMNS + ["value"] + [c for c in PROVENANCE_COLUMNS if c in ours.columns]
+    ours = ours[keep].rename(columns={"value": "ours"})
+    for side, frame in (("paper", paper), ("reproduced", ours)):
+        if frame.duplicated(KEY_COLUMNS).any():
+            raise TableFormatError(f"compare: the {side} table has several rows for the same {KEY_COLUMNS}")
+    table = paper.merge(ours, on=KEY_COLUMNS, how="outer", sort=False)
+    table["diff"] = table["ours"] - table["paper"]
+    columns = KEY_COLUMNS + ["paper", "ours", "diff"] + [c for c in PROVENANCE_COLUMNS if c in table.columns]
+    return table[columns].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------------------- figures
+def _stamp_footer(fig, text: str) -> None:
+    for artist in list(fig.texts):
+        if artist.get_gid() == FOOTER_GID:
+            artist.remove()
+    fig.text(0.995, 0.005, text, ha="right", va="bottom", fontsize=6, color="0.45", gid=FOOTER_GID)
+
+
+def save_figure(fig, paper: str, name: str, *, profile: str, backbone: str, data: str,
+                params: dict | None = None, root: str | os.PathLike | None = None, dpi: int = 120) -> Path:
+    """Write `figures/<profile>/<paper>/<name>.png` (+ `.meta.json`) atomically; returns the PNG path.
+
+    The figure gets a small footer "profile · backbone · data" and the same in the PNG text metadata.
+    """
+    if not hasattr(fig, "savefig"):
+        raise TypeError(f"figure {paper}/{name}: expected a matplotlib Figure, got {type(fig).__name__}")
+    footer = f"{profile} · {backbone} · {data}"
+    _stamp_footer(fig, footer)
+    path = figure_path(paper, name, profile=profile, root=root)
+    png_meta = {"Title": f"{paper}/{name}", "Software": "adlib", "Comment": footer,
+                "adlib:profile": profile, "adlib:backbone": backbone, "adlib:data": data}
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=dpi, metadata=png_meta, bbox_inches="tight")
+    _sidecar(path, "figure", paper, name, profile, backbone, data, params)
+    _log_written(path, "figure")
+    return path
