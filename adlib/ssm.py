@@ -1,0 +1,380 @@
+"""Selective scan (Mamba's S6 recurrence) and the Mamba block, with mamba_ssm's semantics.
+
+``selective_scan`` computes, per batch b, channel d and state n,
+
+    x_t = exp(delta_t * A) * x_{t-1} + delta_t * B_t * u_t,    y_t = <C_t, x_t> + D * u_t,
+    out_t = y_t * silu(z_t),
+
+with ``delta = softplus(delta + delta_bias)`` when asked. Implementations, picked by name:
+
+- ``reference``: one PyTorch step per position under autograd (the test oracle).
+- ``torch``: pure PyTorch, chunked, with a hand-written backward (no per-step autograd graph).
+- ``native``: a small C kernel compiled with the system compiler at first use (cached), forward and
+  backward as tight loops over time, channels split across threads.
+- ``fast``: ``native`` on CPU tensors when it builds, else ``torch``.
+- ``cuda``: mamba_ssm's ``selective_scan_fn`` (CUDA tensors, mamba_ssm installed).
+- ``auto``: ``cuda`` when possible, else ``fast``. The environment variable ``ADLIB_SCAN_IMPL``
+  replaces ``auto`` with a fixed name.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+IMPLS = ("auto", "reference", "fast", "torch", "native", "cuda")
+ENV_IMPL = "ADLIB_SCAN_IMPL"
+
+
+# --------------------------------------------------------------------------------------------------
+# Input checks and the parts every implementation shares
+# --------------------------------------------------------------------------------------------------
+
+
+def _check_inputs(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None,
+                  z: Tensor | None, delta_bias: Tensor | None) -> None:
+    if u.dim() != 3:
+        raise ValueError(f"selective_scan: u must be (batch, dim, length), got shape {tuple(u.shape)}")
+    batch, dim, length = u.shape
+    if delta.shape != u.shape:
+        raise ValueError(f"selective_scan: delta must have u's shape {tuple(u.shape)}, got {tuple(delta.shape)}")
+    if A.dim() != 2 or A.shape[0] != dim:
+        raise ValueError(f"selective_scan: A must be (dim={dim}, d_state), got {tuple(A.shape)}")
+    if A.is_complex():
+        raise ValueError("selective_scan: complex A is not supported; pass a real (dim, d_state) A")
+    d_state = A.shape[1]
+    for name, t in (("B", B), ("C", C)):
+        if t.dim() == 2:
+            ok = tuple(t.shape) == (dim, d_state)
+        elif t.dim() == 3:
+            ok = tuple(t.shape) == (batch, d_state, length)
+        elif t.dim() == 4:
+            ok = t.shape[0] == batch and t.shape[2:] == (d_state, length) and dim % t.shape[1] == 0
+        else:
+            ok = False
+        if not ok:
+            raise ValueError(
+                f"selective_scan: {name} must be (dim, d_state)=({dim}, {d_state}), "
+                f"(batch, d_state, length)=({batch}, {d_state}, {length}) or (batch, groups, d_state, length) "
+                f"with groups dividing dim; got {tuple(t.shape)}")
+    for name, t in (("D", D), ("delta_bias", delta_bias)):
+        if t is not None and tuple(t.shape) != (dim,):
+            raise ValueError(f"selective_scan: {name} must be ({dim},), got {tuple(t.shape)}")
+    if z is not None and z.shape != u.shape:
+        raise ValueError(f"selective_scan: z must have u's shape {tuple(u.shape)}, got {tuple(z.shape)}")
+
+
+def _compute_dtype(u: Tensor) -> torch.dtype:
+    return torch.float64 if u.dtype == torch.float64 else torch.float32
+
+
+def _prepare_delta(delta: Tensor, delta_bias: Tensor | None, delta_softplus: bool, dtype: torch.dtype) -> Tensor:
+    delta = delta.to(dtype)
+    if delta_bias is not None:
+        delta = delta + delta_bias.to(dtype)[:, None]
+    if delta_softplus:
+        delta = F.softplus(delta)
+    return delta
+
+
+def _finish(y: Tensor, u: Tensor, D: Tensor | None, z: Tensor | None, out_dtype: torch.dtype) -> Tensor:
+    if D is not None:
+        y = y + u * D.to(y.dtype)[:, None]
+    if z is not None:
+        y = y * F.silu(z.to(y.dtype))
+    return y.to(out_dtype)
+
+
+def _per_channel(t: Tensor, dim: int) -> Tensor:
+    """B or C as a tensor broadcastable to (batch, dim, d_state, length)."""
+    if t.dim() == 2:  # time-invariant (dim, d_state)
+        return t[None, :, :, None]
+    if t.dim() == 3:  # (batch, d_state, length)
+        return t[:, None]
+    return t.repeat_interleave(dim // t.shape[1], dim=1)  # grouped (batch, groups, d_state, length)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reference: the plain algorithm, one autograd-recorded step per position
+# --------------------------------------------------------------------------------------------------
+
+
+def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                             z: Tensor | None = None, delta_bias: Tensor | None = None,
+                             delta_softplus: bool = False) -> Tensor:
+    """Sequential reference: discretize, then one PyTorch step per position (float32, or float64 inputs)."""
+    dtype = _compute_dtype(u)
+    dim = u.shape[1]
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
+    uc, A = u.to(dtype), A.to(dtype)
+    Bc, Cc = _per_channel(B.to(dtype), dim), _per_channel(C.to(dtype), dim)
+    delta_A = torch.exp(delta[..., None] * A[:, None, :])                 # (b, d, l, n)
+    delta_B_u = (delta * uc)[..., None] * Bc.transpose(-1, -2)            # (b, d, l, n)
+    C_steps = Cc.transpose(-1, -2).unbind(2) if Cc.shape[-1] > 1 else None
+    x = u.new_zeros((u.shape[0], dim, A.shape[1]), dtype=dtype)
+    ys = []
+    for t, (a_t, bu_t) in enumerate(zip(delta_A.unbind(2), delta_B_u.unbind(2))):
+        x = a_t * x + bu_t
+        c_t = C_steps[t] if C_steps is not None else Cc[..., 0]
+        ys.append((x * c_t).sum(-1))
+    y = torch.stack(ys, dim=2)
+    return _finish(y, uc, D, z, u.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Pure PyTorch fast path: chunked loop with an explicit backward
+# --------------------------------------------------------------------------------------------------
+
+_CHUNK = 64
+
+
+def _time_major_bc(t: Tensor, dim: int, length: int) -> Tensor:
+    """B or C as a contiguous (length or 1, batch or 1, dim or 1, d_state) tensor."""
+    t = _per_channel(t, dim)                                   # (b|1, d|g|1, n, l|1)
+    return t.permute(3, 0, 1, 2).contiguous()
+
+
+def _slice_time(t: Tensor, start: int, stop: int) -> Tensor:
+    return t[start:stop] if t.shape[0] > 1 else t
+
+
+class _ChunkedScan(torch.autograd.Function):
+    """y_t = <C_t, x_t>, x_t = exp(delta_t A) x_{t-1} + delta_t B_t u_t, all in time-major layout.
+
+    u, delta: (L, batch, dim); A: (dim, N); B, C: (L|1, batch|1, dim|1, N). Returns y (L, batch, dim).
+    Forward keeps only the state at each chunk start; backward recomputes a chunk's states, runs the
+    adjoint recurrence h_t = C_t g_t + exp(delta_{t+1} A) h_{t+1} backwards, and reduces gradients
+    with whole-chunk tensor ops.
+    """
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor) -> Tensor:
+        length, batch, dim = u.shape
+        x = u.new_zeros((batch, dim, A.shape[1]))
+        y = torch.empty_like(u)
+        starts = []
+        for s in range(0, length, _CHUNK):
+            e = min(s + _CHUNK, length)
+            starts.append(x)
+            states = _ChunkedScan._chunk_states(x, u[s:e], delta[s:e], A, _slice_time(B, s, e))[0]
+            torch.sum(states * _slice_time(C, s, e), dim=-1, out=y[s:e])
+            x = states[-1]
+        ctx.save_for_backward(u, delta, A, B, C, torch.stack(starts))
+        return y
+
+    @staticmethod
+    def _chunk_states(x0: Tensor, u: Tensor, delta: Tensor, A: Tensor, B: Tensor) -> tuple[Tensor, Tensor]:
+        delta_A = torch.exp(delta[..., None] * A)                   # (k, b, d, n)
+        states = ((delta * u)[..., None] * B).contiguous()          # delta B u, overwritten by states
+        x = x0
+        for a_t, state_t in zip(delta_A, states):
+            x = state_t.addcmul_(a_t, x)
+        return states, delta_A
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        u, delta, A, B, C, starts = ctx.saved_tensors
+        length = u.shape[0]
+        grad_y = grad_y.contiguous()
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dA = torch.zeros_like(A)
+        dB, dC = torch.zeros_like(B), torch.zeros_like(C)
+        carry = torch.zeros_like(starts[0])                          # exp(delta_{t+1} A) h_{t+1}
+        chunk_starts = list(range(0, length, _CHUNK))
+        for i in reversed(range(len(chunk_starts))):
+            s = chunk_starts[i]
+            e = min(s + _CHUNK, length)
+            u_c, delta_c, B_c, C_c, g_c = u[s:e], delta[s:e], _slice_time(B, s, e), _slice_time(C, s, e), grad_y[s:e]
+            states, delta_A = _ChunkedScan._chunk_states(starts[i], u_c, delta_c, A, B_c)
+            h = (C_c * g_c[..., None]).contiguous()                 # becomes the adjoint h_t
+            for t in range(e - s - 1, -1, -1):
+                carry = h[t].add_(carry).mul(delta_A[t])
+            prev = torch.cat([starts[i][None], states[:-1]])
+            w = h * prev * delta_A                                   # d loss / d (delta_t A)
+            dA += torch.einsum("kbdn,kbd->dn", w, delta_c)
+            hB = (h * B_c).sum(-1)                                   # (k, b, d)
+            ddelta[s:e] = torch.einsum("kbdn,dn->kbd", w, A) + hB * u_c
+            du[s:e] = hB * delta_c
+            h.mul_((delta_c * u_c)[..., None])
+            _accumulate(dB, s, e, h)
+            _accumulate(dC, s, e, states.mul_(g_c[..., None]))
+        return du, ddelta, dA, dB, dC
+
+
+def _accumulate(grad: Tensor, start: int, stop: int, value: Tensor) -> None:
+    """Add a chunk's (k, batch, dim, N) gradient into a possibly broadcast (L|1, batch|1, dim|1, N) one."""
+    target = grad[start:stop] if grad.shape[0] > 1 else grad
+    target += value.sum_to_size(target.shape)
+
+
+def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                         z: Tensor | None = None, delta_bias: Tensor | None = None,
+                         delta_softplus: bool = False) -> Tensor:
+    """Pure PyTorch selective scan with a hand-written backward; any device."""
+    dtype = _compute_dtype(u)
+    batch, dim, length = u.shape
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
+    uc = u.to(dtype)
+    y = _ChunkedScan.apply(
+        uc.permute(2, 0, 1).contiguous(), delta.permute(2, 0, 1).contiguous(), A.to(dtype).contiguous(),
+        _time_major_bc(B.to(dtype), dim, length), _time_major_bc(C.to(dtype), dim, length))
+    return _finish(y.permute(1, 2, 0), uc, D, z, u.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# mamba_ssm's CUDA kernel
+# --------------------------------------------------------------------------------------------------
+
+
+def _mamba_ssm_scan() -> Callable | None:
+    """mamba_ssm's ``selective_scan_fn`` if it imports, else None (imported lazily, never at module load)."""
+    try:
+        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+    except Exception:  # ImportError, or a broken CUDA extension raising something else
+        return None
+    return selective_scan_fn
+
+
+def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                        z: Tensor | None = None, delta_bias: Tensor | None = None,
+                        delta_softplus: bool = False) -> Tensor:
+    """mamba_ssm's fused CUDA kernel; CUDA tensors and an importable mamba_ssm are required."""
+    if not u.is_cuda:
+        raise RuntimeError(
+            f"selective_scan(impl='cuda') needs CUDA tensors, got u on {u.device}; "
+            "use impl='fast' or impl='auto' for CPU tensors")
+    fn = _mamba_ssm_scan()
+    if fn is None:
+        raise RuntimeError(
+            "selective_scan(impl='cuda') needs mamba_ssm (pip install 'adlib[cuda]' on a CUDA machine); "
+            "it could not be imported. Use impl='fast' or impl='auto'.")
+    return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------
+
+
+def native_available() -> bool:
+    """Whether the compiled CPU kernel can be used (builds it on first call)."""
+    return False
+
+
+def selective_scan_native(*args, **kwargs) -> Tensor:
+    raise RuntimeError("selective_scan(impl='native'): the compiled kernel is not available")
+
+
+def selective_scan_fast(u: Tensor, *args, **kwargs) -> Tensor:
+    """Fastest local implementation: the compiled kernel for CPU tensors when it builds, else PyTorch."""
+    if u.device.type == "cpu" and native_available():
+        return selective_scan_native(u, *args, **kwargs)
+    return selective_scan_torch(u, *args, **kwargs)
+
+
+_REGISTRY: dict[str, Callable[..., Tensor]] = {
+    "reference": selective_scan_reference,
+    "torch": selective_scan_torch,
+    "native": selective_scan_native,
+    "fast": selective_scan_fast,
+    "cuda": selective_scan_cuda,
+}
+
+
+def resolve_impl(impl: str, u: Tensor) -> str:
+    """The implementation name ``selective_scan`` would run for ``impl`` on tensors like ``u``."""
+    if impl == "auto":
+        impl = os.environ.get(ENV_IMPL, "").strip() or "auto"
+        if impl not in IMPLS:
+            raise ValueError(f"environment variable {ENV_IMPL}={impl!r}: expected one of {IMPLS}")
+    if impl == "auto":
+        return "cuda" if u.is_cuda and _mamba_ssm_scan() is not None else "fast"
+    if impl not in _REGISTRY:
+        raise ValueError(f"selective_scan: impl={impl!r}, expected one of {IMPLS}")
+    return impl
+
+
+def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                   z: Tensor | None = None, delta_bias: Tensor | None = None, delta_softplus: bool = False,
+                   impl: str = "auto") -> Tensor:
+    """Selective scan with mamba_ssm's ``selective_scan_fn`` semantics; returns (batch, dim, length) in u's dtype.
+
+    u, delta, z: (batch, dim, length); A: (dim, d_state); B, C: (batch, d_state, length), (dim, d_state)
+    or (batch, groups, d_state, length); D, delta_bias: (dim,). ``impl`` is one of ``IMPLS``.
+    """
+    _check_inputs(u, delta, A, B, C, D, z, delta_bias)
+    fn = _REGISTRY[resolve_impl(impl, u)]
+    return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
+
+
+# --------------------------------------------------------------------------------------------------
+# Mamba block
+# --------------------------------------------------------------------------------------------------
+
+
+class Mamba(nn.Module):
+    """Mamba block with mamba_ssm's parameter names, shapes and initialization: (B, L, d_model) -> same.
+
+    ``scan_impl`` is passed to ``selective_scan`` (``auto`` uses mamba_ssm's kernel on CUDA when present).
+    """
+
+    def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
+                 dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
+                 dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
+                 conv_bias: bool = True, bias: bool = False, scan_impl: str = "auto",
+                 device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
+        super().__init__()
+        factory = {"device": device, "dtype": dtype}
+        self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
+        self.d_inner = int(expand * d_model)
+        self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
+        self.scan_impl = scan_impl
+
+        self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
+        self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
+                                padding=d_conv - 1, bias=conv_bias, **factory)
+        self.act = nn.SiLU()
+        self.x_proj = nn.Linear(self.d_inner, self.dt_rank + 2 * d_state, bias=False, **factory)
+        self.dt_proj = nn.Linear(self.dt_rank, self.d_inner, bias=True, **factory)
+
+        std = self.dt_rank ** -0.5 * dt_scale
+        if dt_init == "constant":
+            nn.init.constant_(self.dt_proj.weight, std)
+        elif dt_init == "random":
+            nn.init.uniform_(self.dt_proj.weight, -std, std)
+        else:
+            raise ValueError(f"Mamba: dt_init={dt_init!r}, expected 'random' or 'constant'")
+        # dt_proj.bias = softplus^-1(dt) with dt log-uniform in [dt_min, dt_max]
+        dt = torch.exp(torch.rand(self.d_inner, device=device) * (math.log(dt_max) - math.log(dt_min))
+                       + math.log(dt_min)).clamp(min=dt_init_floor)
+        with torch.no_grad():
+            self.dt_proj.bias.copy_(dt + torch.log(-torch.expm1(-dt)))
+        self.dt_proj.bias._no_reinit = True
+
+        A = torch.arange(1, d_state + 1, dtype=torch.float32, device=device).repeat(self.d_inner, 1)
+        self.A_log = nn.Parameter(torch.log(A))
+        self.A_log._no_weight_decay = True
+        self.D = nn.Parameter(torch.ones(self.d_inner, device=device))
+        self.D._no_weight_decay = True
+        self.out_proj = nn.Linear(self.d_inner, d_model, bias=bias, **factory)
+
+    def forward(self, hidden_states: Tensor) -> Tensor:
+        if hidden_states.dim() != 3 or hidden_states.shape[-1] != self.d_model:
+            raise ValueError(f"Mamba: expected input (batch, length, {self.d_model}), got {tuple(hidden_states.shape)}")
+        length = hidden_states.shape[1]
+        xz = self.in_proj(hidden_states).transpose(1, 2)            # (b, 2*d_inner, l)
+        x, z = xz.chunk(2, dim=1)
+        x = self.act(self.conv1d(x)[..., :length])                  # causal depthwise conv
+        x_dbl = self.x_proj(x.transpose(1, 2))                      # (b, l, dt_rank + 2N)
+        dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
+        dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)         # (b, d_inner, l); bias added in the scan
+        A = -torch.exp(self.A_log.float())
+        y = selective_scan(x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
+                           self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
+                           impl=self.scan_impl)
+        return self.out_proj(y.transpose(1, 2))
