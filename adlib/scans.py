@@ -1,0 +1,319 @@
+"""Scan orders: ways to read an (h, w) grid of tokens as a 1-D sequence, with exact inverses.
+
+Convention (shared by every model): an order is a LongTensor of length ``h * w`` with
+``seq = flat[..., order]`` where ``flat`` is the row-major flattening of the grid; ``inv = inverse(order)``
+undoes it: ``flat = seq[..., inv]``.
+
+Curves (``CURVES``; MambaAD's names in brackets):
+
+- ``raster`` [Sweep]: row by row, each left to right.
+- ``snake`` [Scan]: boustrophedon; even rows left to right, odd rows right to left.
+- ``zorder`` [Z-order]: cells sorted by the Morton code of (row, col) (bits interleaved, column bit lowest).
+  For sizes that are not powers of two this is the power-of-two Z curve with absent cells skipped, so it is
+  a valid permutation of any h x w grid (jumps are expected, as in the square case).
+- ``zigzag`` [Zigzag]: JPEG's zigzag over anti-diagonals, starting (0, 0) -> (0, 1) -> (1, 0) -> (2, 0) ...
+- ``hilbert`` [Hilbert]: the *generalized* Hilbert curve ("gilbert", J. Cervený's algorithm, written here
+  from its description) for any h x w. It starts at the top-left cell. It equals a classic Hilbert curve on
+  power-of-two squares; on other sizes it still steps between 4-neighbours except where both recursion
+  halves cannot have even length: then a single diagonal step (an 8-neighbour) may occur. ``tests/test_scans``
+  checks: every step is to an 8-neighbour, and to a 4-neighbour on every grid whose sides are both even.
+
+Orientations (``TRANSFORMS``) rearrange the grid before the curve reads it: ``transpose`` (MambaAD's
+"wh"), ``rot90``/``rot180``/``rot270`` (counter-clockwise, as ``torch.rot90``), ``flip_lr``, ``flip_ud``,
+``rot90_transpose`` (rotate, then transpose; MambaAD's "wh rotated 90"). Orders are cached by (curve, h, w, transform, reverse); treat them as read-only and
+move them to your device (``order.to(x.device)``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+__all__ = [
+    "CURVES",
+    "TRANSFORMS",
+    "Direction",
+    "scan_order",
+    "inverse",
+    "direction",
+    "varad_directions",
+    "mambaad_directions",
+    "to_sequence",
+    "from_sequence",
+    "draw_scan",
+    "step_lengths",
+]
+
+
+# --------------------------------------------------------------------------------------------- curves
+# Each curve maps (h, w) to an int64 numpy array of row-major cell indices in visiting order.
+
+
+def _raster(h: int, w: int) -> np.ndarray:
+    return np.arange(h * w, dtype=np.int64)
+
+
+def _snake(h: int, w: int) -> np.ndarray:
+    grid = np.arange(h * w, dtype=np.int64).reshape(h, w)
+    grid[1::2] = grid[1::2, ::-1]
+    return grid.reshape(-1)
+
+
+def _morton_code(rows: np.ndarray, cols: np.ndarray) -> np.ndarray:
+    code = np.zeros_like(rows)
+    for bit in range(max(int(max(rows.max(), cols.max())).bit_length(), 1)):
+        code |= ((cols >> bit) & 1) << (2 * bit)
+        code |= ((rows >> bit) & 1) << (2 * bit + 1)
+    return code
+
+
+def _zorder(h: int, w: int) -> np.ndarray:
+    rows, cols = np.divmod(np.arange(h * w, dtype=np.int64), w)
+    return np.argsort(_morton_code(rows, cols), kind="stable")
+
+
+def _zigzag(h: int, w: int) -> np.ndarray:
+    out = []
+    for s in range(h + w - 1):
+        rows = range(max(0, s - w + 1), min(s, h - 1) + 1)
+        if s % 2 == 0:  # even anti-diagonals run upwards (bottom-left to top-right), as in JPEG
+            rows = reversed(rows)
+        out.extend(r * w + (s - r) for r in rows)
+    return np.asarray(out, dtype=np.int64)
+
+
+def _sign(v: int) -> int:
+    return (v > 0) - (v < 0)
+
+
+def _gilbert(x: int, y: int, ax: int, ay: int, bx: int, by: int) -> Iterator[tuple[int, int]]:
+    """Cells (x, y) of the generalized Hilbert curve filling the rectangle spanned by a (major) and b.
+
+    The curve enters at (x, y) and leaves at the far end of the major axis a. It recursively splits the
+    rectangle, keeping split lengths even where it can so that every step stays a 4-neighbour move.
+    """
+    w, h = abs(ax + ay), abs(bx + by)
+    dax, day = _sign(ax), _sign(ay)
+    dbx, dby = _sign(bx), _sign(by)
+    if h == 1:
+        for _ in range(w):
+            yield x, y
+            x, y = x + dax, y + day
+        return
+    if w == 1:
+        for _ in range(h):
+            yield x, y
+            x, y = x + dbx, y + dby
+        return
+    ax2, ay2 = ax // 2, ay // 2
+    bx2, by2 = bx // 2, by // 2
+    w2, h2 = abs(ax2 + ay2), abs(bx2 + by2)
+    if 2 * w > 3 * h:
+        # Long rectangle: cut across the major axis into two halves, each traversed along a.
+        if w2 % 2 and w > 2:
+            ax2, ay2 = ax2 + dax, ay2 + day
+        yield from _gilbert(x, y, ax2, ay2, bx, by)
+        yield from _gilbert(x + ax2, y + ay2, ax - ax2, ay - ay2, bx, by)
+    else:
+        # Roughly square: go up the left part, across the top, and down the right part (the "U").
+        if h2 % 2 and h > 2:
+            bx2, by2 = bx2 + dbx, by2 + dby
+        yield from _gilbert(x, y, bx2, by2, ax2, ay2)
+        yield from _gilbert(x + bx2, y + by2, ax, ay, bx - bx2, by - by2)
+        yield from _gilbert(
+            x + (ax - dax) + (bx2 - dbx),
+            y + (ay - day) + (by2 - dby),
+            -bx2,
+            -by2,
+            -(ax - ax2),
+            -(ay - ay2),
+        )
+
+
+def _hilbert(h: int, w: int) -> np.ndarray:
+    # x is the column, y the row; the major axis is the longer side.
+    cells = _gilbert(0, 0, w, 0, 0, h) if w >= h else _gilbert(0, 0, 0, h, w, 0)
+    return np.asarray([y * w + x for x, y in cells], dtype=np.int64)
+
+
+CURVES: dict[str, Callable[[int, int], np.ndarray]] = {
+    "raster": _raster,
+    "snake": _snake,
+    "zorder": _zorder,
+    "zigzag": _zigzag,
+    "hilbert": _hilbert,
+}
+# MambaAD's names for the same curves (Table 3: Sweep, Scan, Z-order, Zigzag, Hilbert).
+ALIASES: dict[str, str] = {"sweep": "raster", "scan": "snake", "z-order": "zorder", "boustrophedon": "snake"}
+
+
+# ----------------------------------------------------------------------------------------- transforms
+# A transform rearranges the (h, w) grid of cell indices; the curve then reads the rearranged grid.
+
+TRANSFORMS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "identity": lambda g: g,
+    "transpose": lambda g: g.t(),
+    "rot90": lambda g: torch.rot90(g, 1, (0, 1)),
+    "rot180": lambda g: torch.rot90(g, 2, (0, 1)),
+    "rot270": lambda g: torch.rot90(g, 3, (0, 1)),
+    "flip_lr": lambda g: torch.flip(g, (1,)),
+    "flip_ud": lambda g: torch.flip(g, (0,)),
+    "rot90_transpose": lambda g: torch.rot90(g, 1, (0, 1)).t(),  # rotate, then swap w and h (= flip_lr)
+}
+
+
+def _check_size(h: int, w: int) -> None:
+    if not (isinstance(h, int) and isinstance(w, int)) or h < 1 or w < 1:
+        raise ValueError(f"grid size must be two positive ints, got h={h!r}, w={w!r}")
+
+
+@lru_cache(maxsize=512)
+def scan_order(curve: str, h: int, w: int, transform: str = "identity", reverse: bool = False) -> torch.Tensor:
+    """Order (LongTensor, length h*w) reading an (h, w) grid along ``curve``.
+
+    ``transform`` (a key of ``TRANSFORMS``) rearranges the grid first; ``reverse`` walks the result backwards.
+    """
+    name = ALIASES.get(curve, curve)
+    if name not in CURVES:
+        raise ValueError(f"unknown scan curve {curve!r}; expected one of {sorted(CURVES)} (or {sorted(ALIASES)})")
+    if transform not in TRANSFORMS:
+        raise ValueError(f"unknown scan transform {transform!r}; expected one of {list(TRANSFORMS)}")
+    _check_size(h, w)
+    grid = TRANSFORMS[transform](torch.arange(h * w).view(h, w))
+    gh, gw = grid.shape
+    order = grid.reshape(-1)[torch.from_numpy(CURVES[name](gh, gw))]
+    if reverse:
+        order = order.flip(0)
+    return order.contiguous()
+
+
+def inverse(order: torch.Tensor) -> torch.Tensor:
+    """Inverse permutation: ``seq[..., inverse(order)]`` restores ``flat`` from ``seq = flat[..., order]``."""
+    inv = torch.empty_like(order)
+    inv[order] = torch.arange(order.numel(), device=order.device)
+    return inv
+
+
+@dataclass(frozen=True, eq=False)
+class Direction:
+    """One scan direction: ``order``/``inverse`` index tensors and ``span``.
+
+    ``span`` is the length of one line of the scan in the grid the curve reads: the row length w for
+    row-spanned directions, the column length h for column-spanned ones (VarAD's M = m * span).
+    """
+
+    name: str
+    order: torch.Tensor
+    inverse: torch.Tensor
+    span: int
+
+
+@lru_cache(maxsize=512)
+def direction(name: str, curve: str, h: int, w: int, transform: str = "identity", reverse: bool = False) -> Direction:
+    """A named ``Direction`` for ``scan_order(curve, h, w, transform, reverse)`` (cached)."""
+    order = scan_order(curve, h, w, transform, reverse)
+    span = h if transform in ("transpose", "rot90", "rot270") else w
+    return Direction(name=name, order=order, inverse=inverse(order), span=span)
+
+
+def varad_directions(h: int, w: int) -> dict[str, Direction]:
+    """VarAD's four directions over an (h, w) token grid, in this order.
+
+    ``row_tl``: row-major from top-left to bottom-right; ``row_br``: its reverse; ``col_tr``: columns from
+    right to left, each top to bottom (starts top-right, ends bottom-left); ``col_bl``: its reverse.
+    ``col_tr`` is the raster scan of the grid rotated 90 degrees counter-clockwise.
+    """
+    return {
+        "row_tl": direction("row_tl", "raster", h, w),
+        "row_br": direction("row_br", "raster", h, w, reverse=True),
+        "col_tr": direction("col_tr", "raster", h, w, "rot90"),
+        "col_bl": direction("col_bl", "raster", h, w, "rot90", reverse=True),
+    }
+
+
+# MambaAD Sec. 3.4 "Hybrid Scanning directions": (i) forward, (ii) reverse, (iii) width-height (wh) forward,
+# (iv) wh reverse, (v) rotated 90 degrees forward, (vi) rotated 90 degrees reverse, (vii) wh rotated 90
+# degrees forward, (viii) wh rotated 90 degrees reverse. "wh" swaps width and height (the transpose A^T).
+MAMBAAD_DIRECTIONS: tuple[tuple[str, str, bool], ...] = (
+    ("forward", "identity", False),
+    ("reverse", "identity", True),
+    ("wh_forward", "transpose", False),
+    ("wh_reverse", "transpose", True),
+    ("rot90_forward", "rot90", False),
+    ("rot90_reverse", "rot90", True),
+    ("wh_rot90_forward", "rot90_transpose", False),
+    ("wh_rot90_reverse", "rot90_transpose", True),
+)
+
+
+def mambaad_directions(h: int, w: int, curve: str = "hilbert", count: int = 8) -> dict[str, Direction]:
+    """MambaAD's hybrid-scan directions for ``curve`` (MambaAD, Sec. 3.4, Fig. 3a and Table 3).
+
+    The eight directions are the curve read on the grid as is, on its transpose ("wh", A^T), on the grid
+    rotated 90 degrees (counter-clockwise, ``torch.rot90(x, 1)``) and on the transpose of the rotated grid
+    (which is the left-right flip), each forwards and reversed; this is what MambaAD's released SS2D does
+    (``x``, ``x.transpose``, ``rot90(x)``, ``rot90(x).transpose`` and their flips). ``count`` (1, 2, 4 or 8)
+    keeps the first ``count`` in the paper's order, as in its ablation (Table 3, rows 5-7: 2, 4 and 8).
+
+    Faithful to that definition, not all eight need differ. A Hilbert curve on a square is symmetric under
+    the mirror that swaps its two ends, so one of the four readings repeats another one reversed: on square
+    grids the eight Hilbert directions are six distinct sequences (so are MambaAD's, whatever the
+    orientation of its curve). Our curve's orientation follows the aspect ratio (see module docs), so on
+    non-square grids even fewer differ; raster, z-order and zigzag give eight.
+    """
+    if count not in (1, 2, 4, 8):
+        raise ValueError(f"count must be 1, 2, 4 or 8 directions, got {count!r}")
+    return {name: direction(name, curve, h, w, t, rev) for name, t, rev in MAMBAAD_DIRECTIONS[:count]}
+
+
+# ---------------------------------------------------------------------------------------- helpers
+
+
+def to_sequence(x: torch.Tensor, order: torch.Tensor) -> torch.Tensor:
+    """(..., h, w) grid to (..., h*w) sequence along ``order``."""
+    return x.flatten(-2)[..., order.to(x.device)]
+
+
+def from_sequence(seq: torch.Tensor, inv: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(..., h*w) sequence back to the (..., h, w) grid with the inverse order ``inv``."""
+    return seq[..., inv.to(seq.device)].unflatten(-1, (h, w))
+
+
+def step_lengths(order: torch.Tensor, w: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Row and column differences between consecutive cells of a scan over a grid of width w."""
+    rows, cols = order // w, order % w
+    return rows.diff(), cols.diff()
+
+
+def draw_scan(order: torch.Tensor, h: int, w: int, ax=None, cmap: str = "viridis", title: str | None = None):
+    """Draw the scan path over the grid: a colour-graded line from start (circle) to end (square)."""
+    import matplotlib.pyplot as plt
+    from matplotlib.collections import LineCollection
+
+    order = torch.as_tensor(order).cpu()
+    if order.numel() != h * w:
+        raise ValueError(f"order has {order.numel()} entries, expected h*w = {h * w}")
+    if ax is None:
+        _, ax = plt.subplots(figsize=(max(2.0, w * 0.35), max(2.0, h * 0.35)))
+    rows, cols = (order // w).numpy(), (order % w).numpy()
+    points = np.stack([cols, rows], axis=1).astype(float)
+    if len(points) > 1:
+        segments = np.stack([points[:-1], points[1:]], axis=1)
+        line = LineCollection(segments, cmap=cmap, linewidths=2)
+        line.set_array(np.arange(len(segments)))
+        ax.add_collection(line)
+    colors = plt.get_cmap(cmap)([0.0, 1.0])
+    ax.plot(cols[0], rows[0], "o", color=colors[0], markersize=8, label="start")
+    ax.plot(cols[-1], rows[-1], "s", color=colors[1], markersize=8, label="end")
+    ax.set_xlim(-0.5, w - 0.5)
+    ax.set_ylim(h - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_xticks([])
+    ax.set_yticks([])
+    if title:
+        ax.set_title(title)
+    return ax
