@@ -18,6 +18,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+import re
 import subprocess
 import sys
 import tempfile
@@ -32,11 +33,13 @@ import pandas as pd
 KEY_COLUMNS = ["dataset", "method", "setting", "level", "metric"]
 TABLE_COLUMNS = KEY_COLUMNS + ["value"]
 PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
-LEVELS = ("image", "pixel", "model")
+LEVELS = ("image", "pixel", "model", "data")
+# The metrics the papers print; others are allowed if they are lower-case identifiers (e.g. "epochs").
 METRICS = (
-    "auroc", "f1max", "ap", "aupro", "mad", "params_m", "fps", "flops_g", "train_s",
+    "auroc", "f1max", "ap", "aupro", "mad", "params_m", "fps", "flops_g", "train_s", "epochs",
     "n_categories", "train_normal", "test_normal", "test_abnormal",
 )
+_METRIC_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
 PACKAGES = (
     "torch", "torchvision", "timm", "numpy", "scipy", "scikit-learn", "pandas", "matplotlib",
     "pillow", "papermill", "mamba-ssm", "mambapy",
@@ -172,19 +175,21 @@ def check_table(df: pd.DataFrame, what: str = "table") -> pd.DataFrame:
         raise TableFormatError(
             f"{what}: missing columns {missing}; expected long format with columns {TABLE_COLUMNS}"
         )
-    bad_levels = sorted(set(df["level"].astype(str)) - set(LEVELS))
+    out = df.copy()
+    for column in KEY_COLUMNS:  # empty cells (e.g. no method for a dataset-statistics row) become ""
+        out[column] = out[column].where(out[column].notna(), "").astype(str)
+    bad_levels = sorted(set(out["level"]) - set(LEVELS))
     if bad_levels:
         raise TableFormatError(f"{what}: column 'level' has {bad_levels}; expected one of {list(LEVELS)}")
-    bad_metrics = sorted(set(df["metric"].astype(str)) - set(METRICS))
+    bad_metrics = sorted(m for m in set(out["metric"]) if not _METRIC_NAME.match(m))
     if bad_metrics:
-        raise TableFormatError(f"{what}: column 'metric' has {bad_metrics}; expected one of {list(METRICS)}")
-    out = df.copy()
+        raise TableFormatError(
+            f"{what}: column 'metric' has {bad_metrics}; expected lower-case names such as {list(METRICS)}"
+        )
     try:
         out["value"] = pd.to_numeric(out["value"], errors="raise").astype(float)
     except (ValueError, TypeError) as exc:
         raise TableFormatError(f"{what}: column 'value' must be numeric (percent): {exc}") from None
-    for column in KEY_COLUMNS:
-        out[column] = out[column].astype(str)
     duplicated = out.duplicated(KEY_COLUMNS + [c for c in PROVENANCE_COLUMNS if c in out.columns])
     if duplicated.any():
         rows = out.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
@@ -234,7 +239,11 @@ def read_table(paper: str, name: str, *, profile: str, root: str | os.PathLike |
     path = table_path(paper, name, profile=profile, root=root)
     if not path.exists():
         raise FileNotFoundError(f"no reproduced table {path} (run the notebook that writes {paper}/{name})")
-    return check_table(pd.read_csv(path, keep_default_na=False, na_values=[""]), str(path))
+    return check_table(_read_csv(path), str(path))
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path, dtype={c: str for c in KEY_COLUMNS}, keep_default_na=False, na_values={"value": [""]})
 
 
 def paper_table(paper: str, name: str, root: str | os.PathLike | None = None) -> pd.DataFrame:
@@ -242,7 +251,7 @@ def paper_table(paper: str, name: str, root: str | os.PathLike | None = None) ->
     path = paper_table_path(paper, name, root=root)
     if not path.exists():
         raise FileNotFoundError(f"no paper table {path}; expected the paper's numbers in long format")
-    return check_table(pd.read_csv(path, keep_default_na=False, na_values=[""]), str(path))
+    return check_table(_read_csv(path), str(path))
 
 
 def compare(paper_df: pd.DataFrame, ours_df: pd.DataFrame) -> pd.DataFrame:

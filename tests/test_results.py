@@ -49,7 +49,7 @@ def test_per_row_backbone_is_kept(tmp_path):
 @pytest.mark.parametrize("change, message", [
     (lambda d: d.drop(columns="metric"), "missing columns"),
     (lambda d: d.assign(level="patch"), "level"),
-    (lambda d: d.assign(metric="accuracy"), "metric"),
+    (lambda d: d.assign(metric="Image AUROC"), "metric"),
     (lambda d: d.assign(value=["high", "low"]), "numeric"),
     (lambda d: d.assign(level="image"), "duplicated"),
 ])
@@ -115,3 +115,14 @@ def test_output_root_env(tmp_path, monkeypatch):
     assert results.table_path("varad", "t", profile="smoke") == tmp_path / "results/smoke/varad/t.csv"
     monkeypatch.delenv(results.OUTPUT_ROOT_ENV)
     assert results.output_root() == results.repo_root()
+
+
+def test_repository_paper_tables_follow_the_long_format():
+    paper_dir = results.repo_root() / "results" / "paper"
+    files = sorted(paper_dir.glob("*/*.csv"))
+    if not files:
+        pytest.skip("no paper tables under results/paper yet")
+    for path in files:
+        table = results.paper_table(path.parent.name, path.stem)
+        assert len(table) > 0 and table["value"].notna().all(), path
+        assert "nan" not in set(table["method"]), path  # empty cells stay empty, not the string "nan"
