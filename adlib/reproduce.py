@@ -1,0 +1,609 @@
+"""`python -m adlib reproduce`: execute the notebook collection with papermill and build the report.
+
+Notebooks are `notebooks/<paper>/NN_<topic>.ipynb`. Each declares the files it writes in its metadata:
+
+    metadata["adlib"] = {"title": "...", "outputs": ["results/{profile}/varad/table2.csv", ...]}
+
+(paths relative to the output root, `{profile}` substituted). A notebook fails when a cell raises or when a
+declared output was not written during the run. A failure does not stop the others; the summary names the
+notebook, the failing cell and its error, and the command exits non-zero.
+
+Layout under `results/<profile>/executed/`: `<paper>/<notebook>.ipynb` (executed), `<paper>/<notebook>.run.json`
+(run record), `resume.json` (input key of every successful run, for `--resume`).
+"""
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import fnmatch
+import hashlib
+import json
+import os
+import re
+import shutil
+import sys
+import tempfile
+import threading
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from adlib import results
+
+NOTEBOOK_NAME = re.compile(r"^\d\d_[\w-]+\.ipynb$")
+EXECUTED_DIR = "executed"
+RESUME_INDEX = "resume.json"
+PARTIAL_DIR = ".partial"
+
+
+# ----------------------------------------------------------------------------------------- profiles
+@dataclass(frozen=True)
+class Profile:
+    name: str
+    description: str
+    device: str  # "auto": cuda when torch sees a GPU, else cpu
+
+
+PROFILES = {
+    "smoke": Profile("smoke", "2-core CPU in minutes: embedded synthetic data (+ real bottle), offline backbone",
+                     "cpu"),
+    "paper": Profile("paper", "the papers' settings on a GPU: 1024 px, DINOv2 ViT-S/14, full datasets", "auto"),
+}
+
+
+def resolve_device(device: str) -> str:
+    if device != "auto":
+        return device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+# ----------------------------------------------------------------------------------------- config
+@dataclass
+class ReproduceConfig:
+    profile: str = "smoke"
+    papers: list[str] | None = None
+    only: str | None = None
+    resume: bool = False
+    jobs: int = 1
+    executor: str = "local"
+    scheduler: str | None = None
+    notebook_root: Path = field(default_factory=lambda: results.repo_root() / "notebooks")
+    output_root: Path = field(default_factory=results.repo_root)
+    data_root: str | None = None
+    device: str | None = None  # None: the profile's device
+    seed: int = 0
+    cell_timeout: float | None = None
+    report: bool = True
+
+    def __post_init__(self) -> None:
+        if self.profile not in PROFILES:
+            raise ValueError(f"profile {self.profile!r}: expected one of {sorted(PROFILES)}")
+        if self.jobs < 1:
+            raise ValueError(f"jobs must be >= 1, got {self.jobs}")
+        if self.executor not in EXECUTORS:
+            raise ValueError(f"executor {self.executor!r}: expected one of {sorted(EXECUTORS)}")
+        self.notebook_root = Path(self.notebook_root)
+        self.output_root = Path(self.output_root)
+
+    @property
+    def executed_dir(self) -> Path:
+        return self.output_root / "results" / self.profile / EXECUTED_DIR
+
+
+# ----------------------------------------------------------------------------------------- jobs
+@dataclass
+class Job:
+    """One notebook to execute; everything a (possibly remote) worker needs, all picklable."""
+    paper: str
+    name: str
+    notebook: str
+    executed: str
+    record: str
+    title: str
+    outputs: list[str]
+    parameters: dict
+    key: str
+    output_root: str
+    data_fingerprint: str
+    cell_timeout: float | None = None
+
+    @property
+    def label(self) -> str:
+        return f"{self.paper}/{self.name}"
+
+
+@dataclass
+class Outcome:
+    label: str
+    status: str  # "ok", "failed" or "skipped"
+    seconds: float = 0.0
+    error: str | None = None
+    cell: str | None = None  # the failing cell as Jupyter shows it: 'In [3] (cell 4): first line of source'
+    missing: list[str] = field(default_factory=list)
+    record: str | None = None
+    key: str | None = None
+
+
+def discover(notebook_root: Path, papers: Iterable[str] | None = None, only: str | None = None) -> list[Path]:
+    """Notebooks `<root>/<paper>/NN_<topic>.ipynb`, sorted; `only` is a glob (or substring) on `paper/name`."""
+    notebook_root = Path(notebook_root)
+    if not notebook_root.is_dir():
+        return []
+    wanted = set(papers) if papers else None
+    found = []
+    for paper_dir in sorted(p for p in notebook_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        if wanted is not None and paper_dir.name not in wanted:
+            continue
+        for path in sorted(paper_dir.glob("*.ipynb")):
+            if not NOTEBOOK_NAME.match(path.name):
+                continue
+            label = f"{paper_dir.name}/{path.stem}"
+            if only and not _matches(label, only):
+                continue
+            found.append(path)
+    return found
+
+
+def _matches(label: str, pattern: str) -> bool:
+    if any(ch in pattern for ch in "*?["):
+        return fnmatch.fnmatch(label, pattern) or fnmatch.fnmatch(label + ".ipynb", pattern)
+    return pattern in label
+
+
+def notebook_metadata(path: Path, profile: str) -> tuple[str, list[str]]:
+    """(title, declared outputs with `{profile}` substituted) from the notebook's `metadata["adlib"]`."""
+    nb = json.loads(Path(path).read_text(encoding="utf-8"))
+    meta = nb.get("metadata", {}).get("adlib", {})
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path}: metadata['adlib'] must be a dict with 'outputs' and 'title'")
+    outputs = meta.get("outputs", [])
+    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
+        raise ValueError(f"{path}: metadata['adlib']['outputs'] must be a list of relative paths")
+    declared = []
+    for template in outputs:
+        rel = template.format(profile=profile)
+        if Path(rel).is_absolute() or ".." in Path(rel).parts:
+            raise ValueError(f"{path}: declared output {template!r} must be relative to the output root")
+        declared.append(rel)
+    return meta.get("title") or _first_heading(nb) or Path(path).stem, declared
+
+
+def _first_heading(nb: dict) -> str | None:
+    for cell in nb.get("cells", []):
+        if cell.get("cell_type") == "markdown":
+            for line in "".join(cell.get("source", "")).splitlines():
+                if line.startswith("#"):
+                    return line.lstrip("#").strip()
+    return None
+
+
+# ----------------------------------------------------------------------------------------- fingerprints
+def data_roots(data_root: str | None) -> list[Path]:
+    """The folders a run reads: `data_root`, or the embedded synthetic data; plus `$ADLIB_DATA` when set."""
+    roots = []
+    if data_root is not None:
+        roots.append(Path(data_root))
+    else:
+        try:
+            from adlib.data import synthetic_root
+        except ImportError:
+            synthetic_root = None
+        if synthetic_root is not None:
+            roots.append(Path(synthetic_root()))  # generated once here, before notebooks run in parallel
+    if os.environ.get("ADLIB_DATA"):
+        roots.append(Path(os.environ["ADLIB_DATA"]))
+    return roots
+
+
+def data_fingerprint(roots: Iterable[Path]) -> str:
+    """Hash of the file listing (relative path, size, mtime) of each root: cheap even for large datasets."""
+    digest = hashlib.sha256()
+    for root in roots:
+        digest.update(f"root:{Path(root).resolve()}\n".encode())
+        if not Path(root).exists():
+            digest.update(b"missing\n")
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+            dirnames.sort()
+            for name in sorted(filenames):
+                path = Path(dirpath, name)
+                try:
+                    stat = path.stat()
+                except OSError:
+                    continue
+                digest.update(f"{path.relative_to(root)}\t{stat.st_size}\t{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def code_fingerprint() -> str:
+    """adlib's version plus a hash of its source files: a code change re-runs the notebooks on --resume."""
+    from adlib import __version__
+
+    package = Path(results.__file__).parent
+    digest = hashlib.sha256(__version__.encode())
+    for path in sorted(package.rglob("*.py")):
+        digest.update(str(path.relative_to(package)).encode())
+        digest.update(path.read_bytes())
+    return f"{__version__}+{digest.hexdigest()[:12]}"
+
+
+def input_key(notebook: Path, parameters: dict, code: str, data: str) -> str:
+    digest = hashlib.sha256(Path(notebook).read_bytes())
+    digest.update(json.dumps({"parameters": parameters, "code": code, "data": data}, sort_keys=True).encode())
+    return digest.hexdigest()
+
+
+def plan(config: ReproduceConfig, notebooks: list[Path]) -> list[Job]:
+    device = resolve_device(config.device or PROFILES[config.profile].device)
+    fingerprint = data_fingerprint(data_roots(config.data_root))
+    code = code_fingerprint()
+    parameters = {
+        "profile": config.profile, "data_root": config.data_root, "device": device, "seed": config.seed,
+        "output_root": str(config.output_root.resolve()),
+    }
+    jobs = []
+    for path in notebooks:
+        title, outputs = notebook_metadata(path, config.profile)
+        paper, name = path.parent.name, path.stem
+        folder = config.executed_dir / paper
+        jobs.append(Job(
+            paper=paper, name=name, notebook=str(path.resolve()), executed=str(folder / f"{name}.ipynb"),
+            record=str(folder / f"{name}.run.json"), title=title, outputs=outputs, parameters=dict(parameters),
+            key=input_key(path, parameters, code, fingerprint), output_root=str(config.output_root.resolve()),
+            data_fingerprint=fingerprint, cell_timeout=config.cell_timeout,
+        ))
+    return jobs
+
+
+# ----------------------------------------------------------------------------------------- resume index
+class ResumeIndex:
+    """`resume.json`: label -> input key of the last successful run; saved atomically after every notebook."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        self._lock = threading.Lock()
+        try:
+            self.entries: dict[str, dict] = json.loads(self.path.read_text())
+        except (OSError, ValueError):
+            self.entries = {}
+
+    def is_current(self, job: Job) -> bool:
+        entry = self.entries.get(job.label)
+        if not entry or entry.get("key") != job.key:
+            return False
+        root = Path(job.output_root)
+        return Path(job.executed).exists() and all((root / rel).exists() for rel in job.outputs)
+
+    def update(self, job: Job, outcome: Outcome) -> None:
+        with self._lock:
+            if outcome.status == "ok":
+                self.entries[job.label] = {"key": job.key, "record": outcome.record, "time": time.time()}
+            else:
+                self.entries.pop(job.label, None)
+            results.atomic_write_json(self.path, self.entries)
+
+
+# ----------------------------------------------------------------------------------------- execution
+def _kernel_manager_class(extra_env: dict[str, str], stderr_path: Path):
+    """An AsyncKernelManager that starts the kernel on this process's Python, with `extra_env`, and sends
+    the kernel's own stderr (start-up warnings, crashes) to `stderr_path` instead of the terminal."""
+    from jupyter_client.manager import AsyncKernelManager
+
+    class AdlibKernelManager(AsyncKernelManager):
+        async def _async_start_kernel(self, **kw: Any) -> None:
+            kw["env"] = {**(kw.get("env") or os.environ), **extra_env}
+            with open(stderr_path, "ab") as stderr:  # the child keeps its own copy of the descriptor
+                kw["stderr"] = stderr
+                await super()._async_start_kernel(**kw)
+
+        start_kernel = _async_start_kernel
+
+        def format_kernel_cmd(self, extra_arguments: list[str] | None = None) -> list[str]:
+            cmd = super().format_kernel_cmd(extra_arguments)
+            if "ipykernel_launcher" in cmd:  # an IPython kernel: run it on the interpreter running adlib
+                cmd[0] = sys.executable
+            return cmd
+
+    return AdlibKernelManager
+
+
+def _written_files(log: Path) -> list[str]:
+    if not log.exists():
+        return []
+    paths = []
+    for line in log.read_text(encoding="utf-8").splitlines():
+        try:
+            paths.append(json.loads(line)["path"])
+        except (ValueError, KeyError):
+            continue
+    return sorted(set(paths))
+
+
+def execute_job(job: Job) -> Outcome:
+    """Execute one notebook with papermill; write the executed notebook and the run record. Never raises."""
+    import papermill
+    from papermill.exceptions import PapermillExecutionError
+
+    executed, record_path, root = Path(job.executed), Path(job.record), Path(job.output_root)
+    partial_dir = executed.parent.parent / PARTIAL_DIR
+    partial_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f"{job.paper}-{job.name}-", dir=partial_dir))
+    run_log, kernel_log = work / "written.jsonl", work / "kernel-stderr.txt"
+    env = {results.RUN_LOG_ENV: str(run_log.resolve()), results.OUTPUT_ROOT_ENV: job.output_root}
+    start = time.time()
+    error = cell = None
+    try:
+        papermill.execute_notebook(
+            job.notebook, str(work / executed.name), parameters=job.parameters, kernel_name="python3",
+            cwd=str(Path(job.notebook).parent), progress_bar=False, execution_timeout=job.cell_timeout,
+            kernel_manager_class=_kernel_manager_class(env, kernel_log),
+        )
+    except PapermillExecutionError as exc:
+        first_line = next((line for line in exc.source.splitlines() if line.strip()), "").strip()
+        cell = f"In [{exc.exec_count}] (cell {exc.cell_index}): {first_line[:80]}"
+        error = f"{exc.ename}: {exc.evalue}"
+    except Exception as exc:  # a kernel that dies or cannot start is a notebook failure too
+        error = f"{type(exc).__name__}: {exc}"
+    end = time.time()
+
+    written = _written_files(run_log)
+    missing = []
+    for rel in job.outputs:
+        path = root / rel
+        fresh = path.exists() and (str(path.resolve()) in written or path.stat().st_mtime >= start - 1)
+        if not fresh:
+            missing.append(rel)
+    if missing and error is None:
+        error = f"declared outputs not written: {', '.join(missing)}"
+    status = "ok" if error is None else "failed"
+
+    if (work / executed.name).exists():
+        executed.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(work / executed.name, executed)
+    record = {
+        "notebook": job.label, "title": job.title, "source": job.notebook, "executed": str(executed),
+        "status": status, "error": error, "failed_cell": cell, "missing_outputs": missing,
+        "parameters": job.parameters, "seed": job.parameters.get("seed"), "device": job.parameters.get("device"),
+        "profile": job.parameters.get("profile"), "data_fingerprint": job.data_fingerprint, "input_key": job.key,
+        "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3),
+        "declared_outputs": job.outputs,
+        "written_files": [_relative(p, root) for p in written],
+        "kernel_python": sys.executable,
+        "kernel_stderr": kernel_log.read_text(errors="replace")[-4000:] if kernel_log.exists() else "",
+        "provenance": results.provenance(),
+    }
+    results.atomic_write_json(record_path, record)
+    shutil.rmtree(work, ignore_errors=True)
+    return Outcome(job.label, status, end - start, error, cell, missing, str(record_path), job.key)
+
+
+def _safe_execute(job: Job) -> Outcome:
+    try:
+        return execute_job(job)
+    except Exception:  # the runner itself broke (disk full, ...): report it as this notebook's failure
+        return Outcome(job.label, "failed", 0.0, traceback.format_exc(limit=3).strip().splitlines()[-1])
+
+
+def _iso(t: float) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+
+
+def _relative(path: str, root: Path) -> str:
+    try:
+        return str(Path(path).resolve().relative_to(root.resolve()))
+    except ValueError:
+        return path
+
+
+# ----------------------------------------------------------------------------------------- executors
+class LocalExecutor:
+    """Notebooks in this process: papermill's kernels are separate processes, so threads run them in parallel."""
+
+    def __init__(self, config: ReproduceConfig):
+        self.jobs = config.jobs
+
+    def run(self, jobs: list[Job], on_start: Callable[[Job], None], on_done: Callable[[Job, Outcome], None]) -> None:
+        def task(job: Job) -> None:
+            on_start(job)
+            on_done(job, _safe_execute(job))
+
+        with concurrent.futures.ThreadPoolExecutor(max_workers=self.jobs) as pool:
+            for future in [pool.submit(task, job) for job in jobs]:
+                future.result()
+
+
+class DaskExecutor:
+    """One task per notebook on an existing Dask cluster; workers need adlib installed and the same paths."""
+
+    def __init__(self, config: ReproduceConfig):
+        if not config.scheduler:
+            raise ValueError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
+        self.scheduler = config.scheduler
+
+    def run(self, jobs: list[Job], on_start: Callable[[Job], None], on_done: Callable[[Job, Outcome], None]) -> None:
+        try:
+            from distributed import Client, as_completed
+        except ImportError as exc:
+            raise RuntimeError("--executor dask needs the 'distributed' package: pip install 'adlib[dask]'") from exc
+        with Client(self.scheduler, set_as_default=False) as client:
+            futures = {}
+            for job in jobs:
+                on_start(job)
+                futures[client.submit(_safe_execute, job, pure=False, key=f"adlib-{job.paper}-{job.name}-{job.key[:8]}")] = job
+            for future in as_completed(list(futures)):
+                job = futures[future]
+                try:
+                    outcome = future.result()
+                except Exception as exc:  # the worker died
+                    outcome = Outcome(job.label, "failed", 0.0, f"dask: {type(exc).__name__}: {exc}")
+                on_done(job, outcome)
+
+
+EXECUTORS: dict[str, type] = {"local": LocalExecutor, "dask": DaskExecutor}
+
+
+# ----------------------------------------------------------------------------------------- progress
+class Progress:
+    """One line per start and finish: which notebook, how many are left, elapsed time."""
+
+    def __init__(self, total: int, stream=None):
+        self.total, self.done, self.running = total, 0, 0
+        self.start = time.time()
+        self.stream = stream or sys.stderr
+        self._lock = threading.Lock()
+
+    def _elapsed(self) -> str:
+        return _duration(time.time() - self.start)
+
+    def started(self, job: Job) -> None:
+        with self._lock:
+            self.running += 1
+            self._print(f"[{self.done}/{self.total}] run   {job.label}  "
+                        f"({self.running} running, {self.total - self.done} left, elapsed {self._elapsed()})")
+
+    def finished(self, outcome: Outcome) -> None:
+        with self._lock:
+            self.done += 1
+            self.running = max(0, self.running - 1) if outcome.status != "skipped" else self.running
+            word = {"ok": "ok   ", "failed": "FAIL ", "skipped": "skip "}[outcome.status]
+            extra = f"  {outcome.error}" if outcome.error else ""
+            self._print(f"[{self.done}/{self.total}] {word} {outcome.label}  {outcome.seconds:.1f} s  "
+                        f"({self.total - self.done} left, elapsed {self._elapsed()}){extra}")
+
+    def _print(self, line: str) -> None:
+        print(line, file=self.stream, flush=True)
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(int(seconds), 60)
+    return f"{minutes // 60}:{minutes % 60:02d}:{secs:02d}"
+
+
+# ----------------------------------------------------------------------------------------- driver
+@dataclass
+class Summary:
+    outcomes: list[Outcome]
+    seconds: float
+    report: Path | None = None
+
+    @property
+    def failed(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.outcomes) and not self.failed
+
+    def text(self) -> str:
+        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "skipped", "failed")}
+        lines = [f"{len(self.outcomes)} notebooks in {_duration(self.seconds)}: "
+                 f"{counts['ok']} ran ok, {counts['skipped']} unchanged (skipped), {counts['failed']} failed"]
+        for outcome in self.failed:
+            lines.append(f"  FAILED {outcome.label}: {outcome.error}")
+            if outcome.cell:
+                lines.append(f"         at {outcome.cell}")
+            if outcome.record:
+                lines.append(f"         run record: {outcome.record}")
+        if self.report:
+            lines.append(f"report: {self.report}")
+        return "\n".join(lines)
+
+
+def reproduce(config: ReproduceConfig, stream=None) -> Summary:
+    """Execute the selected notebooks (skipping unchanged ones with `resume`), then build the report."""
+    stream = stream or sys.stderr
+    start = time.time()
+    notebooks = discover(config.notebook_root, config.papers, config.only)
+    if not notebooks:
+        return Summary([], time.time() - start)
+    config.executed_dir.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(config.executed_dir / PARTIAL_DIR, ignore_errors=True)  # left by a killed run
+    jobs = plan(config, notebooks)
+    index = ResumeIndex(config.executed_dir / RESUME_INDEX)
+    progress = Progress(len(jobs), stream)
+    outcomes: dict[str, Outcome] = {}
+
+    todo = []
+    for job in jobs:
+        if config.resume and index.is_current(job):
+            outcome = Outcome(job.label, "skipped", 0.0, record=job.record, key=job.key)
+            outcomes[job.label] = outcome
+            progress.finished(outcome)
+        else:
+            todo.append(job)
+
+    def on_done(job: Job, outcome: Outcome) -> None:
+        outcomes[job.label] = outcome
+        index.update(job, outcome)
+        progress.finished(outcome)
+
+    if todo:
+        EXECUTORS[config.executor](config).run(todo, progress.started, on_done)
+    summary = Summary([outcomes[j.label] for j in jobs], time.time() - start)
+    if config.report:
+        from adlib.report import build_report
+
+        summary.report = build_report(config.output_root, config.profile, notebook_root=config.notebook_root)
+    return summary
+
+
+# ----------------------------------------------------------------------------------------- CLI
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--profile", choices=sorted(PROFILES), default="smoke",
+                        help="smoke: CPU minutes on embedded data; paper: the papers' settings on a GPU")
+    parser.add_argument("--papers", type=lambda s: [p for p in s.split(",") if p], default=None,
+                        help="comma-separated papers (folders under notebooks/), e.g. varad,vitad")
+    parser.add_argument("--only", metavar="PATTERN", help="glob (or substring) on paper/notebook, e.g. 'varad/0[12]*'")
+    parser.add_argument("--resume", action="store_true",
+                        help="skip notebooks whose notebook, parameters, adlib code and data are unchanged since a successful run")
+    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at the same time")
+    parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
+                        help="local: in this process; dask: on an existing Dask cluster (--scheduler)")
+    parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --executor dask")
+    parser.add_argument("--data-root", default=None, help="data folder passed to the notebooks (default: embedded synthetic data)")
+    parser.add_argument("--device", default=None, help="device passed to the notebooks (default: the profile's)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
+    parser.add_argument("--notebooks", type=Path, default=None, help="notebook folder (default: notebooks/ of the repository)")
+    parser.add_argument("--output-root", type=Path, default=None, help="where results/ and figures/ go (default: the repository)")
+    parser.add_argument("--report-only", action="store_true", help="build the report from existing results, execute nothing")
+    parser.add_argument("--no-report", action="store_true", help="execute the notebooks but do not build the report")
+
+
+def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
+    config = ReproduceConfig(
+        profile=args.profile, papers=args.papers, only=args.only, resume=args.resume, jobs=args.jobs,
+        executor=args.executor, scheduler=args.scheduler, data_root=args.data_root, device=args.device,
+        seed=args.seed, cell_timeout=args.cell_timeout, report=not args.no_report,
+    )
+    if args.notebooks is not None:
+        config.notebook_root = args.notebooks
+    if args.output_root is not None:
+        config.output_root = args.output_root
+    return config
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        config = config_from_args(args)
+    except ValueError as exc:
+        print(f"adlib reproduce: {exc}", file=sys.stderr)
+        return 2
+    if args.report_only:
+        from adlib.report import build_report
+
+        print(f"report: {build_report(config.output_root, config.profile, notebook_root=config.notebook_root)}")
+        return 0
+    print(f"adlib reproduce: profile {config.profile} ({PROFILES[config.profile].description})", file=sys.stderr)
+    summary = reproduce(config)
+    if not summary.outcomes:
+        print(f"adlib reproduce: no notebooks found under {config.notebook_root} "
+              f"(papers={config.papers or 'all'}, only={config.only or '-'}); "
+              "expected notebooks/<paper>/NN_<topic>.ipynb", file=sys.stderr)
+        return 1
+    print(summary.text())
+    return 0 if summary.ok else 1
