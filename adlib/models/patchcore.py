@@ -1,0 +1,188 @@
+"""PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features, greedy coreset, kNN.
+
+- patch features: each tapped layer (default: strides 8 and 16, "layer 2 and 3") is averaged over 3x3
+  neighbourhoods, upsampled to the first layer's grid and concatenated over channels;
+- the memory bank is a greedy k-center coreset of all training patches (distances on a random projection);
+- a test patch's score is its distance to the nearest memory item; the map is upsampled to the image and
+  Gaussian-blurred; the image score is the largest patch score, optionally with the paper's reweighting.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlib.models.base import AnomalyModel, Prediction, RunProfile, apply_overrides
+from adlib.models.common import gaussian_blur, image_score
+
+
+@dataclass
+class PatchCoreConfig:
+    backbone: str = "efficientnet_lite0"
+    # Backbone taps; None = the backbone's taps at strides 8 and 16 ("layer 2 and 3" of a ResNet).
+    layers: tuple | None = None
+    pretrained: bool = True
+    image_size: int | tuple[int, int] = 256
+    patch_size: int = 3  # local neighbourhood p for the aggregation (paper: 3)
+    embed_dim: int | None = None  # average-pool the concatenated channels to this width (paper: 1024); None = keep
+    coreset_ratio: float = 0.1  # fraction of training patches kept (paper: 10%, 1% also reported)
+    projection_dim: int = 128  # random projection for the coreset distances (paper: Johnson-Lindenstrauss, 128)
+    reweight: bool = False  # paper's image-score reweighting by the nearest item's neighbourhood
+    reweight_neighbors: int = 9  # b in the reweighting
+    smoothing_sigma: float = 4.0  # Gaussian sigma in image pixels (paper: 4)
+    score_rule: str = "max"  # image score from the patch scores: "max" (paper) or "topk_mean"
+    topk_ratio: float = 0.01
+    chunk_size: int = 8192  # test patches per distance block (memory)
+    seed: int = 0  # coreset start point and projection
+
+
+def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by greedy k-center selection (each pick is the row farthest from
+    those already picked), starting from a seeded random row; distances on a random projection when
+    ``projection_dim`` is smaller than the feature width."""
+    n, dim = features.shape
+    count = max(1, min(count, n))
+    generator = torch.Generator().manual_seed(seed)
+    x = features.float()
+    if projection_dim and projection_dim < dim:
+        projection = torch.randn(dim, projection_dim, generator=generator) / projection_dim**0.5
+        x = x @ projection.to(x)
+    norms = x.pow(2).sum(dim=1)
+    start = int(torch.randint(n, (1,), generator=generator))
+    selected = torch.empty(count, dtype=torch.long)
+    selected[0] = start
+    min_dist = (norms - 2 * x @ x[start] + norms[start]).clamp_min(0)
+    for i in range(1, count):
+        idx = int(torch.argmax(min_dist))
+        selected[i] = idx
+        min_dist = torch.minimum(min_dist, (norms - 2 * x @ x[idx] + norms[idx]).clamp_min(0))
+    return selected
+
+
+def nearest_distances(queries: torch.Tensor, bank: torch.Tensor, k: int = 1, chunk_size: int = 8192) -> tuple[torch.Tensor, torch.Tensor]:
+    """Euclidean distances (Q, k) and indices (Q, k) of each query's k nearest rows of ``bank``."""
+    dists, idxs = [], []
+    for chunk in queries.split(chunk_size):
+        d = torch.cdist(chunk, bank)
+        values, indices = d.topk(k, dim=1, largest=False)
+        dists.append(values)
+        idxs.append(indices)
+    return torch.cat(dists), torch.cat(idxs)
+
+
+class PatchCore(AnomalyModel):
+    name = "patchcore"
+    trainable = False
+
+    def __init__(self, config: PatchCoreConfig | None = None, tokenizer: nn.Module | None = None) -> None:
+        config = config or PatchCoreConfig()
+        if not 0 < config.coreset_ratio <= 1:
+            raise ValueError(f"coreset_ratio={config.coreset_ratio}: expected a fraction in (0, 1]")
+        image_score(torch.zeros(1, 1, 1), config.score_rule)
+        super().__init__(config)
+        if tokenizer is None:
+            from adlib import backbones
+
+            tokenizer = backbones.create(config.backbone, layers=config.layers, pretrained=config.pretrained)
+        self.tokenizer = tokenizer
+        for p in self.tokenizer.parameters():
+            p.requires_grad_(False)
+        self.tokenizer.eval()
+        self.image_hw = (config.image_size, config.image_size) if isinstance(config.image_size, int) else tuple(config.image_size)
+        self.memory_bank: torch.Tensor | None = None
+
+    def get_extra_state(self) -> Any:
+        return {"memory_bank": self.memory_bank}
+
+    def set_extra_state(self, state: Any) -> None:
+        self.memory_bank = state["memory_bank"]
+
+    def _apply(self, fn, recurse=True):  # keep the bank on the model's device through .to(device)
+        super()._apply(fn, recurse)
+        if self.memory_bank is not None:
+            self.memory_bank = fn(self.memory_bank)
+        return self
+
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        return list(self.tokenizer(images))
+
+    def embed(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Locally aware patch features (B, D, h, w) on the first tapped layer's grid."""
+        size = features[0].shape[-2:]
+        pad = self.config.patch_size // 2
+        parts = []
+        for feat in features:
+            feat = F.avg_pool2d(feat, self.config.patch_size, stride=1, padding=pad, count_include_pad=False)
+            if feat.shape[-2:] != size:
+                feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
+            parts.append(feat)
+        x = torch.cat(parts, dim=1)
+        if self.config.embed_dim and self.config.embed_dim < x.shape[1]:
+            b, d, h, w = x.shape
+            x = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, d), self.config.embed_dim)
+            x = x.reshape(b, h, w, -1).permute(0, 3, 1, 2)
+        return x
+
+    def fit_memory(self, batches: Iterable[list[torch.Tensor]]) -> None:
+        patches = []
+        for features in batches:
+            x = self.embed(features)
+            patches.append(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]).cpu())
+        patches = torch.cat(patches)
+        count = max(1, int(round(self.config.coreset_ratio * len(patches))))
+        if count >= len(patches):
+            self.memory_bank = patches
+        else:
+            self.memory_bank = patches[greedy_coreset(patches, count, self.config.projection_dim, self.config.seed)]
+        device = next(self.tokenizer.parameters()).device
+        self.memory_bank = self.memory_bank.to(device)
+
+    def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Nearest-neighbour distances (B, h, w) and the embedded patches (B, h*w, D)."""
+        if self.memory_bank is None:
+            raise RuntimeError("PatchCore has no memory bank: fit it first (adlib.engine.fit)")
+        x = self.embed(self.extract(images))
+        b, d, h, w = x.shape
+        flat = x.permute(0, 2, 3, 1).reshape(b, h * w, d)
+        dist, _ = nearest_distances(flat.reshape(-1, d), self.memory_bank, 1, self.config.chunk_size)
+        return dist[:, 0].reshape(b, h, w), flat
+
+    def _reweighted(self, scores: torch.Tensor, patches: torch.Tensor) -> torch.Tensor:
+        """PatchCore Eq. 7: s = (1 - exp(s*) / sum_{m in N_b(m*)} exp(||m_test - m||)) s*."""
+        flat = scores.flatten(1)
+        best = flat.argmax(dim=1)
+        m_test = patches[torch.arange(len(best)), best]  # (B, D)
+        _, nearest = nearest_distances(m_test, self.memory_bank, 1)
+        b = min(self.config.reweight_neighbors, len(self.memory_bank))
+        _, neighbourhood = nearest_distances(self.memory_bank[nearest[:, 0]], self.memory_bank, b)  # includes m*
+        dists = torch.linalg.vector_norm(m_test[:, None] - self.memory_bank[neighbourhood], dim=2)
+        weight = 1 - torch.softmax(dists, dim=1)[:, 0]
+        return weight * flat.gather(1, best[:, None])[:, 0]
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        scores, patches = self.patch_scores(images)
+        maps = F.interpolate(scores.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=False).squeeze(1)
+        maps = gaussian_blur(maps, self.config.smoothing_sigma)
+        if self.config.reweight:
+            image_scores = self._reweighted(scores, patches)
+        else:
+            image_scores = image_score(scores, self.config.score_rule, self.config.topk_ratio)
+        return Prediction(maps, image_scores)
+
+
+def profile(name: str, **overrides: Any) -> RunProfile:
+    """Presets: ``smoke`` (EfficientNet-Lite0, 256 px) and ``paper`` (WideResNet-50 layers 2+3, 1024 px)."""
+    from adlib.engine import FitConfig
+
+    presets = {
+        "smoke": RunProfile(model=PatchCoreConfig(), fit=FitConfig(epochs=1, batch_size=8)),
+        "paper": RunProfile(model=PatchCoreConfig(backbone="wide_resnet50", image_size=1024, embed_dim=1024),
+                            fit=FitConfig(epochs=1, batch_size=2)),
+    }
+    if name not in presets:
+        raise ValueError(f"profile {name!r} unknown; expected one of {sorted(presets)}")
+    return apply_overrides(presets[name], overrides)

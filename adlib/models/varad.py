@@ -1,0 +1,431 @@
+"""VarAD: high-resolution anomaly detection by visual autoregressive token prediction (Eq. 1-10).
+
+Pipeline, one hierarchy h at a time (the paper's notation):
+
+1. a frozen tokenizer (``adlib.backbones``) gives tokens F^h (B, C_h, h_h, w_h);
+2. a per-hierarchy adapter with a residual connection gives F^h_hat = phi_h(F^h) + F^h (Eq. 1);
+3. multi-directional scanning (``adlib.scans.varad_directions``) reads F^h_hat as K sequences (Eq. 2);
+4. a Mamba predictor sees [BOS_1..BOS_M, v_1..v_L] and its last M outputs are dropped, so output l predicts
+   v_l from v_1..v_{l-M} only, with M = m * span (span = row length for row-spanned sequences, column length
+   for column-spanned ones) (Eq. 6-7);
+5. predictions are scanned back to the grid and averaged over directions (Eq. 8), the squared L2 error per
+   token is the hierarchy's map, maps are upsampled to the image and summed over hierarchies (Eq. 9);
+   training minimises it on normal images (Eq. 10).
+
+Every choice the paper leaves open is a field of ``VarADConfig`` whose comment says so.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlib.models.base import AnomalyModel, Prediction, RunProfile, apply_overrides
+from adlib.models.common import check_choice, gaussian_blur, image_score
+
+ALL_DIRECTIONS = ("row_tl", "row_br", "col_tr", "col_bl")
+
+
+@dataclass
+class VarADConfig:
+    """VarAD settings. Defaults are the smoke settings that run on a CPU; ``profile("paper")`` gives the paper's."""
+
+    backbone: str = "efficientnet_lite0"
+    # Backbone taps (adlib.backbones layer names/indices); None = the backbone's default taps.
+    # Paper: DINOv2 ViT-S/14 blocks 4, 8, 12.
+    layers: tuple | None = None
+    pretrained: bool = True
+    # Square side or (H, W). VarAD is built for one input size: the [BOS] tokens are M x C per direction.
+    image_size: int | tuple[int, int] = 256
+    # Feature adapter (Sec. III.C.1, Fig. 4): a name from ADAPTERS. Paper default: "linear".
+    adapter: str = "linear"
+    # Initial adapter output: "zero" makes F_hat = F at the start (paper silent).
+    adapter_init: str = "zero"
+    lora_rank: int = 8  # LoRA rank r on the ViT attention qkv layers (paper silent on r)
+    lora_alpha: float = 8.0  # LoRA scaling alpha / r (paper silent)
+    # Subset of the four directions, for the direction ablation (Fig. 4). Paper: all four.
+    directions: tuple[str, ...] = ALL_DIRECTIONS
+    m: int = 4  # prediction step: M = m * span tokens are excluded (paper default 4)
+    # One Mamba per hierarchy shared by its directions (stacked along the batch) or one per direction.
+    # Paper silent; shared is cheaper and sees K times more sequences per step.
+    share_predictor: bool = True
+    # [BOS] tokens: "full" = learnable M x C per hierarchy and direction (the paper's [BOS] in R^{M x C});
+    # "broadcast" = one learnable C-vector per hierarchy and direction repeated M times.
+    bos: str = "full"
+    depth: int = 1  # Mamba blocks per predictor (paper silent; Fig. 2 draws one)
+    d_state: int = 16  # SSM state size P (paper silent; Mamba default)
+    d_conv: int = 4  # Mamba's causal depthwise conv width (Mamba default)
+    expand: int = 2  # Mamba inner expansion (Mamba default)
+    hidden_dim: int | None = None  # project tokens to this width inside the predictor; None = C (paper silent)
+    pre_norm: bool = True  # LayerNorm before each Mamba block (paper silent; standard for Mamba)
+    # Normalise each token over channels (LayerNorm without affine) before the adapter, so hierarchies with
+    # different feature scales weigh alike in the summed map (paper silent; "none" is the literal reading).
+    token_norm: str = "none"
+    # Prediction target. With a trainable residual adapter and target = adapter output (paper-literal,
+    # "adapted"), the loss has the trivial minimiser phi(F) = -F (all tokens zero). "detached" stops the
+    # gradient at the target (the adapter learns only through the predictor input); "raw" predicts the
+    # un-adapted tokens F. Paper silent; see the model docs for the measurement.
+    target: str = "detached"
+    # Loss on the direction-averaged prediction (Eq. 9-10, "average") or the mean over directions of each
+    # direction's own error ("directions"). Paper: average.
+    loss_on: str = "average"
+    # Eq. 10 is a sum over positions; "mean" divides by the number of positions so the learning rate does
+    # not depend on the resolution (paper silent on the scale).
+    loss_reduction: str = "mean"
+    # Gaussian sigma (pixels at image resolution) for the final map; the paper does not state it, 4 is
+    # the usual value in the field (PatchCore, RD4AD, ViTAD). 0 disables.
+    smoothing_sigma: float = 4.0
+    score_rule: str = "max"  # image score from the map: "max" (paper, Sec. III.A) or "topk_mean"
+    topk_ratio: float = 0.01  # fraction of pixels for "topk_mean"
+
+
+# ----------------------------------------------------------------------------------------------- adapters
+
+
+class LinearAdapter(nn.Module):
+    """phi(F) = W F + b over channels (a 1x1 convolution): the paper's default adapter."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.proj(x)
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+
+class ResBlockAdapter(nn.Module):
+    """phi(F) = conv3x3(GELU(GroupNorm(conv3x3(F)))): a ResBlock body; the block's skip is Eq. 1's residual."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.norm = nn.GroupNorm(1, channels)
+        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv2(F.gelu(self.norm(self.conv1(x))))
+
+    def zero_init(self) -> None:
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+
+class LoRALinear(nn.Module):
+    """A frozen linear layer plus a trainable low-rank update: y = W x + (alpha / r) B A x, with B = 0 at start."""
+
+    def __init__(self, base: nn.Linear, rank: int, alpha: float) -> None:
+        super().__init__()
+        self.base = base
+        for p in self.base.parameters():
+            p.requires_grad_(False)
+        self.lora_a = nn.Parameter(torch.empty(rank, base.in_features))
+        self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
+        nn.init.kaiming_uniform_(self.lora_a, a=math.sqrt(5))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.base(x) + F.linear(F.linear(x, self.lora_a), self.lora_b) * self.scale
+
+
+def add_lora(tokenizer: nn.Module, rank: int, alpha: float) -> int:
+    """Wrap every attention ``qkv`` linear of a ViT tokenizer (its timm model at ``.model``) with LoRA."""
+    vit = getattr(tokenizer, "model", None)
+    targets = []
+    if vit is not None:
+        targets = [(name, mod) for name, mod in vit.named_modules() if name.endswith("attn.qkv") and isinstance(mod, nn.Linear)]
+    if not targets:
+        name = getattr(tokenizer, "name", type(tokenizer).__name__)
+        raise ValueError(f"adapter with LoRA needs a ViT backbone with attention qkv layers; backbone {name!r} has none "
+                         f"(use adapter='linear' or 'resblock', or a ViT backbone such as dinov2_vits14)")
+    for name, mod in targets:
+        parent = vit.get_submodule(name.rsplit(".", 1)[0])
+        parent.qkv = LoRALinear(mod, rank, alpha)
+    return len(targets)
+
+
+@dataclass(frozen=True)
+class AdapterSpec:
+    feature_adapter: Callable[[int], nn.Module] | None  # factory (channels) -> phi, or None for phi = 0
+    lora: bool  # rank-r LoRA on the backbone's attention qkv layers
+
+
+# The adapters of the paper's Fig. 4 ("w/o", Linear, ResBlock, LoRA, LoRA+Linear, LoRA+ResBlock).
+ADAPTERS: dict[str, AdapterSpec] = {
+    "none": AdapterSpec(None, False),
+    "linear": AdapterSpec(LinearAdapter, False),
+    "resblock": AdapterSpec(ResBlockAdapter, False),
+    "lora": AdapterSpec(None, True),
+    "lora+linear": AdapterSpec(LinearAdapter, True),
+    "lora+resblock": AdapterSpec(ResBlockAdapter, True),
+}
+
+
+# ---------------------------------------------------------------------------------------------- predictor
+
+
+class MambaStack(nn.Module):
+    """Sequence model (B, L, C) -> (B, L, C): optional width projection, ``depth`` residual Mamba blocks, head.
+
+    Causal: output t depends on inputs 0..t only (Mamba's conv and scan are causal).
+    """
+
+    def __init__(self, channels: int, config: VarADConfig) -> None:
+        super().__init__()
+        from adlib.ssm import Mamba
+
+        width = config.hidden_dim or channels
+        self.proj_in = nn.Linear(channels, width) if width != channels else nn.Identity()
+        self.norms = nn.ModuleList(nn.LayerNorm(width) if config.pre_norm else nn.Identity() for _ in range(config.depth))
+        self.blocks = nn.ModuleList(
+            Mamba(width, d_state=config.d_state, d_conv=config.d_conv, expand=config.expand) for _ in range(config.depth)
+        )
+        self.norm_out = nn.LayerNorm(width)
+        self.head = nn.Linear(width, channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.proj_in(x)
+        for norm, block in zip(self.norms, self.blocks):
+            x = x + block(norm(x))
+        return self.head(self.norm_out(x))
+
+
+class HierarchyPredictor(nn.Module):
+    """The token predictor of one hierarchy: [BOS] tokens per direction and a Mamba stack (Eq. 6-7).
+
+    ``gaps`` maps each direction name to its M. With ``shared`` one stack serves all directions: sequences
+    with the same M are stacked along the batch and run in one call.
+    """
+
+    def __init__(self, channels: int, gaps: dict[str, int], config: VarADConfig) -> None:
+        super().__init__()
+        self.gaps = dict(gaps)
+        self.shared = config.share_predictor
+        bos_rows = {name: (gap if config.bos == "full" else 1) for name, gap in gaps.items()}
+        self.bos = nn.ParameterDict({name: nn.Parameter(torch.randn(rows, channels) * 0.02) for name, rows in bos_rows.items()})
+        if self.shared:
+            self.stack = MambaStack(channels, config)
+        else:
+            self.stacks = nn.ModuleDict({name: MambaStack(channels, config) for name in gaps})
+
+    def _with_bos(self, name: str, seq: torch.Tensor) -> torch.Tensor:
+        gap = self.gaps[name]
+        bos = self.bos[name].expand(gap, -1) if self.bos[name].shape[0] != gap else self.bos[name]
+        return torch.cat([bos.unsqueeze(0).expand(seq.shape[0], -1, -1), seq], dim=1)
+
+    def predict(self, name: str, seq: torch.Tensor) -> torch.Tensor:
+        """Predictions (B, L, C) for one direction's sequence (B, L, C); output l sees v_1..v_{l-M} only."""
+        return self.forward({name: seq})[name]
+
+    def forward(self, seqs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        if not self.shared:
+            for name, seq in seqs.items():
+                out[name] = self.stacks[name](self._with_bos(name, seq))[:, : seq.shape[1]]
+            return out
+        groups: dict[int, list[str]] = {}
+        for name in seqs:
+            groups.setdefault(self.gaps[name], []).append(name)
+        for names in groups.values():
+            batch = torch.cat([self._with_bos(name, seqs[name]) for name in names], dim=0)
+            pred = self.stack(batch)
+            for name, chunk in zip(names, pred.chunk(len(names), dim=0)):
+                out[name] = chunk[:, : seqs[name].shape[1]]
+        return out
+
+
+# ------------------------------------------------------------------------------------------------- model
+
+
+def _image_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return size, size
+    h, w = size
+    return int(h), int(w)
+
+
+class VarAD(AnomalyModel):
+    """VarAD over a frozen tokenizer. ``tokenizer`` may be given (tests); otherwise it is built from the config."""
+
+    name = "varad"
+    trainable = True
+
+    def __init__(self, config: VarADConfig | None = None, tokenizer: nn.Module | None = None) -> None:
+        config = config or VarADConfig()
+        self._validate(config)
+        super().__init__(config)
+        spec = ADAPTERS[config.adapter]
+        if tokenizer is None:
+            from adlib import backbones
+
+            tokenizer = backbones.create(config.backbone, layers=config.layers, pretrained=config.pretrained)
+        self.tokenizer = tokenizer
+        for p in self.tokenizer.parameters():
+            p.requires_grad_(False)
+        self.uses_lora = spec.lora
+        if spec.lora:
+            add_lora(self.tokenizer, config.lora_rank, config.lora_alpha)
+        self.tokenizer.eval()
+
+        self.image_hw = _image_hw(config.image_size)
+        shapes = self._probe_shapes()
+        self.channels = [c for c, _, _ in shapes]
+        self.grids = [(h, w) for _, h, w in shapes]
+
+        from adlib.scans import varad_directions
+
+        self.directions = []  # per hierarchy: {name: Direction}
+        self.adapters = nn.ModuleList()
+        self.predictors = nn.ModuleList()
+        for channels, (h, w) in zip(self.channels, self.grids):
+            dirs = {name: d for name, d in varad_directions(h, w).items() if name in config.directions}
+            gaps = {name: config.m * d.span for name, d in dirs.items()}
+            too_long = {name: gap for name, gap in gaps.items() if gap >= h * w}
+            if too_long:
+                raise ValueError(f"m={config.m} excludes M={max(too_long.values())} tokens on a {h}x{w} token grid, "
+                                 f"which leaves nothing to predict from; use a smaller m or a larger image_size")
+            self.directions.append(dirs)
+            adapter = spec.feature_adapter(channels) if spec.feature_adapter else None
+            if adapter is not None and config.adapter_init == "zero":
+                adapter.zero_init()
+            self.adapters.append(adapter if adapter is not None else nn.Identity())
+            self.predictors.append(HierarchyPredictor(channels, gaps, config))
+        self.has_feature_adapter = spec.feature_adapter is not None
+
+    @staticmethod
+    def _validate(config: VarADConfig) -> None:
+        check_choice("adapter", config.adapter, ADAPTERS)
+        check_choice("adapter_init", config.adapter_init, ("zero", "default"))
+        check_choice("bos", config.bos, ("full", "broadcast"))
+        check_choice("token_norm", config.token_norm, ("none", "layernorm"))
+        check_choice("target", config.target, ("detached", "adapted", "raw"))
+        check_choice("loss_on", config.loss_on, ("average", "directions"))
+        check_choice("loss_reduction", config.loss_reduction, ("mean", "sum"))
+        image_score(torch.zeros(1, 1, 1), config.score_rule)  # validates the rule name
+        bad = [d for d in config.directions if d not in ALL_DIRECTIONS]
+        if bad or not config.directions:
+            raise ValueError(f"directions={config.directions!r}: expected a non-empty subset of {ALL_DIRECTIONS}")
+        if config.m < 1:
+            raise ValueError(f"m={config.m}: the prediction step must be >= 1")
+        if config.depth < 1:
+            raise ValueError(f"depth={config.depth}: need at least one Mamba block")
+
+    def _probe_shapes(self) -> list[tuple[int, int, int]]:
+        probe = torch.zeros(1, 3, *self.image_hw, device=next(self.tokenizer.parameters()).device)
+        try:
+            with torch.no_grad():
+                feats = self.tokenizer(probe)
+        except Exception as error:  # the backbone's own message says what size it needs
+            raise ValueError(f"image_size={self.config.image_size} does not work with backbone "
+                             f"{self.config.backbone!r}: {error}") from error
+        return [tuple(f.shape[1:]) for f in feats]
+
+    # ---- engine interface
+
+    @property
+    def cacheable(self) -> bool:
+        return not self.uses_lora
+
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Tokenizer features F^h (B, C_h, h_h, w_h); differentiable only when LoRA is on."""
+        if tuple(images.shape[-2:]) != self.image_hw:
+            raise ValueError(f"VarAD was built for {self.image_hw} inputs, got {tuple(images.shape[-2:])}; "
+                             f"resize the data to image_size={self.config.image_size}")
+        return list(self.tokenizer(images))
+
+    def loss(self, features: list[torch.Tensor]) -> torch.Tensor:
+        out = self.forward_tokens(features)
+        errors = out["errors"] if self.config.loss_on == "average" else out["direction_errors"]
+        reduce = torch.mean if self.config.loss_reduction == "mean" else torch.sum
+        # sum over hierarchies (Eq. 9), reduced over positions (Eq. 10) and the batch
+        return sum(reduce(e) for e in errors)
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        out = self.explain(images)
+        return Prediction(out["map"], out["scores"])
+
+    # ---- the method
+
+    def _targets_and_inputs(self, features: list[torch.Tensor]) -> tuple[list, list, list]:
+        tokens, adapted, targets = [], [], []
+        for feat, adapter in zip(features, self.adapters):
+            if self.config.token_norm == "layernorm":
+                feat = F.layer_norm(feat.permute(0, 2, 3, 1), feat.shape[1:2]).permute(0, 3, 1, 2)
+            hat = adapter(feat) + feat if self.has_feature_adapter else feat  # Eq. 1
+            tokens.append(feat)
+            adapted.append(hat)
+            targets.append({"detached": hat.detach(), "adapted": hat, "raw": feat}[self.config.target])
+        return tokens, adapted, targets
+
+    def forward_tokens(self, features: list[torch.Tensor]) -> dict[str, Any]:
+        """All per-hierarchy quantities from tokenizer features (see ``explain``)."""
+        tokens, adapted, targets = self._targets_and_inputs(features)
+        per_direction, predicted, errors, direction_errors = [], [], [], []
+        for hat, target, dirs, predictor, (h, w) in zip(adapted, targets, self.directions, self.predictors, self.grids):
+            flat = hat.flatten(2).transpose(1, 2)  # (B, L, C), row-major
+            seqs = {name: flat[:, d.order.to(flat.device)] for name, d in dirs.items()}  # Eq. 2
+            preds = predictor(seqs)
+            grids = {}
+            for name, d in dirs.items():  # Eq. 8: back to the grid ...
+                back = preds[name][:, d.inverse.to(flat.device)]
+                grids[name] = back.transpose(1, 2).reshape(hat.shape)
+            mean_pred = torch.stack(list(grids.values())).mean(dim=0)  # ... and averaged over directions
+            per_direction.append(grids)
+            predicted.append(mean_pred)
+            errors.append((mean_pred - target).pow(2).sum(dim=1))  # Eq. 9, (B, h, w)
+            if self.config.loss_on == "directions":
+                direction_errors.append(torch.stack([(g - target).pow(2).sum(dim=1) for g in grids.values()]).mean(0))
+        return {"tokens": tokens, "adapted": adapted, "targets": targets, "predictions": per_direction,
+                "predicted": predicted, "errors": errors, "direction_errors": direction_errors}
+
+    def anomaly_map(self, errors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """Upsample each hierarchy's error map to the image (bilinear), sum (Eq. 9) and smooth."""
+        up = [F.interpolate(e.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=False).squeeze(1) for e in errors]
+        total = torch.stack(up).sum(dim=0)
+        return up, gaussian_blur(total, self.config.smoothing_sigma)
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor) -> dict[str, Any]:
+        """Everything the notebooks draw, for a batch of images (B, 3, H, W) in [0, 1].
+
+        Keys: ``tokens`` F^h, ``adapted`` F_hat^h, ``targets`` (what is predicted), ``predictions`` (per hierarchy a
+        dict direction -> predicted grid (B, C, h, w)), ``predicted`` (direction average F_bar^h), ``errors``
+        (B, h, w) per hierarchy, ``error_maps`` (B, H, W) per hierarchy upsampled, ``map`` (B, H, W) final
+        smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
+        """
+        out = self.forward_tokens(self.extract(images))
+        out["error_maps"], out["map"] = self.anomaly_map(out["errors"])
+        out["scores"] = image_score(out["map"], self.config.score_rule, self.config.topk_ratio)
+        out.pop("direction_errors")
+        return out
+
+
+# ------------------------------------------------------------------------------------------------ profiles
+
+
+def profile(name: str, **overrides: Any) -> RunProfile:
+    """Presets: ``smoke`` (CPU, EfficientNet-Lite0, 256 px) and ``paper`` (DINOv2 ViT-S/14 4/8/12, 1024 px)."""
+    from adlib.engine import FitConfig
+
+    presets = {
+        "smoke": RunProfile(
+            model=VarADConfig(),
+            fit=FitConfig(epochs=10, batch_size=8, lr=5e-4),
+            notes={"data": "smoke: offline ImageNet EfficientNet-Lite0 tokenizer, small images, CPU"},
+        ),
+        "paper": RunProfile(
+            model=VarADConfig(backbone="dinov2_vits14", layers=(4, 8, 12), image_size=1022, m=4),
+            fit=FitConfig(epochs=10, batch_size=2, lr=5e-4),
+            notes={"image_size": "1022 = 73 x 14: DINOv2's patch 14 does not divide 1024 (paper says 1024)"},
+        ),
+    }
+    if name not in presets:
+        raise ValueError(f"profile {name!r} unknown; expected one of {sorted(presets)}")
+    return apply_overrides(presets[name], overrides)
