@@ -42,7 +42,9 @@ __all__ = [
     "ImageAccumulator",
     "PixelAccumulator",
     "mad",
+    "summary",
     "MAD_KEYS",
+    "ader_image_scores",
     "dataset_average",
     "ADER_SIZE",
     "ADER_AUPRO_STEPS",
@@ -140,7 +142,7 @@ def _curve(pos: np.ndarray, neg: np.ndarray, pos_weights: np.ndarray | None = No
         raise ValueError(
             f"metrics are undefined with {n_pos} positive and {n_neg} negative samples; both classes are needed"
         )
-    order = np.argsort(pos, kind="stable")[::-1]  # descending score
+    order = np.argsort(pos)[::-1]  # descending score
     pos_sorted = pos[order]
     first = np.ones(n_pos, dtype=bool)
     first[1:] = pos_sorted[1:] != pos_sorted[:-1]
@@ -340,17 +342,19 @@ def pixel_metrics(
 
 
 def _resize_for_ader(maps: np.ndarray, masks: np.ndarray, size: int = ADER_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """Maps bilinearly (align_corners=False), masks by nearest neighbour, to size x size."""
+    """ADer evaluates at 256x256: its masks go through torchvision's (PIL, antialiased) bilinear
+    ``Resize`` and its trainers then binarise them at 0.5; maps are resized the same way (ADer's own maps
+    are made at 256 px, so for maps from a larger input this is our approximation)."""
     if maps.shape[1:] == (size, size):
         return maps.astype(np.float32), masks.astype(np.uint8)
     import torch
     import torch.nn.functional as F
 
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    resized = F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
-    mt = torch.from_numpy(masks.astype(np.uint8))[:, None]
-    mask_resized = F.interpolate(mt, size=(size, size), mode="nearest")[:, 0].numpy()
-    return resized, mask_resized
+    def resize(a: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None]
+        return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
+
+    return resize(maps), (resize(masks) > 0.5).astype(np.uint8)
 
 
 def _ader_pixel(maps: np.ndarray, masks: np.ndarray, aupro_steps: int = ADER_AUPRO_STEPS) -> dict[str, float]:
@@ -412,6 +416,20 @@ def _ader_aupro(maps: np.ndarray, masks: np.ndarray, steps: int, expect_fpr: flo
     return -area if np.all(np.diff(f) <= 0) else area  # sklearn.metrics.auc's direction rule
 
 
+def ader_image_scores(maps: Any, pooling_ks: int | None = None) -> np.ndarray:
+    """ADer's image score (``mAUROC_sp_max`` etc.): the maximum of the 256x256 map, after a
+    ``pooling_ks`` x ``pooling_ks`` average pooling with stride 1 when given (ViTAD's config: 16)."""
+    import torch
+    import torch.nn.functional as F
+
+    m = _squeeze_channel(_score_array(maps, "maps"), "maps")
+    resized, _ = _resize_for_ader(m, np.zeros(m.shape, dtype=bool))
+    t = torch.from_numpy(resized)[:, None]
+    if pooling_ks is not None:
+        t = F.avg_pool2d(t, pooling_ks, stride=1)
+    return t.amax(dim=(1, 2, 3)).numpy().astype(np.float64)
+
+
 # ---------------------------------------------------------------------------------------------- mAD
 
 
@@ -420,6 +438,14 @@ def mad(image: Mapping[str, float], pixel: Mapping[str, float]) -> float:
     F1max, AU-PRO (the dicts returned by ``image_metrics`` and ``pixel_metrics``)."""
     values = [image["auroc"], image["ap"], image["f1max"], pixel["auroc"], pixel["ap"], pixel["f1max"], pixel["aupro"]]
     return float(sum(values) / 7.0)
+
+
+def summary(image: Mapping[str, float], pixel: Mapping[str, float]) -> dict[str, float]:
+    """One flat row: the seven ``MAD_KEYS`` and ``mad`` (what a paper's per-category table prints)."""
+    row = {f"image_{k}": float(image[k]) for k in ("auroc", "ap", "f1max")}
+    row.update({f"pixel_{k}": float(pixel[k]) for k in ("auroc", "ap", "f1max", "aupro")})
+    row["mad"] = mad(image, pixel)
+    return row
 
 
 def dataset_average(per_category: Mapping[str, Mapping[str, float]]) -> dict[str, float]:

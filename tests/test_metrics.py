@@ -7,6 +7,9 @@ from scipy import ndimage
 from sklearn.metrics import average_precision_score, precision_recall_curve, roc_auc_score
 
 from adlib.metrics import (
+    MAD_KEYS,
+    ader_image_scores,
+    summary,
     ImageAccumulator,
     PixelAccumulator,
     dataset_average,
@@ -284,3 +287,16 @@ def test_mad_and_dataset_average():
     assert avg == {"x": 2.0}
     with pytest.raises(ValueError):
         dataset_average({})
+
+
+def test_summary_and_ader_image_scores():
+    image = {"auroc": 1.0, "ap": 1.0, "f1max": 1.0}
+    pixel = {"auroc": 0.5, "ap": 0.5, "f1max": 0.5, "aupro": 0.5}
+    row = summary(image, pixel)
+    assert set(row) == set(MAD_KEYS) | {"mad"} and row["mad"] == pytest.approx(5 / 7)
+    maps = np.zeros((2, 512, 512), dtype=np.float32)
+    maps[1, 100:140, 100:140] = 1.0
+    maps[0, 7, 7] = 1.0  # a lone hot pixel: kept by the max, averaged away by 16x16 pooling
+    plain, pooled = ader_image_scores(maps), ader_image_scores(maps, pooling_ks=16)
+    assert plain[1] == pytest.approx(1.0) and plain[0] > 0.1
+    assert pooled[1] == pytest.approx(1.0) and pooled[0] < 0.01
