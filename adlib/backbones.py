@@ -193,7 +193,10 @@ def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
     if _env_true("HF_HUB_OFFLINE"):
         raise _unavailable(spec, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else getattr(cfg, "url", "")
-    if not endpoint or not _host_reachable(endpoint):
+    # huggingface_hub retries an unreachable host for about 45 s; a direct connect fails in milliseconds.
+    # Behind a proxy a direct connect proves nothing, so there timm is left to try.
+    behind_proxy = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
+    if not endpoint or (not behind_proxy and not _host_reachable(endpoint)):
         raise _unavailable(spec, f"not in the local Hugging Face cache and {endpoint or 'the hub'} cannot be reached")
     try:
         return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
