@@ -19,8 +19,20 @@ with ``delta = softplus(delta + delta_bias)`` when asked. Implementations, picke
 
 from __future__ import annotations
 
+import ctypes
+import functools
+import hashlib
 import math
 import os
+import platform
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -261,13 +273,328 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 # --------------------------------------------------------------------------------------------------
 
 
+# --------------------------------------------------------------------------------------------------
+# Native CPU kernel: plain C compiled at first use with the system compiler, called through ctypes
+# --------------------------------------------------------------------------------------------------
+# Per (batch, channel) row the forward is one loop over time with the d_state-wide state in registers;
+# the backward recomputes that row's states into a per-thread buffer (2 * L * N values), then runs the
+# adjoint recurrence backwards in time. Rows are split into contiguous ranges, one per thread; ctypes
+# releases the GIL, so Python threads run them in parallel. dB and dC are summed per thread, then reduced.
+# No torch headers are needed, so a build takes well under a second.
+
+_KERNEL_HEADER = r"""
+#include <math.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+#define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define MULTIVERSION
+#endif
+
+/* exp for float32 written so that loops over it vectorize: 2^k * p(r), |r| <= ln2 / 2,
+   relative error about 1e-7; exactly 0 below float32's normal range. */
+static inline float exp_f32(float x) {
+    const float hi = 88.3762626647949f, lo = -87.3365478515625f;
+    float xc = x > hi ? hi : x;
+    xc = xc < lo ? lo : xc;
+    float t = xc * 1.44269504088896341f + 0.5f;
+    float kf = (float)(int32_t)t;
+    kf = kf > t ? kf - 1.0f : kf;                                 /* floor(t) */
+    float r = xc - kf * 0.693359375f + kf * 2.12194440e-4f;       /* xc - k ln2 in two parts */
+    float p = 1.9875691500e-4f;
+    p = p * r + 1.3981999507e-3f;
+    p = p * r + 8.3334519073e-3f;
+    p = p * r + 4.1665795894e-2f;
+    p = p * r + 1.6666665459e-1f;
+    p = p * r + 5.0000001201e-1f;
+    p = p * r * r + r + 1.0f;
+    union { int32_t i; float f; } scale = { .i = ((int32_t)kf + 127) << 23 };
+    return x < lo ? 0.0f : p * scale.f;
+}
+
+static inline double exp_f64(double x) { return exp(x); }
+"""
+
+# Instantiated once for float (own vectorizable exp) and once for double (libm exp).
+_KERNEL_TEMPLATE = r"""
+/* Rows are (batch, channel) pairs bd in [begin, end). B and C are compact (batch|1, groups, L|1, N)
+   arrays: row bd reads offset b * sb + (d / group_size) * sg and steps sl per time step. */
+static inline void fwd_rows_SUFFIX(
+        const SCALAR* restrict u, const SCALAR* restrict delta, const SCALAR* restrict A,
+        const SCALAR* restrict B, const SCALAR* restrict C, SCALAR* restrict y,
+        int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
+        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+    SCALAR x[nstate];
+    for (int64_t bd = begin; bd < end; ++bd) {
+        const int64_t b = bd / dim, d = bd % dim, off = b * sb + (d / group_size) * sg;
+        const SCALAR* restrict Ad = A + d * nstate;
+        const SCALAR* restrict ub = u + bd * length;
+        const SCALAR* restrict db = delta + bd * length;
+        for (int64_t n = 0; n < nstate; ++n) x[n] = 0;
+        for (int64_t t = 0; t < length; ++t) {
+            const SCALAR* restrict Bt = B + off + t * sl;
+            const SCALAR* restrict Ct = C + off + t * sl;
+            const SCALAR dt = db[t], dtu = dt * ub[t];
+            SCALAR acc = 0;
+            _Pragma("omp simd reduction(+:acc)")
+            for (int64_t n = 0; n < nstate; ++n) {
+                x[n] = EXP(dt * Ad[n]) * x[n] + dtu * Bt[n];
+                acc += x[n] * Ct[n];
+            }
+            y[bd * length + t] = acc;
+        }
+    }
+}
+
+/* Backward of one row: recompute a_t = exp(delta_t A) and x_{t-1} into work (2 L N values), then run
+   the adjoint h_t = C_t g_t + a_{t+1} h_{t+1} backwards in time. dB and dC are accumulated (+=). */
+static inline void bwd_rows_SUFFIX(
+        const SCALAR* restrict u, const SCALAR* restrict delta, const SCALAR* restrict A,
+        const SCALAR* restrict B, const SCALAR* restrict C, const SCALAR* restrict gy,
+        SCALAR* restrict du, SCALAR* restrict ddelta, SCALAR* restrict dA,
+        SCALAR* restrict dB, SCALAR* restrict dC, SCALAR* restrict work,
+        int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
+        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+    SCALAR x[nstate], h[nstate], gA[nstate];
+    SCALAR* restrict xs = work;                       /* row t holds x_{t-1} */
+    SCALAR* restrict as = work + length * nstate;     /* row t holds a_t */
+    for (int64_t bd = begin; bd < end; ++bd) {
+        const int64_t b = bd / dim, d = bd % dim, off = b * sb + (d / group_size) * sg;
+        const SCALAR* restrict Ad = A + d * nstate;
+        const SCALAR* restrict ub = u + bd * length;
+        const SCALAR* restrict db = delta + bd * length;
+        const SCALAR* restrict gb = gy + bd * length;
+        for (int64_t n = 0; n < nstate; ++n) { x[n] = 0; h[n] = 0; gA[n] = 0; }
+        for (int64_t t = 0; t < length; ++t) {
+            const SCALAR* restrict Bt = B + off + t * sl;
+            SCALAR* restrict xt = xs + t * nstate;
+            SCALAR* restrict at = as + t * nstate;
+            const SCALAR dt = db[t], dtu = dt * ub[t];
+            _Pragma("omp simd")
+            for (int64_t n = 0; n < nstate; ++n) at[n] = EXP(dt * Ad[n]);
+            _Pragma("omp simd")
+            for (int64_t n = 0; n < nstate; ++n) {
+                xt[n] = x[n];
+                x[n] = at[n] * x[n] + dtu * Bt[n];
+            }
+        }
+        for (int64_t t = length - 1; t >= 0; --t) {
+            const SCALAR* restrict Bt = B + off + t * sl;
+            const SCALAR* restrict Ct = C + off + t * sl;
+            SCALAR* restrict dBt = dB + off + t * sl;
+            SCALAR* restrict dCt = dC + off + t * sl;
+            const SCALAR* restrict xp = xs + t * nstate;
+            const SCALAR* restrict at = as + t * nstate;
+            const SCALAR g = gb[t], dt = db[t], uu = ub[t], dtu = dt * uu;
+            SCALAR sum_w = 0, sum_b = 0;
+            _Pragma("omp simd reduction(+:sum_w, sum_b)")
+            for (int64_t n = 0; n < nstate; ++n) {
+                const SCALAR hn = h[n] + Ct[n] * g;
+                const SCALAR w = hn * xp[n] * at[n];        /* d loss / d (delta_t A_n) */
+                gA[n] += w * dt;
+                sum_w += w * Ad[n];
+                sum_b += hn * Bt[n];
+                dBt[n] += hn * dtu;
+                dCt[n] += g * (at[n] * xp[n] + dtu * Bt[n]);
+                h[n] = hn * at[n];
+            }
+            ddelta[bd * length + t] = sum_w + sum_b * uu;
+            du[bd * length + t] = sum_b * dt;
+        }
+        for (int64_t n = 0; n < nstate; ++n) dA[bd * nstate + n] = gA[n];
+    }
+}
+
+/* Entry points; N = 16 (Mamba's default) gets a specialised copy with a fixed trip count. */
+MULTIVERSION void scan_fwd_SUFFIX(
+        const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* B, const SCALAR* C, SCALAR* y,
+        int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
+        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+    if (nstate == 16)
+        fwd_rows_SUFFIX(u, delta, A, B, C, y, dim, length, 16, group_size, sb, sg, sl, begin, end);
+    else
+        fwd_rows_SUFFIX(u, delta, A, B, C, y, dim, length, nstate, group_size, sb, sg, sl, begin, end);
+}
+
+MULTIVERSION void scan_bwd_SUFFIX(
+        const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* B, const SCALAR* C,
+        const SCALAR* gy, SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dB, SCALAR* dC, SCALAR* work,
+        int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
+        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+    if (nstate == 16)
+        bwd_rows_SUFFIX(u, delta, A, B, C, gy, du, ddelta, dA, dB, dC, work, dim, length, 16,
+                        group_size, sb, sg, sl, begin, end);
+    else
+        bwd_rows_SUFFIX(u, delta, A, B, C, gy, du, ddelta, dA, dB, dC, work, dim, length, nstate,
+                        group_size, sb, sg, sl, begin, end);
+}
+"""
+
+_KERNEL_SOURCE = _KERNEL_HEADER + "".join(
+    _KERNEL_TEMPLATE.replace("SCALAR", scalar).replace("SUFFIX", suffix).replace("EXP(", exp + "(")
+    for scalar, suffix, exp in (("float", "f32", "exp_f32"), ("double", "f64", "exp_f64")))
+
+
+# No -ffast-math: linking with it would switch the whole process to flush-to-zero. -fopenmp-simd only
+# honours the `omp simd` pragmas (no OpenMP runtime is linked).
+_CFLAGS = ("-O3", "-fopenmp-simd", "-fno-trapping-math", "-fassociative-math", "-fno-signed-zeros",
+           "-ffinite-math-only", "-fno-math-errno", "-shared", "-fPIC")
+ENV_NATIVE = "ADLIB_SCAN_NATIVE"   # "0" disables the compiled kernel
+
+
+def _cache_dir() -> Path:
+    return Path(os.environ.get("ADLIB_CACHE", Path.home() / ".cache" / "adlib")) / "ssm"
+
+
+def _compiler() -> str | None:
+    for name in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
+        if name and shutil.which(name.split()[0]):
+            return name.split()[0]
+    return None
+
+
+@functools.lru_cache(maxsize=None)
+def _native_library() -> ctypes.CDLL | None:
+    """Build (once per source/flags/machine, cached on disk) and load the kernel; None when impossible."""
+    if os.environ.get(ENV_NATIVE, "1") == "0" or sys.platform == "win32":
+        return None
+    compiler = _compiler()
+    if compiler is None:
+        warnings.warn("adlib.ssm: no C compiler found; the selective scan uses the slower pure PyTorch path")
+        return None
+    key = hashlib.sha256("\0".join((_KERNEL_SOURCE, compiler, *_CFLAGS, platform.machine())).encode()).hexdigest()[:16]
+    path = _cache_dir() / f"scan_{key}.so"
+    try:
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=path.parent) as tmp:
+                source = Path(tmp) / "scan.c"
+                source.write_text(_KERNEL_SOURCE)
+                built = Path(tmp) / "scan.so"
+                subprocess.run([compiler, *_CFLAGS, "-o", str(built), str(source), "-lm"],
+                               check=True, capture_output=True, text=True, timeout=300)
+                os.replace(built, path)
+        lib = ctypes.CDLL(str(path))
+    except (OSError, subprocess.SubprocessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        warnings.warn(f"adlib.ssm: building the native selective scan failed ({detail.strip()[:500]}); "
+                      "using the pure PyTorch path")
+        return None
+    i64, ptr = ctypes.c_int64, ctypes.c_void_p
+    for suffix in ("f32", "f64"):
+        getattr(lib, f"scan_fwd_{suffix}").argtypes = [ptr] * 6 + [i64] * 9
+        getattr(lib, f"scan_bwd_{suffix}").argtypes = [ptr] * 12 + [i64] * 9
+    return lib
+
+
 def native_available() -> bool:
-    """Whether the compiled CPU kernel can be used (builds it on first call)."""
-    return False
+    """Whether the compiled CPU kernel can be used (builds it on the first call)."""
+    return _native_library() is not None
 
 
-def selective_scan_native(*args, **kwargs) -> Tensor:
-    raise RuntimeError("selective_scan(impl='native'): the compiled kernel is not available")
+_POOL: ThreadPoolExecutor | None = None
+
+
+def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
+    """Call fn(thread_index, begin, end) over contiguous row ranges, one per thread."""
+    global _POOL
+    threads = max(1, min(torch.get_num_threads(), rows))
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    if threads == 1:
+        fn(0, 0, rows)
+        return
+    if _POOL is None or _POOL._max_workers < threads:
+        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="adlib-scan")
+    futures = [_POOL.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(threads)]
+    for future in futures:
+        future.result()
+
+
+def _compact_bc(t: Tensor, dim: int) -> tuple[Tensor, int]:
+    """B or C as contiguous (batch|1, groups, length|1, N) plus the channels per group."""
+    if t.dim() == 2:
+        return t[None, :, None, :].contiguous(), 1
+    if t.dim() == 3:
+        return t.transpose(1, 2)[:, None].contiguous(), dim
+    return t.transpose(2, 3).contiguous(), dim // t.shape[1]
+
+
+def _common_layout(B: Tensor, C: Tensor, dim: int) -> tuple[Tensor, Tensor, int]:
+    """Compact B and C sharing one layout (the kernel indexes both alike)."""
+    Bc, gs_b = _compact_bc(B, dim)
+    Cc, gs_c = _compact_bc(C, dim)
+    if Bc.shape == Cc.shape and gs_b == gs_c:
+        return Bc, Cc, gs_b
+    per_channel = [t.repeat_interleave(dim // t.shape[1], dim=1) for t in (Bc, Cc)]
+    shape = torch.broadcast_shapes(*(t.shape for t in per_channel))
+    return per_channel[0].expand(shape).contiguous(), per_channel[1].expand(shape).contiguous(), 1
+
+
+def _strides(t: Tensor, group_size: int) -> list[int]:
+    """group size and element strides (batch, group, time) of a compact B/C; 0 where broadcast."""
+    batch, groups, length, nstate = t.shape
+    return [group_size, groups * length * nstate if batch > 1 else 0, length * nstate,
+            nstate if length > 1 else 0]
+
+
+class _NativeScan(torch.autograd.Function):
+    """y = scan(u, delta, A, B, C) with the C kernel; u, delta (batch, dim, L); B, C compact (see _compact_bc)."""
+
+    @staticmethod
+    def forward(ctx, u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, group_size: int) -> Tensor:
+        lib = _native_library()
+        batch, dim, length = u.shape
+        suffix = "f64" if u.dtype == torch.float64 else "f32"
+        kernel = getattr(lib, f"scan_fwd_{suffix}")
+        y = torch.empty_like(u)
+        sizes = [dim, length, A.shape[1], *_strides(B, group_size)]
+        args = [t.data_ptr() for t in (u, delta, A, B, C, y)]
+        _run_rows(lambda i, begin, end: kernel(*args, *sizes, begin, end), batch * dim)
+        ctx.save_for_backward(u, delta, A, B, C)
+        ctx.group_size = group_size
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y: Tensor):
+        u, delta, A, B, C = ctx.saved_tensors
+        lib = _native_library()
+        batch, dim, length = u.shape
+        nstate = A.shape[1]
+        kernel = getattr(lib, f"scan_bwd_{'f64' if u.dtype == torch.float64 else 'f32'}")
+        grad_y = grad_y.contiguous().to(u.dtype)
+        threads = max(1, min(torch.get_num_threads(), batch * dim))
+        du, ddelta = torch.empty_like(u), torch.empty_like(delta)
+        dA_rows = u.new_empty((batch, dim, nstate))
+        dB = B.new_zeros((threads, *B.shape))
+        dC = C.new_zeros((threads, *C.shape))
+        work = u.new_empty((threads, 2 * length * nstate))
+        sizes = [dim, length, nstate, *_strides(B, ctx.group_size)]
+        shared = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, du, ddelta, dA_rows)]
+
+        def rows(i: int, begin: int, end: int) -> None:
+            kernel(*shared, dB[i].data_ptr(), dC[i].data_ptr(), work[i].data_ptr(), *sizes, begin, end)
+
+        _run_rows(rows, batch * dim)
+        return du, ddelta, dA_rows.sum(0), dB.sum(0), dC.sum(0), None
+
+
+def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
+                          z: Tensor | None = None, delta_bias: Tensor | None = None,
+                          delta_softplus: bool = False) -> Tensor:
+    """Selective scan with the compiled CPU kernel (float32 math, float64 for float64 inputs)."""
+    if u.device.type != "cpu":
+        raise RuntimeError(f"selective_scan(impl='native') runs on CPU tensors, got u on {u.device}")
+    if _native_library() is None:
+        raise RuntimeError("selective_scan(impl='native'): the C kernel could not be built or loaded "
+                           f"(is a C compiler installed? is {ENV_NATIVE}=0 set?); use impl='fast' or 'torch'")
+    dtype = _compute_dtype(u)
+    dim = u.shape[1]
+    delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
+    uc = u.to(dtype)
+    Bc, Cc, group_size = _common_layout(B.to(dtype), C.to(dtype), dim)
+    y = _NativeScan.apply(uc.contiguous(), delta.contiguous(), A.to(dtype).contiguous(), Bc, Cc, group_size)
+    return _finish(y, uc, D, z, u.dtype)
 
 
 def selective_scan_fast(u: Tensor, *args, **kwargs) -> Tensor:
