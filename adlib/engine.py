@@ -158,14 +158,15 @@ def extract_all(model, dataset: Dataset, config: FitConfig, device: torch.device
 def _feature_batches(model, dataset: Dataset, cache: Any | None, config: FitConfig, epoch: int,
                      device: torch.device, shuffle: bool) -> Iterator[Any]:
     """Training batches of features: from the cache, or extracted on the fly (with gradients if not frozen)."""
-    seed = config.seed * 1000 + epoch
+    n = len(dataset)
+    order = torch.arange(n)
+    if shuffle:  # the same order with or without the cache
+        order = torch.randperm(n, generator=torch.Generator().manual_seed(config.seed * 1000 + epoch))
     if cache is not None:
-        n = len(dataset)
-        order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)) if shuffle else torch.arange(n)
         for start in range(0, n, config.batch_size):
             yield _to_device(_index(cache, order[start : start + config.batch_size]), device)
         return
-    for batch in _loader(dataset, config.batch_size, shuffle, seed, config.num_workers):
+    for batch in _loader(Subset(dataset, order.tolist()), config.batch_size, False, 0, config.num_workers):
         with torch.set_grad_enabled(model.trainable and not model.cacheable):
             features = model.extract(_images(batch).to(device))
         yield features

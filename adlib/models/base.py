@@ -66,9 +66,10 @@ class AnomalyModel(nn.Module):
         return asdict(self.config)
 
     def frozen_keys(self) -> set[str]:
-        """State-dict keys of frozen parameters and buffers of the backbone (not saved in checkpoints)."""
+        """State-dict keys of the frozen backbone, left out of checkpoints because its pretrained weights can
+        be loaded again. A backbone with random weights (``pretrained=False``) is saved whole."""
         tokenizer = getattr(self, "tokenizer", None)
-        if tokenizer is None:
+        if tokenizer is None or not getattr(self.config, "pretrained", True):
             return set()
         keys = {f"tokenizer.{k}" for k, _ in tokenizer.named_buffers()}
         keys |= {f"tokenizer.{k}" for k, p in tokenizer.named_parameters() if not p.requires_grad}
