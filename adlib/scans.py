@@ -12,16 +12,22 @@ Curves (``CURVES``; MambaAD's names in brackets):
   For sizes that are not powers of two this is the power-of-two Z curve with absent cells skipped, so it is
   a valid permutation of any h x w grid (jumps are expected, as in the square case).
 - ``zigzag`` [Zigzag]: JPEG's zigzag over anti-diagonals, starting (0, 0) -> (0, 1) -> (1, 0) -> (2, 0) ...
-- ``hilbert`` [Hilbert]: the *generalized* Hilbert curve ("gilbert", J. Cervený's algorithm, written here
-  from its description) for any h x w. It starts at the top-left cell. It equals a classic Hilbert curve on
-  power-of-two squares; on other sizes it still steps between 4-neighbours except where both recursion
-  halves cannot have even length: then a single diagonal step (an 8-neighbour) may occur. ``tests/test_scans``
-  checks: every step is to an 8-neighbour, and to a 4-neighbour on every grid whose sides are both even.
+- ``hilbert`` [Hilbert]: the *generalized* Hilbert curve ("gilbert", J. Cerveny's algorithm, written here
+  from its description) for any h x w, not a power-of-two curve with cells skipped. It starts at the
+  top-left cell and runs along the longer side (ending top-right when w >= h, bottom-left otherwise). On
+  2^n x 2^n grids it is MambaAD's eq. (9) Hilbert matrix (for odd n its transpose: eq. (9) flips the
+  orientation with the order's parity). Every step goes to a 4-neighbour, except on grids whose longer
+  side is odd and shorter side even and > 2: there exactly one step is diagonal (an 8-neighbour). No
+  4-neighbour path between those two corners exists there (colour the grid like a chessboard: a path over
+  an even number of cells must end on the other colour); on 2 x odd grids the curve instead ends one cell
+  short of the corner and keeps 4-neighbour steps. Checked for all sizes up to 33 x 33 in
+  ``tests/test_scans.py``.
 
 Orientations (``TRANSFORMS``) rearrange the grid before the curve reads it: ``transpose`` (MambaAD's
 "wh"), ``rot90``/``rot180``/``rot270`` (counter-clockwise, as ``torch.rot90``), ``flip_lr``, ``flip_ud``,
-``rot90_transpose`` (rotate, then transpose; MambaAD's "wh rotated 90"). Orders are cached by (curve, h, w, transform, reverse); treat them as read-only and
-move them to your device (``order.to(x.device)``).
+``rot90_transpose`` (rotate, then transpose; MambaAD's "wh rotated 90"). Orders are cached by
+(curve, h, w, transform, reverse); treat them as read-only and move them to your device
+(``order.to(x.device)``).
 """
 
 from __future__ import annotations
@@ -45,6 +51,7 @@ __all__ = [
     "to_sequence",
     "from_sequence",
     "draw_scan",
+    "draw_directions",
     "step_lengths",
 ]
 
@@ -317,3 +324,20 @@ def draw_scan(order: torch.Tensor, h: int, w: int, ax=None, cmap: str = "viridis
     if title:
         ax.set_title(title)
     return ax
+
+
+def draw_directions(directions: dict[str, Direction], h: int, w: int, ncols: int = 4, cmap: str = "viridis"):
+    """One ``draw_scan`` panel per direction (e.g. ``varad_directions(h, w)``); returns the figure."""
+    import matplotlib.pyplot as plt
+
+    if not directions:
+        raise ValueError("directions is empty: expected a dict of name -> Direction")
+    ncols = min(ncols, len(directions))
+    nrows = -(-len(directions) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.4 * ncols, 2.4 * nrows * h / max(w, 1)), squeeze=False)
+    for ax, (name, d) in zip(axes.flat, directions.items()):
+        draw_scan(d.order, h, w, ax=ax, cmap=cmap, title=name)
+    for ax in list(axes.flat)[len(directions):]:
+        ax.axis("off")
+    fig.tight_layout()
+    return fig

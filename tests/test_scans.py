@@ -103,7 +103,9 @@ def test_generalized_hilbert_steps_between_neighbours_for_all_sizes():
             # then exactly one.
             expected = 1 if max(h, w) % 2 == 1 and min(h, w) % 2 == 0 and min(h, w) > 2 else 0
             assert diagonal == expected, (h, w, diagonal)
-            assert int(order[0]) == 0  # starts top-left
+            assert int(order[0]) == 0  # starts top-left, ends at the other corner of the longer side
+            short = 1 if min(h, w) == 2 and max(h, w) % 2 == 1 else 0  # 2 x odd: ends one cell short
+            assert int(order[-1]) == (w - 1 - short if w >= h else (h - 1 - short) * w)
 
 
 @pytest.mark.parametrize("h,w", SIZES)
@@ -201,5 +203,7 @@ def test_draw_scan_returns_axes_with_the_path():
     assert draw_scan(scan_order("raster", 1, 1), 1, 1, ax=given) is given
     with pytest.raises(ValueError, match="h\\*w"):
         draw_scan(scan_order("raster", 2, 2), 3, 3)
+    fig = scans.draw_directions(mambaad_directions(8, 8, "hilbert"), 8, 8)
+    assert len(fig.axes) == 8 and [ax.get_title() for ax in fig.axes][:2] == ["forward", "reverse"]
+    assert all(len(ax.collections) == 1 for ax in fig.axes)
     plt.close("all")
-    assert scans.__doc__
