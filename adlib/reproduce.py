@@ -86,6 +86,8 @@ class ReproduceConfig:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.executor not in EXECUTORS:
             raise ValueError(f"executor {self.executor!r}: expected one of {sorted(EXECUTORS)}")
+        if self.executor == "dask" and not self.scheduler:
+            raise ValueError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.notebook_root = Path(self.notebook_root)
         self.output_root = Path(self.output_root)
 
@@ -219,13 +221,20 @@ def data_fingerprint(roots: Iterable[Path]) -> str:
     return digest.hexdigest()[:16]
 
 
-def code_fingerprint() -> str:
-    """adlib's version plus a hash of its source files: a code change re-runs the notebooks on --resume."""
+# Modules that run the collection but cannot change what a notebook computes.
+RUNNER_MODULES = {"reproduce.py", "report.py", "cli.py", "__main__.py"}
+
+
+def code_fingerprint(package: Path | None = None) -> str:
+    """adlib's version plus a hash of its source files (runner modules aside): a change to the library
+    re-runs the notebooks on --resume, even when the version number did not move."""
     from adlib import __version__
 
-    package = Path(results.__file__).parent
+    package = Path(package) if package is not None else Path(results.__file__).parent
     digest = hashlib.sha256(__version__.encode())
     for path in sorted(package.rglob("*.py")):
+        if path.parent == package and path.name in RUNNER_MODULES:
+            continue
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
     return f"{__version__}+{digest.hexdigest()[:12]}"
@@ -420,8 +429,6 @@ class DaskExecutor:
     """One task per notebook on an existing Dask cluster; workers need adlib installed and the same paths."""
 
     def __init__(self, config: ReproduceConfig):
-        if not config.scheduler:
-            raise ValueError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.scheduler = config.scheduler
 
     def run(self, jobs: list[Job], on_start: Callable[[Job], None], on_done: Callable[[Job, Outcome], None]) -> None:
@@ -429,7 +436,7 @@ class DaskExecutor:
             from distributed import Client, as_completed
         except ImportError as exc:
             raise RuntimeError("--executor dask needs the 'distributed' package: pip install 'adlib[dask]'") from exc
-        with Client(self.scheduler, set_as_default=False) as client:
+        with Client(self.scheduler) as client:
             futures = {}
             for job in jobs:
                 on_start(job)
