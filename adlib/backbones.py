@@ -25,6 +25,7 @@ and needs no network. ``pretrained=False`` gives random weights. Weights that ca
 
 from __future__ import annotations
 
+import numbers
 import os
 import socket
 import sys
@@ -392,7 +393,7 @@ def _check_layers(spec: BackboneSpec, layers: Sequence[int], count: int) -> None
         raise ValueError(f"{spec.name}: layers must name at least one layer")
     low, high = (1, count) if spec.kind == "vit" else (0, count - 1)
     what = "blocks (1-indexed)" if spec.kind == "vit" else "feature stages (timm feature_info indices)"
-    bad = [i for i in layers if not isinstance(i, int) or not low <= i <= high]
+    bad = [i for i in layers if not isinstance(i, numbers.Integral) or not low <= i <= high]
     if bad:
         raise ValueError(f"{spec.name}: layers {bad} out of range; it has {what} {low}..{high}")
 
@@ -407,14 +408,16 @@ def create(
 ) -> FeatureExtractor:
     """Frozen, eval-mode feature extractor ``name`` tapping ``layers`` (default: the spec's, as the papers use).
 
-    ``weights=PATH`` loads a local timm-style checkpoint (strict keys) instead of the pretrained weights;
-    ``pretrained=False`` gives random weights; ``final_norm`` applies a ViT's final norm to its taps.
+    ``weights=PATH`` loads a local timm-style checkpoint (.pth/.bin/.safetensors, strict keys) and takes
+    precedence over ``pretrained``; ``pretrained=False`` gives random weights; ``final_norm`` applies a
+    ViT's final norm to its taps. Raises ``WeightsUnavailableError`` when pretrained weights cannot be had.
     """
     spec = _spec(name)
-    layers = list(spec.layers if layers is None else (layers,) if isinstance(layers, int) else layers)
+    layers = list(spec.layers if layers is None else (layers,) if isinstance(layers, numbers.Integral) else layers)
     model = _build(spec, pretrained, weights)
     count = len(model.blocks) if spec.kind == "vit" else len(model.feature_info)
     _check_layers(spec, layers, count)
+    layers = [int(i) for i in layers]
     if final_norm and spec.kind != "vit":
         raise ValueError(f"{name}: final_norm applies to ViT backbones only")
     return FeatureExtractor(spec, model, layers, final_norm=final_norm)

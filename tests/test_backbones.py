@@ -239,6 +239,8 @@ def test_missing_weights_fail_fast_and_name_the_offline_backbone(tmp_path, monke
     else:
         monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
         monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")  # nothing listens: refused at once
+        for proxy in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"):
+            monkeypatch.delenv(proxy, raising=False)
     start = time.perf_counter()
     with pytest.raises(WeightsUnavailableError) as err:
         create("dinov2_vits14")
