@@ -1,0 +1,103 @@
+"""PatchCore: greedy coreset picks the farthest points, kNN distances are right, it fits on the same engine."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from adlib import engine
+from adlib.models.patchcore import PatchCore, PatchCoreConfig, greedy_coreset, nearest_distances
+from adlib.models.toy import ToyTokenizer
+
+
+def test_coreset_picks_the_far_points():
+    g = torch.Generator().manual_seed(0)
+    cluster = torch.rand(20, 2, generator=g) * 0.1
+    far = torch.tensor([[10.0, 0.0], [0.0, 10.0], [-10.0, -10.0]])
+    points = torch.cat([cluster, far])
+    for seed in range(5):  # whatever the random start, the far points are chosen within 4 picks
+        picked = set(greedy_coreset(points, 4, projection_dim=None, seed=seed).tolist())
+        assert {20, 21, 22} <= picked
+
+
+def test_coreset_order_is_farthest_first():
+    points = torch.tensor([[0.0, 0.0], [1.0, 0.0], [5.0, 0.0], [2.5, 0.0]])
+    picked = greedy_coreset(points, 4, projection_dim=None, seed=0).tolist()
+    expected = [picked[0]]
+    while len(expected) < 4:  # brute force greedy k-center from the same start
+        d = torch.cdist(points, points[expected]).min(dim=1).values
+        expected.append(int(d.argmax()))
+    assert picked == expected
+    assert len(set(picked)) == 4
+
+
+def test_coreset_with_projection_keeps_extremes():
+    g = torch.Generator().manual_seed(1)
+    points = torch.randn(200, 64, generator=g) * 0.01
+    points[7] += 5.0
+    assert 7 in greedy_coreset(points, 2, projection_dim=16, seed=3).tolist()
+
+
+def test_nearest_distances_match_brute_force():
+    g = torch.Generator().manual_seed(0)
+    queries, bank = torch.randn(50, 8, generator=g), torch.randn(30, 8, generator=g)
+    dist, idx = nearest_distances(queries, bank, k=3, chunk_size=7)
+    full = torch.cdist(queries, bank)
+    assert torch.allclose(dist[:, 0], full.min(dim=1).values, atol=1e-5)
+    assert torch.equal(idx[:, 0], full.argmin(dim=1))
+    assert torch.allclose(dist, full.sort(dim=1).values[:, :3], atol=1e-5)
+    q = torch.tensor([[3.0, 4.0]])
+    d, i = nearest_distances(q, torch.tensor([[0.0, 0.0], [3.0, 0.0]]))
+    assert float(d) == pytest.approx(4.0) and int(i) == 1
+
+
+class Squares(torch.utils.data.Dataset):
+    def __init__(self, n: int, test: bool = False) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.images = torch.rand(n, 3, 4, 4, generator=g).repeat_interleave(8, -1).repeat_interleave(8, -2) * 0.2 + 0.4
+        self.masks = torch.zeros(n, 1, 32, 32)
+        if test:
+            self.images[1::2, :, 16:24, 8:16] = torch.tensor([1.0, 0.0, 0.0]).view(3, 1, 1)
+            self.masks[1::2, :, 16:24, 8:16] = 1
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict:
+        return {"image": self.images[i], "mask": self.masks[i], "label": int(self.masks[i].any()), "path": str(i)}
+
+
+@pytest.mark.parametrize("reweight", [False, True])
+def test_patchcore_on_the_engine(reweight, tmp_path):
+    model = PatchCore(PatchCoreConfig(image_size=32, coreset_ratio=0.25, reweight=reweight, pretrained=False),
+                      tokenizer=ToyTokenizer())
+    result = engine.fit(model, Squares(8), engine.FitConfig(batch_size=4, progress=False))
+    assert result.epochs == 1 and not result.losses
+    assert model.memory_bank.shape == (round(0.25 * 8 * 8 * 8), 20)  # 8 images x (8 x 8) patches x (8 + 12) channels
+    maps, scores = model.predict(Squares(4, test=True).images)
+    assert maps.shape == (4, 32, 32) and scores.shape == (4,)
+    assert scores[1] > scores[0] and scores[3] > scores[2]
+    evaluated = engine.evaluate(model, Squares(4, test=True), batch_size=2, progress=False)
+    assert evaluated.image["auroc"] == 1.0 and evaluated.pixel["auroc"] > 0.9
+    # the memory bank travels with the checkpoint
+    path = engine.save_checkpoint(model, tmp_path / "pc.pt", epoch=1)
+    fresh = PatchCore(model.config, tokenizer=ToyTokenizer())
+    engine.load_checkpoint(path, model=fresh)
+    assert torch.equal(fresh.memory_bank, model.memory_bank)
+    assert torch.allclose(fresh.predict(Squares(2, test=True).images).maps, model.predict(Squares(2, test=True).images).maps)
+
+
+def test_patchcore_scores_are_nearest_neighbour_distances():
+    model = PatchCore(PatchCoreConfig(image_size=32, coreset_ratio=1.0, smoothing_sigma=0), tokenizer=ToyTokenizer())
+    engine.fit(model, Squares(2), engine.FitConfig(batch_size=2, progress=False))
+    images = Squares(2).images
+    scores, _ = model.patch_scores(images)
+    assert scores.max() < 5e-3  # training patches are in the bank (cdist via matmul: ~1e-3 rounding)
+    assert model.predict(images).scores.max() < 5e-3
+
+
+def test_unfitted_and_bad_config():
+    model = PatchCore(PatchCoreConfig(image_size=32), tokenizer=ToyTokenizer())
+    with pytest.raises(RuntimeError, match="fit"):
+        model.predict(torch.rand(1, 3, 32, 32))
+    with pytest.raises(ValueError, match="coreset_ratio"):
+        PatchCore(PatchCoreConfig(coreset_ratio=0), tokenizer=ToyTokenizer())
