@@ -189,6 +189,7 @@ class _ChunkedScan(torch.autograd.Function):
         return states, delta_A
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
         u, delta, A, B, C, starts = ctx.saved_tensors
         length = u.shape[0]
@@ -256,7 +257,7 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
                         z: Tensor | None = None, delta_bias: Tensor | None = None,
                         delta_softplus: bool = False) -> Tensor:
     """mamba_ssm's fused CUDA kernel; CUDA tensors and an importable mamba_ssm are required."""
-    if not u.is_cuda:
+    if u.device.type != "cuda":
         raise RuntimeError(
             f"selective_scan(impl='cuda') needs CUDA tensors, got u on {u.device}; "
             "use impl='fast' or impl='auto' for CPU tensors")
@@ -556,6 +557,7 @@ class _NativeScan(torch.autograd.Function):
         return y
 
     @staticmethod
+    @torch.autograd.function.once_differentiable
     def backward(ctx, grad_y: Tensor):
         u, delta, A, B, C = ctx.saved_tensors
         lib = _native_library()
@@ -613,14 +615,14 @@ _REGISTRY: dict[str, Callable[..., Tensor]] = {
 }
 
 
-def resolve_impl(impl: str, u: Tensor) -> str:
-    """The implementation name ``selective_scan`` would run for ``impl`` on tensors like ``u``."""
+def resolve_impl(impl: str, device: torch.device | str) -> str:
+    """The implementation name ``selective_scan`` runs for ``impl`` on tensors on ``device``."""
     if impl == "auto":
         impl = os.environ.get(ENV_IMPL, "").strip() or "auto"
         if impl not in IMPLS:
             raise ValueError(f"environment variable {ENV_IMPL}={impl!r}: expected one of {IMPLS}")
     if impl == "auto":
-        return "cuda" if u.is_cuda and _mamba_ssm_scan() is not None else "fast"
+        return "cuda" if torch.device(device).type == "cuda" and _mamba_ssm_scan() is not None else "fast"
     if impl not in _REGISTRY:
         raise ValueError(f"selective_scan: impl={impl!r}, expected one of {IMPLS}")
     return impl
@@ -635,7 +637,7 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
     or (batch, groups, d_state, length); D, delta_bias: (dim,). ``impl`` is one of ``IMPLS``.
     """
     _check_inputs(u, delta, A, B, C, D, z, delta_bias)
-    fn = _REGISTRY[resolve_impl(impl, u)]
+    fn = _REGISTRY[resolve_impl(impl, u.device)]
     return fn(u, delta, A, B, C, D, z=z, delta_bias=delta_bias, delta_softplus=delta_softplus)
 
 
@@ -647,20 +649,24 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 class Mamba(nn.Module):
     """Mamba block with mamba_ssm's parameter names, shapes and initialization: (B, L, d_model) -> same.
 
-    ``scan_impl`` is passed to ``selective_scan`` (``auto`` uses mamba_ssm's kernel on CUDA when present).
+    State dicts load both ways with ``mamba_ssm.Mamba``. ``scan_impl`` is passed to ``selective_scan``.
+    On CUDA, with ``scan_impl`` resolving to ``cuda`` and ``use_fast_path``, mamba_ssm's fused
+    ``mamba_inner_fn`` runs when it and causal_conv1d import (as in mamba_ssm); otherwise the layers
+    below run with a grouped ``nn.Conv1d`` as the causal convolution.
     """
 
     def __init__(self, d_model: int, d_state: int = 16, d_conv: int = 4, expand: int = 2,
                  dt_rank: int | str = "auto", dt_min: float = 0.001, dt_max: float = 0.1,
                  dt_init: str = "random", dt_scale: float = 1.0, dt_init_floor: float = 1e-4,
-                 conv_bias: bool = True, bias: bool = False, scan_impl: str = "auto",
+                 conv_bias: bool = True, bias: bool = False, use_fast_path: bool = True,
+                 layer_idx: int | None = None, scan_impl: str = "auto",
                  device: torch.device | str | None = None, dtype: torch.dtype | None = None) -> None:
         super().__init__()
         factory = {"device": device, "dtype": dtype}
         self.d_model, self.d_state, self.d_conv, self.expand = d_model, d_state, d_conv, expand
         self.d_inner = int(expand * d_model)
         self.dt_rank = math.ceil(d_model / 16) if dt_rank == "auto" else int(dt_rank)
-        self.scan_impl = scan_impl
+        self.scan_impl, self.use_fast_path, self.layer_idx = scan_impl, use_fast_path, layer_idx
 
         self.in_proj = nn.Linear(d_model, 2 * self.d_inner, bias=bias, **factory)
         self.conv1d = nn.Conv1d(self.d_inner, self.d_inner, kernel_size=d_conv, groups=self.d_inner,
@@ -695,13 +701,29 @@ class Mamba(nn.Module):
             raise ValueError(f"Mamba: expected input (batch, length, {self.d_model}), got {tuple(hidden_states.shape)}")
         length = hidden_states.shape[1]
         xz = self.in_proj(hidden_states).transpose(1, 2)            # (b, 2*d_inner, l)
+        A = -torch.exp(self.A_log.float())
+        fused = self._fused_cuda_fn(hidden_states.device)
+        if fused is not None:
+            return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
+                         self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
+                         delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         x, z = xz.chunk(2, dim=1)
         x = self.act(self.conv1d(x)[..., :length])                  # causal depthwise conv
         x_dbl = self.x_proj(x.transpose(1, 2))                      # (b, l, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)         # (b, d_inner, l); bias added in the scan
-        A = -torch.exp(self.A_log.float())
         y = selective_scan(x, dt, A, B.transpose(1, 2).contiguous(), C.transpose(1, 2).contiguous(),
                            self.D.float(), z=z, delta_bias=self.dt_proj.bias.float(), delta_softplus=True,
                            impl=self.scan_impl)
         return self.out_proj(y.transpose(1, 2))
+
+    def _fused_cuda_fn(self, device: torch.device) -> Callable | None:
+        """mamba_ssm's ``mamba_inner_fn`` when this forward should and can use it, else None."""
+        if not self.use_fast_path or resolve_impl(self.scan_impl, device) != "cuda":
+            return None
+        try:
+            import causal_conv1d  # noqa: F401  (mamba_inner_fn needs it)
+            from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
+        except Exception:
+            return None
+        return mamba_inner_fn
