@@ -1,0 +1,193 @@
+"""The report site in a real headless Chromium (Debian's `chromium` package), driven over the DevTools protocol.
+
+Loads site/index.html from disk, follows links to a paper page and a rendered notebook, checks that every
+image loaded, and checks a screenshot shows the figures. Skipped when chromium is not installed.
+"""
+from __future__ import annotations
+
+import base64
+import io
+import json
+import re
+import shutil
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = next((shutil.which(n) for n in ("chromium", "chromium-browser", "google-chrome") if shutil.which(n)), None)
+FLAGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run",
+         "--disable-background-networking", "--disable-component-update", "--disable-sync",
+         "--disable-default-apps", "--mute-audio", "--hide-scrollbars", "--window-size=1280,1600",
+         "--remote-debugging-address=127.0.0.1", "--remote-debugging-port=0"]
+ALL_IMAGES_LOADED = ("Array.from(document.images).every(i => i.complete && i.naturalWidth > 0)")
+
+
+class Browser:
+    """Just enough of the DevTools protocol: navigate, wait for load, evaluate JS, take a screenshot."""
+
+    def __init__(self, profile_dir: Path, timeout: float = 30.0):
+        import websocket  # websocket-client, a dependency of jupyter_server
+
+        self.timeout = timeout
+        self.proc = subprocess.Popen([CHROMIUM, *FLAGS, f"--user-data-dir={profile_dir}", "about:blank"],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        port = self._devtools_port()
+        deadline = time.time() + timeout
+        while True:
+            targets = json.load(urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5))
+            pages = [t for t in targets if t.get("type") == "page"]
+            if pages or time.time() > deadline:
+                break
+            time.sleep(0.1)
+        self.ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=timeout, suppress_origin=True)
+        self._id = 0
+        self.events: list[dict] = []
+        self.call("Page.enable")
+        self.call("Network.enable")
+        # offline: the rendered notebooks reference MathJax/require.js on a CDN; block them so loads finish fast
+        self.call("Network.setBlockedURLs", urls=["http://*", "https://*"])
+
+    def _devtools_port(self) -> int:
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            line = self.proc.stderr.readline()
+            match = re.search(r"DevTools listening on ws://[\d.]+:(\d+)/", line)
+            if match:
+                return int(match.group(1))
+            if not line and self.proc.poll() is not None:
+                break
+        raise RuntimeError("chromium did not start its DevTools endpoint")
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            message = json.loads(self.ws.recv())
+            if message.get("id") == self._id:
+                if "error" in message:
+                    raise RuntimeError(f"{method}: {message['error']}")
+                return message.get("result", {})
+            self.events.append(message)
+
+    def wait_for_load(self) -> None:
+        deadline = time.time() + self.timeout
+        while time.time() < deadline:
+            if any(e.get("method") == "Page.loadEventFired" for e in self.events):
+                self.events.clear()
+                return
+            self.events.append(json.loads(self.ws.recv()))
+        raise TimeoutError("page did not finish loading")
+
+    def navigate(self, url: str) -> None:
+        self.events.clear()
+        self.call("Page.navigate", url=url)
+        self.wait_for_load()
+
+    def evaluate(self, expression: str):
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"{expression}: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def click(self, selector: str) -> None:
+        """Click a link like a user does and wait for the new page."""
+        self.events.clear()
+        assert self.evaluate(f"(() => {{ const a = document.querySelector({json.dumps(selector)}); "
+                             "if (!a) return false; a.click(); return true; })()"), f"no element {selector}"
+        self.wait_for_load()
+
+    def screenshot(self) -> bytes:
+        return base64.b64decode(self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True)["data"])
+
+    def close(self) -> None:
+        try:
+            self.ws.close()
+        finally:
+            self.proc.terminate()
+            try:
+                self.proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+@pytest.fixture
+def browser(tmp_path):
+    if CHROMIUM is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install -y chromium)")
+    pytest.importorskip("websocket", reason="websocket-client (a jupyter_server dependency) is needed")
+    instance = Browser(tmp_path / "chromium-profile")
+    yield instance
+    instance.close()
+
+
+@pytest.fixture(scope="module")
+def site(tmp_path_factory) -> Path:
+    from test_report import build_tree
+
+    root = tmp_path_factory.mktemp("site")
+    build_tree(root)
+    return root / "results" / "smoke" / "site"
+
+
+def _colours(png: bytes):
+    from PIL import Image
+
+    image = Image.open(io.BytesIO(png)).convert("RGB")
+    return image, image.getcolors(maxcolors=1 << 24)
+
+
+def test_site_opens_from_disk_follows_links_and_loads_every_image(browser, site):
+    browser.navigate((site / "index.html").as_uri())
+    assert browser.evaluate("document.title").startswith("adlib report")
+    assert browser.evaluate(ALL_IMAGES_LOADED)
+
+    browser.click('nav a[href="demo.html"]')
+    assert browser.evaluate("location.pathname").endswith("/site/demo.html")
+    assert browser.evaluate("document.images.length") >= 1
+    assert browser.evaluate(ALL_IMAGES_LOADED), browser.evaluate(
+        "Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
+
+    browser.click('a[href^="notebooks/"]')
+    assert browser.evaluate("location.pathname").endswith("/site/notebooks/demo/01_demo.html")
+    assert browser.evaluate("document.images.length") >= 1  # the notebook's plot, embedded in the page
+    assert browser.evaluate(ALL_IMAGES_LOADED)
+
+
+def test_screenshot_shows_the_figures(browser, site, tmp_path):
+    browser.navigate((site / "demo.html").as_uri())
+    image, colours = _colours(browser.screenshot())
+    assert image.size[0] >= 800 and len(colours) > 20, "blank page"
+    white = sum(count for count, rgb in colours if min(rgb) > 245)
+    assert white < 0.97 * image.size[0] * image.size[1]
+    orange = sum(count for count, rgb in colours if all(abs(a - b) <= 12 for a, b in zip(rgb, (255, 127, 14))))
+    assert orange > 2000, "the figure's orange bars are not on screen"
+
+    # the same check fails on a page whose image is broken: the check can tell
+    broken = shutil.copytree(site, tmp_path / "broken-site")
+    (broken / "figures" / "demo" / "fig1.png").write_bytes(b"not a png")
+    browser.navigate((broken / "demo.html").as_uri())
+    assert not browser.evaluate(ALL_IMAGES_LOADED)
+    _, colours = _colours(browser.screenshot())
+    assert sum(count for count, rgb in colours if all(abs(a - b) <= 12 for a, b in zip(rgb, (255, 127, 14)))) < 2000
+
+
+def test_repository_site_after_make_reproduce(browser):
+    """After `make reproduce` (CI runs it before the tests): every page of the real site loads all its images."""
+    from adlib.results import repo_root
+
+    index = repo_root() / "results" / "smoke" / "site" / "index.html"
+    if not index.exists():
+        pytest.skip("no results/smoke/site yet: run `make reproduce` first")
+    browser.navigate(index.as_uri())
+    pages = browser.evaluate("Array.from(document.querySelectorAll('nav a')).map(a => a.href)")
+    assert len(pages) >= 2, "the site lists no paper"
+    for page in pages:
+        browser.navigate(page)
+        assert browser.evaluate(ALL_IMAGES_LOADED), f"{page}: an image did not load"
+        notebooks = browser.evaluate("Array.from(document.querySelectorAll('a[href^=\"notebooks/\"]')).map(a => a.href)")
+        for notebook in notebooks[:3]:
+            browser.navigate(notebook)
+            assert browser.evaluate(ALL_IMAGES_LOADED), f"{notebook}: an image did not load"
