@@ -157,7 +157,7 @@ def capsule(rng, size, style):
 
 # --------------------------------------------------------------------------------------------- defects
 def _region_point(rng, allowed: np.ndarray | None, size: int, margin: float) -> tuple[float, float]:
-    if allowed is not None:
+    if allowed is not None and allowed.any():
         ys, xs = np.nonzero(allowed)
         i = rng.integers(len(ys))
         return float(ys[i]) + 0.5, float(xs[i]) + 0.5
@@ -191,17 +191,19 @@ def scratch(rng, img, allowed, scale, bg):
     if allowed is not None:
         mask &= allowed
     target = 0.95 if rng.random() < 0.5 else 0.1
-    img[mask] = 0.3 * img[mask] + 0.7 * target
+    strength = rng.uniform(0.3, 0.65)
+    img[mask] += strength * (target - img[mask])
     return mask
 
 
 def spot(rng, img, allowed, scale, bg):
     size = img.shape[0]
-    radius = max(1.0, size * scale * rng.uniform(0.02, 0.05))
+    radius = max(1.0, size * scale * rng.uniform(0.015, 0.04))
     cy, cx = _region_point(rng, allowed, size, radius)
     mask = _blob(rng, size, cy, cx, radius)
     colour = np.array(rng.choice([[0.35, 0.22, 0.1], [0.1, 0.1, 0.1], [0.45, 0.5, 0.2], [0.6, 0.1, 0.1]]), np.float32)
-    img[mask] = 0.15 * img[mask] + 0.85 * colour
+    alpha = rng.uniform(0.35, 0.8)
+    img[mask] = (1 - alpha) * img[mask] + alpha * colour
     return mask
 
 
@@ -221,7 +223,7 @@ def crack(rng, img, allowed, scale, bg):
     mask = _draw_lines(size, lines, max(1, round(size * scale * 0.006)))
     if allowed is not None:
         mask &= allowed
-    img[mask] *= 0.25
+    img[mask] *= rng.uniform(0.35, 0.65)
     return mask
 
 
@@ -237,12 +239,13 @@ def missing(rng, img, allowed, scale, bg):
 
 def colour_shift(rng, img, allowed, scale, bg):
     size = img.shape[0]
-    radius = max(2.0, size * scale * rng.uniform(0.05, 0.1))
+    radius = max(2.0, size * scale * rng.uniform(0.04, 0.08))
     cy, cx = _region_point(rng, allowed, size, radius)
     mask = _blob(rng, size, cy, cx, radius)
     if allowed is not None:
         mask &= allowed
     tint = np.array(rng.choice([[1.22, 0.88, 0.85], [0.85, 1.15, 0.88], [0.85, 0.92, 1.25]]), np.float32)
+    tint = 1 + rng.uniform(0.5, 1.0) * (tint - 1)
     img[mask] = np.clip(img[mask] * tint + 0.05 * (tint - 1), 0, 1)
     return mask
 
@@ -253,6 +256,8 @@ DEFECTS: dict[str, Callable] = {"scratch": scratch, "spot": spot, "crack": crack
 
 def _apply_defect(name, rng, img, allowed, scale, bg) -> np.ndarray:
     """Apply a defect; draw again while clipping to the allowed region left nothing of it."""
+    if allowed is not None and not allowed.any():
+        allowed = np.ones(img.shape[:2], bool)
     for _ in range(10):
         mask = DEFECTS[name](rng, img, allowed, scale, bg)
         if mask.any():
@@ -578,7 +583,7 @@ def synthetic_root(seed: int = 0, size: int = 256, hr_size: int | None = None) -
     writes into a temporary sibling folder that is renamed into place, so an interruption leaves nothing
     half-written.
     """
-    config = SynthConfig(int(seed), int(size), int(hr_size or 2 * size))
+    config = SynthConfig(int(seed), int(size), int(hr_size or 2 * size), DATASETS)
     parent = cache_dir() / "synthetic"
     target = parent / f"seed{config.seed}-{config.size}px" if config.hr_size == 2 * config.size else \
         parent / f"seed{config.seed}-{config.size}px-hr{config.hr_size}"
@@ -587,7 +592,7 @@ def synthetic_root(seed: int = 0, size: int = 256, hr_size: int | None = None) -
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
-        generate(tmp, config.seed, config.size, config.hr_size)
+        generate(tmp, config.seed, config.size, config.hr_size, config.datasets)
         if target.exists():
             if _stamp_matches(target, config):  # another process finished first
                 return target
