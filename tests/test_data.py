@@ -293,3 +293,15 @@ def test_real_bottle() -> None:
     assert good["mask"].sum() == 0 and good["label"] == 0
     small = AnomalyDataset(root, "bottle", "test", image_size=256)[test.labels.index(1)]
     assert small["image"].shape == (3, 256, 256) and small["mask"].sum() > 0
+
+
+def test_category_datasets_for_multi_class(mvtec_tree: Path) -> None:
+    from torch.utils.data import ConcatDataset, DataLoader
+
+    from adlib.data import category_datasets
+
+    parts = category_datasets(mvtec_tree, "train", image_size=16)
+    assert list(parts) == ["gadget", "widget"] and [len(d) for d in parts.values()] == [1, 3]
+    batch = next(iter(DataLoader(ConcatDataset(parts.values()), batch_size=4)))
+    assert batch["image"].shape == (4, 3, 16, 16) and batch["mask"].shape == (4, 1, 16, 16)
+    assert batch["label"].tolist() == [0, 0, 0, 0] and batch["defect"] == ["good"] * 4

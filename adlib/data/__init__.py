@@ -7,7 +7,7 @@ from __future__ import annotations
 import importlib
 
 _EXPORTS = {
-    "AnomalyDataset": "folder", "load_image": "folder", "load_mask": "folder",
+    "AnomalyDataset": "folder", "category_datasets": "folder", "load_image": "folder", "load_mask": "folder",
     "DatasetError": "layout", "LayoutSpec": "layout", "LAYOUTS": "layout", "Sample": "layout",
     "register_layout": "layout", "detect_layout": "layout", "list_categories": "layout",
     "index_split": "layout", "dataset_stats": "layout", "stats_frame": "layout", "format_stats": "layout",

@@ -83,6 +83,11 @@ def _synth(args) -> int:
 def _download(args) -> int:
     from .download import download_dataset
 
+    from .download import SOURCES
+
+    source = SOURCES.get(args.name)
+    if source is not None:
+        print(f"{args.name}: licence {source.license}; terms at {source.page}", file=sys.stderr)
     target = download_dataset(args.name, args.root, url=args.url, sha256=args.sha256, progress=not args.quiet)
     print(f"{args.name} is in {target}")
     return 0

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .layout import DatasetError, LayoutSpec, Sample, category_dir, index_split, resolve_layout
+from .layout import DatasetError, LayoutSpec, Sample, category_dir, index_split, list_categories, resolve_layout
 from .transforms import ResizeImage, ResizeMask, as_size
 
 
@@ -123,3 +123,11 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __repr__(self) -> str:
         return (f"AnomalyDataset({self.category_dir}, split={self.split!r}, layout={self.layout.name!r}, "
                 f"n={len(self)}, image_size={self.image_size})")
+
+
+def category_datasets(root: str | Path, split: str = "train", categories: Sequence[str] | None = None,
+                      **kwargs) -> dict[str, AnomalyDataset]:
+    """One `AnomalyDataset` per category (all by default), e.g. for multi-class training:
+    `torch.utils.data.ConcatDataset(category_datasets(root, "train", image_size=256).values())`."""
+    names = list(categories) if categories is not None else list_categories(root)
+    return {name: AnomalyDataset(root, name, split, **kwargs) for name in names}

@@ -7,9 +7,8 @@ dataset's name. This module needs only the standard library, so `adlib data stat
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
@@ -33,7 +32,7 @@ class LayoutSpec:
     mask_patterns: tuple[str, ...] = ("{stem}_mask.png",)
     mask_is_folder: bool = False
     splits: tuple[str, ...] = ("train", "test")
-    defect_groups: Mapping[str, str] = field(default_factory=dict)
+    defect_groups: tuple[tuple[str, str], ...] = ()  # (defect folder, group) pairs
 
     def matches(self, category_dir: Path) -> bool:
         """True when every split folder exists with a normal sub-folder where one is required."""
@@ -70,7 +69,7 @@ register_layout(LayoutSpec(
     description="MVTec LOCO AD: validation/good, several masks per image in ground_truth/<defect>/<stem>/",
     mask_is_folder=True,
     splits=("train", "validation", "test"),
-    defect_groups={"logical_anomalies": "logical", "structural_anomalies": "structural"},
+    defect_groups=(("logical_anomalies", "logical"), ("structural_anomalies", "structural")),
 ))
 
 
@@ -168,7 +167,7 @@ def index_split(cat_dir: str | Path, split: str, layout: str | LayoutSpec | None
     for defect_dir in defect_dirs:
         normal = defect_dir.name == spec.good_dir
         defect = "good" if normal else defect_dir.name
-        group = "good" if normal else spec.defect_groups.get(defect, "defect")
+        group = "good" if normal else dict(spec.defect_groups).get(defect, "defect")
         for image in _images_in(defect_dir) if defect_dir.is_dir() else []:
             masks: tuple[Path, ...] = ()
             if not normal and check_masks:

@@ -91,6 +91,9 @@ def wood(rng, size, style):
     return np.clip(value[..., None] * np.array(style["colour"], np.float32), 0, 1)
 
 
+SPECKLES = ((0.4, 0.3, 0.2), (0.2, 0.2, 0.2), (0.5, 0.45, 0.3))  # benign grains, near the contaminant colours
+
+
 def stone(rng, size, style):
     base = np.array(style["colour"], np.float32)
     tint = fractal_noise(rng, size)[..., None] * np.array([0.07, 0.06, 0.05], np.float32)
@@ -98,11 +101,11 @@ def stone(rng, size, style):
     yy, xx = _grid(size)
     for _ in range(int(style.get("speckles", 50) * (size / 256) ** 2)):
         cy, cx = rng.uniform(0, size, 2)
-        r = rng.uniform(0.8, 2.2) * size / 256
-        shade = rng.uniform(0.2, 0.9)
+        r = rng.uniform(0.8, 3.0) * size / 256
+        colour = base * rng.uniform(0.2, 0.9) if rng.random() < 0.7 else np.array(SPECKLES[rng.integers(3)], np.float32)
         y0, y1, x0, x1 = int(max(cy - r - 2, 0)), int(min(cy + r + 2, size)), int(max(cx - r - 2, 0)), int(min(cx + r + 2, size))
         d = np.hypot(yy[y0:y1, x0:x1] - cy, xx[y0:y1, x0:x1] - cx) - r
-        _composite(img[y0:y1, x0:x1], _coverage(d) * 0.8, base * shade)
+        _composite(img[y0:y1, x0:x1], _coverage(d) * 0.8, colour)
     return img
 
 
@@ -128,7 +131,8 @@ def washer(rng, size, style):
     notch = np.maximum(np.abs(v) - 0.06 * r_out, r_out * 0.8 - u)  # box cut into the outer edge
     sdf = np.maximum(ring, -notch)
     phi = np.arctan2(yy - cy, xx - cx)
-    shade = 0.75 + 0.18 * np.cos(phi - 0.8) + 0.04 * smooth_noise(rng, size, 1.5 * size / 256)
+    shade = 0.75 + 0.18 * np.cos(phi - 0.8) + 0.06 * smooth_noise(rng, size, 1.5 * size / 256) \
+        + 0.04 * smooth_noise(rng, size, 12 * size / 256)
     colour = shade[..., None] * np.array(style["colour"], np.float32)
     img = bg.copy()
     _composite(img, _coverage(sdf), colour)
