@@ -184,8 +184,10 @@ def agreement_summary(both: pd.DataFrame) -> str:
         return "no row matches a paper row"
     diffs = both["diff"].abs()
     counts = {k: int(sum(_agreement(d) == k for d in both["diff"])) for k in ("agree", "close", "differs")}
-    return (f"{len(both)} rows match the paper: {counts['agree']} agree (≤ {AGREE:g} pt), {counts['close']} close "
-            f"(≤ {CLOSE:g} pt), {counts['differs']} differ; median |diff| {diffs.median():.1f}, max {diffs.max():.1f}")
+    rows = "1 row matches" if len(both) == 1 else f"{len(both)} rows match"
+    return (f"{rows} the paper: {counts['agree']} agree (≤ {AGREE:g} pt), {counts['close']} close "
+            f"(≤ {CLOSE:g} pt), {counts['differs']} differ; "
+            f"median |diff| {diffs.median():.1f}, max {diffs.max():.1f}")
 
 
 def _describe(meta: dict) -> str:
@@ -309,7 +311,8 @@ def _paper_page(paper: PaperEntry, papers: list[PaperEntry], profile: str, root:
     body.append("<p>Values in percent. diff = reproduced − paper; "
                 f'<span class="meta">colour: |diff| ≤ {AGREE:g} green, ≤ {CLOSE:g} yellow, else red.</span></p>')
     if paper.declared_missing:
-        body.append('<p class="failed">declared outputs missing: ' + ", ".join(map(_esc, paper.declared_missing)) + "</p>")
+        missing = ", ".join(map(_esc, paper.declared_missing))
+        body.append(f'<p class="failed">declared outputs missing: {missing}</p>')
     body.append("<h2>Notebooks</h2>" + _notebook_rows(paper))
     body.append("<h2>Tables</h2>")
     for entry in paper.tables:
@@ -382,7 +385,8 @@ def build_site(papers: list[PaperEntry], output_root: Path, profile: str) -> Pat
 
 # ----------------------------------------------------------------------------------------- Markdown
 def _md_table(df: pd.DataFrame, columns: list[str], numeric: dict[str, bool]) -> str:
-    lines = ["| " + " | ".join(columns) + " |", "|" + "|".join("---:" if c in numeric else "---" for c in columns) + "|"]
+    rule = "|".join("---:" if c in numeric else "---" for c in columns)
+    lines = ["| " + " | ".join(columns) + " |", f"|{rule}|"]
     for record in df.to_dict("records"):
         cells = []
         for column in columns:

@@ -77,6 +77,7 @@ class ReproduceConfig:
     device: str | None = None  # None: the profile's device
     seed: int = 0
     cell_timeout: float | None = None
+    time_budget: float | None = None  # seconds; notebooks not started by then are deferred, not failed
     report: bool = True
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class Job:
 @dataclass
 class Outcome:
     label: str
-    status: str  # "ok", "failed" or "skipped"
+    status: str  # "ok", "failed", "skipped" (unchanged, --resume) or "deferred" (time budget spent)
     seconds: float = 0.0
     error: str | None = None
     cell: str | None = None  # the failing cell as Jupyter shows it: 'In [3] (cell 4): first line of source'
@@ -195,7 +196,10 @@ def data_roots(data_root: str | None) -> list[Path]:
         except ImportError:
             synthetic_root = None
         if synthetic_root is not None:
-            roots.append(Path(synthetic_root()))  # generated once here, before notebooks run in parallel
+            try:
+                roots.append(Path(synthetic_root()))  # generated once here, before notebooks run in parallel
+            except Exception as exc:  # the notebooks will meet the same problem and report it themselves
+                print(f"adlib reproduce: could not prepare the synthetic data: {exc}", file=sys.stderr)
     if os.environ.get("ADLIB_DATA"):
         roots.append(Path(os.environ["ADLIB_DATA"]))
     return roots
@@ -291,8 +295,10 @@ class ResumeIndex:
         with self._lock:
             if outcome.status == "ok":
                 self.entries[job.label] = {"key": job.key, "record": outcome.record, "time": time.time()}
-            else:
+            elif outcome.status == "failed":
                 self.entries.pop(job.label, None)
+            else:
+                return
             results.atomic_write_json(self.path, self.entries)
 
 
@@ -414,9 +420,13 @@ class LocalExecutor:
 
     def __init__(self, config: ReproduceConfig):
         self.jobs = config.jobs
+        self.deadline = time.time() + config.time_budget if config.time_budget is not None else None
 
     def run(self, jobs: list[Job], on_start: Callable[[Job], None], on_done: Callable[[Job, Outcome], None]) -> None:
         def task(job: Job) -> None:
+            if self.deadline is not None and time.time() > self.deadline:
+                on_done(job, Outcome(job.label, "deferred", error="time budget spent before it started"))
+                return
             on_start(job)
             on_done(job, _safe_execute(job))
 
@@ -440,7 +450,8 @@ class DaskExecutor:
             futures = {}
             for job in jobs:
                 on_start(job)
-                futures[client.submit(_safe_execute, job, pure=False, key=f"adlib-{job.paper}-{job.name}-{job.key[:8]}")] = job
+                key = f"adlib-{job.paper}-{job.name}-{job.key[:8]}"
+                futures[client.submit(_safe_execute, job, pure=False, key=key)] = job
             for future in as_completed(list(futures)):
                 job = futures[future]
                 try:
@@ -475,8 +486,9 @@ class Progress:
     def finished(self, outcome: Outcome) -> None:
         with self._lock:
             self.done += 1
-            self.running = max(0, self.running - 1) if outcome.status != "skipped" else self.running
-            word = {"ok": "ok   ", "failed": "FAIL ", "skipped": "skip "}[outcome.status]
+            if outcome.status in ("ok", "failed"):
+                self.running = max(0, self.running - 1)
+            word = {"ok": "ok   ", "failed": "FAIL ", "skipped": "skip ", "deferred": "later"}[outcome.status]
             extra = f"  {outcome.error}" if outcome.error else ""
             self._print(f"[{self.done}/{self.total}] {word} {outcome.label}  {outcome.seconds:.1f} s  "
                         f"({self.total - self.done} left, elapsed {self._elapsed()}){extra}")
@@ -506,9 +518,11 @@ class Summary:
         return bool(self.outcomes) and not self.failed
 
     def text(self) -> str:
-        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "skipped", "failed")}
+        counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "skipped", "failed", "deferred")}
         lines = [f"{len(self.outcomes)} notebooks in {_duration(self.seconds)}: "
                  f"{counts['ok']} ran ok, {counts['skipped']} unchanged (skipped), {counts['failed']} failed"]
+        if counts["deferred"]:
+            lines[0] += f", {counts['deferred']} not started (time budget spent; run again with --resume)"
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.label}: {outcome.error}")
             if outcome.cell:
@@ -564,20 +578,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="smoke: CPU minutes on embedded data; paper: the papers' settings on a GPU")
     parser.add_argument("--papers", type=lambda s: [p for p in s.split(",") if p], default=None,
                         help="comma-separated papers (folders under notebooks/), e.g. varad,vitad")
-    parser.add_argument("--only", metavar="PATTERN", help="glob (or substring) on paper/notebook, e.g. 'varad/0[12]*'")
+    parser.add_argument("--only", metavar="PATTERN",
+                        help="glob (or substring) on paper/notebook, e.g. 'varad/0[12]*'")
     parser.add_argument("--resume", action="store_true",
-                        help="skip notebooks whose notebook, parameters, adlib code and data are unchanged since a successful run")
+                        help="skip notebooks whose content, parameters, adlib code and data are unchanged "
+                             "since their last successful run")
     parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at the same time")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
                         help="local: in this process; dask: on an existing Dask cluster (--scheduler)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --executor dask")
-    parser.add_argument("--data-root", default=None, help="data folder passed to the notebooks (default: embedded synthetic data)")
+    parser.add_argument("--data-root", default=None,
+                        help="data folder passed to the notebooks (default: embedded synthetic data)")
     parser.add_argument("--device", default=None, help="device passed to the notebooks (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
-    parser.add_argument("--notebooks", type=Path, default=None, help="notebook folder (default: notebooks/ of the repository)")
-    parser.add_argument("--output-root", type=Path, default=None, help="where results/ and figures/ go (default: the repository)")
-    parser.add_argument("--report-only", action="store_true", help="build the report from existing results, execute nothing")
+    parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
+                        help="start no notebook after this many seconds (CI); the rest are listed as not started")
+    parser.add_argument("--notebooks", type=Path, default=None,
+                        help="notebook folder (default: notebooks/ of the repository)")
+    parser.add_argument("--output-root", type=Path, default=None,
+                        help="where results/ and figures/ go (default: the repository)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="build the report from existing results, execute nothing")
     parser.add_argument("--no-report", action="store_true", help="execute the notebooks but do not build the report")
 
 
@@ -585,7 +607,7 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
     config = ReproduceConfig(
         profile=args.profile, papers=args.papers, only=args.only, resume=args.resume, jobs=args.jobs,
         executor=args.executor, scheduler=args.scheduler, data_root=args.data_root, device=args.device,
-        seed=args.seed, cell_timeout=args.cell_timeout, report=not args.no_report,
+        seed=args.seed, cell_timeout=args.cell_timeout, time_budget=args.time_budget, report=not args.no_report,
     )
     if args.notebooks is not None:
         config.notebook_root = args.notebooks

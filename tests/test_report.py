@@ -85,7 +85,7 @@ def tree(tmp_path_factory) -> Path:
 def test_markdown_report_shows_paper_beside_reproduced(tree):
     text = (tree / "results/smoke/REPORT.md").read_text()
     assert "| MVTec AD | Demo | default | image | auroc | 90.5 | 90.0 | -0.5 |" in text
-    assert "1 rows match the paper: 1 agree" in text
+    assert "1 row matches the paper: 1 agree" in text
     assert "not reproduced in this profile (1 paper rows)" in text  # table2: paper only
     assert "no paper table: reproduced numbers only" in text  # table3: reproduced only
     assert "| synthetic_ad/grid | Demo | default | image | auroc | 75.0 |" in text

@@ -187,7 +187,8 @@ def test_repository_site_after_make_reproduce(browser):
     for page in pages:
         browser.navigate(page)
         assert browser.evaluate(ALL_IMAGES_LOADED), f"{page}: an image did not load"
-        notebooks = browser.evaluate("Array.from(document.querySelectorAll('a[href^=\"notebooks/\"]')).map(a => a.href)")
+        notebooks = browser.evaluate(
+            "Array.from(document.querySelectorAll('a[href^=\"notebooks/\"]')).map(a => a.href)")
         for notebook in notebooks[:3]:
             browser.navigate(notebook)
             assert browser.evaluate(ALL_IMAGES_LOADED), f"{notebook}: an image did not load"

@@ -194,6 +194,14 @@ def test_killed_run_leaves_no_partial_files(tmp_path):
     assert not index.is_current(job), "a killed notebook is not skipped by --resume"
 
 
+def test_time_budget_defers_notebooks_instead_of_failing(tmp_path):
+    config = _config(tmp_path, papers=["demo"], time_budget=0)
+    summary = reproduce.reproduce(config, stream=io.StringIO())
+    assert [o.status for o in summary.outcomes] == ["deferred", "deferred"] and not summary.failed
+    assert "2 not started (time budget spent" in summary.text()
+    assert not (config.executed_dir / "demo").exists()
+
+
 def test_dask_executor_on_a_local_cluster(tmp_path):
     distributed = pytest.importorskip("distributed")
     with distributed.LocalCluster(n_workers=1, threads_per_worker=2, processes=False, protocol="tcp://",
