@@ -1,0 +1,394 @@
+"""The figure styles the papers use, drawn with matplotlib.
+
+- `anomaly_map_grid`: one row per image; image, ground truth, then one anomaly map per method (Fig. 3, 6).
+- `grouped_bars`: ablation bars, one group per setting and one bar per metric (Fig. 4).
+- `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
+- `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
+- walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides), `draw_directions`.
+
+Every function takes long-format tables (`dataset, method, setting, level, metric, value`) or arrays and
+returns a matplotlib Figure; saving (with provenance) is `adlib.results.save_figure`'s job.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+METRIC_LABELS = {
+    "auroc": "AUROC", "f1max": "max-F1", "ap": "AP", "aupro": "AU-PRO", "mad": "mAD",
+    "params_m": "Params (M)", "fps": "FPS", "flops_g": "FLOPs (G)", "train_s": "Training time (s)",
+}
+MAP_CMAP = "jet"
+
+
+def _pyplot():
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _as_numpy(x) -> np.ndarray:
+    if hasattr(x, "detach"):
+        x = x.detach().cpu().numpy()
+    return np.asarray(x)
+
+
+def _image_hwc(image) -> np.ndarray:
+    """(3, H, W) or (H, W, 3) or (H, W) array/tensor in [0, 1] -> (H, W, 3) float for imshow."""
+    array = _as_numpy(image).astype(np.float32)
+    if array.ndim == 3 and array.shape[0] in (1, 3) and array.shape[-1] not in (1, 3):
+        array = array.transpose(1, 2, 0)
+    if array.ndim == 3 and array.shape[-1] == 1:
+        array = array[..., 0]
+    if array.ndim == 2:
+        array = np.repeat(array[..., None], 3, axis=2)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise ValueError(f"image has shape {array.shape}; expected (3, H, W), (H, W, 3) or (H, W)")
+    return np.clip(array, 0.0, 1.0)
+
+
+def _map_hw(array) -> np.ndarray:
+    array = _as_numpy(array).astype(np.float32)
+    array = np.squeeze(array)
+    if array.ndim != 2:
+        raise ValueError(f"map has shape {array.shape}; expected (H, W) or (1, H, W)")
+    return array
+
+
+def _resize_nearest(array: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    if array.shape == shape:
+        return array
+    rows = np.minimum((np.arange(shape[0]) * array.shape[0] / shape[0]).astype(int), array.shape[0] - 1)
+    cols = np.minimum((np.arange(shape[1]) * array.shape[1] / shape[1]).astype(int), array.shape[1] - 1)
+    return array[rows][:, cols]
+
+
+def normalize_maps(maps, mode: str = "joint") -> np.ndarray:
+    """Scale a stack of maps (N, H, W) to [0, 1]: jointly over the stack ("joint") or per map ("each")."""
+    array = _as_numpy(maps).astype(np.float32)
+    if array.ndim == 2:
+        array = array[None]
+    if mode == "joint":
+        low, high = float(array.min()), float(array.max())
+        return (array - low) / (high - low) if high > low else np.zeros_like(array)
+    if mode == "each":
+        return np.stack([normalize_maps(m, "joint")[0] for m in array])
+    raise ValueError(f"normalize mode {mode!r} unknown; expected 'joint' or 'each'")
+
+
+def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str, Sequence],
+                     row_labels: Sequence[str] | None = None, normalize: str = "joint",
+                     overlay: float = 0.5, cell: float = 1.8, title: str | None = None):
+    """Rows of image | ground truth | one anomaly map per method (the papers' qualitative figures).
+
+    ``maps`` maps a method name to N maps (each (H, W)); ``normalize`` scales each method's maps to
+    [0, 1] jointly over the shown images ("joint", comparable across rows) or per image ("each").
+    ``overlay`` > 0 blends the heat map over the image.
+    """
+    plt = _pyplot()
+    n = len(images)
+    if n == 0:
+        raise ValueError("anomaly_map_grid: no images given")
+    for method, stack in maps.items():
+        if len(stack) != n:
+            raise ValueError(f"anomaly_map_grid: method {method!r} has {len(stack)} maps for {n} images")
+    if masks is not None and len(masks) != n:
+        raise ValueError(f"anomaly_map_grid: {len(masks)} masks for {n} images")
+    scaled = {method: normalize_maps(np.stack([_map_hw(m) for m in stack]), normalize)
+              for method, stack in maps.items()}
+    columns = ["Image"] + (["GT"] if masks is not None else []) + list(maps)
+    fig, axes = plt.subplots(n, len(columns), figsize=(cell * len(columns), cell * n), squeeze=False)
+    cmap = plt.get_cmap(MAP_CMAP)
+    for row in range(n):
+        image = _image_hwc(images[row])
+        panels = [image]
+        if masks is not None:
+            panels.append(_resize_nearest(_map_hw(masks[row]), image.shape[:2]))
+        for method in maps:
+            heat = cmap(_resize_nearest(scaled[method][row], image.shape[:2]))[..., :3]
+            panels.append((1 - overlay) * heat + overlay * image if overlay > 0 else heat)
+        for col, panel in enumerate(panels):
+            ax = axes[row, col]
+            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if row == 0:
+                ax.set_title(columns[col], fontsize=9)
+        if row_labels is not None:
+            axes[row, 0].set_ylabel(row_labels[row], fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def _check_long(df: pd.DataFrame, what: str, needed: Sequence[str] = ("setting", "metric", "value")) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise ValueError(f"{what}: table lacks columns {missing}; expected the long format")
+    if df.empty:
+        raise ValueError(f"{what}: the table is empty")
+
+
+def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
+                 order: Sequence[str] | None = None, facet: str = "dataset", level: str | None = "pixel",
+                 title: str | None = None, ylim: tuple[float, float] | None = None, panel_width: float = 4.5):
+    """Fig. 4 style: per facet (dataset) a panel with one bar group per `setting`, one bar per metric.
+
+    ``order`` fixes the order of settings (default: first appearance). Values are in percent.
+    """
+    plt = _pyplot()
+    _check_long(df, "grouped_bars")
+    data = df[df["metric"].isin(metrics)]
+    if level is not None and "level" in data.columns:
+        data = data[data["level"] == level]
+    if data.empty:
+        raise ValueError(f"grouped_bars: no rows with metrics {list(metrics)} at level {level!r}")
+    facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
+    settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
+    fig, axes = plt.subplots(1, len(facets), figsize=(panel_width * len(facets), 3.2), squeeze=False)
+    width = 0.8 / len(metrics)
+    x = np.arange(len(settings))
+    for ax, name in zip(axes[0], facets):
+        part = data if name is None else data[data[facet] == name]
+        for i, metric in enumerate(metrics):
+            values = part[part["metric"] == metric].groupby("setting")["value"].mean()
+            heights = [values.get(s, np.nan) for s in settings]
+            bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, heights, width,
+                          label=METRIC_LABELS.get(metric, metric))
+            for bar, h in zip(bars, heights):
+                if np.isfinite(h):
+                    ax.annotate(f"{h:.1f}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
+                                va="bottom", fontsize=6, rotation=90, xytext=(0, 1), textcoords="offset points")
+        ax.set_xticks(x)
+        ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
+        ax.set_ylabel("%")
+        if ylim is not None:
+            ax.set_ylim(*ylim)
+        if name is not None:
+            ax.set_title(str(name), fontsize=9)
+    axes[0, 0].legend(fontsize=7, loc="lower left")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def setting_value(setting: str) -> float:
+    """The number in a setting label such as "res=512" or "m=4" (NaN when there is none)."""
+    match = re.search(r"(-?\d+(?:\.\d+)?)", str(setting))
+    return float(match.group(1)) if match else float("nan")
+
+
+def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
+                     facet: str = "dataset", level: str | None = "pixel", title: str | None = None):
+    """Fig. 5 style: one panel per (facet, metric), the metric against resolution, one line per method.
+
+    The resolution is read from `setting` ("res=512" -> 512).
+    """
+    plt = _pyplot()
+    _check_long(df, "resolution_lines", ("setting", "metric", "value", "method"))
+    data = df[df["metric"].isin(metrics)].copy()
+    if level is not None and "level" in data.columns:
+        data = data[data["level"] == level]
+    data["resolution"] = data["setting"].map(setting_value)
+    data = data[np.isfinite(data["resolution"])]
+    if data.empty:
+        raise ValueError("resolution_lines: no rows with a resolution in `setting` (e.g. 'res=512')")
+    facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
+    fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.2 * len(metrics), 2.8 * len(facets)),
+                             squeeze=False)
+    for r, name in enumerate(facets):
+        part = data if name is None else data[data[facet] == name]
+        for c, metric in enumerate(metrics):
+            ax = axes[r, c]
+            for method, rows in part[part["metric"] == metric].groupby("method", sort=False):
+                rows = rows.groupby("resolution")["value"].mean().sort_index()
+                ax.plot(rows.index, rows.values, marker="o", label=str(method))
+            resolutions = sorted(part["resolution"].unique())
+            ax.set_xticks(resolutions)
+            ax.set_xticklabels([str(int(v)) for v in resolutions], fontsize=8)
+            ax.set_xlabel("resolution (px)", fontsize=8)
+            ax.set_title(f"{name} · {METRIC_LABELS.get(metric, metric)}" if name else
+                         METRIC_LABELS.get(metric, metric), fontsize=9)
+            ax.grid(alpha=0.3)
+    axes[0, 0].legend(fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def complexity_panels(df: pd.DataFrame, metrics: Sequence[str] = ("train_s", "params_m", "flops_g", "fps"),
+                      quality: str | None = "f1max", title: str | None = None):
+    """Fig. 7 style: one bar panel per complexity metric (one bar per method) and, when the table has
+    pixel `quality` rows, a scatter of quality against FLOPs with marker size by parameter count."""
+    plt = _pyplot()
+    _check_long(df, "complexity_panels", ("method", "metric", "value"))
+    model = df[df["metric"].isin(metrics)]
+    present = [m for m in metrics if m in set(model["metric"])]
+    if not present:
+        raise ValueError(f"complexity_panels: no rows with metrics {list(metrics)}")
+    has_quality = quality is not None and not df[(df["metric"] == quality) &
+                                                 (df.get("level", "pixel") == "pixel")].empty
+    panels = len(present) + int(has_quality and "flops_g" in present)
+    fig, axes = plt.subplots(1, panels, figsize=(3.0 * panels, 3.0), squeeze=False)
+    methods = list(dict.fromkeys(model["method"]))
+    colors = plt.get_cmap("tab10")(np.arange(len(methods)) % 10)
+    for ax, metric in zip(axes[0], present):
+        values = model[model["metric"] == metric].groupby("method")["value"].mean()
+        heights = [values.get(m, np.nan) for m in methods]
+        ax.bar(range(len(methods)), heights, color=colors)
+        for i, h in enumerate(heights):
+            if np.isfinite(h):
+                ax.annotate(f"{h:.3g}", (i, h), ha="center", va="bottom", fontsize=7)
+        ax.set_xticks(range(len(methods)))
+        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
+    if panels > len(present):
+        ax = axes[0, -1]
+        pixel = df[(df["metric"] == quality) & (df["level"] == "pixel")].groupby("method")["value"].mean()
+        flops = model[model["metric"] == "flops_g"].groupby("method")["value"].mean()
+        params = model[model["metric"] == "params_m"].groupby("method")["value"].mean()
+        for i, method in enumerate(methods):
+            if method in pixel and method in flops:
+                size = 30 + 10 * float(params.get(method, 1.0))
+                ax.scatter(flops[method], pixel[method], s=size, color=colors[i], alpha=0.7, label=method)
+                ax.annotate(method, (flops[method], pixel[method]), fontsize=7)
+        ax.set_xlabel("FLOPs (G)", fontsize=8)
+        ax.set_ylabel(f"pixel {METRIC_LABELS.get(quality, quality)} (%)", fontsize=8)
+        ax.set_title("quality vs cost (size: params)", fontsize=9)
+        ax.grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ----------------------------------------------------------------------------------------- walkthrough
+def pca_rgb(*features):
+    """(C, h, w) tokens -> (h, w, 3) colours from their first three principal components.
+
+    Several grids (same C) share one basis fitted on all of them, so their colours are comparable; then a
+    list is returned.
+    """
+    arrays = [_as_numpy(f).astype(np.float64) for f in features]
+    if not arrays:
+        raise ValueError("pca_rgb: no features given")
+    for array in arrays:
+        if array.ndim != 3 or array.shape[0] != arrays[0].shape[0]:
+            raise ValueError(f"features have shape {array.shape}; expected (C, h, w) with the same C")
+    flats = [a.reshape(a.shape[0], -1).T for a in arrays]
+    stacked = np.concatenate(flats)
+    mean = stacked.mean(axis=0, keepdims=True)
+    _, _, vt = np.linalg.svd(stacked - mean, full_matrices=False)
+    basis = vt[: min(3, vt.shape[0])].T
+    comps = (stacked - mean) @ basis
+    if comps.shape[1] < 3:
+        comps = np.concatenate([comps, np.zeros((comps.shape[0], 3 - comps.shape[1]))], axis=1)
+    low, high = comps.min(axis=0), comps.max(axis=0)
+    comps = (comps - low) / np.where(high > low, high - low, 1.0)
+    out, start = [], 0
+    for a, flat in zip(arrays, flats):
+        out.append(comps[start : start + len(flat)].reshape(a.shape[1], a.shape[2], 3).astype(np.float32))
+        start += len(flat)
+    return out[0] if len(out) == 1 else out
+
+
+def token_prediction_grid(actual: Sequence, predicted: Sequence, errors: Sequence, mask=None, cell: float = 2.4):
+    """One row per hierarchy: actual tokens and predicted tokens (shared PCA colours) and the error grid.
+
+    ``actual``/``predicted``: per hierarchy (C, h, w); ``errors``: per hierarchy (h, w); ``mask`` (H, W)
+    adds the ground truth as a last column for reference.
+    """
+    plt = _pyplot()
+    if not (len(actual) == len(predicted) == len(errors)) or not actual:
+        raise ValueError("token_prediction_grid: need the same, non-zero number of actual, predicted and error grids")
+    cols = 3 + (mask is not None)
+    fig, axes = plt.subplots(len(actual), cols, figsize=(cell * cols, cell * len(actual)), squeeze=False)
+    for h, (a, p, e) in enumerate(zip(actual, predicted, errors)):
+        rgb_a, rgb_p = pca_rgb(a, p)
+        panels = [("actual tokens", rgb_a), ("predicted tokens", rgb_p), ("squared error", _map_hw(e))]
+        if mask is not None:
+            panels.append(("ground truth", _map_hw(mask)))
+        for c, (name, panel) in enumerate(panels):
+            ax = axes[h, c]
+            if panel.ndim == 3:
+                ax.imshow(panel)
+            else:
+                im = ax.imshow(panel, cmap=MAP_CMAP if name == "squared error" else "gray")
+                if name == "squared error":
+                    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+            ax.set_title(f"hierarchy {h + 1}: {name}" if c == 0 else name, fontsize=9)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.tight_layout()
+    return fig
+
+
+def draw_gap(order, h: int, w: int, target: int, gap: int, ax=None, title: str | None = None):
+    """What VarAD sees when it predicts the token at sequence position `target` along `order`.
+
+    Green: the tokens it may use (positions < target - gap + 1, i.e. v_1 .. v_{l-M}); grey: the M tokens
+    the gap hides (just before the target); red: the target; white: tokens after it in this direction.
+    """
+    plt = _pyplot()
+    order = _as_numpy(order).astype(int)
+    if order.size != h * w:
+        raise ValueError(f"order has {order.size} entries, expected h*w = {h * w}")
+    if not 0 <= target < h * w:
+        raise ValueError(f"target position {target} outside the sequence of length {h * w}")
+    state = np.zeros(h * w, dtype=int)  # 0 future, 1 visible, 2 hidden by the gap, 3 target
+    position = np.empty(h * w, dtype=int)
+    position[order] = np.arange(h * w)
+    state[position < target - gap + 1] = 1
+    state[(position >= target - gap + 1) & (position < target)] = 2
+    state[position == target] = 3
+    if ax is None:
+        _, ax = plt.subplots(figsize=(3, 3))
+    from matplotlib.colors import ListedColormap
+
+    ax.imshow(state.reshape(h, w), cmap=ListedColormap(["white", "#8fd18f", "#bdbdbd", "#d62728"]),
+              vmin=0, vmax=3)
+    ax.set_xticks(np.arange(-0.5, w, 1), minor=True)
+    ax.set_yticks(np.arange(-0.5, h, 1), minor=True)
+    ax.grid(which="minor", color="0.6", linewidth=0.3)
+    ax.tick_params(which="both", length=0, labelbottom=False, labelleft=False)
+    if title:
+        ax.set_title(title, fontsize=9)
+    return ax
+
+
+def draw_directions(directions: Mapping, h: int, w: int, cell: float = 2.4):
+    """The scan paths of a dict of `adlib.scans.Direction` (e.g. `varad_directions(h, w)`), side by side."""
+    plt = _pyplot()
+    from adlib.scans import draw_scan
+
+    fig, axes = plt.subplots(1, len(directions), figsize=(cell * len(directions), cell), squeeze=False)
+    for ax, (name, direction) in zip(axes[0], directions.items()):
+        draw_scan(direction.order, h, w, ax=ax, title=name)
+    fig.tight_layout()
+    return fig
+
+
+def image_row(panels: Mapping[str, object], cell: float = 2.4, cmap: str = MAP_CMAP, title: str | None = None):
+    """A row of labelled panels: images (3, H, W) are shown as images, 2-D arrays as heat maps."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, len(panels), figsize=(cell * len(panels), cell), squeeze=False)
+    for ax, (name, panel) in zip(axes[0], panels.items()):
+        array = _as_numpy(panel)
+        if array.ndim == 3 and (array.shape[0] == 3 or array.shape[-1] == 3):
+            ax.imshow(_image_hwc(array))
+        else:
+            im = ax.imshow(_map_hw(array), cmap=cmap)
+            fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
