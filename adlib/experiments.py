@@ -146,12 +146,13 @@ class Setting:
         out = asdict(self)
         return {k: (str(v) if isinstance(v, Path) else v) for k, v in out.items()}
 
-    def write_table(self, df: pd.DataFrame, name: str, data: str | None = None) -> Path:
+    def write_table(self, df: pd.DataFrame, name: str, data: str | None = None, backbone: str | None = None) -> Path:
         """`adlib.results.write_table` under this setting's profile and output root."""
         from adlib import results
 
-        data = data or (", ".join(dict.fromkeys(df["data"])) if "data" in df.columns else "")
-        backbone = ", ".join(dict.fromkeys(df["backbone"])) if "backbone" in df.columns else self.backbone
+        data = data or (", ".join(dict.fromkeys(df["data"].astype(str))) if "data" in df.columns else "")
+        if backbone is None:
+            backbone = ", ".join(dict.fromkeys(df["backbone"].astype(str))) if "backbone" in df.columns else self.backbone
         return results.write_table(df, PAPER, name, profile=self.profile, backbone=backbone, data=data,
                                    params=self.params(), root=self.output_root)
 
