@@ -239,7 +239,10 @@ class ImageAccumulator:
 
 
 def image_metrics(scores: Any, labels: Any) -> dict[str, float]:
-    """Image AUROC, AP and max-F1 of anomaly scores (N,) against labels (N,) in {0, 1}."""
+    """Image AUROC, AP and max-F1 of anomaly scores (N,) against labels (N,) in {0, 1}.
+
+    ADer computes these three with scikit-learn too (max-F1 from ``precision_recall_curve``), so there is
+    no separate ADer mode here; its image *score* (max of the 256 px map) is ``ader_image_scores``."""
     acc = ImageAccumulator()
     acc.update(scores, labels)
     return acc.compute()
