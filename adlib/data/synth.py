@@ -11,6 +11,7 @@ defects a few pixels wide at 1024 px), `synthetic_multi` (4 categories for multi
 """
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -24,7 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2
 STAMP_NAME = "STAMP.json"
 DATASETS = ("synthetic_ad", "synthetic_hr", "synthetic_multi", "synthetic_loco")
 
@@ -35,13 +36,17 @@ def _grid(size: int) -> tuple[np.ndarray, np.ndarray]:
     return yy + 0.5, xx + 0.5
 
 
-def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
-    """Gaussian-filtered white noise (filter width `sigma` px), zero mean, unit std."""
-    white = rng.standard_normal((size, size)).astype(np.float32)
+@functools.lru_cache(maxsize=64)
+def _gain(size: int, sigma: float) -> np.ndarray:
     fy = np.fft.fftfreq(size)[:, None]
     fx = np.fft.rfftfreq(size)[None, :]
-    gain = np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy ** 2 + fx ** 2))
-    out = np.fft.irfft2(np.fft.rfft2(white) * gain, s=(size, size)).astype(np.float32)
+    return np.exp(-2.0 * (np.pi * sigma) ** 2 * (fy ** 2 + fx ** 2)).astype(np.float32)
+
+
+def smooth_noise(rng: np.random.Generator, size: int, sigma: float) -> np.ndarray:
+    """Gaussian-filtered white noise (filter width `sigma` px), zero mean, unit std."""
+    white = rng.standard_normal((size, size), dtype=np.float32)
+    out = np.fft.irfft2(np.fft.rfft2(white) * _gain(size, float(sigma)), s=(size, size)).astype(np.float32)
     return (out - out.mean()) / (out.std() + 1e-8)
 
 
@@ -381,9 +386,10 @@ def _render_scene(rng, size, background, items, walls):
         y0, x0, y1, x1 = (np.array(wall) * size)
         box = np.maximum(np.maximum(y0 - yy, yy - y1), np.maximum(x0 - xx, xx - x1))
         _composite(img, _coverage(box), np.array([0.45, 0.42, 0.38], np.float32))
+    grain = 0.03 * smooth_noise(rng, size, 1.0)
     for item in items:
         sdf = _item_sdf(item, yy, xx)
-        shade = 0.85 + 0.15 * np.clip(-sdf / item.size, 0, 1) + 0.03 * smooth_noise(rng, size, 1.0)
+        shade = 0.85 + 0.15 * np.clip(-sdf / item.size, 0, 1) + grain
         _composite(img, _coverage(sdf), shade[..., None] * np.array(item.colour, np.float32))
     return np.clip(img, 0, 1)
 
