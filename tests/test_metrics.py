@@ -136,8 +136,10 @@ def check_pixels(maps, masks, structure=np.ones((3, 3)), connectivity=8):
 
 
 def test_pixel_metrics_random_regions():
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(2)
     masks = blob_masks(rng, 6, 24)
+    regions = [ndimage.label(m, structure=np.ones((3, 3)))[1] for m in masks]
+    assert 0 in regions and max(regions) >= 2  # images without regions and with several
     check_pixels(smooth_maps(rng, masks), masks)
 
 
