@@ -5,7 +5,7 @@ data behind each, and links to the executed notebooks rendered as HTML. The site
 and copies the figures into itself, so `site/index.html` opens from disk with no server.
 
 Built from files only: reproduced tables (`results/<profile>/<paper>/*.csv` + `.meta.json`), the papers'
-numbers (`results/paper/<paper>/*.csv`), figures (`figures/<profile>/<paper>/*.png` + `.meta.json`) and the
+numbers (`results/paper/<paper>/*.csv` of the repository), figures (`figures/<profile>/<paper>/*.png` + `.meta.json`) and the
 run records and executed notebooks under `results/<profile>/executed/`.
 """
 from __future__ import annotations
@@ -100,14 +100,15 @@ def _subdirs(folder: Path) -> set[str]:
 
 
 def collect(output_root: Path, profile: str, papers: list[str] | None = None,
-            notebook_root: Path | None = None) -> list[PaperEntry]:
+            notebook_root: Path | None = None, paper_root: Path | None = None) -> list[PaperEntry]:
     """Everything the report shows, per paper, read from the output tree (and, when given, the notebook
     folder, so notebooks never executed in this profile show as "not run")."""
     root = Path(output_root)
+    paper_root = Path(paper_root) if paper_root is not None else results.repo_root()
     ours_dir = root / "results" / profile
     executed_dir = ours_dir / "executed"
     names = (_subdirs(ours_dir) - {"executed", "site"}) | _subdirs(root / "figures" / profile) \
-        | _subdirs(root / "results" / "paper") | _subdirs(executed_dir) \
+        | _subdirs(paper_root / "results" / "paper") | _subdirs(executed_dir) \
         | (_subdirs(Path(notebook_root)) if notebook_root else set())
     if papers:
         names &= set(papers)
@@ -115,9 +116,9 @@ def collect(output_root: Path, profile: str, papers: list[str] | None = None,
     for paper in sorted(names):
         entry = PaperEntry(paper)
         table_names = {p.stem for p in (ours_dir / paper).glob("*.csv")} \
-            | {p.stem for p in (root / "results" / "paper" / paper).glob("*.csv")}
+            | {p.stem for p in (paper_root / "results" / "paper" / paper).glob("*.csv")}
         for name in sorted(table_names, key=_natural):
-            entry.tables.append(_load_table(root, profile, paper, name))
+            entry.tables.append(_load_table(root, paper_root, profile, paper, name))
         for path in sorted((root / "figures" / profile / paper).glob("*.png"), key=lambda p: _natural(p.stem)):
             entry.figures.append(FigureEntry(path.stem, path, _read_json(results.meta_path(path))))
         for record_path in sorted((executed_dir / paper).glob("*.run.json")):
@@ -144,15 +145,15 @@ def _natural(name: str) -> tuple:
     return tuple(int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name))
 
 
-def _load_table(root: Path, profile: str, paper: str, name: str) -> TableEntry:
+def _load_table(root: Path, paper_root: Path, profile: str, paper: str, name: str) -> TableEntry:
     entry = TableEntry(name)
     try:
         if results.table_path(paper, name, profile=profile, root=root).exists():
             entry.path = results.table_path(paper, name, profile=profile, root=root)
             entry.ours = results.read_table(paper, name, profile=profile, root=root)
             entry.meta = _read_json(results.meta_path(entry.path))
-        if results.paper_table_path(paper, name, root=root).exists():
-            entry.paper = results.paper_table(paper, name, root=root)
+        if results.paper_table_path(paper, name, root=paper_root).exists():
+            entry.paper = results.paper_table(paper, name, root=paper_root)
     except (ValueError, OSError) as exc:
         entry.error = str(exc)
     return entry
@@ -453,8 +454,9 @@ def build_markdown(papers: list[PaperEntry], output_root: Path, profile: str) ->
 
 
 def build_report(output_root: str | Path, profile: str, notebook_root: str | Path | None = None,
-                 papers: list[str] | None = None) -> Path:
-    """Write REPORT.md and site/ for `profile` under `output_root`; returns the REPORT.md path."""
-    entries = collect(Path(output_root), profile, papers, notebook_root)
+                 papers: list[str] | None = None, paper_root: str | Path | None = None) -> Path:
+    """Write REPORT.md and site/ for `profile` under `output_root`; returns the REPORT.md path.
+    Paper tables are read from `<paper_root>/results/paper/` (default: the repository)."""
+    entries = collect(Path(output_root), profile, papers, notebook_root, paper_root)
     build_site(entries, Path(output_root), profile)
     return build_markdown(entries, Path(output_root), profile)

@@ -73,6 +73,7 @@ class ReproduceConfig:
     scheduler: str | None = None
     notebook_root: Path = field(default_factory=lambda: results.repo_root() / "notebooks")
     output_root: Path = field(default_factory=results.repo_root)
+    paper_root: Path = field(default_factory=results.repo_root)  # holds results/paper/<paper>/*.csv
     data_root: str | None = None
     device: str | None = None  # None: the profile's device
     seed: int = 0
@@ -568,7 +569,8 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
     if config.report:
         from adlib.report import build_report
 
-        summary.report = build_report(config.output_root, config.profile, notebook_root=config.notebook_root)
+        summary.report = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
+                                      paper_root=config.paper_root)
     return summary
 
 
@@ -625,7 +627,9 @@ def main(args: argparse.Namespace) -> int:
     if args.report_only:
         from adlib.report import build_report
 
-        print(f"report: {build_report(config.output_root, config.profile, notebook_root=config.notebook_root)}")
+        path = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
+                            paper_root=config.paper_root)
+        print(f"report: {path}")
         return 0
     print(f"adlib reproduce: profile {config.profile} ({PROFILES[config.profile].description})", file=sys.stderr)
     summary = reproduce(config)

@@ -7,7 +7,7 @@ Files (relative to the output root, which is the repository root unless `root=` 
 says otherwise):
     results/<profile>/<paper>/<name>.csv        + <name>.meta.json (provenance and parameters)
     figures/<profile>/<paper>/<name>.png        + <name>.meta.json
-    results/paper/<paper>/<name>.csv            the paper's printed numbers
+    results/paper/<paper>/<name>.csv            the paper's printed numbers (always in the repository)
 
 Everything is written atomically (temp file in the same folder, then `os.replace`), so an interrupted
 run never leaves a half-written file. When `$ADLIB_RUN_LOG` names a file (`adlib reproduce` sets it for
@@ -76,7 +76,9 @@ def figure_path(paper: str, name: str, *, profile: str, root: str | os.PathLike 
 
 
 def paper_table_path(paper: str, name: str, root: str | os.PathLike | None = None) -> Path:
-    return output_root(root) / "results" / "paper" / paper / f"{name}.csv"
+    """The paper's numbers are inputs shipped with the repository: `root` defaults to the repository root
+    (not the output root), so runs that write elsewhere still find them."""
+    return (Path(root) if root is not None else repo_root()) / "results" / "paper" / paper / f"{name}.csv"
 
 
 def meta_path(path: Path) -> Path:

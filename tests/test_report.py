@@ -72,7 +72,7 @@ def build_tree(root: Path, profile: str = "smoke") -> Path:
                   failed_cell="In [3] (cell 4): boom()", declared_outputs=["figures/smoke/demo/never.png"],
                   written_files=[])
     (executed / "02_broken.run.json").write_text(json.dumps(failed))
-    return report.build_report(root, profile)
+    return report.build_report(root, profile, paper_root=root)
 
 
 @pytest.fixture(scope="module")
@@ -123,7 +123,7 @@ def test_site_links_are_relative_and_resolve(tree):
 def test_rebuild_is_incremental(tree):
     rendered = tree / "results/smoke/site/notebooks/demo/01_demo.html"
     before = rendered.stat().st_mtime_ns
-    report.build_report(tree, "smoke")
+    report.build_report(tree, "smoke", paper_root=tree)
     assert rendered.stat().st_mtime_ns == before  # unchanged executed notebook: not rendered again
 
 
@@ -131,11 +131,11 @@ def test_notebook_root_lists_notebooks_not_run(tmp_path):
     notebooks = tmp_path / "notebooks" / "demo"
     notebooks.mkdir(parents=True)
     nbformat.write(new_notebook(), notebooks / "01_never.ipynb")
-    report.build_report(tmp_path / "out", "smoke", notebook_root=tmp_path / "notebooks")
+    report.build_report(tmp_path / "out", "smoke", notebook_root=tmp_path / "notebooks", paper_root=tmp_path)
     assert "01_never" in (tmp_path / "out/results/smoke/REPORT.md").read_text()
     assert "not run" in (tmp_path / "out/results/smoke/site/demo.html").read_text()
 
 
 def test_empty_tree_still_builds(tmp_path):
-    path = report.build_report(tmp_path, "paper")
+    path = report.build_report(tmp_path, "paper", paper_root=tmp_path)
     assert path.exists() and "nothing to report" in (tmp_path / "results/paper/site/index.html").read_text()

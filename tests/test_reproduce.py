@@ -44,7 +44,7 @@ def demo_run(tmp_path_factory):
     paper.mkdir(parents=True)
     pd.DataFrame({"dataset": ["MVTec AD"], "method": ["Demo"], "setting": ["default"], "level": ["image"],
                   "metric": ["auroc"], "value": [91.0]}).to_csv(paper / "table1.csv", index=False)
-    config = _config(tmp, papers=["demo"], jobs=2, report=True)
+    config = _config(tmp, papers=["demo"], jobs=2, report=True, paper_root=tmp / "out")
     stream = io.StringIO()
     summary = reproduce.reproduce(config, stream=stream)
     return config, summary, stream.getvalue()
@@ -93,6 +93,7 @@ def test_run_writes_outputs_records_and_report(demo_run):
     assert "[2/2]" in progress and "demo/02_second" in progress and "elapsed" in progress
     assert (out / "results/smoke/REPORT.md").exists() and (out / "results/smoke/site/index.html").exists()
     assert summary.report == out / "results/smoke/REPORT.md"
+    assert "| MVTec AD | Demo | default | image | auroc | 91.0 | 90.0 | -1.0 |" in summary.report.read_text()
 
 
 def test_failures_are_reported_and_do_not_stop_the_others(tmp_path):
@@ -234,6 +235,8 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     assert reproduce.main(args) == 2 and "--scheduler" in capsys.readouterr().err
 
 
-def test_cli_report_only(tmp_path, capsys):
+def test_cli_report_only_uses_the_repository_paper_tables(tmp_path, capsys):
     code = reproduce.main(_parse(["--report-only", "--output-root", str(tmp_path), "--notebooks", str(FIXTURES)]))
     assert code == 0 and (tmp_path / "results/smoke/site/index.html").exists()
+    if list((results.repo_root() / "results" / "paper").glob("*/*.csv")):
+        assert "not reproduced in this profile" in (tmp_path / "results/smoke/REPORT.md").read_text()

@@ -113,6 +113,8 @@ def test_save_figure_footer_metadata_and_sidecar(tmp_path):
 def test_output_root_env(tmp_path, monkeypatch):
     monkeypatch.setenv(results.OUTPUT_ROOT_ENV, str(tmp_path))
     assert results.table_path("varad", "t", profile="smoke") == tmp_path / "results/smoke/varad/t.csv"
+    # the paper's numbers are inputs from the repository, wherever outputs go
+    assert results.paper_table_path("varad", "t") == results.repo_root() / "results/paper/varad/t.csv"
     monkeypatch.delenv(results.OUTPUT_ROOT_ENV)
     assert results.output_root() == results.repo_root()
 
