@@ -9,7 +9,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 
 from .layout import DatasetError, LayoutSpec, Sample, category_dir, index_split, list_categories, resolve_layout
-from .transforms import ResizeImage, ResizeMask, as_size
+from .transforms import MASK_MODES, ResizeImage, ResizeMask, as_size
 
 
 def _open(path: Path) -> Image.Image:
@@ -86,11 +86,11 @@ class AnomalyDataset(torch.utils.data.Dataset):
             where = self.category_dir / split / (self.layout.good_dir if split != "test" else "")
             raise DatasetError(f"no images in {where}; expected image files "
                                f"({self.layout.name} layout)")
+        if mask_interpolation not in MASK_MODES:
+            raise ValueError(f"mask_interpolation must be one of {MASK_MODES}; got {mask_interpolation!r}")
         self.image_size = None if image_size is None else as_size(image_size)
         self.resize_image = ResizeImage(self.image_size) if self.image_size else None
         self.resize_mask = ResizeMask(self.image_size, mask_interpolation) if self.image_size else None
-        if not self.image_size:
-            ResizeMask((1, 1), mask_interpolation)  # validates the mode name
         self.transform = transform
 
     def __len__(self) -> int:

@@ -234,7 +234,10 @@ def format_stats(rows: list[dict]) -> str:
         totals = [str(sum(row[k] for row in subset)) for k in keys]
         lines.append((name, f"total ({len(subset)} categories)", *totals))
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
-    fmt = lambda cells: "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
+    def fmt(cells) -> str:  # two text columns left-aligned, counts right-aligned
+        return "  ".join(c.ljust(w) if i < 2 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+
     return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *(fmt(line) for line in lines)])
 
 
