@@ -147,7 +147,13 @@ def test_loco_layout_mask_union_and_validation(tmp_path: Path) -> None:
     assert test[3]["mask"].sum() == 4
     validation = AnomalyDataset(root, "box", "validation")
     assert len(validation) == 2 and validation.labels == [0, 0]
+    with pytest.raises(DatasetError, match="split 'validation' is not part of layout mvtec"):
+        AnomalyDataset(root, "box", "validation", layout="mvtec")
     rows = dataset_stats(root)
+    for path in (cat / "ground_truth" / "structural_anomalies" / "000").iterdir():
+        path.unlink()
+    with pytest.raises(DatasetError, match=r"structural_anomalies/000\.png has no mask: expected mask images in"):
+        AnomalyDataset(root, "box", "test")
     assert rows == [{"dataset": "loco", "category": "box", "layout": "mvtec_loco", "train_normal": 2,
                      "test_normal": 2, "test_abnormal": 2, "validation_normal": 2}]
 

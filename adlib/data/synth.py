@@ -600,6 +600,9 @@ def synthetic_root(seed: int = 0, size: int = 256, hr_size: int | None = None) -
     if _stamp_matches(target, config):
         return target
     parent.mkdir(parents=True, exist_ok=True)
+    for leftover in parent.glob(f".{target.name}.*"):  # from generations killed over an hour ago
+        if time.time() - leftover.stat().st_mtime > 3600:
+            shutil.rmtree(leftover, ignore_errors=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
         generate(tmp, config.seed, config.size, config.hr_size, config.datasets)
