@@ -50,6 +50,7 @@ def mvtec_tree(tmp_path: Path) -> Path:
         _mask(cat / "ground_truth" / "crack" / f"{i:03d}_mask.png", (2, 2, 10, 12))
     _image(cat / "test" / "stain" / "000.png", mode="L")
     _mask(cat / "ground_truth" / "stain" / "000_mask.png", (0, 0, 4, 4))
+    (cat / "test" / ".ipynb_checkpoints").mkdir()  # hidden folders are not defect types
     _image(root / "gadget" / "train" / "good" / "000.png")
     _image(root / "gadget" / "test" / "good" / "000.png")
     return root

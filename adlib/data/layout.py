@@ -85,11 +85,12 @@ class Sample:
 
 
 def _images_in(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS and not p.name.startswith("."))
 
 
 def _is_category(folder: Path) -> bool:
-    return folder.is_dir() and (folder / "train").is_dir()
+    return folder.is_dir() and not folder.name.startswith(".") and (folder / "train").is_dir()
 
 
 def list_categories(root: str | Path) -> list[str]:
@@ -160,7 +161,7 @@ def index_split(cat_dir: str | Path, split: str, layout: str | LayoutSpec | None
     if not split_dir.is_dir():
         raise DatasetError(f"split folder {split_dir} does not exist (layout {spec.name})")
     if split == "test":
-        defect_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+        defect_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
     else:
         defect_dirs = [split_dir / spec.good_dir]
     samples = []
