@@ -270,11 +270,6 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 
 
 # --------------------------------------------------------------------------------------------------
-# Dispatch
-# --------------------------------------------------------------------------------------------------
-
-
-# --------------------------------------------------------------------------------------------------
 # Native CPU kernel: plain C compiled at first use with the system compiler, called through ctypes
 # --------------------------------------------------------------------------------------------------
 # Per (batch, channel) row the forward is one loop over time with the d_state-wide state in registers;
@@ -357,7 +352,8 @@ static inline void bwd_rows_SUFFIX(
         SCALAR* restrict dB, SCALAR* restrict dC, SCALAR* restrict work,
         int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
         int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
-    SCALAR x[nstate], h[nstate], gA[nstate];
+    SCALAR x[nstate], h[nstate];
+    double gA[nstate];                                /* a sum over L terms: keep it in double */
     SCALAR* restrict xs = work;                       /* row t holds x_{t-1} */
     SCALAR* restrict as = work + length * nstate;     /* row t holds a_t */
     for (int64_t bd = begin; bd < end; ++bd) {
@@ -393,7 +389,7 @@ static inline void bwd_rows_SUFFIX(
             for (int64_t n = 0; n < nstate; ++n) {
                 const SCALAR hn = h[n] + Ct[n] * g;
                 const SCALAR w = hn * xp[n] * at[n];        /* d loss / d (delta_t A_n) */
-                gA[n] += w * dt;
+                gA[n] += (double)(w * dt);
                 sum_w += w * Ad[n];
                 sum_b += hn * Bt[n];
                 dBt[n] += hn * dtu;
@@ -403,7 +399,7 @@ static inline void bwd_rows_SUFFIX(
             ddelta[bd * length + t] = sum_w + sum_b * uu;
             du[bd * length + t] = sum_b * dt;
         }
-        for (int64_t n = 0; n < nstate; ++n) dA[bd * nstate + n] = gA[n];
+        for (int64_t n = 0; n < nstate; ++n) dA[bd * nstate + n] = (SCALAR)gA[n];
     }
 }
 
@@ -494,20 +490,22 @@ def native_available() -> bool:
     return _native_library() is not None
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOL: dict[int, ThreadPoolExecutor] = {}   # by size
+
+
+def _threads(rows: int) -> int:
+    return max(1, min(torch.get_num_threads(), rows))
 
 
 def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
-    """Call fn(thread_index, begin, end) over contiguous row ranges, one per thread."""
-    global _POOL
-    threads = max(1, min(torch.get_num_threads(), rows))
-    bounds = [rows * i // threads for i in range(threads + 1)]
+    """Call fn(thread_index, begin, end) over contiguous row ranges, one per thread (torch's thread count)."""
+    threads = _threads(rows)
     if threads == 1:
         fn(0, 0, rows)
         return
-    if _POOL is None or _POOL._max_workers < threads:
-        _POOL = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="adlib-scan")
-    futures = [_POOL.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(threads)]
+    bounds = [rows * i // threads for i in range(threads + 1)]
+    pool = _POOL.get(threads) or _POOL.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="adlib-scan"))
+    futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(threads)]
     for future in futures:
         future.result()
 
@@ -565,7 +563,7 @@ class _NativeScan(torch.autograd.Function):
         nstate = A.shape[1]
         kernel = getattr(lib, f"scan_bwd_{'f64' if u.dtype == torch.float64 else 'f32'}")
         grad_y = grad_y.contiguous().to(u.dtype)
-        threads = max(1, min(torch.get_num_threads(), batch * dim))
+        threads = _threads(batch * dim)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dA_rows = u.new_empty((batch, dim, nstate))
         dB = B.new_zeros((threads, *B.shape))
@@ -597,6 +595,11 @@ def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     Bc, Cc, group_size = _common_layout(B.to(dtype), C.to(dtype), dim)
     y = _NativeScan.apply(uc.contiguous(), delta.contiguous(), A.to(dtype).contiguous(), Bc, Cc, group_size)
     return _finish(y, uc, D, z, u.dtype)
+
+
+# --------------------------------------------------------------------------------------------------
+# Dispatch
+# --------------------------------------------------------------------------------------------------
 
 
 def selective_scan_fast(u: Tensor, *args, **kwargs) -> Tensor:
