@@ -25,6 +25,7 @@ import hashlib
 import math
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import sys
@@ -282,7 +283,8 @@ _KERNEL_HEADER = r"""
 #include <math.h>
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__)
+/* GCC on x86-64 compiles AVX-512, AVX2 and baseline copies and picks one at load time. */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && !defined(ADLIB_NO_MULTIVERSION)
 #define MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
 #else
 #define MULTIVERSION
@@ -444,11 +446,18 @@ def _cache_dir() -> Path:
     return Path(os.environ.get("ADLIB_CACHE", Path.home() / ".cache" / "adlib")) / "ssm"
 
 
-def _compiler() -> str | None:
-    for name in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
-        if name and shutil.which(name.split()[0]):
-            return name.split()[0]
+def _compiler() -> list[str] | None:
+    """The C compiler command: $CC, Python's build compiler, cc, gcc or clang, whichever exists first."""
+    for command in (os.environ.get("CC"), sysconfig.get_config_var("CC"), "cc", "gcc", "clang"):
+        words = shlex.split(command or "")
+        if words and shutil.which(words[0]):
+            return words
     return None
+
+
+def _compile(compiler: list[str], source: Path, target: Path, *extra: str) -> None:
+    subprocess.run([*compiler, *_CFLAGS, *extra, "-o", str(target), str(source), "-lm"],
+                   check=True, capture_output=True, text=True, timeout=300)
 
 
 @functools.lru_cache(maxsize=None)
@@ -460,7 +469,7 @@ def _native_library() -> ctypes.CDLL | None:
     if compiler is None:
         warnings.warn("adlib.ssm: no C compiler found; the selective scan uses the slower pure PyTorch path")
         return None
-    key = hashlib.sha256("\0".join((_KERNEL_SOURCE, compiler, *_CFLAGS, platform.machine())).encode()).hexdigest()[:16]
+    key = hashlib.sha256("\0".join((_KERNEL_SOURCE, *compiler, *_CFLAGS, platform.machine())).encode()).hexdigest()[:16]
     path = _cache_dir() / f"scan_{key}.so"
     try:
         if not path.exists():
@@ -469,8 +478,10 @@ def _native_library() -> ctypes.CDLL | None:
                 source = Path(tmp) / "scan.c"
                 source.write_text(_KERNEL_SOURCE)
                 built = Path(tmp) / "scan.so"
-                subprocess.run([compiler, *_CFLAGS, "-o", str(built), str(source), "-lm"],
-                               check=True, capture_output=True, text=True, timeout=300)
+                try:
+                    _compile(compiler, source, built)
+                except subprocess.CalledProcessError:  # e.g. no ifunc support (musl): one plain copy
+                    _compile(compiler, source, built, "-DADLIB_NO_MULTIVERSION")
                 os.replace(built, path)
         lib = ctypes.CDLL(str(path))
     except (OSError, subprocess.SubprocessError) as err:
