@@ -606,6 +606,7 @@ def synthetic_root(seed: int = 0, size: int = 256, hr_size: int | None = None) -
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=parent))
     try:
         generate(tmp, config.seed, config.size, config.hr_size, config.datasets)
+        os.chmod(tmp, 0o755)  # mkdtemp made it private
         if target.exists():
             if _stamp_matches(target, config):  # another process finished first
                 return target
