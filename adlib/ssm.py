@@ -501,7 +501,7 @@ def native_available() -> bool:
     return _native_library() is not None
 
 
-_POOL: dict[int, ThreadPoolExecutor] = {}   # by size
+_POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}   # by (process id, size): threads do not survive fork
 
 
 def _threads(rows: int) -> int:
@@ -515,7 +515,10 @@ def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
         fn(0, 0, rows)
         return
     bounds = [rows * i // threads for i in range(threads + 1)]
-    pool = _POOL.get(threads) or _POOL.setdefault(threads, ThreadPoolExecutor(threads, thread_name_prefix="adlib-scan"))
+    key = (os.getpid(), threads)
+    if key not in _POOLS:
+        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="adlib-scan")
+    pool = _POOLS[key]
     futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(threads)]
     for future in futures:
         future.result()
