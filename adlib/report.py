@@ -30,15 +30,15 @@ body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;col
 nav{background:#263238;padding:.6em 1.2em;position:sticky;top:0}
 nav a{color:#eceff1;margin-right:1.2em;text-decoration:none;font-weight:600}
 nav a.here{color:#ffd54f}
-main{max-width:1100px;margin:0 auto;padding:1em 1.5em 3em}
+main{max-width:1400px;margin:0 auto;padding:1em 1.5em 3em}
 table{border-collapse:collapse;margin:.5em 0 1em;font-size:.88em}
 th,td{border:1px solid #cfd8dc;padding:.2em .55em;text-align:left}
 th{background:#eceff1}
-td.num{text-align:right;font-variant-numeric:tabular-nums}
+td.num{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 td.agree{background:#c8e6c9}td.close{background:#fff9c4}td.differs{background:#ffcdd2}
 .meta{color:#546e7a;font-size:.85em}
 .ok{color:#2e7d32;font-weight:600}.failed{color:#c62828;font-weight:600}.skipped{color:#546e7a}
-.sides{display:flex;gap:2em;flex-wrap:wrap;align-items:flex-start}
+.sides{display:flex;gap:1.5em;align-items:flex-start;overflow-x:auto}
 figure{display:inline-block;margin:.5em 1em 1em 0;vertical-align:top}
 figure img{max-width:520px;border:1px solid #cfd8dc}
 figcaption{font-size:.85em;color:#455a64}
@@ -160,9 +160,11 @@ def _load_table(root: Path, paper_root: Path, profile: str, paper: str, name: st
 
 
 # ----------------------------------------------------------------------------------------- helpers
-def _fmt(value: float, signed: bool = False) -> str:
+def _fmt(value: float, signed: bool = False, metric: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return ""
+    if metric in COUNT_METRICS and float(value).is_integer():
+        return f"{int(value):+d}" if signed else f"{int(value)}"
     return f"{value:+.1f}" if signed else f"{value:.1f}"
 
 
@@ -170,6 +172,23 @@ def _agreement(diff: float) -> str:
     if diff is None or math.isnan(diff):
         return ""
     return "agree" if abs(diff) <= AGREE else "close" if abs(diff) <= CLOSE else "differs"
+
+
+REFERENCE = "paper, whole dataset"
+COUNT_METRICS = {"n_categories", "train_normal", "test_normal", "test_abnormal", "epochs"}
+
+
+def with_dataset_reference(rows: pd.DataFrame, paper: pd.DataFrame) -> pd.DataFrame:
+    """Add the paper's number for the whole dataset ("MVTec AD" for a reproduced "MVTec AD/bottle") as a
+    reference column. It is not the same data, so it gets no diff."""
+    printed = {tuple(r[c] for c in results.KEY_COLUMNS): r["value"] for r in paper.to_dict("records")}
+    out = rows.copy()
+    out[REFERENCE] = [
+        printed.get((r["dataset"].split("/")[0], r["method"], r["setting"], r["level"], r["metric"]), math.nan)
+        if "/" in r["dataset"] else math.nan
+        for r in rows.to_dict("records")
+    ]
+    return out
 
 
 def split_comparison(table: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -225,7 +244,7 @@ def _html_rows(df: pd.DataFrame, columns: list[str], numeric: dict[str, bool]) -
             value = record.get(column)
             if column in numeric:
                 css = "num " + (_agreement(record.get("diff")) if column == "diff" else "")
-                cells.append(f'<td class="{css.strip()}">{_fmt(value, numeric[column])}</td>')
+                cells.append(f'<td class="{css.strip()}">{_fmt(value, numeric[column], record.get("metric"))}</td>')
             else:
                 cells.append(f"<td>{_esc('' if value is None or value != value else value)}</td>")
         rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -260,14 +279,19 @@ def _html_table(entry: TableEntry, writer: NotebookEntry | None) -> str:
     if not both.empty:
         parts.append(_html_rows(both, keys + ["paper", "ours", "diff"], numeric))
     if not ours_only.empty:
-        label = "Reproduced rows with no paper row of the same dataset/setting" if not both.empty else \
-            "Reproduced (different datasets than the paper's rows, so shown beside them, not joined)"
-        paper_side = "" if not both.empty or paper_only.empty else \
-            f"<div><h4>Paper (printed)</h4>{_html_rows(paper_only, keys + ['paper'], {'paper': False})}</div>"
-        parts.append(f'<div class="sides"><div><h4>{_esc(label)}</h4>'
-                     f"{_html_rows(ours_only, keys + ['ours'], {'ours': False})}</div>{paper_side}</div>")
-        if paper_side:
+        ours_only = with_dataset_reference(ours_only, entry.paper)
+        columns = keys + ["ours"] + ([REFERENCE] if ours_only[REFERENCE].notna().any() else [])
+        ours_html = _html_rows(ours_only, columns, {"ours": False, REFERENCE: False})
+        note = f" “{REFERENCE}” is the paper's number for the whole dataset, for reference: not the same data." \
+            if REFERENCE in columns else ""
+        if both.empty and not paper_only.empty:
+            parts.append(f'<p class="meta">The reproduced rows use other datasets than the paper\'s rows, so the two '
+                         f"are shown beside each other, not joined.{note}</p>")
+            parts.append(f'<div class="sides"><div><h4>Reproduced</h4>{ours_html}</div><div><h4>Paper (printed)</h4>'
+                         f"{_html_rows(paper_only, keys + ['paper'], {'paper': False})}</div></div>")
             return "\n".join(parts)
+        parts.append(f'<h4>Reproduced rows with no paper row of the same dataset and setting</h4>'
+                     f'<p class="meta">{note}</p>{ours_html}')
     if not paper_only.empty:
         parts.append(f"<details><summary>paper rows not reproduced ({len(paper_only)})</summary>"
                      f"{_html_rows(paper_only, keys + ['paper'], {'paper': False})}</details>")
@@ -393,7 +417,7 @@ def _md_table(df: pd.DataFrame, columns: list[str], numeric: dict[str, bool]) ->
         for column in columns:
             value = record.get(column)
             if column in numeric:
-                cells.append(_fmt(value, numeric[column]))
+                cells.append(_fmt(value, numeric[column], record.get("metric")))
             else:
                 cells.append("" if value is None or value != value else str(value).replace("|", "\\|"))
         lines.append("| " + " | ".join(cells) + " |")
@@ -439,8 +463,12 @@ def build_markdown(papers: list[PaperEntry], output_root: Path, profile: str) ->
                     out += [_md_table(both, keys + ["paper", "ours", "diff"],
                                       {"paper": False, "ours": False, "diff": True}), ""]
                 if not ours_only.empty:
-                    out += ["Reproduced rows with no matching paper row:", "",
-                            _md_table(ours_only, keys + ["ours"], {"ours": False}), ""]
+                    ours_only = with_dataset_reference(ours_only, entry.paper)
+                    columns = keys + ["ours"] + ([REFERENCE] if ours_only[REFERENCE].notna().any() else [])
+                    note = f" (“{REFERENCE}”: the paper's number for the whole dataset, not the same data)" \
+                        if REFERENCE in columns else ""
+                    out += [f"Reproduced rows with no paper row of the same dataset and setting{note}:", "",
+                            _md_table(ours_only, columns, {"ours": False, REFERENCE: False}), ""]
                 if not paper_only.empty:
                     out += [f"<details><summary>paper rows not reproduced ({len(paper_only)})</summary>", "",
                             _md_table(paper_only, keys + ["paper"], {"paper": False}), "", "</details>", ""]

@@ -113,6 +113,7 @@ class Job:
     key: str
     output_root: str
     data_fingerprint: str
+    code_fingerprint: str = ""
     cell_timeout: float | None = None
 
     @property
@@ -268,7 +269,7 @@ def plan(config: ReproduceConfig, notebooks: list[Path]) -> list[Job]:
             paper=paper, name=name, notebook=str(path.resolve()), executed=str(folder / f"{name}.ipynb"),
             record=str(folder / f"{name}.run.json"), title=title, outputs=outputs, parameters=dict(parameters),
             key=input_key(path, parameters, code, fingerprint), output_root=str(config.output_root.resolve()),
-            data_fingerprint=fingerprint, cell_timeout=config.cell_timeout,
+            data_fingerprint=fingerprint, code_fingerprint=code, cell_timeout=config.cell_timeout,
         ))
     return jobs
 
@@ -384,7 +385,8 @@ def execute_job(job: Job) -> Outcome:
         "notebook": job.label, "title": job.title, "source": job.notebook, "executed": str(executed),
         "status": status, "error": error, "failed_cell": cell, "missing_outputs": missing,
         "parameters": job.parameters, "seed": job.parameters.get("seed"), "device": job.parameters.get("device"),
-        "profile": job.parameters.get("profile"), "data_fingerprint": job.data_fingerprint, "input_key": job.key,
+        "profile": job.parameters.get("profile"), "data_fingerprint": job.data_fingerprint,
+        "code_fingerprint": job.code_fingerprint, "input_key": job.key,
         "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3),
         "declared_outputs": job.outputs,
         "written_files": [_relative(p, root) for p in written],

@@ -116,8 +116,17 @@ def test_site_links_are_relative_and_resolve(tree):
     assert 'class="num differs"' not in demo and 'class="num agree">-0.5<' in demo
     assert "not reproduced in this profile" in demo and "ValueError: boom" in demo
     other = (site / "other.html").read_text()
-    assert "different datasets than the paper" in other and "Paper (printed)" in other
+    assert "other datasets than the paper" in other and "Paper (printed)" in other
     assert "synthetic_ad/carpet" in other and "VisA" in other
+
+
+def test_category_rows_get_the_whole_dataset_number_for_reference():
+    paper = _rows(["MVTec AD", "Demo", "default", "pixel", "auroc", 97.0])
+    ours = _rows(["MVTec AD/bottle", "Demo", "default", "pixel", "auroc", 99.0],
+                 ["MVTec AD/bottle", "Demo", "default", "pixel", "ap", 70.0],
+                 ["synthetic_ad", "Demo", "default", "pixel", "auroc", 60.0])
+    out = report.with_dataset_reference(ours, paper)
+    assert out[report.REFERENCE].iloc[0] == 97.0 and out[report.REFERENCE].iloc[1:].isna().all()
 
 
 def test_rebuild_is_incremental(tree):
