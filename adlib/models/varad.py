@@ -421,9 +421,10 @@ def profile(name: str, **overrides: Any) -> RunProfile:
             notes={"data": "smoke: offline ImageNet EfficientNet-Lite0 tokenizer, small images, CPU"},
         ),
         "paper": RunProfile(
-            model=VarADConfig(backbone="dinov2_vits14", layers=(4, 8, 12), image_size=1022, m=4),
+            model=VarADConfig(backbone="dinov2_vits14", layers=(4, 8, 12), image_size=1024, m=4),
             fit=FitConfig(epochs=10, batch_size=2, lr=5e-4),
-            notes={"image_size": "1022 = 73 x 14: DINOv2's patch 14 does not divide 1024 (paper says 1024)"},
+            notes={"image_size": "1024 px as in the paper; DINOv2's patch 14 gives 73 x 73 tokens over the top-left "
+                                 "1022 px (adlib.backbones crops), whose error maps are then resized to 1024"},
         ),
     }
     if name not in presets:
