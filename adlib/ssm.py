@@ -22,6 +22,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import hashlib
+import importlib
 import math
 import os
 import platform
@@ -245,13 +246,18 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
 # --------------------------------------------------------------------------------------------------
 
 
-def _mamba_ssm_scan() -> Callable | None:
-    """mamba_ssm's ``selective_scan_fn`` if it imports, else None (imported lazily, never at module load)."""
+@functools.lru_cache(maxsize=None)
+def _optional(module: str, name: str) -> Callable | None:
+    """``module.name`` if it imports, else None; looked up lazily on first use, then remembered."""
     try:
-        from mamba_ssm.ops.selective_scan_interface import selective_scan_fn
+        return getattr(importlib.import_module(module), name)
     except Exception:  # ImportError, or a broken CUDA extension raising something else
         return None
-    return selective_scan_fn
+
+
+def _mamba_ssm_scan() -> Callable | None:
+    """mamba_ssm's ``selective_scan_fn`` if mamba_ssm imports, else None."""
+    return _optional("mamba_ssm.ops.selective_scan_interface", "selective_scan_fn")
 
 
 def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -738,9 +744,6 @@ class Mamba(nn.Module):
         """mamba_ssm's ``mamba_inner_fn`` when this forward should and can use it, else None."""
         if not self.use_fast_path or resolve_impl(self.scan_impl, device) != "cuda":
             return None
-        try:
-            import causal_conv1d  # noqa: F401  (mamba_inner_fn needs it)
-            from mamba_ssm.ops.selective_scan_interface import mamba_inner_fn
-        except Exception:
+        if _optional("causal_conv1d", "causal_conv1d_fn") is None:  # mamba_inner_fn needs it
             return None
-        return mamba_inner_fn
+        return _optional("mamba_ssm.ops.selective_scan_interface", "mamba_inner_fn")

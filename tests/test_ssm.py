@@ -162,6 +162,14 @@ def test_bad_shapes_raise_clear_errors():
 # ------------------------------------------------------------------------------------------------ dispatch
 
 
+@pytest.fixture(autouse=True)
+def _forget_optional_imports():
+    """ssm remembers whether mamba_ssm / causal_conv1d import; these tests fake both ways."""
+    ssm._optional.cache_clear()
+    yield
+    ssm._optional.cache_clear()
+
+
 def _fake_mamba_ssm(monkeypatch, with_causal_conv=True):
     calls = []
     iface = types.ModuleType("mamba_ssm.ops.selective_scan_interface")
@@ -174,13 +182,17 @@ def _fake_mamba_ssm(monkeypatch, with_causal_conv=True):
     for name, module in (("mamba_ssm", pkg), ("mamba_ssm.ops", ops), ("mamba_ssm.ops.selective_scan_interface", iface)):
         monkeypatch.setitem(sys.modules, name, module)
     if with_causal_conv:
-        monkeypatch.setitem(sys.modules, "causal_conv1d", types.ModuleType("causal_conv1d"))
+        conv = types.ModuleType("causal_conv1d")
+        conv.causal_conv1d_fn = lambda *args, **kw: None
+        monkeypatch.setitem(sys.modules, "causal_conv1d", conv)
+    ssm._optional.cache_clear()
     return calls
 
 
 def _no_mamba_ssm(monkeypatch):
     for name in ("mamba_ssm", "mamba_ssm.ops", "mamba_ssm.ops.selective_scan_interface", "causal_conv1d"):
         monkeypatch.setitem(sys.modules, name, None)  # makes `import name` raise ImportError
+    ssm._optional.cache_clear()
 
 
 def test_dispatch_auto_picks_by_device_and_mamba_ssm(monkeypatch):
@@ -329,3 +341,7 @@ def test_mamba_uses_mamba_inner_fn_on_cuda_when_available(monkeypatch):
     assert fused is sys.modules["mamba_ssm.ops.selective_scan_interface"].mamba_inner_fn
     block.use_fast_path = False
     assert block._fused_cuda_fn(torch.device("cuda")) is None
+    block.use_fast_path = True
+    monkeypatch.setitem(sys.modules, "causal_conv1d", None)
+    ssm._optional.cache_clear()
+    assert block._fused_cuda_fn(torch.device("cuda")) is None  # mamba_inner_fn needs causal_conv1d
