@@ -38,18 +38,20 @@ class ProfileDefaults:
     m_values: tuple[int, ...]  # Fig. 4 prediction steps
     resolutions: tuple[int, ...]  # Fig. 5 resolutions
     hr_size: int | None  # native size of the synthetic high-resolution set (None: the generator's default)
+    ablation_size: int | None  # image size of the Fig. 4 ablations (None: image_size)
 
 
 PROFILES: dict[str, ProfileDefaults] = {
     # Sized for a 2-core CPU: every VarAD fit sees at most 12 images for 4 epochs (batch 4: 12 steps).
     "smoke": ProfileDefaults(image_size=256, backbone="efficientnet_lite0", epochs=4, max_train=12,
                              max_test=16, batch_size=4, real_datasets=("mvtec_ad",),
-                             real_categories=("bottle",), m_values=(1, 4, 8), resolutions=(128, 256, 512),
-                             hr_size=None),
+                             real_categories=("bottle",), m_values=(1, 2, 4, 6), resolutions=(128, 256, 512),
+                             hr_size=None, ablation_size=128),
     # The paper's settings (Sec. IV.A.2): 1024 px, DINOv2 ViT-S/14, 10 epochs, all images and categories.
     "paper": ProfileDefaults(image_size=1024, backbone="dinov2_vits14", epochs=10, max_train=None,
                              max_test=None, batch_size=2, real_datasets=PAPER_DATASETS, real_categories=None,
-                             m_values=tuple(range(1, 9)), resolutions=(256, 512, 768, 1024), hr_size=1024),
+                             m_values=tuple(range(1, 9)), resolutions=(256, 512, 768, 1024), hr_size=1024,
+                             ablation_size=None),
 }
 
 
@@ -651,7 +653,20 @@ def hierarchy_variants(backbone: str) -> dict[str, dict]:
     subsets = [c for r in range(1, len(taps) + 1) for c in combinations(taps, r)]
     if SPECS[backbone].kind == "cnn":
         subsets.append(taps + (taps[-1] + 1,))
-    return {"layers=" + "+".join(map(str, s)): {"layers": tuple(s)} for s in subsets}
+    return {"layers=" + "+".join(map(str, s)): ({} if tuple(s) == taps else {"layers": tuple(s)}) for s in subsets}
+
+
+def best(df: pd.DataFrame, metric: str = "f1max", level: str = "pixel") -> pd.DataFrame:
+    """Per data source and method: the setting with the highest `metric`, its value and the runner-up's."""
+    part = df[(df["metric"] == metric) & (df["level"] == level)].dropna(subset=["value"])
+    rows = []
+    for (dataset, method), group in part.groupby(["dataset", "method"], sort=False):
+        ranked = group.sort_values("value", ascending=False)
+        rows.append({"dataset": dataset, "method": method, "best setting": ranked["setting"].iloc[0],
+                     metric: ranked["value"].iloc[0],
+                     "runner-up": ranked["setting"].iloc[1] if len(ranked) > 1 else None,
+                     f"runner-up {metric}": ranked["value"].iloc[1] if len(ranked) > 1 else float("nan")})
+    return pd.DataFrame(rows)
 
 
 def speed(setting: Setting, model: str = "varad", images: int = 2, image_size: int | None = None,
@@ -758,3 +773,14 @@ class Explorer:
         out = widgets.interactive_output(show, {"image": image, "m": m, "directions": directions,
                                                 "hierarchies": hierarchies})
         return widgets.VBox([widgets.HBox([image, m]), widgets.HBox([directions, hierarchies]), out])
+
+
+def cost_rows(run: Run, device: str = "cpu") -> pd.DataFrame:
+    """FLOPs (see `flops_g`) and epochs of a fitted run as long-format model rows (Fig. 7)."""
+    base = {"dataset": run.source.name, "method": run.method, "setting": run.label, "level": "model",
+            "backbone": getattr(run.model.config, "backbone", ""), "data": run.data}
+    return pd.DataFrame([
+        {**base, "metric": "flops_g", "value": flops_g(run.model, run.image_size, device),
+         "note": "FlopCounterMode: matrix products and convolutions only"},
+        {**base, "metric": "epochs", "value": float(run.fit.epochs), "note": ""},
+    ])

@@ -170,7 +170,7 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
             ax.set_ylim(*ylim)
         if name is not None:
             ax.set_title(str(name), fontsize=9)
-    axes[0, 0].legend(fontsize=7, loc="lower left")
+    axes[0, 0].legend(fontsize=7, loc="best")
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
