@@ -25,7 +25,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 2
+GENERATOR_VERSION = 3
 STAMP_NAME = "STAMP.json"
 DATASETS = ("synthetic_ad", "synthetic_hr", "synthetic_multi", "synthetic_loco")
 
@@ -299,7 +299,7 @@ MULTI_CATEGORIES = {
     "nut": CategorySpec(washer, {"colour": (0.85, 0.7, 0.35), "radius": 0.28, "notch": 0, "background": 0.3}, OBJECT_DEFECTS, True),
     "pill": CategorySpec(capsule, {"colour_a": (0.2, 0.35, 0.75), "colour_b": (0.95, 0.95, 0.95), "radius": 0.11}, OBJECT_DEFECTS, True),
 }
-HR_CATEGORIES = {"stone": AD_CATEGORIES["stone"], "washer": AD_CATEGORIES["washer"]}
+HR_CATEGORIES = {"weave": AD_CATEGORIES["weave"], "washer": AD_CATEGORIES["washer"]}
 
 
 @dataclass(frozen=True)
