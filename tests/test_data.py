@@ -281,8 +281,11 @@ def _real_root() -> Path:
 
 
 @pytest.mark.data
-def test_real_bottle() -> None:
+def test_real_bottle(capsys) -> None:
     root = _real_root()
+    assert data_cli_main(["stats", "--root", str(root.parent)]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if " bottle " in line)
+    assert line.split() == ["mvtec_ad", "bottle", "209", "20", "63", "0"]
     row = next(r for r in dataset_stats(root) if r["category"] == "bottle")
     assert (row["train_normal"], row["test_normal"], row["test_abnormal"]) == (209, 20, 63)
     test = AnomalyDataset(root, "bottle", "test")
