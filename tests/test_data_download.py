@@ -201,3 +201,31 @@ def test_safe_archives_extract(tmp_path: Path) -> None:
     (tmp_path / "plain.txt").write_text("not an archive")
     with pytest.raises(DownloadError, match="neither a tar nor a zip"):
         extract_archive(tmp_path / "plain.txt", tmp_path / "pdest")
+
+
+def test_visa_download_extracts_and_converts(tmp_path: Path) -> None:
+    mask = io.BytesIO()
+    Image.fromarray(np.pad(np.ones((2, 2), np.uint8), ((0, 6), (0, 6)))).save(mask, format="PNG")
+    csv = ("object,split,label,image,mask\n"
+           "candle,train,normal,candle/Data/Images/Normal/0000.JPG,\n"
+           "candle,test,normal,candle/Data/Images/Normal/0001.JPG,\n"
+           "candle,test,anomaly,candle/Data/Images/Anomaly/000.JPG,candle/Data/Masks/Anomaly/000.png\n")
+    archive = _tar(tmp_path / "VisA.tar", [
+        ("split_csv/1cls.csv", csv.encode()),
+        ("candle/Data/Images/Normal/0000.JPG", _png_bytes(90)),
+        ("candle/Data/Images/Normal/0001.JPG", _png_bytes(91)),
+        ("candle/Data/Images/Anomaly/000.JPG", _png_bytes(20)),
+        ("candle/Data/Masks/Anomaly/000.png", mask.getvalue()),
+    ])
+    target = download_dataset("visa", tmp_path / "data", url=archive.as_uri(), progress=False)
+    assert target == tmp_path / "data" / "visa_raw" and (target / "split_csv" / "1cls.csv").is_file()
+    test = AnomalyDataset(tmp_path / "data" / "visa", "candle", "test")
+    assert test.labels == [1, 0] and test[0]["mask"].sum() == 4
+
+
+def test_unsafe_download_leaves_no_dataset_folder(tmp_path: Path) -> None:
+    archive = _tar(tmp_path / "evil.tar.gz", [("cat/train/good/0.png", _png_bytes(1)), ("../evil.png", b"x")])
+    with pytest.raises(UnsafeArchiveError, match="'..'"):
+        download_dataset("mvtec_ad", tmp_path / "data", url=archive.as_uri(), progress=False)
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == [".downloads"]
+    assert not (tmp_path / "evil.png").exists()
