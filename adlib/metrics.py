@@ -32,7 +32,7 @@ metrics are undefined there; scikit-learn also refuses AUROC).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -136,7 +136,7 @@ class _Curve:
 
 
 def _curve(pos: np.ndarray, neg: np.ndarray, pos_weights: np.ndarray | None = None) -> _Curve:
-    """Exact threshold counts from positive scores and *sorted* negative scores (same dtype)."""
+    """Exact threshold counts from positive scores and *sorted* negative scores."""
     n_pos, n_neg = int(pos.size), int(neg.size)
     if n_pos == 0 or n_neg == 0:
         raise ValueError(
@@ -148,8 +148,9 @@ def _curve(pos: np.ndarray, neg: np.ndarray, pos_weights: np.ndarray | None = No
     first[1:] = pos_sorted[1:] != pos_sorted[:-1]
     values = pos_sorted[first]  # distinct positive scores, descending
     group = np.cumsum(first) - 1
-    fp_ge = n_neg - np.searchsorted(neg, values, side="left")
-    fp_gt = n_neg - np.searchsorted(neg, values, side="right")
+    ascending = values[::-1]  # numpy's searchsorted is faster for ascending keys
+    fp_ge = n_neg - np.searchsorted(neg, ascending, side="left")[::-1]
+    fp_gt = n_neg - np.searchsorted(neg, ascending, side="right")[::-1]
     tp = np.cumsum(np.bincount(group, minlength=values.size))
     pro = None
     if pos_weights is not None:
@@ -157,12 +158,12 @@ def _curve(pos: np.ndarray, neg: np.ndarray, pos_weights: np.ndarray | None = No
     return _Curve(tp=tp, fp_gt=fp_gt, fp_ge=fp_ge, n_pos=n_pos, n_neg=n_neg, pro=pro)
 
 
-def _sorted_negatives(chunks: list[np.ndarray], dtype: np.dtype) -> np.ndarray:
-    """All negative scores in one sorted array (numpy's SIMD sort: about one second for 1e8 float32)."""
-    neg = np.concatenate([c.reshape(-1) for c in chunks]) if chunks else np.empty(0, dtype)
-    neg = neg.astype(dtype, copy=False)
-    neg.sort()
-    return neg
+def _sorted(chunks: list[np.ndarray]) -> np.ndarray:
+    """All scores of ``chunks`` in one sorted array (numpy's SIMD sort: about 2 s for 1e8 float32 here).
+    One array, not sorted pieces: binary searches into 7 pieces cost more than the concatenation."""
+    merged = np.concatenate([c.reshape(-1) for c in chunks])
+    merged.sort()
+    return merged
 
 
 def _auroc(c: _Curve) -> float:
@@ -234,7 +235,7 @@ class ImageAccumulator:
         s = np.concatenate(self._scores)
         y = np.concatenate(self._labels)
         pos = s[y]
-        c = _curve(pos, _sorted_negatives([s[~y]], pos.dtype))
+        c = _curve(pos, np.sort(s[~y]))
         return {"auroc": _auroc(c), "ap": _ap(c), "f1max": _f1max(c)}
 
 
@@ -276,6 +277,7 @@ class PixelAccumulator:
         self._pos: list[np.ndarray] = []
         self._region: list[np.ndarray] = []
         self._n_regions = 0
+        self._borrow = False  # True only inside pixel_metrics: its input outlives the accumulator
         self._ader_maps: list[np.ndarray] = []
         self._ader_masks: list[np.ndarray] = []
 
@@ -293,13 +295,17 @@ class PixelAccumulator:
         from scipy import ndimage
 
         for image, mask in zip(m, g):
-            if not mask.any():
-                self._neg.append(image.reshape(-1).copy())
+            rows = np.flatnonzero(mask.any(axis=1))
+            if rows.size == 0:
+                self._neg.append(image.reshape(-1) if self._borrow else image.reshape(-1).copy())
                 continue
-            labels, n = ndimage.label(mask, structure=self.structure)
+            cols = np.flatnonzero(mask.any(axis=0))
+            # Label only the masks' bounding box; its row-major order is the full image's order.
+            box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            labels, n = ndimage.label(box, structure=self.structure)
             self._neg.append(image[~mask])
             self._pos.append(image[mask])
-            self._region.append(labels[mask].astype(np.int32) + (self._n_regions - 1))
+            self._region.append(labels[box].astype(np.int32) + (self._n_regions - 1))
             self._n_regions += n
 
     def compute(self) -> dict[str, float]:
@@ -316,9 +322,9 @@ class PixelAccumulator:
         region = np.concatenate(self._region)
         sizes = np.bincount(region, minlength=self._n_regions).astype(np.float64)
         weights = 1.0 / (sizes[region] * self._n_regions)
-        neg = _sorted_negatives(self._neg, np.result_type(pos, *self._neg))
-        self._neg = [neg]  # keep the sorted copy instead of the chunks: same content, less memory
-        c = _curve(pos.astype(neg.dtype, copy=False), neg, pos_weights=weights)
+        neg = _sorted(self._neg)
+        self._neg = [neg]  # keep the sorted copy instead of the pieces: same content, less memory
+        c = _curve(pos.astype(np.result_type(pos, neg), copy=False), neg, pos_weights=weights)
         return {"auroc": _auroc(c), "ap": _ap(c), "f1max": _f1max(c), "aupro": _aupro(c)}
 
 
@@ -336,6 +342,7 @@ def pixel_metrics(
     if m.ndim == 2:
         m, g = m[None], g[None]
     acc = PixelAccumulator(ader_compat=ader_compat, connectivity=connectivity)
+    acc._borrow = True
     for start in range(0, m.shape[0], batch_size):
         acc.update(m[start : start + batch_size], g[start : start + batch_size])
     return acc.compute()
@@ -375,7 +382,7 @@ def _ader_pixel(maps: np.ndarray, masks: np.ndarray, aupro_steps: int = ADER_AUP
     pos, neg = maps[g], maps[~g]
     if pos.size == 0 or neg.size == 0:
         raise ValueError("pixel metrics are undefined: masks need both anomalous and normal pixels")
-    c = _curve(pos, _sorted_negatives([neg], pos.dtype))
+    c = _curve(pos, np.sort(neg))
     eps = 1e-8
     lo, hi = float(maps.min()), float(maps.max())
     norm_pos = (pos - lo) / (hi - lo)

@@ -195,6 +195,21 @@ def test_pixel_accumulator_batches_equal_one_shot_and_accepts_tensors():
     assert pixel_metrics(torch.from_numpy(maps), torch.from_numpy(masks)) == pixel_metrics(maps, masks)
 
 
+def test_pixel_accumulator_mixed_precision():
+    """float32 and float64 batches, and an image without negatives, change nothing."""
+    rng = np.random.default_rng(10)
+    masks = blob_masks(rng, 6, 32)
+    masks[5] = True  # an image that is all anomaly: no negatives from it
+    maps = smooth_maps(rng, masks)
+    expected = pixel_metrics(maps.astype(np.float64), masks)
+    acc = PixelAccumulator()
+    acc.update(maps[:2], masks[:2])
+    acc.update(maps[2:4].astype(np.float64), masks[2:4])
+    acc.update(maps[4:], masks[4:])
+    assert acc.compute() == pytest.approx(expected, abs=1e-12)
+    assert pixel_metrics(maps, masks) == pytest.approx(expected, abs=1e-12)
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 
