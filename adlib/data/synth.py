@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import json
+import multiprocessing
 import os
 import shutil
 import tempfile
@@ -561,11 +562,10 @@ def generate(out: str | Path, seed: int = 0, size: int = 256, hr_size: int | Non
             for dataset in config.datasets
             for name in (LOCO_CATEGORIES if dataset == "synthetic_loco" else SETS[dataset].categories)]
     workers = max(1, min(workers if workers is not None else (os.cpu_count() or 1), len(jobs)))
-    if workers == 1:
+    if workers == 1 or multiprocessing.current_process().daemon:  # daemonic processes cannot fork workers
         for job in jobs:
             _write_job(*job)
     else:
-        import multiprocessing
         from concurrent.futures import ProcessPoolExecutor
 
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
