@@ -14,8 +14,9 @@ from .transforms import MASK_MODES, ResizeImage, ResizeMask, as_size
 
 def _open(path: Path) -> Image.Image:
     try:
-        image = Image.open(path)
-        image.load()
+        with open(path, "rb") as handle:  # closed here; the decoded pixels stay in the image
+            image = Image.open(handle)
+            image.load()
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DatasetError(f"cannot read image {path}: {error}; expected a readable PNG/JPEG/BMP/TIFF file") from error
     return image
