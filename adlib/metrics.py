@@ -226,8 +226,8 @@ class ImageAccumulator:
         y = _binary_array(labels, "labels").reshape(-1)
         if s.shape != y.shape:
             raise ValueError(f"scores has {s.size} values but labels has {y.size}")
-        self._scores.append(s)
-        self._labels.append(y)
+        self._scores.append(s.copy())  # copies: the caller may reuse its buffers
+        self._labels.append(y.copy())
 
     def compute(self) -> dict[str, float]:
         if not self._scores:

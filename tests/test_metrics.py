@@ -317,3 +317,20 @@ def test_summary_and_ader_image_scores():
     plain, pooled = ader_image_scores(maps), ader_image_scores(maps, pooling_ks=16)
     assert plain[1] == pytest.approx(1.0) and plain[0] > 0.1
     assert pooled[1] == pytest.approx(1.0) and pooled[0] < 0.01
+
+
+def test_accumulators_copy_what_they_keep():
+    """A caller that reuses its batch buffers must not change the result."""
+    rng = np.random.default_rng(11)
+    masks = blob_masks(rng, 4, 16)
+    masks[1] = False
+    maps = smooth_maps(rng, masks)
+    expected_pixels, expected_images = pixel_metrics(maps, masks), image_metrics(maps.max(axis=(1, 2)), [1, 0, 1, 0])
+    pixel_acc, image_acc = PixelAccumulator(), ImageAccumulator()
+    buffer, scores = torch.from_numpy(maps.copy()), torch.from_numpy(maps.max(axis=(1, 2)))
+    pixel_acc.update(buffer, torch.from_numpy(masks))
+    image_acc.update(scores, torch.tensor([True, False, True, False]))
+    buffer.zero_()
+    scores.zero_()
+    assert pixel_acc.compute() == expected_pixels
+    assert image_acc.compute() == expected_images
