@@ -17,6 +17,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import pandas as pd
 
 PAPER = "varad"
+PRIMARY_MODEL = "varad"  # the paper's method: the setting's backbone is its tokenizer
 DATA_ENV = "ADLIB_DATA"
 # Dataset folder name -> the display name the papers use.
 DISPLAY_NAMES = {"mvtec_ad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "dtd_synthetic": "DTD-Synthetic"}
@@ -39,6 +40,9 @@ class ProfileDefaults:
     resolutions: tuple[int, ...]  # Fig. 5 resolutions
     hr_size: int | None  # native size of the synthetic high-resolution set (None: the generator's default)
     ablation_size: int | None  # image size of the Fig. 4 ablations (None: image_size)
+    # True: every model uses the setting's backbone (smoke: the only one with offline weights); False: the
+    # baselines keep their own paper backbone (PatchCore: Wide-ResNet-50) unless `backbone` is given.
+    shared_backbone: bool
 
 
 PROFILES: dict[str, ProfileDefaults] = {
@@ -46,12 +50,12 @@ PROFILES: dict[str, ProfileDefaults] = {
     "smoke": ProfileDefaults(image_size=256, backbone="efficientnet_lite0", epochs=4, max_train=12,
                              max_test=16, batch_size=4, real_datasets=("mvtec_ad",),
                              real_categories=("bottle",), m_values=(1, 2, 4, 6), resolutions=(128, 256, 512),
-                             hr_size=None, ablation_size=128),
+                             hr_size=None, ablation_size=128, shared_backbone=True),
     # The paper's settings (Sec. IV.A.2): 1024 px, DINOv2 ViT-S/14, 10 epochs, all images and categories.
     "paper": ProfileDefaults(image_size=1024, backbone="dinov2_vits14", epochs=10, max_train=None,
                              max_test=None, batch_size=2, real_datasets=PAPER_DATASETS, real_categories=None,
                              m_values=tuple(range(1, 9)), resolutions=(256, 512, 768, 1024), hr_size=1024,
-                             ablation_size=None),
+                             ablation_size=None, shared_backbone=False),
 }
 
 
@@ -86,6 +90,7 @@ class Setting:
     category: str | None
     output_root: Path | None
     extra: dict = field(default_factory=dict)
+    backbone_explicit: bool = False  # the notebook set `backbone` (it then applies to every model)
 
     # --------------------------------------------------------------------------------------- data
     def synthetic_sources(self, dataset: str = "synthetic_ad", categories: Sequence[str] | None = None,
@@ -223,6 +228,7 @@ def resolve_setting(profile: str = "smoke", data_root: str | os.PathLike | None 
         category=category,
         output_root=Path(output_root) if output_root is not None else None,
         extra=dict(overrides),
+        backbone_explicit=backbone is not None,
     )
 
 
@@ -311,8 +317,9 @@ def build(setting: Setting, model: str = "varad", image_size: int | None = None,
     """(model, FitConfig) for the setting: the model's profile preset, then the setting, then `overrides`.
 
     Overrides may name model-config fields (e.g. ``m=2``, ``adapter="resblock"``) or engine fields
-    (``epochs``, ``lr``). The backbone's own default taps are used unless it is the preset's backbone or
-    ``layers`` is given.
+    (``epochs``, ``lr``). VarAD uses the setting's backbone; baselines do too in the smoke profile (or when
+    the notebook set ``backbone``) and otherwise keep their preset's (the paper's) backbone. The backbone's
+    own default taps are used unless it is the preset's backbone or ``layers`` is given.
     """
     from dataclasses import fields as dc_fields
 
@@ -325,7 +332,12 @@ def build(setting: Setting, model: str = "varad", image_size: int | None = None,
     if unknown:
         raise ValueError(f"{model}: unknown setting(s) {unknown}; expected fields of "
                          f"{type(preset.model).__name__} or {type(preset.fit).__name__}")
-    backbone = overrides.get("backbone", setting.backbone)
+    if "backbone" in overrides:
+        backbone = overrides["backbone"]
+    elif setting.defaults.shared_backbone or setting.backbone_explicit or model == PRIMARY_MODEL:
+        backbone = setting.backbone
+    else:
+        backbone = preset.model.backbone
     config = {"backbone": backbone, "image_size": int(image_size or setting.image_size)}
     if backbone != preset.model.backbone and "layers" in model_fields:
         config["layers"] = None
@@ -393,7 +405,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                             "metric": m, "value": float("nan"), "backbone": backbone, "data": source.name,
                             "note": reason} for m in metrics]
                 else:
-                    new = run.rows(backbone, metrics)
+                    new = run.rows(getattr(run.model.config, "backbone", backbone), metrics)
                     pixel = run.evaluation.pixel
                     log(f"{method:9s} {label:18s} {source.name}: pixel AUROC {100 * pixel['auroc']:.1f} "
                         f"max-F1 {100 * pixel['f1max']:.1f} AP {100 * pixel['ap']:.1f} | image AUROC "
@@ -784,3 +796,9 @@ def cost_rows(run: Run, device: str = "cpu") -> pd.DataFrame:
          "note": "FlopCounterMode: matrix products and convolutions only"},
         {**base, "metric": "epochs", "value": float(run.fit.epochs), "note": ""},
     ])
+
+
+def value_range(df: pd.DataFrame, metric: str = "f1max", level: str = "pixel") -> float:
+    """Largest minus smallest value of a metric over the rows that ran (how far apart the variants are)."""
+    values = df[(df["metric"] == metric) & (df["level"] == level)]["value"].dropna()
+    return float(values.max() - values.min()) if len(values) else float("nan")
