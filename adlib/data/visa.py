@@ -23,13 +23,10 @@ LABELS = {"normal": "good", "anomaly": "bad"}
 
 def _binary_mask(path: Path) -> np.ndarray:
     try:
-        mask = Image.open(path)
-        mask.load()
+        with Image.open(path) as mask:
+            array = np.asarray(mask if mask.mode in ("1", "L", "I", "I;16") else mask.convert("RGB"))
     except OSError as error:
         raise DatasetError(f"cannot read VisA mask {path}: {error}") from error
-    if mask.mode not in ("1", "L", "I", "I;16"):
-        mask = mask.convert("RGB")
-    array = np.asarray(mask)
     if array.ndim == 3:
         array = array.max(axis=2)
     return array > 0
