@@ -12,7 +12,7 @@ from PIL import Image
 from adlib.data import AnomalyDataset, dataset_stats, list_categories, synthetic_root
 from adlib.data import synth
 
-SMALL = 48
+SMALL = 40
 
 
 def _hashes(root: Path) -> dict[str, str]:
@@ -22,12 +22,12 @@ def _hashes(root: Path) -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def generated(tmp_path_factory) -> Path:
-    return synth.generate(tmp_path_factory.mktemp("synth") / "a", seed=3, size=SMALL, hr_size=64, workers=1)
+    return synth.generate(tmp_path_factory.mktemp("synth") / "a", seed=3, size=SMALL, hr_size=48, workers=1)
 
 
 def test_same_seed_gives_byte_identical_files(generated: Path, tmp_path: Path) -> None:
     subset = ("synthetic_hr", "synthetic_loco")  # one MVTec-layout and the LOCO-layout set, in 2 processes
-    again = synth.generate(tmp_path / "b", seed=3, size=SMALL, hr_size=64, datasets=subset, workers=2)
+    again = synth.generate(tmp_path / "b", seed=3, size=SMALL, hr_size=48, datasets=subset, workers=2)
     first = _hashes(generated)
     second = _hashes(again)
     assert len(first) > 1000 and len(second) > 200
@@ -48,7 +48,7 @@ def test_layouts_and_counts(generated: Path) -> None:
     tray = rows[("synthetic_loco", "tray")]
     assert tray["layout"] == "mvtec_loco" and tray["validation_normal"] == 8 and tray["test_abnormal"] == 21
     stamp = json.loads((generated / synth.STAMP_NAME).read_text())
-    assert stamp == {"seed": 3, "size": SMALL, "hr_size": 64, "datasets": list(synth.DATASETS),
+    assert stamp == {"seed": 3, "size": SMALL, "hr_size": 48, "datasets": list(synth.DATASETS),
                      "version": synth.GENERATOR_VERSION}
 
 
@@ -89,7 +89,7 @@ def test_high_resolution_defects_are_small() -> None:
     spec = synth.HR_CATEGORIES["washer"]
     size = 1024
     areas = []
-    for i in range(3):
+    for i in range(2):
         rng = synth._rng(0, "hr-test", i)
         img, allowed, bg = synth._render_normal(spec, rng, size)
         areas.append(synth._apply_defect("spot", rng, img, allowed, synth.SETS["synthetic_hr"].defect_scale, bg).sum())
