@@ -400,7 +400,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                             raise
                         reason = f"cannot be run in this setting: {error}"
                 if run is None:
-                    log(f"{method:9s} {label:18s} {source.name}: skipped ({reason})")
+                    short = reason if len(reason) <= 160 else reason[:157] + "..."
+                    log(f"{method:9s} {label:18s} {source.name}: not run ({short})")
                     new = [{"dataset": source.name, "method": method, "setting": label, "level": "pixel",
                             "metric": m, "value": float("nan"), "backbone": backbone, "data": source.name,
                             "note": reason} for m in metrics]

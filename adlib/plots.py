@@ -382,6 +382,8 @@ def image_row(panels: Mapping[str, object], cell: float = 2.4, cmap: str = MAP_C
         array = _as_numpy(panel)
         if array.ndim == 3 and (array.shape[0] == 3 or array.shape[-1] == 3):
             ax.imshow(_image_hwc(array))
+        elif np.isin(array, (0, 1)).all():  # a binary mask
+            ax.imshow(_map_hw(array), cmap="gray", vmin=0, vmax=1)
         else:
             im = ax.imshow(_map_hw(array), cmap=cmap)
             fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04)
