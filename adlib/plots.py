@@ -163,14 +163,21 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
                 if np.isfinite(h):
                     ax.annotate(f"{h:.1f}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
                                 va="bottom", fontsize=6, rotation=90, xytext=(0, 1), textcoords="offset points")
+        ran = part.dropna(subset=["value"])
+        for i, s in enumerate(settings):
+            if s not in set(ran["setting"]):
+                ax.text(x[i], 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
         ax.set_xticks(x)
+        ax.set_xlim(-0.6, len(settings) - 0.4)
         ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("%")
         if ylim is not None:
             ax.set_ylim(*ylim)
+        elif len(ran):
+            ax.set_ylim(0, max(float(ran["value"].max()) * 1.15, 1.0))
         if name is not None:
             ax.set_title(str(name), fontsize=9)
-    axes[0, 0].legend(fontsize=7, loc="best")
+    axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
