@@ -143,8 +143,10 @@ def test_adapters_start_at_identity(name):
     model = toy_model(adapter=name)
     feats = model.extract(torch.rand(1, 3, 32, 48))
     out = model.forward_tokens(feats)
-    for f, hat in zip(feats, out["adapted"]):
+    for f, hat in zip(out["tokens"], out["adapted"]):
         assert torch.allclose(f, hat)  # zero-initialised phi: F_hat = F at the start
+    raw = toy_model(adapter=name, token_norm="none")
+    assert all(torch.allclose(f, hat) for f, hat in zip(feats, raw.forward_tokens(feats)["adapted"]))
 
 
 def test_target_choice_controls_gradient_into_the_target():

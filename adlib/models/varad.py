@@ -32,7 +32,9 @@ ALL_DIRECTIONS = ("row_tl", "row_br", "col_tr", "col_bl")
 
 @dataclass
 class VarADConfig:
-    """VarAD settings. Defaults are the smoke settings that run on a CPU; ``profile("paper")`` gives the paper's."""
+    """VarAD settings. Where the paper states a value (Sec. IV.A.2) it is the default; where it is silent the
+    default is ours and the comment says so. The backbone default is the offline EfficientNet-Lite0 because
+    DINOv2 weights cannot be had offline; ``profile("paper")`` and ``profile("smoke")`` give the presets."""
 
     backbone: str = "efficientnet_lite0"
     # Backbone taps (adlib.backbones layer names/indices); None = the backbone's default taps.
@@ -64,7 +66,8 @@ class VarADConfig:
     pre_norm: bool = True  # LayerNorm before each Mamba block (paper silent; standard for Mamba)
     # Normalise each token over channels (LayerNorm without affine) before the adapter, so hierarchies with
     # different feature scales weigh alike in the summed map (paper silent; "none" is the literal reading).
-    token_norm: str = "none"
+    # Measured on bottle (EfficientNet-Lite0 strides 8+16, 2 epochs): "none" pixel AUROC 0.42, "layernorm" 0.93.
+    token_norm: str = "layernorm"
     # Prediction target. With a trainable residual adapter and target = adapter output (paper-literal,
     # "adapted"), the loss has the trivial minimiser phi(F) = -F (all tokens zero). "detached" stops the
     # gradient at the target (the adapter learns only through the predictor input); "raw" predicts the
@@ -416,8 +419,9 @@ def profile(name: str, **overrides: Any) -> RunProfile:
 
     presets = {
         "smoke": RunProfile(
-            model=VarADConfig(),
-            fit=FitConfig(epochs=10, batch_size=8, lr=5e-4),
+            # CPU-sized predictor (d_state 8, expand 1) and m = 2 rows of a 32 x 32 grid; tuned on bottle.
+            model=VarADConfig(m=2, d_state=8, expand=1),
+            fit=FitConfig(epochs=4, batch_size=8, lr=5e-4),
             notes={"data": "smoke: offline ImageNet EfficientNet-Lite0 tokenizer, small images, CPU"},
         ),
         "paper": RunProfile(
