@@ -23,6 +23,7 @@ import ctypes
 import functools
 import hashlib
 import importlib
+import itertools
 import math
 import os
 import platform
@@ -281,8 +282,9 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 # --------------------------------------------------------------------------------------------------
 # Per (batch, channel) row the forward is one loop over time with the d_state-wide state in registers;
 # the backward recomputes that row's states into a per-thread buffer (2 * L * N values), then runs the
-# adjoint recurrence backwards in time. Rows are split into contiguous ranges, one per thread; ctypes
-# releases the GIL, so Python threads run them in parallel. dB and dC are summed per thread, then reduced.
+# adjoint recurrence backwards in time. Rows are handed out in blocks to torch.get_num_threads() workers;
+# ctypes releases the GIL, so Python threads run them in parallel. dB and dC are summed per worker, then
+# reduced.
 # No torch headers are needed, so a build takes well under a second.
 
 _KERNEL_HEADER = r"""
@@ -515,17 +517,27 @@ def _threads(rows: int) -> int:
 
 
 def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
-    """Call fn(thread_index, begin, end) over contiguous row ranges, one per thread (torch's thread count)."""
+    """Call fn(worker, begin, end) over blocks of rows; ``worker`` < _threads(rows) names the caller's buffers.
+
+    Workers (the calling thread plus pool threads) take blocks from a shared counter, so a worker the OS
+    has descheduled (a busy machine) delays only its current block, not a fixed half of the rows.
+    """
     threads = _threads(rows)
     if threads == 1:
         fn(0, 0, rows)
         return
-    bounds = [rows * i // threads for i in range(threads + 1)]
-    key = (os.getpid(), threads)
+    block = max(1, -(-rows // (8 * threads)))
+    blocks = itertools.count()                       # next() is atomic under the GIL
+
+    def work(worker: int) -> None:
+        while (begin := next(blocks) * block) < rows:
+            fn(worker, begin, min(begin + block, rows))
+
+    key = (os.getpid(), threads - 1)
     if key not in _POOLS:
-        _POOLS[key] = ThreadPoolExecutor(threads, thread_name_prefix="adlib-scan")
-    pool = _POOLS[key]
-    futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(threads)]
+        _POOLS[key] = ThreadPoolExecutor(threads - 1, thread_name_prefix="adlib-scan")
+    futures = [_POOLS[key].submit(work, worker) for worker in range(1, threads)]
+    work(0)
     for future in futures:
         future.result()
 

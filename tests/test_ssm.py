@@ -345,3 +345,20 @@ def test_mamba_uses_mamba_inner_fn_on_cuda_when_available(monkeypatch):
     monkeypatch.setitem(sys.modules, "causal_conv1d", None)
     ssm._optional.cache_clear()
     assert block._fused_cuda_fn(torch.device("cuda")) is None  # mamba_inner_fn needs causal_conv1d
+
+
+@pytest.mark.parametrize("bc", ["input", "invariant", "grouped"])
+def test_native_with_several_workers_matches_reference(bc):
+    """Rows split over 3 workers in blocks (per-worker dB/dC buffers), whatever this machine's core count."""
+    _needs("native")
+    before = torch.get_num_threads()
+    torch.set_num_threads(3)
+    try:
+        inputs = _inputs(batch=3, dim=10, length=40, bc=bc)
+        y, g = _run("native", inputs)
+    finally:
+        torch.set_num_threads(before)
+    y_ref, g_ref = _run("reference", inputs)
+    _assert_close(y, y_ref, f"output, 3 workers ({bc})")
+    for name in g_ref:
+        _assert_close(g[name], g_ref[name], f"d{name}, 3 workers ({bc})")
