@@ -342,8 +342,10 @@ def build(setting: Setting, model: str = "varad", image_size: int | None = None,
     if backbone != preset.model.backbone and "layers" in model_fields:
         config["layers"] = None
     config.update({k: v for k, v in overrides.items() if k in model_fields})
-    fit = replace(preset.fit, epochs=setting.epochs, batch_size=setting.batch_size, seed=setting.seed,
-                  progress=False, **{k: v for k, v in overrides.items() if k in fit_fields})
+    engine_settings = {"epochs": setting.epochs, "batch_size": setting.batch_size, "seed": setting.seed,
+                       "progress": False}
+    engine_settings.update({k: v for k, v in overrides.items() if k in fit_fields})
+    fit = replace(preset.fit, **engine_settings)
     return create_model(model, preset.model, **config), fit
 
 
@@ -354,6 +356,7 @@ def run_one(setting: Setting, source: DataSource, model: str = "varad", label: s
 
     size = int(overrides.pop("image_size", None) or setting.image_size)
     train, test = datasets_for(source, setting, size)
+    engine.seed_everything(setting.seed)  # the model's initial weights, not only training, follow the seed
     net, fit_config = build(setting, model, image_size=size, **overrides)
     fit_result = engine.fit(net, train, fit_config, device=setting.device)
     evaluation = engine.evaluate(net, test, batch_size=setting.batch_size, device=setting.device, progress=False)

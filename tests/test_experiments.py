@@ -97,8 +97,19 @@ def test_run_grid_rows_skips_cache_and_keep(setting):
     assert notes["told"] == "not today"
     assert "LoRA" in notes["lora"] or "ViT" in notes["lora"]
     assert skipped["value"].isna().all()
+    net, fit = experiments.build(setting, "patchcore", epochs=3, coreset_ratio=0.5)
+    assert fit.epochs == 3 and fit.seed == setting.seed and net.config.coreset_ratio == 0.5
     with pytest.raises(ValueError, match="unknown setting"):
         experiments.run_grid(setting, {"bad": {"no_such_field": 1}}, sources, models=("patchcore",))
+
+
+def test_same_seed_same_numbers(setting):
+    sources = setting.synthetic_sources("toyset")
+    first = experiments.run_grid(setting, {"a": {"m": 1}}, sources, log=lambda *_: None)
+    torch.rand(100)  # disturb the global random state between the runs
+    second = experiments.run_grid(setting, {"a": {"m": 1}}, sources, log=lambda *_: None)
+    quality = lambda t: t[t["level"] != "model"]["value"].tolist()
+    assert quality(first) == quality(second)
 
 
 def test_write_table_keeps_per_row_provenance(setting):
