@@ -313,6 +313,19 @@ def count_params(module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
+def model_backbone(setting: Setting, model: str, overrides: Mapping[str, Any] | None = None) -> str:
+    """The backbone `build` gives `model`: an explicit override, else the setting's (VarAD always; every
+    model in the smoke profile or when the notebook set `backbone`), else the model preset's."""
+    from adlib.models import model_profile
+
+    overrides = dict(overrides or {})
+    if "backbone" in overrides:
+        return overrides["backbone"]
+    if setting.defaults.shared_backbone or setting.backbone_explicit or model == PRIMARY_MODEL:
+        return setting.backbone
+    return model_profile(model, setting.profile).model.backbone
+
+
 def build(setting: Setting, model: str = "varad", image_size: int | None = None, **overrides: Any):
     """(model, FitConfig) for the setting: the model's profile preset, then the setting, then `overrides`.
 
@@ -332,12 +345,7 @@ def build(setting: Setting, model: str = "varad", image_size: int | None = None,
     if unknown:
         raise ValueError(f"{model}: unknown setting(s) {unknown}; expected fields of "
                          f"{type(preset.model).__name__} or {type(preset.fit).__name__}")
-    if "backbone" in overrides:
-        backbone = overrides["backbone"]
-    elif setting.defaults.shared_backbone or setting.backbone_explicit or model == PRIMARY_MODEL:
-        backbone = setting.backbone
-    else:
-        backbone = preset.model.backbone
+    backbone = model_backbone(setting, model, overrides)
     config = {"backbone": backbone, "image_size": int(image_size or setting.image_size)}
     if backbone != preset.model.backbone and "layers" in model_fields:
         config["layers"] = None
@@ -391,7 +399,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                     rows += [{**row, "setting": label} for row in cache[key]]
                     log(f"{method:9s} {label:18s} {source.name}: same configuration as an earlier run, reused")
                     continue
-                backbone = dict(overrides).get("backbone", setting.backbone)
+                backbone = model_backbone(setting, model, overrides)
                 reason = skip.get(label)
                 run = None
                 if reason is None:
@@ -409,7 +417,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                             "metric": m, "value": float("nan"), "backbone": backbone, "data": source.name,
                             "note": reason} for m in metrics]
                 else:
-                    new = run.rows(getattr(run.model.config, "backbone", backbone), metrics)
+                    new = run.rows(backbone, metrics)
                     pixel = run.evaluation.pixel
                     log(f"{method:9s} {label:18s} {source.name}: pixel AUROC {100 * pixel['auroc']:.1f} "
                         f"max-F1 {100 * pixel['f1max']:.1f} AP {100 * pixel['ap']:.1f} | image AUROC "
