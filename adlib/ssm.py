@@ -9,8 +9,9 @@ with ``delta = softplus(delta + delta_bias)`` when asked. Implementations, picke
 
 - ``reference``: one PyTorch step per position under autograd (the test oracle).
 - ``torch``: pure PyTorch, chunked, with a hand-written backward (no per-step autograd graph).
-- ``native``: a small C kernel compiled with the system compiler at first use (cached), forward and
-  backward as tight loops over time, channels split across threads.
+- ``native``: a small C kernel compiled with the system compiler at first use (about a second, cached in
+  ``$ADLIB_CACHE/ssm``, default ``~/.cache/adlib/ssm``; ``ADLIB_SCAN_NATIVE=0`` turns it off), forward
+  and backward as tight loops over time, (batch, channel) rows shared among torch.get_num_threads() threads.
 - ``fast``: ``native`` on CPU tensors when it builds, else ``torch``.
 - ``cuda``: mamba_ssm's ``selective_scan_fn`` (CUDA tensors, mamba_ssm installed).
 - ``auto``: ``cuda`` when possible, else ``fast``. The environment variable ``ADLIB_SCAN_IMPL``
