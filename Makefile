@@ -1,4 +1,5 @@
 # Two commands do all set-up on a fresh clone: `make reproduce` and `make test`.
+# Extra arguments: make reproduce ARGS="--resume --only varad/03*"; make test ARGS="-k metrics".
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -16,10 +17,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m adlib reproduce --profile $(PROFILE)
+	$(PY) -m adlib reproduce --profile $(PROFILE) $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q $(ARGS)
 
 test-slow: $(STAMP)
 	$(PY) -m pytest -q -m slow
