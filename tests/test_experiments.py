@@ -90,6 +90,10 @@ def test_run_grid_rows_skips_cache_and_keep(setting):
     same = table[table["setting"] == "same"].reset_index(drop=True)
     assert same["value"].equals(table[table["setting"] == "default"].reset_index(drop=True)["value"])
     assert "reused" in log[-1] and list(runs) == [("patchcore", "default", "toyset/toy")]
+    preset_ratio = experiments.configs(setting, "patchcore")[0].coreset_ratio
+    explicit = experiments.run_grid(setting, {"explicit": {"coreset_ratio": preset_ratio}}, sources,
+                                    models=("patchcore",), cache=cache, log=log.append)
+    assert "reused" in log[-1] and (explicit["setting"] == "explicit").all()
 
     skipped = experiments.run_grid(setting, {"lora": {"adapter": "lora"}, "told": {}}, sources,
                                    skip={"told": "not today"}, log=log.append)
@@ -156,7 +160,12 @@ def test_hierarchy_variants_keep_default_unchanged():
 def test_open_choices_reads_config_comments():
     table = experiments.open_choices("varad")
     row = table.set_index("field").loc["m"]
-    assert row["adlib default"] == "4" and "paper" in row["note"].lower()
+    assert row["adlib"] == "4" and "paper" in row["note"].lower()
+    from adlib.models import model_profile
+
+    smoke = experiments.resolve_setting(synthetic=False)
+    used = experiments.open_choices("varad", smoke).set_index("field")
+    assert used.loc["m", "adlib"] == repr(model_profile("varad", "smoke").model.m)
 
 
 def test_partial_map_with_everything_is_the_full_map():
