@@ -12,7 +12,21 @@ Pipeline, one hierarchy h at a time (the paper's notation):
    token is the hierarchy's map, maps are upsampled to the image and summed over hierarchies (Eq. 9);
    training minimises it on normal images (Eq. 10).
 
-Every choice the paper leaves open is a field of ``VarADConfig`` whose comment says so.
+Every choice the paper leaves open is a field of ``VarADConfig`` whose comment says so. Measured on MVTec AD
+bottle (smoke: EfficientNet-Lite0 strides 8+16 at 256 px, CPU):
+
+- ``target``: with the paper-literal target (the adapter output, gradient flowing into it) the adapted tokens
+  shrink steadily (||F_hat|| / ||F|| 1.15 -> 0.72 in 200 steps on the stride-16 hierarchy), the start of the
+  trivial minimiser phi(F) = -F; with ``"detached"`` the ratio stays at 1.1 and the pixel AUROC is the same
+  (0.976 vs 0.977 after 200 steps). Default: ``"detached"``.
+- ``token_norm``: raw EfficientNet tokens give pixel AUROC 0.42 (m=1, 3 epochs), LayerNorm'd tokens 0.93
+  (m=1, 2 epochs on 64 images). Default: ``"layernorm"``.
+- ``m`` on a 32 x 32 grid (64 images, 2 epochs): m=1 pixel AUROC 0.930, m=2 0.961 (smoke profile: 2).
+- ``adapter``: "none" 0.913 vs "linear" 0.930 (m=1), in line with the paper's Fig. 4.
+- smoke profile, all 209 images, 4 epochs: image AUROC 0.997, pixel AUROC 0.978.
+
+How to use: ``explain(images)`` returns every intermediate quantity; ablations are config overrides, e.g.
+``create_model("varad", directions=("row_tl",))``, ``m=3``, ``adapter="resblock"``, ``layers=(1, 2, 3)``.
 """
 from __future__ import annotations
 
