@@ -115,8 +115,9 @@ def execute(args: argparse.Namespace) -> dict:
     preset = model_profile(args.model, args.profile, **overrides)
     try:
         device = torch.device(args.device)
-    except RuntimeError as error:
-        raise UsageError(f"--device {args.device!r}: {error}") from None
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError) as error:
+        raise UsageError(f"--device {args.device!r} cannot be used here: {str(error).splitlines()[0]}") from None
 
     engine.seed_everything(args.seed)
     model = create_model(args.model, preset.model).to(device)

@@ -67,6 +67,7 @@ def test_run_writes_the_documented_json(tiny_root, tmp_path, capsys, model, extr
     (("--image-size", "0"), "--image-size"),
     (("--set", "adapter=lora"), "LoRA"),
     (("--set", "m=40"), "m="),
+    (("--device", "nonsense"), "--device"),
 ])
 def test_bad_input_is_one_clear_line(tiny_root, tmp_path, capsys, extra, needle):
     out = tmp_path / "x.json"
