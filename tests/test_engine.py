@@ -9,7 +9,7 @@ import torch
 from torch.utils.data import Dataset
 
 from adlib import engine
-from adlib.models.toy import ToyTokenizer
+from toy_tokenizer import ToyTokenizer
 from adlib.models.varad import VarAD, VarADConfig
 
 

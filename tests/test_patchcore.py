@@ -6,7 +6,7 @@ import torch
 
 from adlib import engine
 from adlib.models.patchcore import PatchCore, PatchCoreConfig, greedy_coreset, nearest_distances
-from adlib.models.toy import ToyTokenizer
+from toy_tokenizer import ToyTokenizer
 
 
 def test_coreset_picks_the_far_points():

@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import nn
 
-from adlib.models.toy import ToyTokenizer
+from toy_tokenizer import ToyTokenizer
 from adlib.models.varad import ADAPTERS, HierarchyPredictor, VarAD, VarADConfig
 
 

@@ -1,4 +1,4 @@
-"""A tiny deterministic tokenizer for tests and quick examples: two conv hierarchies at strides 4 and 8.
+"""A tiny deterministic tokenizer for the tests: two conv hierarchies at strides 4 and 8.
 
 It has the same interface as ``adlib.backbones.create(...)``: (B, 3, H, W) in [0, 1] -> list of
 (B, C_i, H / s_i, W / s_i), with ``name``, ``channels`` and ``strides``.
