@@ -802,16 +802,22 @@ class Explorer:
         hierarchies = widgets.SelectMultiple(options=[(f"{h + 1}: {gh}x{gw}", h) for h, (gh, gw) in enumerate(model.grids)],
                                              value=tuple(range(len(model.grids))), description="hierarchies")
 
-        def show(image, m, directions, hierarchies):
-            if not directions or not hierarchies:
-                print("choose at least one direction and one hierarchy")
-                return
-            fig = self.figure(image, m, list(directions), list(hierarchies))
-            display(fig)
-            plt.close(fig)
+        out = widgets.Output()
 
-        out = widgets.interactive_output(show, {"image": image, "m": m, "directions": directions,
-                                                "hierarchies": hierarchies})
+        def redraw(_change=None) -> None:
+            out.clear_output(wait=True)
+            with out:
+                if not directions.value or not hierarchies.value:
+                    print("choose at least one direction and one hierarchy")
+                    return
+                fig = self.figure(image.value, m.value, list(directions.value), list(hierarchies.value))
+                display(fig)
+                plt.close(fig)
+
+        # Drawn on the first change only: the default state is the static figure shown above, and a headless
+        # run (papermill) never sends a change, so it never draws into the output widget.
+        for control in (image, m, directions, hierarchies):
+            control.observe(redraw, names="value")
         return widgets.VBox([widgets.HBox([image, m]), widgets.HBox([directions, hierarchies]), out])
 
 
