@@ -20,7 +20,7 @@ def value(df, **where) -> float:
 
 
 @pytest.mark.parametrize("table", ["table1", "table2", "table3", "table4", "table5", "table6",
-                                   "fig5_text", "fig7_text"])
+                                   "fig5", "fig7"])
 def test_long_format(table):
     df = load(table)
     assert list(df.columns) == ["dataset", "method", "setting", "level", "metric", "value"]
