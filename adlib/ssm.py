@@ -682,6 +682,24 @@ def selective_scan(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D:
 # --------------------------------------------------------------------------------------------------
 
 
+def causal_depthwise_conv1d(x: Tensor, weight: Tensor, bias: Tensor | None = None) -> Tensor:
+    """What causal_conv1d computes: ``y[:, c, t] = bias[c] + sum_k weight[c, 0, k] * x[:, c, t - K + 1 + k]``.
+
+    x (B, D, L), weight (D, 1, K). On the CPU this is a sum of K shifted products, because PyTorch's
+    depthwise ``conv1d`` backward is many times slower there than the scan itself; elsewhere it is the
+    library convolution.
+    """
+    kernel, length = weight.shape[-1], x.shape[-1]
+    if x.device.type != "cpu":
+        return F.conv1d(x, weight, bias, padding=kernel - 1, groups=x.shape[1])[..., :length]
+    padded = F.pad(x, (kernel - 1, 0))
+    taps = weight[:, 0, :, None]                                    # (D, K, 1)
+    y = padded[..., :length] * taps[:, 0]
+    for k in range(1, kernel):
+        y = y + padded[..., k:k + length] * taps[:, k]
+    return y if bias is None else y + bias[:, None]
+
+
 class Mamba(nn.Module):
     """Mamba block with mamba_ssm's parameter names, shapes and initialization: (B, L, d_model) -> same.
 
@@ -744,7 +762,7 @@ class Mamba(nn.Module):
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
         x, z = xz.chunk(2, dim=1)
-        x = self.act(self.conv1d(x)[..., :length])                  # causal depthwise conv
+        x = self.act(causal_depthwise_conv1d(x, self.conv1d.weight, self.conv1d.bias))
         x_dbl = self.x_proj(x.transpose(1, 2))                      # (b, l, dt_rank + 2N)
         dt, B, C = torch.split(x_dbl, [self.dt_rank, self.d_state, self.d_state], dim=-1)
         dt = (dt @ self.dt_proj.weight.t()).transpose(1, 2)         # (b, d_inner, l); bias added in the scan

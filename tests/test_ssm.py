@@ -362,3 +362,21 @@ def test_native_with_several_workers_matches_reference(bc):
     _assert_close(y, y_ref, f"output, 3 workers ({bc})")
     for name in g_ref:
         _assert_close(g[name], g_ref[name], f"d{name}, 3 workers ({bc})")
+
+
+@pytest.mark.parametrize("kernel,length", [(4, 1), (4, 37), (2, 5), (1, 9)])
+@pytest.mark.parametrize("with_bias", [True, False])
+def test_causal_depthwise_conv1d_matches_a_padded_conv1d(kernel, length, with_bias):
+    from adlib.ssm import causal_depthwise_conv1d
+
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(6, 6, kernel, groups=6, padding=kernel - 1, bias=with_bias)
+    x = torch.randn(3, 6, length, requires_grad=True)
+    expected = conv(x)[..., :length]
+    grads_expected = torch.autograd.grad(expected.pow(2).sum(), [x, *conv.parameters()])
+    x2 = x.detach().clone().requires_grad_(True)
+    got = causal_depthwise_conv1d(x2, conv.weight, conv.bias)
+    grads_got = torch.autograd.grad(got.pow(2).sum(), [x2, *conv.parameters()])
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    for g, e in zip(grads_got, grads_expected):
+        torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5)
