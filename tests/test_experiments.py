@@ -55,7 +55,7 @@ def test_spread_and_test_indices():
 
 def test_resolve_setting_defaults_and_errors(tmp_path):
     smoke = experiments.resolve_setting(synthetic=False)
-    assert (smoke.image_size, smoke.backbone, smoke.max_train) == (256, "efficientnet_lite0", 12)
+    assert (smoke.image_size, smoke.backbone, smoke.max_train) == (256, "efficientnet_lite0", 40)
     paper = experiments.resolve_setting(profile="paper", synthetic=False, device="cuda")
     assert (paper.image_size, paper.backbone, paper.epochs, paper.max_train) == (1024, "dinov2_vits14", 10, None)
     assert experiments.resolve_setting(synthetic=False, image_size=128, epochs=2).epochs == 2
