@@ -4,7 +4,8 @@
 - `grouped_bars`: ablation bars, one group per setting and one bar per metric (Fig. 4).
 - `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
 - `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
-- walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides), `draw_directions`.
+- walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides);
+  scan paths are drawn by `adlib.scans.draw_directions`.
 
 Every function takes long-format tables (`dataset, method, setting, level, metric, value`) or arrays and
 returns a matplotlib Figure; saving (with provenance) is `adlib.results.save_figure`'s job.
@@ -367,18 +368,6 @@ def draw_gap(order, h: int, w: int, target: int, gap: int, ax=None, title: str |
     if title:
         ax.set_title(title, fontsize=9)
     return ax
-
-
-def draw_directions(directions: Mapping, h: int, w: int, cell: float = 2.4):
-    """The scan paths of a dict of `adlib.scans.Direction` (e.g. `varad_directions(h, w)`), side by side."""
-    plt = _pyplot()
-    from adlib.scans import draw_scan
-
-    fig, axes = plt.subplots(1, len(directions), figsize=(cell * len(directions), cell), squeeze=False)
-    for ax, (name, direction) in zip(axes[0], directions.items()):
-        draw_scan(direction.order, h, w, ax=ax, title=name)
-    fig.tight_layout()
-    return fig
 
 
 def image_row(panels: Mapping[str, object], cell: float = 2.4, cmap: str = MAP_CMAP, title: str | None = None):
