@@ -7,10 +7,7 @@ from __future__ import annotations
 
 import argparse
 import ast
-import json
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -53,28 +50,10 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
-def _write_json(path: Path, record: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(record, f, indent=2, default=str)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+def _results():
+    from adlib import results  # pandas: imported only when a run happens, not for `adlib --help`
 
-
-def _provenance(**extra: Any) -> dict:
-    try:
-        from adlib.results import provenance
-    except ImportError:  # results module absent: keep the run going with the essentials
-        import platform
-
-        import torch
-
-        return {"python": platform.python_version(), "torch": torch.__version__, **extra}
-    return provenance(**extra)
+    return results
 
 
 def execute(args: argparse.Namespace) -> dict:
@@ -141,7 +120,7 @@ def execute(args: argparse.Namespace) -> dict:
                 "train_images": fitted.train_images, "test_images": len(test)},
         "config": {"model": asdict(preset.model), "fit": asdict(preset.fit)},
         "notes": preset.notes,
-        "provenance": _provenance(device=str(device), seed=args.seed),
+        "provenance": _results().provenance(device=str(device), seed=args.seed),
     }
     return record
 
@@ -174,6 +153,6 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(_format(record))
     if args.json:
-        _write_json(Path(args.json), record)
+        _results().atomic_write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
