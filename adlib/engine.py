@@ -13,7 +13,6 @@ from __future__ import annotations
 import math
 import os
 import random
-import tempfile
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
@@ -282,19 +281,13 @@ def evaluate(model, dataset: Dataset, batch_size: int = 8, device: str | torch.d
 
 def save_checkpoint(model, path: str | os.PathLike, epoch: int, extra: dict[str, Any] | None = None) -> Path:
     """Write the model's trainable state, config and epoch atomically (temp file + ``os.replace``)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    from adlib.results import atomic_path
+
     payload = {"model": model.name, "config": asdict(model.config), "epoch": epoch,
                "state": model.checkpoint_state(), "extra": extra or {}}
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         torch.save(payload, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-    return path
+    return Path(path)
 
 
 def load_checkpoint(path: str | os.PathLike, model=None, device: str | torch.device = "cpu"):

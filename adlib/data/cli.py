@@ -58,15 +58,13 @@ def _stats(args) -> int:
     print(format_stats(rows))
     if args.csv:
         import csv
-        import os
 
-        args.csv.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.csv.with_name(args.csv.name + ".tmp")
-        with open(tmp, "w", newline="") as handle:
+        from adlib.results import atomic_path
+
+        with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
             writer.writeheader()
             writer.writerows(rows)
-        os.replace(tmp, args.csv)
     return 0
 
 
