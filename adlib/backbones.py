@@ -190,7 +190,9 @@ def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
     if hub_id:
         cached = _cached_hf_file(hub_id)
         if cached is not None:
-            return timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+            model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+            model._adlib_weights_sha = _record_weights(cached)
+            return model
     if _env_true("HF_HUB_OFFLINE"):
         raise _unavailable(spec, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else getattr(cfg, "url", "")
@@ -203,6 +205,33 @@ def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
         return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
     except Exception as err:  # network errors come in many types (requests, urllib, huggingface_hub)
         raise _unavailable(spec, f"download failed ({type(err).__name__}: {err})") from err
+
+
+# Weights files loaded in this process: path -> sha256 (run records and the feature cache key name them).
+LOADED_WEIGHTS: dict[str, str] = {}
+_SHA_CACHE: dict[tuple[str, int, int], str] = {}
+
+
+def file_sha256(path: str | os.PathLike) -> str:
+    """sha256 of a file, computed once per process for an unchanged file (path, size, mtime)."""
+    import hashlib
+
+    path = Path(path)
+    stat = path.stat()
+    key = (str(path.resolve()), stat.st_size, stat.st_mtime_ns)
+    if key not in _SHA_CACHE:
+        digest = hashlib.sha256()
+        with open(path, "rb") as handle:
+            for block in iter(lambda: handle.read(1 << 20), b""):
+                digest.update(block)
+        _SHA_CACHE[key] = digest.hexdigest()
+    return _SHA_CACHE[key]
+
+
+def _record_weights(path: str | os.PathLike) -> str:
+    sha = file_sha256(path)
+    LOADED_WEIGHTS[str(Path(path).resolve())] = sha
+    return sha
 
 
 def _package_weights_file() -> Path:
@@ -333,6 +362,8 @@ class FeatureExtractor(nn.Module):
             self.patch_size = 1
             self.channels = [int(model.feature_info[i]["num_chs"]) for i in self.layers]
             self.strides = [int(model.feature_info[i]["reduction"]) for i in self.layers]
+        # sha256 of the weights file (or "hub:<timm id>"); None for random weights, which differ per seed.
+        self.weights_id: str | None = getattr(model, "_adlib_weights_sha", None)
         model.prune_intermediate_layers(self._indices, prune_norm=not final_norm, prune_head=True)
         for p in model.parameters():
             p.requires_grad_(False)
@@ -365,6 +396,13 @@ class FeatureExtractor(nn.Module):
             )
         return self.model.forward_intermediates(x, indices=self._indices, intermediates_only=True)
 
+    @property
+    def identity(self) -> str | None:
+        """What this extractor computes, for caches: name, taps, norm and weights; None with random weights."""
+        if self.weights_id is None:
+            return None
+        return f"{self.name}|layers={self.layers}|final_norm={self.final_norm}|weights={self.weights_id}"
+
     def extra_repr(self) -> str:
         return f"name={self.name!r}, layers={self.layers}, channels={self.channels}, strides={self.strides}"
 
@@ -378,14 +416,19 @@ def _build(spec: BackboneSpec, pretrained: bool, weights: str | os.PathLike | No
     if weights is not None:
         model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
         _load_checkpoint(model, Path(weights), spec)
+        model._adlib_weights_sha = _record_weights(weights)
         return model
     if not pretrained:
         return timm.create_model(spec.timm_id, pretrained=False, **kwargs)
     if spec.source == "package":
         model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
         _load_package_weights(model)
+        model._adlib_weights_sha = _record_weights(_package_weights_file())
         return model
-    return _timm_pretrained(spec, **kwargs)
+    model = _timm_pretrained(spec, **kwargs)
+    if not hasattr(model, "_adlib_weights_sha"):  # downloaded by timm: named by its hub id
+        model._adlib_weights_sha = f"hub:{spec.timm_id}"
+    return model
 
 
 def _check_layers(spec: BackboneSpec, layers: Sequence[int], count: int) -> None:

@@ -1,11 +1,15 @@
 """The one fit/evaluate loop for every model (see ``adlib.models.base.AnomalyModel``).
 
-- ``fit(model, dataset, config)``: gradient models (``model.trainable``) get AdamW with a constant or cosine
-  learning rate; one-pass models (PatchCore) get ``fit_memory`` over all training batches. When the model's
-  feature extractor is frozen (``model.cacheable``) its features are computed once and reused every epoch,
-  unless they would exceed ``cache_budget_mb``.
-- ``evaluate(model, dataset)``: streams maps batch by batch into ``adlib.metrics.PixelAccumulator``; keeps
+- ``fit(model, dataset, config)``: gradient models (``model.trainable``) get AdamW or Adam with a constant,
+  cosine or step learning rate, stage by stage; one-pass models (memory banks) get ``fit_memory`` over all
+  training batches. When the model's feature extractor is frozen (``model.cacheable``) its features are
+  computed once and reused every epoch, unless they would exceed ``cache_budget_mb``; with a
+  ``feature_key()`` they are also kept on disk across runs (``adlib.featcache``).
+- ``evaluate(model, dataset, protocol=...)``: streams maps batch by batch into the named protocol's
+  accumulators (``adlib.metrics.PROTOCOLS``), one category at a time for a multi-class test set; keeps
   image scores and, on request, a few downsampled maps for figures.
+
+The engine knows no paper and no model by name: recipes come from ``adlib.papers``.
 - ``save_checkpoint`` / ``load_checkpoint``, ``seed_everything``.
 """
 from __future__ import annotations
@@ -15,9 +19,9 @@ import os
 import random
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -27,35 +31,108 @@ from torch.utils.data import DataLoader, Dataset, Subset
 
 @dataclass
 class FitConfig:
-    """Engine settings. Paper (VarAD Sec. IV.A.2): AdamW, lr 5e-4, 10 epochs; no schedule, batch size or
-    weight decay stated, so the defaults are a constant learning rate, batch size 8 and AdamW's usual 1e-2."""
+    """Engine settings. A paper's recipe (``adlib.papers``) sets them per model and profile; these defaults
+    are only a plain AdamW loop (lr 5e-4, 10 epochs, batch 8, constant learning rate)."""
 
     epochs: int = 10
     batch_size: int = 8
     lr: float = 5e-4
     weight_decay: float = 1e-2
-    schedule: str = "constant"  # "constant" (paper states none) or "cosine" (to 0 over all steps)
+    optimizer: str = "adamw"  # "adamw" or "adam"
+    betas: tuple[float, float] = (0.9, 0.999)
+    # "constant"; "cosine" (to 0 over all steps); "step" (x step_gamma once step_at of the steps are done,
+    # as ADer's and UniAD's StepLR recipes)
+    schedule: str = "constant"
+    step_at: float = 0.8  # fraction of the training steps after which "step" multiplies the lr by step_gamma
+    step_gamma: float = 0.1
     grad_clip: float | None = None  # max gradient norm; None = no clipping
     max_train_images: int | None = None  # use only the first N training images (seeded random subset)
     cache_features: bool = True  # cache frozen features (when the model allows it and they fit)
     cache_budget_mb: float = 4096.0  # largest feature cache; above it the extractor runs every epoch
+    disk_cache: bool = True  # also keep frozen features on disk across runs (models with a ``feature_key``)
     seed: int = 0
     num_workers: int = 0
     progress: bool = True  # tqdm progress bars
     checkpoint: str | None = None  # path: save after every epoch (atomic)
+    # Per training stage (``model.training_stages()``), overrides of the fields above, e.g.
+    # {"first": {"epochs": 20}, "second": {"lr": 1e-4}}.
+    stages: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.schedule not in SCHEDULES:
+            raise ValueError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
+        if isinstance(self.betas, list):
+            self.betas = tuple(self.betas)
+        for name in ("epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "epochs" else 1):
+                raise ValueError(f"{name}={value!r}: expected a positive integer")
+        if not (isinstance(self.lr, (int, float)) and self.lr > 0):
+            raise ValueError(f"lr={self.lr!r}: expected a positive number")
+        if self.weight_decay < 0:
+            raise ValueError(f"weight_decay={self.weight_decay!r}: expected a number >= 0")
+        if not 0 < self.step_at <= 1:
+            raise ValueError(f"step_at={self.step_at!r}: expected a fraction in (0, 1]")
+
+    def for_stage(self, stage: str) -> "FitConfig":
+        """This config with the overrides of ``stage`` applied."""
+        from dataclasses import replace
+
+        overrides = dict(self.stages.get(stage, {}))
+        if not overrides:
+            return self
+        unknown = sorted(set(overrides) - {f.name for f in fields(self)} | ({"stages"} & set(overrides)))
+        if unknown:
+            raise ValueError(f"stages[{stage!r}]: unknown field(s) {unknown}")
+        return replace(self, **overrides)
+
+
+SCHEDULES = ("constant", "cosine", "step")
+OPTIMIZERS = {"adamw": torch.optim.AdamW, "adam": torch.optim.Adam}
 
 
 @dataclass
 class FitResult:
-    losses: list[float] = field(default_factory=list)  # mean training loss per epoch
+    losses: list[float] = field(default_factory=list)  # mean training loss per epoch (all stages in order)
+    stage_losses: dict[str, list[float]] = field(default_factory=dict)  # the same, per training stage
     epochs: int = 0
     train_seconds: float = 0.0
-    cached: bool = False
+    cached: bool = False  # frozen features were held in memory for the epochs
+    disk_hits: int = 0  # training images whose frozen features came from the on-disk cache
     train_images: int = 0
+    history: list[dict] = field(default_factory=list)  # what the per-epoch callback returned, per epoch
+
+
+@dataclass
+class Metrics:
+    """Image and pixel metrics of one group of test images (a category, or all categories pooled).
+
+    A metric that is undefined for the data (pixel metrics without an anomalous pixel, image metrics with
+    one class only) is absent, and ``undefined`` says why."""
+
+    image: dict[str, float] = field(default_factory=dict)
+    pixel: dict[str, float] = field(default_factory=dict)
+    images: int = 0
+    undefined: dict[str, str] = field(default_factory=dict)  # level -> reason
+
+    @property
+    def mad(self) -> float:
+        """ViTAD's mAD (mean of the 7 image and pixel metrics), NaN when one of them is missing."""
+        from adlib import metrics
+
+        try:
+            return metrics.mad(self.image, self.pixel)
+        except KeyError:
+            return float("nan")
 
 
 @dataclass
 class EvalResult:
+    """``image``/``pixel``: over one dataset, or the mean over categories when categories were given (the
+    papers' "m" metrics); ``categories``: per category; ``pooled``: all categories' images together."""
+
     image: dict[str, float]
     pixel: dict[str, float]
     scores: np.ndarray
@@ -64,10 +141,16 @@ class EvalResult:
     seconds: float
     fps: float
     maps: dict[str, np.ndarray] = field(default_factory=dict)  # path -> downsampled map, when requested
+    protocol: str = "exact"
+    categories: dict[str, Metrics] = field(default_factory=dict)
+    pooled: Metrics | None = None
+    groups: list[str] = field(default_factory=list)  # per image: "good", "defect", LOCO "logical"/"structural"
+    image_categories: list[str] = field(default_factory=list)  # per image: its category
+    undefined: dict[str, str] = field(default_factory=dict)
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch so that CPU runs repeat exactly."""
+    """Seed python, numpy and torch. With the same seed and thread count, CPU runs repeat exactly."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -112,12 +195,22 @@ def _concat(chunks: list[Any]) -> Any:
     raise TypeError(f"cannot cache features of type {type(first).__name__}")
 
 
-def _index(features: Any, idx: torch.Tensor) -> Any:
+def _index(features: Any, idx: torch.Tensor | int | slice) -> Any:
     if isinstance(features, torch.Tensor):
         return features[idx]
     if isinstance(features, (list, tuple)):
         return type(features)(_index(f, idx) for f in features)
     return {k: _index(v, idx) for k, v in features.items()}
+
+
+def _stack_items(items: list[Any]) -> Any:
+    """Per-image feature structures (no batch dimension) -> one batched structure."""
+    first = items[0]
+    if isinstance(first, torch.Tensor):
+        return torch.stack(items)
+    if isinstance(first, (list, tuple)):
+        return type(first)(_stack_items([it[i] for it in items]) for i in range(len(first)))
+    return {k: _stack_items([it[k] for it in items]) for k in first}
 
 
 def _train_subset(dataset: Dataset, config: FitConfig) -> Dataset:
@@ -137,25 +230,52 @@ def _images(batch: Any) -> torch.Tensor:
     return batch["image"] if isinstance(batch, dict) else batch
 
 
-def extract_all(model, dataset: Dataset, config: FitConfig, device: torch.device) -> Any | None:
-    """Frozen features of the whole training set on the CPU, or None when they exceed the budget."""
+def _disk_store(model, config: FitConfig):
+    from adlib import featcache
+
+    if not (config.disk_cache and featcache.enabled() and model.cacheable):
+        return None
+    key = model.feature_key()
+    return featcache.FeatureStore(key) if key else None
+
+
+def _extract_batch(model, images: torch.Tensor, device: torch.device, store) -> tuple[Any, int]:
+    """Frozen features of a batch on the CPU, taking what the disk cache has and storing what it lacks."""
+    if store is None:
+        return _to_device(model.extract(images.to(device)), torch.device("cpu")), 0
+    from adlib.featcache import image_hash
+
+    digests = [image_hash(image) for image in images]
+    found = [store.get(d) for d in digests]
+    missing = [i for i, f in enumerate(found) if f is None]
+    if missing:
+        computed = _to_device(model.extract(images[missing].to(device)), torch.device("cpu"))
+        for j, i in enumerate(missing):
+            found[i] = _index(computed, j)
+            store.put(digests[i], found[i])
+    return _stack_items(found), len(images) - len(missing)
+
+
+def extract_all(model, dataset: Dataset, config: FitConfig, device: torch.device, store=None) -> tuple[Any | None, int]:
+    """Frozen features of the whole training set on the CPU, or None when they exceed the budget; and the
+    number of images the disk cache supplied."""
     loader = _loader(dataset, config.batch_size, False, config.seed, config.num_workers)
-    chunks, total, budget = [], 0, config.cache_budget_mb * 2**20
+    chunks, budget, hits = [], config.cache_budget_mb * 2**20, 0
     with torch.no_grad():
         for i, batch in enumerate(_progress(loader, config.progress, desc="features")):
-            feats = _to_device(model.extract(_images(batch).to(device)), torch.device("cpu"))
+            feats, found = _extract_batch(model, _images(batch), device, store)
+            hits += found
             if i == 0 and _nbytes(feats) / len(_images(batch)) * len(dataset) > budget:
                 need = _nbytes(feats) / len(_images(batch)) * len(dataset) / 2**20
                 warnings.warn(f"feature cache would need {need:.0f} MiB > cache_budget_mb={config.cache_budget_mb:.0f}; "
                               "computing features every epoch instead")
-                return None
+                return None, hits
             chunks.append(feats)
-            total += _nbytes(feats)
-    return _concat(chunks)
+    return _concat(chunks), hits
 
 
 def _feature_batches(model, dataset: Dataset, cache: Any | None, config: FitConfig, epoch: int,
-                     device: torch.device, shuffle: bool) -> Iterator[Any]:
+                     device: torch.device, shuffle: bool, store=None) -> Iterator[Any]:
     """Training batches of features: from the cache, or extracted on the fly (with gradients if not frozen)."""
     n = len(dataset)
     order = torch.arange(n)
@@ -166,52 +286,94 @@ def _feature_batches(model, dataset: Dataset, cache: Any | None, config: FitConf
             yield _to_device(_index(cache, order[start : start + config.batch_size]), device)
         return
     for batch in _loader(Subset(dataset, order.tolist()), config.batch_size, False, 0, config.num_workers):
+        if store is not None:
+            with torch.no_grad():
+                yield _to_device(_extract_batch(model, _images(batch), device, store)[0], device)
+            continue
         with torch.set_grad_enabled(model.trainable and not model.cacheable):
             features = model.extract(_images(batch).to(device))
         yield features
 
 
-def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | torch.device = "cpu") -> FitResult:
-    """Fit ``model`` on the normal images of ``dataset`` (items are dicts with ``image`` or image tensors)."""
+def _scheduler(optimizer, config: FitConfig, steps: int):
+    if config.schedule == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(steps, 1))
+    if config.schedule == "step":
+        milestone = max(1, int(round(config.step_at * steps)))
+        return torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=[milestone], gamma=config.step_gamma)
+    return None
+
+
+def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | torch.device = "cpu",
+        callback: Callable[[int, Any], dict | None] | None = None, calibration: Dataset | None = None) -> FitResult:
+    """Fit ``model`` on the normal images of ``dataset`` (items are dicts with ``image`` or image tensors).
+
+    Gradient models are trained stage by stage (``model.training_stages()``, one stage by default), each
+    with a fresh optimiser over the parameters that require gradients once ``model.start_stage`` ran and
+    with ``config.for_stage(stage)``'s settings. ``callback(epoch, model)`` runs after every epoch (epochs
+    counted over all stages, from 1); what it returns is kept in ``FitResult.history``. ``calibration``
+    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training.
+    """
     config = config or FitConfig()
-    if config.schedule not in ("constant", "cosine"):
-        raise ValueError(f"schedule={config.schedule!r}: expected 'constant' or 'cosine'")
-    if config.epochs < 1 and model.trainable:
-        raise ValueError(f"epochs={config.epochs}: need at least one epoch")
     device = torch.device(device)
     seed_everything(config.seed)
     model.to(device)
     dataset = _train_subset(dataset, config)
     result = FitResult(train_images=len(dataset))
     start = time.perf_counter()
-    cache = None
-    if model.cacheable and config.cache_features and (model.trainable and config.epochs > 1):
-        cache = extract_all(model, dataset, config, device)
-    result.cached = cache is not None
+    store = _disk_store(model, config)
 
-    if not model.trainable:  # one pass: PatchCore-like models
+    if not model.trainable:  # one pass: memory-bank models
         model.eval()
         with torch.no_grad():
-            batches = _feature_batches(model, dataset, cache, config, 0, device, shuffle=False)
+            batches = _feature_batches(model, dataset, None, config, 0, device, shuffle=False, store=store)
             model.fit_memory(_progress(batches, config.progress, desc="memory"))
         result.epochs = 1
-        result.train_seconds = time.perf_counter() - start
-        if config.checkpoint:
-            save_checkpoint(model, config.checkpoint, epoch=1)
-        return result
+        result.disk_hits = store.hits if store is not None else 0
+    else:
+        cache = None
+        total_epochs = sum(config.for_stage(s).epochs for s in model.training_stages())
+        if total_epochs < 1:
+            raise ValueError(f"epochs={config.epochs}: need at least one epoch")
+        if model.cacheable and config.cache_features and total_epochs > 1:
+            cache, result.disk_hits = extract_all(model, dataset, config, device, store)
+        result.cached = cache is not None
+        for stage in model.training_stages():
+            stage_config = config.for_stage(stage)
+            model.start_stage(stage)
+            _train_stage(model, dataset, cache, stage, stage_config, device, result, callback, store)
+        if store is not None and cache is None:
+            result.disk_hits = store.hits
+    if calibration is not None:
+        model.eval()
+        with torch.no_grad():
+            model.calibrate(_feature_batches(model, calibration, None, config, 0, device, shuffle=False, store=store))
+    model.eval()
+    result.train_seconds = time.perf_counter() - start
+    if config.checkpoint and not model.trainable:
+        save_checkpoint(model, config.checkpoint, epoch=1)
+    return result
 
+
+def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, result: FitResult, callback,
+                 store) -> None:
     params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=config.lr, weight_decay=config.weight_decay)
-    steps = config.epochs * math.ceil(len(dataset) / config.batch_size)
-    scheduler = None
-    if config.schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
-    for epoch in _progress(range(config.epochs), config.progress, desc="epochs"):
+    if not params:
+        raise ValueError(f"{model.name}: no trainable parameter in stage {stage!r}")
+    kwargs = {"lr": config.lr, "weight_decay": config.weight_decay, "betas": tuple(config.betas)}
+    optimizer = OPTIMIZERS[config.optimizer](params, **kwargs)
+    per_epoch = math.ceil(len(dataset) / config.batch_size)
+    scheduler = _scheduler(optimizer, config, config.epochs * per_epoch)
+    losses = result.stage_losses.setdefault(stage, [])
+    for epoch in _progress(range(config.epochs), config.progress, desc=f"{stage} epochs"):
         model.train()
         total, count = 0.0, 0
-        batches = _feature_batches(model, dataset, cache, config, epoch, device, shuffle=True)
-        for features in _progress(batches, config.progress, desc=f"epoch {epoch + 1}", total=math.ceil(len(dataset) / config.batch_size)):
+        batches = _feature_batches(model, dataset, cache, config, result.epochs, device, shuffle=True, store=store)
+        for features in _progress(batches, config.progress, desc=f"epoch {result.epochs + 1}", total=per_epoch):
             loss = model.loss(features)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"{model.name}: the training loss became {float(loss)} in stage {stage!r}, "
+                                         f"epoch {epoch + 1} (lr={config.lr}); lower the learning rate")
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if config.grad_clip:
@@ -221,59 +383,150 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
                 scheduler.step()
             total += float(loss.detach())
             count += 1
-        result.losses.append(total / max(count, 1))
-        result.epochs = epoch + 1
+        losses.append(total / max(count, 1))
+        result.losses.append(losses[-1])
+        result.epochs += 1
         if config.checkpoint:
-            save_checkpoint(model, config.checkpoint, epoch=epoch + 1)
-    model.eval()
-    result.train_seconds = time.perf_counter() - start
-    return result
+            save_checkpoint(model, config.checkpoint, epoch=result.epochs)
+        if callback is not None:
+            model.eval()
+            entry = callback(result.epochs, model)
+            if entry is not None:
+                result.history.append({"epoch": result.epochs, "stage": stage, **entry})
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+def _compute(accumulator, scores: list, labels: list) -> Metrics:
+    """Metrics of one group; a metric undefined for this data is left out with the reason."""
+    from adlib import metrics
+
+    out = Metrics(images=int(sum(len(s) for s in scores)))
+    s = torch.cat(scores).numpy() if scores else np.zeros(0)
+    y = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
+    if len(np.unique(y)) < 2:
+        out.undefined["image"] = (f"image metrics need good and anomalous test images; this set has only "
+                                  f"{'anomalous' if len(y) and y.all() else 'good'} ones")
+    else:
+        out.image = {k: float(v) for k, v in metrics.image_metrics(s, y).items()}
+    if accumulator is not None:
+        try:
+            out.pixel = {k: float(v) for k, v in accumulator.compute().items()}
+        except ValueError as error:
+            out.undefined["pixel"] = str(error)
+    return out
+
+
+def _category_of(batch: dict, i: int) -> str:
+    cats = batch.get("category")
+    return str(cats[i]) if cats is not None else ""
+
+
+def evaluate(model, dataset: Dataset | Mapping[str, Dataset], batch_size: int = 8,
+             device: str | torch.device = "cpu", keep_maps: int = 0, map_size: int = 128, progress: bool = True,
+             num_workers: int = 0, pixel: bool = True, protocol: str = "exact", pooled: bool | None = None) -> EvalResult:
+    """Image and pixel metrics under a named ``protocol`` (``adlib.metrics.PROTOCOLS``: "exact", "ader").
+
+    ``dataset`` is one test set, or a mapping category -> test set (the multi-class setting): categories
+    are then evaluated one after another, each with its own accumulator that is dropped once its metrics
+    are computed, and ``image``/``pixel`` are the means over categories. ``pooled`` (default: on for more
+    than one category) also scores all categories' images together. Maps are streamed into the protocol's
+    accumulators and never held; only image scores stay, plus the first ``keep_maps`` maps of anomalous
+    and of good images per category (downsampled to ``map_size``), for figures.
+    """
+    return evaluate_protocols(model, dataset, (protocol,), batch_size, device, keep_maps, map_size, progress,
+                              num_workers, pixel, pooled)[protocol]
 
 
 @torch.no_grad()
-def evaluate(model, dataset: Dataset, batch_size: int = 8, device: str | torch.device = "cpu", keep_maps: int = 0,
-             map_size: int = 128, progress: bool = True, num_workers: int = 0, pixel: bool = True) -> EvalResult:
-    """Image and pixel metrics on ``dataset`` (items with ``image``, ``mask``, ``label``, ``path``).
-
-    Maps are streamed into ``adlib.metrics.PixelAccumulator`` and dropped; only image scores stay, plus the
-    first ``keep_maps`` maps of anomalous images and of good images (downsampled to ``map_size``), for figures.
-    """
+def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocols: Sequence[str] = ("exact",),
+                       batch_size: int = 8, device: str | torch.device = "cpu", keep_maps: int = 0,
+                       map_size: int = 128, progress: bool = True, num_workers: int = 0, pixel: bool = True,
+                       pooled: bool | None = None) -> dict[str, EvalResult]:
+    """``evaluate`` under several protocols at once: one prediction pass, one result per protocol."""
     from adlib import metrics
 
+    specs = {name: metrics.protocol(name) for name in dict.fromkeys(protocols)}
+    if not specs:
+        raise ValueError("evaluate: no protocol given")
     device = torch.device(device)
     model.to(device).eval()
-    loader = _loader(dataset, batch_size, False, 0, num_workers)
-    accumulator = metrics.PixelAccumulator() if pixel else None
-    scores, labels, paths, kept = [], [], [], {}
-    kept_counts = {0: 0, 1: 0}
+    named = dict(dataset) if isinstance(dataset, Mapping) else {"": dataset}
+    if not named:
+        raise ValueError("evaluate: no test set given")
+    pooled = len(named) > 1 if pooled is None else pooled
+    state = {p: {"pooled_acc": spec.pixel_accumulator() if (pixel and pooled) else None, "scores": [],
+                 "labels": [], "categories": {}} for p, spec in specs.items()}
+    paths, groups, cats, kept = [], [], [], {}
     seconds = 0.0
-    for batch in _progress(loader, progress, desc="evaluate"):
-        images = batch["image"].to(device)
-        start = time.perf_counter()
-        maps, image_scores = model.predict(images)
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-        seconds += time.perf_counter() - start
-        maps = maps.float().cpu()
-        if accumulator is not None:
-            accumulator.update(maps, batch["mask"].squeeze(1))
-        scores.append(image_scores.float().cpu())
-        labels.append(torch.as_tensor(batch["label"]))
-        batch_paths = list(batch.get("path", [str(len(paths) + i) for i in range(len(images))]))
-        paths.extend(batch_paths)
-        for i, label in enumerate(torch.as_tensor(batch["label"]).tolist()):
-            if kept_counts[int(label)] < keep_maps:
-                kept_counts[int(label)] += 1
-                small = F.interpolate(maps[i][None, None], size=(map_size, map_size), mode="bilinear", align_corners=False)
-                kept[batch_paths[i]] = small[0, 0].numpy()
-    scores_np = torch.cat(scores).numpy()
-    labels_np = torch.cat(labels).numpy()
-    image = metrics.image_metrics(scores_np, labels_np)
-    pixel_result = accumulator.compute() if accumulator is not None else {}
-    n = len(scores_np)
-    return EvalResult(image={k: float(v) for k, v in image.items()}, pixel={k: float(v) for k, v in pixel_result.items()},
-                      scores=scores_np, labels=labels_np, paths=paths, seconds=seconds,
-                      fps=n / seconds if seconds > 0 else float("nan"), maps=kept)
+    for name, part in named.items():
+        accumulators = {p: spec.pixel_accumulator() if pixel else None for p, spec in specs.items()}
+        scores: list[torch.Tensor] = []
+        labels = {p: [] for p in specs}
+        kept_counts = {0: 0, 1: 0}
+        loader = _loader(part, batch_size, False, 0, num_workers)
+        for batch in _progress(loader, progress, desc=f"evaluate {name}".strip()):
+            images = batch["image"].to(device)
+            start = time.perf_counter()
+            maps, image_scores = model.predict(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            seconds += time.perf_counter() - start
+            maps = maps.float().cpu()
+            masks = batch["mask"].squeeze(1)
+            folder_labels = torch.as_tensor(batch["label"]).long()
+            for p, spec in specs.items():
+                labels[p].append(spec.image_labels(folder_labels, masks))
+                for acc in (accumulators[p], state[p]["pooled_acc"]):
+                    if acc is not None:
+                        acc.update(maps, masks)
+            scores.append(image_scores.float().cpu())
+            batch_paths = list(batch.get("path", [str(len(paths) + i) for i in range(len(images))]))
+            paths.extend(batch_paths)
+            groups.extend(batch.get("group", ["good" if int(y) == 0 else "defect" for y in folder_labels]))
+            cats.extend([name or _category_of(batch, i) for i in range(len(images))])
+            for i, label in enumerate(folder_labels.tolist()):
+                if kept_counts[int(label)] < keep_maps:
+                    kept_counts[int(label)] += 1
+                    small = F.interpolate(maps[i][None, None], size=(map_size, map_size), mode="bilinear", align_corners=False)
+                    kept[batch_paths[i]] = small[0, 0].numpy()
+        for p in specs:
+            state[p]["categories"][name] = _compute(accumulators[p], scores, labels[p])
+            state[p]["scores"] += scores
+            state[p]["labels"] += labels[p]
+        del accumulators
+    out = {}
+    for p in specs:
+        scores_np = torch.cat(state[p]["scores"]).numpy()
+        labels_np = torch.cat(state[p]["labels"]).numpy()
+        n = len(scores_np)
+        result = EvalResult(image={}, pixel={}, scores=scores_np, labels=labels_np, paths=list(paths), seconds=seconds,
+                            fps=n / seconds if seconds > 0 else float("nan"), maps=kept, protocol=p,
+                            groups=[str(g) for g in groups], image_categories=list(cats))
+        if pooled:
+            result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"])
+        per_category = state[p]["categories"]
+        if list(named) == [""]:
+            only = per_category[""]
+            result.image, result.pixel, result.undefined = only.image, only.pixel, dict(only.undefined)
+        else:
+            result.categories = per_category
+            _category_means(result)
+        out[p] = result
+    return out
+
+
+def _category_means(result: EvalResult) -> None:
+    """``image``/``pixel`` of a multi-category result: the means over categories (the papers' m-metrics)."""
+    for level in ("image", "pixel"):
+        values = [getattr(m, level) for m in result.categories.values()]
+        missing = [c for c, m in result.categories.items() if not getattr(m, level)]
+        if missing:
+            result.undefined[level] = f"no mean over categories: undefined for {', '.join(missing)}"
+            continue
+        keys = [k for k in values[0] if all(k in v for v in values)]
+        setattr(result, level, {k: float(np.mean([v[k] for v in values])) for k in keys})
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

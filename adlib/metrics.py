@@ -48,6 +48,9 @@ __all__ = [
     "dataset_average",
     "ADER_SIZE",
     "ADER_AUPRO_STEPS",
+    "Protocol",
+    "PROTOCOLS",
+    "protocol",
 ]
 
 FPR_LIMIT = 0.3
@@ -465,3 +468,48 @@ def dataset_average(per_category: Mapping[str, Mapping[str, float]]) -> dict[str
     rows = list(per_category.values())
     keys = [k for k in rows[0] if all(k in r for r in rows)]
     return {k: float(np.mean([float(r[k]) for r in rows])) for k in keys}
+
+
+# ------------------------------------------------------------------------------------------- protocols
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """A named evaluation protocol: how pixel metrics are accumulated and where image labels come from.
+
+    - ``exact`` (the default): exact metrics at the maps' own resolution; image labels from the dataset
+      (the defect folder).
+    - ``ader``: ADer's evaluator, which ViTAD's and MambaAD's printed numbers come from
+      (``../shared/research/repro_spec.md`` §0.1): maps and masks at 256 px (masks bilinear, then > 0.5),
+      pixel max-F1 at 21 thresholds on the category's min-max normalised maps, AU-PRO at 100 thresholds
+      with the FPR axis rescaled; image labels are 1 where the resized mask has any positive pixel.
+    """
+
+    name: str
+    description: str
+
+    def pixel_accumulator(self) -> "PixelAccumulator":
+        return PixelAccumulator(ader_compat=self.name == "ader")
+
+    def image_labels(self, labels: Any, masks: Any):
+        """Per-image labels of a batch: the dataset's, or (ADer) whether the 256 px mask has a positive pixel."""
+        import torch
+
+        labels = torch.as_tensor(labels).long()
+        if self.name != "ader":
+            return labels
+        g = _squeeze_channel(_binary_array(masks, "masks"), "masks")
+        _, resized = _resize_for_ader(np.zeros(g.shape, dtype=np.float32), g)
+        return torch.from_numpy(resized.reshape(len(resized), -1).any(axis=1).astype(np.int64))
+
+
+PROTOCOLS: dict[str, Protocol] = {
+    "exact": Protocol("exact", "exact AUROC / AP / max-F1 / AU-PRO at the maps' resolution"),
+    "ader": Protocol("ader", "ADer's evaluator: 256 px, 21-threshold pixel F1, 100-threshold AU-PRO"),
+}
+
+
+def protocol(name: str) -> Protocol:
+    if name not in PROTOCOLS:
+        raise ValueError(f"protocol={name!r} unknown; expected one of {sorted(PROTOCOLS)}")
+    return PROTOCOLS[name]

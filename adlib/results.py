@@ -33,7 +33,7 @@ import pandas as pd
 KEY_COLUMNS = ["dataset", "method", "setting", "level", "metric"]
 TABLE_COLUMNS = KEY_COLUMNS + ["value"]
 PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
-LEVELS = ("image", "pixel", "model", "data")
+LEVELS = ("image", "pixel", "summary", "model", "data")  # summary: mAD (mean of the 7 image and pixel metrics)
 # The metrics the papers print; others are allowed if they are lower-case identifiers (e.g. "epochs").
 METRICS = (
     "auroc", "f1max", "ap", "aupro", "mad", "params_m", "fps", "flops_g", "train_s", "epochs",

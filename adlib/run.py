@@ -50,6 +50,30 @@ def _parse_override(text: str) -> tuple[str, Any]:
     return key.strip().replace("-", "_"), value
 
 
+class _Preset:
+    def __init__(self, model, fit, notes):
+        self.model, self.fit, self.notes = model, fit, notes
+
+
+def _apply(model: str, recipe, overrides: dict[str, Any]) -> _Preset:
+    """The recipe's model config and FitConfig with ``overrides`` set on whichever has the field."""
+    from dataclasses import fields, replace
+
+    from adlib.engine import FitConfig
+    from adlib.models import config_class, model_config
+
+    fit = recipe.fit or FitConfig()
+    model_fields = {f.name for f in fields(config_class(model))}
+    fit_fields = {f.name for f in fields(fit)}
+    unknown = sorted(set(overrides) - model_fields - fit_fields)
+    if unknown:
+        raise UsageError(f"--set: unknown parameter(s) {unknown}; valid: {sorted(model_fields | fit_fields)}")
+    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    config = model_config(model, None, **{**dict(recipe.model), **{k: v for k, v in norm.items() if k in model_fields}})
+    fit = replace(fit, **{k: v for k, v in norm.items() if k in fit_fields})
+    return _Preset(config, fit, dict(recipe.notes))
+
+
 def _results():
     from adlib import results  # pandas: imported only when a run happens, not for `adlib --help`
 
@@ -64,7 +88,8 @@ def execute(args: argparse.Namespace) -> dict:
 
     from adlib import engine
     from adlib.data import AnomalyDataset, list_categories, synthetic_root
-    from adlib.models import create_model, model_profile
+    from adlib import papers
+    from adlib.models import create_model, model_config
 
     if args.data_root is None:
         root = Path(synthetic_root()) / "synthetic_ad"
@@ -91,7 +116,8 @@ def execute(args: argparse.Namespace) -> dict:
     overrides["progress"] = not args.no_progress
     if args.checkpoint:
         overrides["checkpoint"] = args.checkpoint
-    preset = model_profile(args.model, args.profile, **overrides)
+    recipe = papers.home_recipe(args.model, args.profile)
+    preset = _apply(args.model, recipe, overrides)
     try:
         device = torch.device(args.device)
         torch.empty(0, device=device)

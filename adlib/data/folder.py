@@ -67,7 +67,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
     """One category and split of a dataset folder.
 
     Items are dicts: image (3,H,W) float32 in [0,1], mask (1,H,W) float32 in {0,1}, label (0 good,
-    1 anomalous), defect ("good" for normal images), path. `image_size` None keeps the native size;
+    1 anomalous), defect ("good" for normal images), group ("good", "defect", or the layout's group such
+    as LOCO's "logical"/"structural"), category, path. `image_size` None keeps the native size;
     images are resized bilinearly with antialiasing, masks by `mask_interpolation` ("nearest", or
     "bilinear" then threshold 0.5). `layout` (a name in `LAYOUTS` or a `LayoutSpec`) is detected from
     the folder when None. `transform`, if given, is applied to each item dict last.
@@ -118,7 +119,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
             image = self.resize_image(image)
             mask = self.resize_mask(mask)
         item = {"image": image, "mask": mask, "label": sample.label, "defect": sample.defect,
-                "path": str(sample.image_path)}
+                "group": sample.group, "category": self.category, "path": str(sample.image_path)}
         return self.transform(item) if self.transform else item
 
     def __repr__(self) -> str:

@@ -1,18 +1,27 @@
-"""Model registry: ``create_model(name, **config)``, ``available_models()``, ``model_profile(name, profile)``.
+"""Model registry: ``create_model(name, **config)``, ``available_models()``, ``display_name(name)``.
 
-Each model lives in its own module with a dataclass config, the model class and a ``profile(name)`` helper.
-Modules are imported on first use, so importing ``adlib.models`` stays light.
+One line per model in ``MODELS``: the module, the model class, its config dataclass and the name tables
+print. Modules are imported on first use, so importing ``adlib.models`` stays light. Models hold only the
+model; how each is trained in each profile (its recipe) lives in ``adlib.papers``.
 """
 from __future__ import annotations
 
 import importlib
-from dataclasses import fields, is_dataclass
+from dataclasses import dataclass, fields, is_dataclass
 from typing import Any
 
-# name -> (module, model class, config class)
-MODELS: dict[str, tuple[str, str, str]] = {
-    "varad": ("adlib.models.varad", "VarAD", "VarADConfig"),
-    "patchcore": ("adlib.models.patchcore", "PatchCore", "PatchCoreConfig"),
+
+@dataclass(frozen=True)
+class ModelEntry:
+    module: str
+    model_class: str
+    config_class: str
+    display: str  # the name the papers' tables use
+
+
+MODELS: dict[str, ModelEntry] = {
+    "varad": ModelEntry("adlib.models.varad", "VarAD", "VarADConfig", "VarAD"),
+    "patchcore": ModelEntry("adlib.models.patchcore", "PatchCore", "PatchCoreConfig", "PatchCore"),
 }
 
 
@@ -20,12 +29,22 @@ def available_models() -> list[str]:
     return sorted(MODELS)
 
 
+def display_name(name: str) -> str:
+    """The name tables print for a registered model ("varad" -> "VarAD"); unknown names are returned as is."""
+    entry = MODELS.get(name)
+    return entry.display if entry else name
+
+
 def _entry(name: str):
     if name not in MODELS:
         raise ValueError(f"model {name!r} unknown; available: {', '.join(available_models())}")
-    module_name, model_cls, config_cls = MODELS[name]
-    module = importlib.import_module(module_name)
-    return module, getattr(module, model_cls), getattr(module, config_cls)
+    entry = MODELS[name]
+    module = importlib.import_module(entry.module)
+    return module, getattr(module, entry.model_class), getattr(module, entry.config_class)
+
+
+def config_class(name: str) -> type:
+    return _entry(name)[2]
 
 
 def model_config(name: str, config: Any = None, **overrides: Any) -> Any:
@@ -48,9 +67,3 @@ def create_model(name: str, config: Any = None, **overrides: Any):
     """Build a model by name, e.g. ``create_model("varad", m=2, adapter="resblock")``."""
     _, model_cls, _ = _entry(name)
     return model_cls(model_config(name, config, **overrides))
-
-
-def model_profile(name: str, profile: str, **overrides: Any):
-    """The model's preset (``RunProfile`` with ``.model`` config and ``.fit`` engine settings)."""
-    module, _, _ = _entry(name)
-    return module.profile(profile, **overrides)

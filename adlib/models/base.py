@@ -11,10 +11,22 @@ image scores (B,). Training is split into two steps so that the engine can cache
 
 ``predict(images) -> Prediction`` is used for evaluation. ``checkpoint_state()`` is the state worth
 saving (everything except the frozen backbone).
+
+Optional hooks, all with do-nothing defaults:
+
+- ``training_stages()`` / ``start_stage(name)``: a model trained in several stages (LADMIM: tokenizer,
+  then masked image modeling) names them; the engine runs them in order, calling ``start_stage`` first,
+  and builds a fresh optimiser over the parameters that then require gradients.
+- ``calibrate(batches)``: after fitting, statistics from held-out normal images (score standardisation).
+- ``feature_key()``: a string that identifies what ``extract`` computes (backbone, weights, taps, image
+  size), so the engine may cache frozen features on disk across runs; None (the default) disables it.
+
+Models import neither ``adlib.engine`` nor ``adlib.papers``: they are pure modules, and how they are
+trained (optimiser, epochs, the paper's recipe) is the engine's and the papers layer's business.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Any, Iterable, NamedTuple
 
 import torch
@@ -24,15 +36,6 @@ from torch import nn
 class Prediction(NamedTuple):
     maps: torch.Tensor  # (B, H, W) anomaly maps at input resolution
     scores: torch.Tensor  # (B,) image scores
-
-
-@dataclass
-class RunProfile:
-    """A preset: the model config plus the engine settings that go with it."""
-
-    model: Any
-    fit: Any  # adlib.engine.FitConfig
-    notes: dict[str, str] = field(default_factory=dict)
 
 
 class AnomalyModel(nn.Module):
@@ -61,6 +64,33 @@ class AnomalyModel(nn.Module):
 
     def predict(self, images: torch.Tensor) -> Prediction:
         raise NotImplementedError
+
+    def training_stages(self) -> tuple[str, ...]:
+        """Names of the training stages, run in order by the engine (one stage by default)."""
+        return ("main",)
+
+    def start_stage(self, name: str) -> None:
+        """Called by the engine before stage ``name`` (freeze what the stage does not train)."""
+
+    def calibrate(self, batches: Iterable[Any]) -> None:
+        """Called once after fitting with extracted features of held-out normal images, when given."""
+
+    def feature_key(self) -> str | None:
+        """Identity of the frozen features ``extract`` returns, for the on-disk feature cache; None: no cache.
+
+        Models whose ``extract`` is exactly ``self.tokenizer(images)`` at a fixed input size return
+        ``self.tokenizer_key()``; a model whose ``extract`` does more must add what else it depends on."""
+        return None
+
+    def tokenizer_key(self, *extra: Any) -> str | None:
+        """``feature_key`` for ``extract = self.tokenizer(images)``: the model class, the tokenizer's identity
+        (backbone, taps, weights hash), the input size and ``extra``; None with random weights."""
+        tokenizer = getattr(self, "tokenizer", None)
+        identity = getattr(tokenizer, "identity", None)
+        if identity is None or not self.cacheable:
+            return None
+        size = getattr(self.config, "image_size", None)
+        return "|".join([type(self).__name__, identity, f"image_size={size}", *map(str, extra)])
 
     def config_dict(self) -> dict[str, Any]:
         return asdict(self.config)
@@ -92,18 +122,3 @@ class AnomalyModel(nn.Module):
         if tokenizer is not None:
             tokenizer.eval()  # the frozen backbone stays in eval mode (BatchNorm statistics, dropout)
         return self
-
-
-def apply_overrides(preset: RunProfile, overrides: dict[str, Any]) -> RunProfile:
-    """Set each override on the model config and/or the engine config that has a field of that name."""
-    from dataclasses import fields, replace
-
-    model_fields = {f.name for f in fields(preset.model)}
-    fit_fields = {f.name for f in fields(preset.fit)}
-    unknown = sorted(set(overrides) - model_fields - fit_fields)
-    if unknown:
-        raise ValueError(f"unknown parameter(s) {unknown}; valid: {sorted(model_fields | fit_fields)}")
-    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    preset.model = replace(preset.model, **{k: v for k, v in norm.items() if k in model_fields})
-    preset.fit = replace(preset.fit, **{k: v for k, v in norm.items() if k in fit_fields})
-    return preset

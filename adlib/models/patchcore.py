@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlib.models.base import AnomalyModel, Prediction, RunProfile, apply_overrides
+from adlib.models.base import AnomalyModel, Prediction
 from adlib.models.common import gaussian_blur, image_score
 
 
@@ -106,6 +106,9 @@ class PatchCore(AnomalyModel):
             self.memory_bank = fn(self.memory_bank)
         return self
 
+    def feature_key(self) -> str | None:
+        return self.tokenizer_key()
+
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         return list(self.tokenizer(images))
 
@@ -170,20 +173,3 @@ class PatchCore(AnomalyModel):
         else:
             image_scores = image_score(scores, self.config.score_rule, self.config.topk_ratio)
         return Prediction(maps, image_scores)
-
-
-def profile(name: str, **overrides: Any) -> RunProfile:
-    """Presets: ``smoke`` (EfficientNet-Lite0, 256 px) and ``paper`` (WideResNet-50 layers 2+3, 1024 px)."""
-    from adlib.engine import FitConfig
-
-    presets = {
-        # 1% coreset on the CPU: greedy selection is one pass over all patches per pick (bottle at 256 px:
-        # 214k patches; 10% = 21k picks, minutes on 2 cores). The paper reports PatchCore-1% too.
-        "smoke": RunProfile(model=PatchCoreConfig(coreset_ratio=0.01), fit=FitConfig(epochs=1, batch_size=8),
-                            notes={"coreset_ratio": "1% on the CPU (PatchCore-1%); 10% is the default elsewhere"}),
-        "paper": RunProfile(model=PatchCoreConfig(backbone="wide_resnet50", layers=(2, 3), image_size=1024, embed_dim=1024),
-                            fit=FitConfig(epochs=1, batch_size=2)),
-    }
-    if name not in presets:
-        raise ValueError(f"profile {name!r} unknown; expected one of {sorted(presets)}")
-    return apply_overrides(presets[name], overrides)

@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from adlib.models.base import AnomalyModel, Prediction, RunProfile, apply_overrides
+from adlib.models.base import AnomalyModel, Prediction
 from adlib.models.common import check_choice, gaussian_blur, image_score
 
 ALL_DIRECTIONS = ("row_tl", "row_br", "col_tr", "col_bl")
@@ -50,7 +50,7 @@ ALL_DIRECTIONS = ("row_tl", "row_br", "col_tr", "col_bl")
 class VarADConfig:
     """VarAD settings. Where the paper states a value (Sec. IV.A.2) it is the default; where it is silent the
     default is ours and the comment says so. The backbone default is the offline EfficientNet-Lite0 because
-    DINOv2 weights cannot be had offline; ``profile("paper")`` and ``profile("smoke")`` give the presets."""
+    DINOv2 weights cannot be had offline; the smoke and paper recipes are in ``adlib.papers.varad``."""
 
     backbone: str = "efficientnet_lite0"
     # Backbone taps (adlib.backbones layer names/indices); None = the backbone's default taps.
@@ -352,6 +352,9 @@ class VarAD(AnomalyModel):
     def cacheable(self) -> bool:
         return not self.uses_lora
 
+    def feature_key(self) -> str | None:
+        return self.tokenizer_key()
+
     def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
         """Tokenizer features F^h (B, C_h, h_h, w_h); differentiable only when LoRA is on."""
         if tuple(images.shape[-2:]) != self.image_hw:
@@ -424,29 +427,3 @@ class VarAD(AnomalyModel):
         out["scores"] = image_score(out["map"], self.config.score_rule, self.config.topk_ratio)
         out.pop("direction_errors")
         return out
-
-
-# ------------------------------------------------------------------------------------------------ profiles
-
-
-def profile(name: str, **overrides: Any) -> RunProfile:
-    """Presets: ``smoke`` (CPU, EfficientNet-Lite0, 256 px) and ``paper`` (DINOv2 ViT-S/14 4/8/12, 1024 px)."""
-    from adlib.engine import FitConfig
-
-    presets = {
-        "smoke": RunProfile(
-            # CPU-sized predictor (d_state 8, expand 1) and m = 2 rows of a 32 x 32 grid; tuned on bottle.
-            model=VarADConfig(m=2, d_state=8, expand=1),
-            fit=FitConfig(epochs=4, batch_size=8, lr=5e-4),
-            notes={"data": "smoke: offline ImageNet EfficientNet-Lite0 tokenizer, small images, CPU"},
-        ),
-        "paper": RunProfile(
-            model=VarADConfig(backbone="dinov2_vits14", layers=(4, 8, 12), image_size=1024, m=4),
-            fit=FitConfig(epochs=10, batch_size=2, lr=5e-4),
-            notes={"image_size": "1024 px as in the paper; DINOv2's patch 14 gives 73 x 73 tokens over the top-left "
-                                 "1022 px (adlib.backbones crops), whose error maps are then resized to 1024"},
-        ),
-    }
-    if name not in presets:
-        raise ValueError(f"profile {name!r} unknown; expected one of {sorted(presets)}")
-    return apply_overrides(presets[name], overrides)

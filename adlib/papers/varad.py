@@ -1,0 +1,156 @@
+"""VarAD (Cao et al.): high-resolution anomaly detection as visual token prediction with Mamba.
+
+The paper's spec for the notebooks in ``notebooks/varad/``: profiles, recipes, tables, figures and the
+claims the notebooks decide over seeds. The model itself is ``adlib/models/varad.py``.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from adlib.engine import FitConfig
+from adlib.papers import peers
+from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+
+SMOKE = ProfileSpec(
+    description="2-core CPU in minutes: embedded synthetic data (+ real MVTec AD bottle when present), the "
+                "offline ImageNet EfficientNet-Lite0 tokenizer, 256 px",
+    image_size=256,
+    backbone="efficientnet_lite0",
+    paper_backbone="dinov2_vits14",
+    max_train=40,
+    max_test=16,
+    seeds=(0, 1, 2),
+    synthetic=("synthetic_ad", "synthetic_hr"),
+    synthetic_categories=1,
+    real_datasets=("mvtec_ad",),
+    real_categories=("bottle",),
+    class_setting="one-class",
+    protocol="exact",
+    shared_backbone=True,
+    grids={"m_values": (1, 2, 4, 6), "resolutions": (128, 256, 512), "ablation_size": 128},
+)
+
+PAPER_PROFILE = ProfileSpec(
+    description="the paper's settings on one GPU (Sec. IV.A.2): 1024 px, DINOv2 ViT-S/14 blocks 4/8/12, "
+                "10 epochs, all images and categories of MVTec AD, VisA, BTAD, DTD-Synthetic",
+    image_size=1024,
+    backbone="dinov2_vits14",
+    paper_backbone="dinov2_vits14",
+    max_train=None,
+    max_test=None,
+    seeds=(0, 1, 2),
+    synthetic=("synthetic_ad", "synthetic_hr"),
+    synthetic_categories=None,
+    real_datasets=("mvtec_ad", "visa", "btad", "dtd_synthetic"),
+    real_categories=None,
+    class_setting="one-class",
+    protocol="exact",
+    shared_backbone=False,
+    hr_size=1024,
+    grids={"m_values": tuple(range(1, 9)), "resolutions": (256, 512, 768, 1024), "ablation_size": None},
+)
+
+RECIPES = {
+    # CPU-sized predictor (d_state 8, expand 1) and m = 2 rows of the 32 x 32 stride-8 grid, tuned on bottle.
+    ("varad", "smoke"): Recipe(
+        model={"m": 2, "d_state": 8, "expand": 1},
+        fit=FitConfig(epochs=4, batch_size=4, lr=5e-4),
+        notes={"m": "2 (paper: 4); see the model docs", "d_state": "8 instead of Mamba's 16 (CPU)",
+               "expand": "1 instead of Mamba's 2 (CPU)", "epochs": "4 instead of 10 (CPU)"},
+    ),
+    ("varad", "paper"): Recipe(
+        model={"backbone": "dinov2_vits14", "layers": (4, 8, 12), "image_size": 1024, "m": 4},
+        fit=FitConfig(epochs=10, batch_size=2, lr=5e-4),
+        notes={"image_size": "1024 px as in the paper; DINOv2's patch 14 gives 73 x 73 tokens over the top-left "
+                             "1022 px (adlib.backbones crops), whose error maps are then resized to 1024",
+               "batch_size": "2, the batch the paper's Fig. 7 training time was measured with"},
+    ),
+    **peers.RECIPES,
+    # The paper compares every method at 1024 x 1024 (Tables II/III).
+    ("patchcore", "paper"): replace(peers.RECIPES[("patchcore", "paper")],
+                                    model={**peers.RECIPES[("patchcore", "paper")].model, "image_size": 1024}),
+}
+
+_PIXEL_1024 = dict(image_size=1024, protocol="exact", class_setting="one-class",
+                   backbones={"VarAD": "dinov2_vits14", "PatchCore": "wide_resnet50", "RD4AD": "wide_resnet50"})
+
+TABLES = {
+    "table1": TableSpec("Table I: datasets (categories, normal training, normal and abnormal test images)",
+                        rows=("dataset",), columns=("metric",)),
+    "table2": TableSpec("Table II: pixel-level AUROC / max-F1 / AP at 1024 px", **_PIXEL_1024),
+    "table3": TableSpec("Table III: image-level AUROC / max-F1 / AP at 1024 px", **_PIXEL_1024),
+    "table4": TableSpec("Table IV: VarAD with different tokenizers (pixel level, 1024 px)", image_size=1024,
+                        backbones={"VarAD": "dinov2_vits14"}, rows=("setting",), columns=("dataset", "metric"),
+                        note="level inferred: the DINO-ViT-S/14 row equals Table II's pixel row"),
+    "table5": TableSpec("Table V: the private button dataset (pixel level)", image_size=1024,
+                        note="private data: only the paper's numbers"),
+    "table6": TableSpec("Table VI: the private button dataset's image counts", rows=("dataset",), columns=("metric",)),
+    "fig5": TableSpec("Fig. 5: pixel metrics against input resolution", protocol="exact",
+                      backbones={"VarAD": "dinov2_vits14", "PatchCore": "wide_resnet50"},
+                      rows=("method", "setting"), columns=("dataset", "metric")),
+    "fig7": TableSpec("Fig. 7: training cost (one NVIDIA 3090 Ti, batch size 2)", image_size=1024,
+                      backbones={"VarAD": "dinov2_vits14"}, rows=("method",), columns=("metric",),
+                      note="hardware differs from any CPU run: shown side by side, never as a difference"),
+}
+
+FIGURES = {
+    "fig3": "Fig. 3: anomaly maps of VarAD and the baselines on the same test images",
+    "fig4_directions": "Fig. 4: scan directions", "fig4_m": "Fig. 4: prediction step m",
+    "fig4_adapters": "Fig. 4: feature adapters", "fig4_hierarchies": "Fig. 4: token hierarchies",
+    "fig5": "Fig. 5: metrics against resolution", "fig6": "Fig. 6: maps against resolution",
+    "fig7": "Fig. 7: training cost", "table1_samples": "Table I: sample images of every defect type",
+}
+
+
+def _side(label: str, **where) -> Side:
+    return Side(label, where)
+
+
+_DIRS = ("row_tl", "row_br", "col_tr", "col_bl")
+
+CLAIMS = (
+    Claim("pixel_beats_patchcore", "VarAD outperforms the compared methods at pixel level (Table II): "
+          "higher pixel max-F1 than PatchCore on the same images.", "Sec. IV.B, Table II", table="table2",
+          metric="f1max", favoured=_side("VarAD", method="VarAD"), against=(_side("PatchCore", method="PatchCore"),)),
+    Claim("pixel_auroc_beats_patchcore", "VarAD's pixel AUROC is above PatchCore's (Table II).",
+          "Sec. IV.B, Table II", table="table2", metric="auroc",
+          favoured=_side("VarAD", method="VarAD"), against=(_side("PatchCore", method="PatchCore"),)),
+    Claim("all_directions", "Aggregating information from all directions consistently yields superior "
+          "performance compared to using a single direction.", "Sec. IV.C.1, Fig. 4", table="fig4",
+          metric="f1max", favoured=_side("all four", setting="dirs=all"),
+          against=tuple(_side(d, setting=f"dirs={d}") for d in _DIRS)),
+    Claim("m_peaks_in_the_middle", "Performance first rises, then falls with m, peaking at m = 4.",
+          "Sec. IV.C.2, Fig. 4", table="fig4", metric="f1max", favoured=_side("m=4", setting="m=4"),
+          against=(_side("m=1", setting="m=1"), _side("largest m", setting="m=max"))),
+    Claim("linear_adapter_helps", "The linear adapter improves max-F1 by more than 10 points over no adapter "
+          "(MVTec AD, VisA, BTAD).", "Sec. IV.C.3, Fig. 4", table="fig4", metric="f1max",
+          favoured=_side("linear", setting="adapter=linear"), against=(_side("w/o", setting="adapter=w/o"),),
+          note="the sign is decided; the paper's margin of 10 points is reported beside it"),
+    Claim("all_hierarchies", "Using all token hierarchies together is best.", "Sec. IV.C.4, Fig. 4",
+          table="fig4", metric="f1max", favoured=_side("all taps", setting="layers=all"),
+          against=(_side("each subset", setting="layers=subset"),)),
+    Claim("resolution_helps_varad", "VarAD's max-F1 rises with resolution on tiny defects.",
+          "Sec. IV.D, Fig. 5", table="fig5", metric="f1max",
+          favoured=_side("VarAD, highest resolution", method="VarAD", setting="res=max"),
+          against=(_side("VarAD, lowest resolution", method="VarAD", setting="res=min"),)),
+    Claim("baselines_degrade", "The other methods tend to decline as resolution rises.", "Sec. IV.D, Fig. 5",
+          table="fig5", metric="f1max",
+          favoured=_side("PatchCore, lowest resolution", method="PatchCore", setting="res=min"),
+          against=(_side("PatchCore, highest resolution", method="PatchCore", setting="res=max"),)),
+    Claim("faster_to_train", "VarAD trains faster than the compared methods (Fig. 7).", "Sec. IV.E, Fig. 7",
+          table="fig7", metric="train_s", level="model", higher_is_better=False,
+          favoured=_side("VarAD", method="VarAD"), against=(_side("PatchCore", method="PatchCore"),)),
+)
+
+PAPER = PaperSpec(
+    name="varad",
+    title="VarAD: high-resolution anomaly detection as visual autoregressive token prediction",
+    method="varad",
+    profiles={"smoke": SMOKE, "paper": PAPER_PROFILE},
+    recipes=RECIPES,
+    methods={"varad": "VarAD", "patchcore": "PatchCore", "rd4ad": "RD4AD"},
+    claims=CLAIMS,
+    tables=TABLES,
+    figures=FIGURES,
+    datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "dtd_synthetic": "DTD-Synthetic"},
+)

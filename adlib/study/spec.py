@@ -1,0 +1,155 @@
+"""What a paper's spec declares, as plain dataclasses (the study layer reads them; it knows no paper).
+
+A paper file (``adlib/papers/<paper>.py``) builds one ``PaperSpec``:
+
+- ``profiles``: per profile (``smoke``, ``paper``) a ``ProfileSpec``: data, image size, caps, seeds, the
+  default class setting and protocol, and the paper's own ablation grids in ``grids``;
+- ``recipes``: per (model, profile) a ``Recipe``: config overrides and the engine's ``FitConfig``;
+- ``claims``: each claim a notebook checks, with its text, its place in the paper, the two sides compared
+  and the metric (``Claim``); ``adlib.study.claims`` decides them over seeds;
+- ``tables``: per printed table a ``TableSpec``: what the paper measured it on (resolution, backbone per
+  method, protocol, class setting), so the report can tell comparable rows from incomparable ones.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+CLASS_SETTINGS = ("one-class", "multi-class")
+PROTOCOLS = ("exact", "ader")
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """How one model is trained in one profile: config overrides (``model``) and engine settings (``fit``,
+    an ``adlib.engine.FitConfig``). ``notes`` says, per field, why a value differs from the paper's."""
+
+    model: Mapping[str, Any] = field(default_factory=dict)
+    fit: Any = None  # adlib.engine.FitConfig; None: the engine's defaults
+    notes: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class ProfileSpec:
+    """What a profile means for one paper's notebooks."""
+
+    description: str
+    image_size: int
+    backbone: str  # the backbone the paper's method uses in this profile
+    paper_backbone: str  # the backbone the paper itself used (a difference is a substitution, named in outputs)
+    max_train: int | None = None  # cap on training images per category (None: all)
+    max_test: int | None = None  # cap on test images per category, half good and half defective where possible
+    seeds: tuple[int, ...] = (0,)  # the seeds every claim is decided over
+    synthetic: tuple[str, ...] = ("synthetic_ad",)  # embedded synthetic sets the notebooks run
+    synthetic_categories: int | None = 1  # how many categories of each synthetic set (None: all)
+    real_datasets: tuple[str, ...] = ()  # dataset folders under the data root that the profile runs
+    real_categories: tuple[str, ...] | None = None  # None: every category found
+    class_setting: str = "one-class"  # the paper's setting: "one-class" or "multi-class"
+    protocol: str = "exact"  # the metric protocol the paper's numbers come from: "exact" or "ader"
+    # True: every model uses `backbone` (smoke: the one backbone with offline weights); False: each peer keeps
+    # the backbone of its own recipe (its paper's) unless a notebook sets one.
+    shared_backbone: bool = True
+    hr_size: int | None = None  # native size of the synthetic high-resolution set (None: the generator's)
+    grids: Mapping[str, Any] = field(default_factory=dict)  # the paper's own ablation values for this profile
+
+    def __post_init__(self) -> None:
+        if self.class_setting not in CLASS_SETTINGS:
+            raise ValueError(f"class_setting={self.class_setting!r}: expected one of {CLASS_SETTINGS}")
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol={self.protocol!r}: expected one of {PROTOCOLS}")
+        if not self.seeds:
+            raise ValueError("seeds: need at least one seed")
+
+
+@dataclass(frozen=True)
+class Side:
+    """One side of a claim: the rows of a long table that match every ``column: value`` in ``where``."""
+
+    label: str
+    where: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A claim of the paper that a notebook checks.
+
+    ``favoured`` is the side the paper says is better; it is compared with each side in ``against`` on
+    ``metric`` at ``level`` over the seeds of the ``table`` that holds the evidence. ``higher_is_better``
+    is False for costs (parameters, seconds). ``where`` points into the paper ("Sec. IV.C.1, Fig. 4").
+    """
+
+    id: str
+    text: str
+    where: str
+    table: str
+    metric: str
+    favoured: Side
+    against: tuple[Side, ...]
+    level: str = "pixel"
+    higher_is_better: bool = True
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class TableSpec:
+    """What the paper measured one printed table on, for the report's comparability rule.
+
+    ``backbones`` maps a display method name to the backbone the paper ran it with; ``"*"`` is the
+    default. ``image_size``/``protocol``/``class_setting`` apply to every row. ``rows`` and ``columns`` give
+    the paper's own shape (long-format columns that index rows and columns).
+    """
+
+    title: str
+    image_size: int | None = None
+    backbones: Mapping[str, str] = field(default_factory=dict)
+    protocol: str = "exact"
+    class_setting: str = "one-class"
+    rows: tuple[str, ...] = ("method",)
+    columns: tuple[str, ...] = ("dataset", "metric")
+    note: str = ""
+
+    def backbone_for(self, method: str) -> str | None:
+        return self.backbones.get(method, self.backbones.get("*"))
+
+
+@dataclass(frozen=True)
+class PaperSpec:
+    """Everything the notebooks and the report need to know about one paper."""
+
+    name: str  # folder name: notebooks/<name>/, results/<profile>/<name>/
+    title: str
+    method: str  # the paper's own model (registry name)
+    profiles: Mapping[str, ProfileSpec]
+    recipes: Mapping[tuple[str, str], Recipe] = field(default_factory=dict)  # (model, profile) -> Recipe
+    methods: Mapping[str, str] = field(default_factory=dict)  # registry name -> display name in this paper
+    claims: tuple[Claim, ...] = ()
+    tables: Mapping[str, TableSpec] = field(default_factory=dict)
+    figures: Mapping[str, str] = field(default_factory=dict)  # figure name -> what it shows
+    # Models whose home recipe is this paper's (``adlib run MODEL`` uses it); default: the paper's method.
+    owns: tuple[str, ...] = ()
+    datasets: Mapping[str, str] = field(default_factory=dict)  # dataset folder -> the paper's display name
+
+    def profile(self, name: str) -> ProfileSpec:
+        if name not in self.profiles:
+            raise ValueError(f"profile {name!r} unknown for paper {self.name}; expected one of {sorted(self.profiles)}")
+        return self.profiles[name]
+
+    def recipe(self, model: str, profile: str) -> Recipe | None:
+        return self.recipes.get((model, profile))
+
+    def display(self, model: str) -> str:
+        if model in self.methods:
+            return self.methods[model]
+        from adlib.models import display_name
+
+        return display_name(model)
+
+    def claim(self, claim_id: str) -> Claim:
+        for claim in self.claims:
+            if claim.id == claim_id:
+                return claim
+        raise KeyError(f"paper {self.name} declares no claim {claim_id!r}; declared: {[c.id for c in self.claims]}")
+
+    @property
+    def home_models(self) -> tuple[str, ...]:
+        return self.owns or (self.method,)
