@@ -104,6 +104,23 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+def check_writable(path: str | os.PathLike) -> Path:
+    """Raise PermissionError naming ``path`` unless a file can be created there (checked by creating and
+    removing a temporary file in its folder, which is made if missing), so that long work fails before it
+    starts rather than when its result is written."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            raise IsADirectoryError(f"{path} is a folder")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as error:
+        raise PermissionError(f"cannot write {path}: {error.strerror or error}") from None
+    return path
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")

@@ -1,7 +1,16 @@
-"""`python -m adlib run MODEL ...`: fit and evaluate one model on one category, print and save the metrics.
+"""`python -m adlib run MODEL ...`: fit and evaluate a model, print and save the metrics.
 
-Example: ``python -m adlib run varad --data-root $ADLIB_DATA/mvtec_ad --category bottle --profile smoke``.
-Without ``--data-root`` the embedded synthetic benchmark (``synthetic_ad``) is used.
+Examples::
+
+    python -m adlib run varad --data-root $ADLIB_DATA/mvtec_ad --category bottle --profile smoke
+    python -m adlib run patchcore --setting multi-class --categories all --protocol both
+
+Without ``--data-root`` the embedded synthetic benchmark is used: ``synthetic_ad`` one-class,
+``synthetic_multi`` multi-class (``--synthetic NAME`` picks another embedded set). ``--setting one-class``
+fits one model per category; ``multi-class`` fits one model on the union of the categories' normal training
+images (no category label is given to the model) and evaluates it per category. Results give per-category
+rows, their mean (the papers' "m" metrics) and, for several categories, the pooled numbers, labelled as
+pooled. ``--protocol exact|ader|both`` names the metric protocol (``adlib.metrics.PROTOCOLS``).
 """
 from __future__ import annotations
 
@@ -18,20 +27,32 @@ from adlib.models import available_models
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", choices=available_models(), help="model to fit")
     parser.add_argument("--data-root", default=None,
-                        help="dataset folder in the MVTec layout (e.g. $ADLIB_DATA/mvtec_ad); default: embedded synthetic_ad")
-    parser.add_argument("--category", default=None, help="category to run (e.g. bottle)")
+                        help="dataset folder in the MVTec layout (e.g. $ADLIB_DATA/mvtec_ad); default: an embedded "
+                             "synthetic set (synthetic_ad one-class, synthetic_multi multi-class)")
+    parser.add_argument("--synthetic", default=None, metavar="NAME",
+                        help="embedded synthetic set to use without --data-root (synthetic_ad, synthetic_multi, ...)")
+    parser.add_argument("--category", default=None, help="one category to run (e.g. bottle)")
+    parser.add_argument("--categories", default=None, metavar="all|a,b",
+                        help="several categories: 'all' or a comma-separated list")
+    parser.add_argument("--setting", default="one-class", choices=["one-class", "multi-class"],
+                        help="one model per category, or one model for all the categories (default: one-class)")
+    parser.add_argument("--protocol", default="exact", choices=["exact", "ader", "both"],
+                        help="metric protocol: exact (default), ader (ADer's evaluator, ViTAD/MambaAD), or both")
     parser.add_argument("--profile", default="smoke", choices=["smoke", "paper"], help="preset (default: smoke)")
     parser.add_argument("--image-size", type=int, default=None, help="square input size in pixels (overrides the profile)")
     parser.add_argument("--backbone", default=None, help="backbone name (overrides the profile)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (overrides the profile)")
     parser.add_argument("--batch-size", type=int, default=None, help="batch size (overrides the profile)")
-    parser.add_argument("--max-train-images", type=int, default=None, help="use at most N training images")
+    parser.add_argument("--max-train-images", type=int, default=None,
+                        help="use at most N training images (in total, for multi-class)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="any model or engine config field, e.g. --set m=2 --set adapter=resblock (repeatable)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
-    parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0; or --set seed=N)")
     parser.add_argument("--json", default=None, help="write metrics, timings, config and provenance to this file")
-    parser.add_argument("--checkpoint", default=None, help="save the fitted model here")
+    parser.add_argument("--checkpoint", default=None,
+                        help="save the fitted model here (one-class with several categories: one file per category, "
+                             "named <stem>-<category><suffix>)")
     parser.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
 
@@ -80,95 +101,215 @@ def _results():
     return results
 
 
-def execute(args: argparse.Namespace) -> dict:
-    """Run one fit + evaluation from parsed arguments; returns the JSON record."""
-    from dataclasses import asdict
-
-    import torch
-
-    from adlib import engine
-    from adlib.data import AnomalyDataset, list_categories, synthetic_root
-    from adlib import papers
-    from adlib.models import create_model, model_config
+def _data_root(args: argparse.Namespace) -> tuple[Path, str]:
+    from adlib.data import synthetic_root
 
     if args.data_root is None:
-        root = Path(synthetic_root()) / "synthetic_ad"
-        data_name = "synthetic_ad"
-    else:
-        root = Path(args.data_root)
+        name = args.synthetic or ("synthetic_multi" if args.setting == "multi-class" else "synthetic_ad")
+        root = Path(synthetic_root()) / name
         if not root.is_dir():
-            raise UsageError(f"--data-root {root}: not a folder")
-        data_name = root.name
-    categories = list_categories(root)
-    if args.category is None or args.category not in categories:
-        what = "missing" if args.category is None else f"{args.category!r} not found in {root}"
-        raise UsageError(f"--category {what}; available: {', '.join(categories) or '(none)'}")
+            found = sorted(p.name for p in root.parent.iterdir() if p.is_dir())
+            raise UsageError(f"--synthetic {name}: no such embedded set; available: {', '.join(found)}")
+        return root, name
+    if args.synthetic is not None:
+        raise UsageError("--synthetic picks an embedded set; it cannot be combined with --data-root")
+    root = Path(args.data_root)
+    if not root.is_dir():
+        raise UsageError(f"--data-root {root}: not a folder")
+    if (root / "train").is_dir() and not any((p / "train").is_dir() for p in root.iterdir() if p.is_dir()):
+        raise UsageError(f"--data-root {root} is a category folder; pass its parent: --data-root {root.parent} "
+                         f"--category {root.name}")
+    return root, root.name
 
+
+def _categories(args: argparse.Namespace, root: Path) -> list[str]:
+    from adlib.data import list_categories
+
+    available = list_categories(root)
+    if args.category is not None and args.categories is not None:
+        raise UsageError("give --category or --categories, not both")
+    if args.category is not None:
+        wanted = [args.category]
+    elif args.categories is not None:
+        wanted = available if args.categories == "all" else [c for c in args.categories.split(",") if c]
+    elif args.setting == "multi-class":
+        wanted = available
+    else:
+        raise UsageError(f"--category missing; available: {', '.join(available)} (or --categories all)")
+    unknown = [c for c in wanted if c not in available]
+    if unknown or not wanted:
+        what = f"{', '.join(map(repr, unknown))} not found in {root}" if unknown else "empty"
+        raise UsageError(f"--categor{'y' if args.category else 'ies'} {what}; available: {', '.join(available)}")
+    return wanted
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = dict(_parse_override(o) for o in args.overrides)
     for key, value in {"image_size": args.image_size, "backbone": args.backbone, "epochs": args.epochs,
                        "batch_size": args.batch_size, "max_train_images": args.max_train_images}.items():
         if value is not None:
             overrides[key] = value
     for key, value in overrides.items():
-        if key in ("image_size", "epochs", "batch_size", "max_train_images") and (not isinstance(value, int) or value < 1):
+        if key in ("image_size", "epochs", "batch_size", "max_train_images") and (
+                not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise UsageError(f"--{key.replace('_', '-')} {value!r}: expected a positive integer")
-    overrides["seed"] = args.seed
+    if args.seed is not None and "seed" in overrides and overrides["seed"] != args.seed:
+        raise UsageError(f"--seed {args.seed} and --set seed={overrides['seed']} disagree; give one of them")
+    seed = args.seed if args.seed is not None else overrides.get("seed", 0)
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        raise UsageError(f"--set seed={seed!r}: expected an integer")
+    overrides["seed"] = seed
     overrides["progress"] = not args.no_progress
-    if args.checkpoint:
-        overrides["checkpoint"] = args.checkpoint
+    return overrides
+
+
+def _checkpoint_path(base: str | None, category: str | None) -> str | None:
+    if base is None or category is None:
+        return base
+    path = Path(base)
+    return str(path.with_name(f"{path.stem}-{category}{path.suffix}"))
+
+
+def _metrics_record(evaluation) -> dict:
+    """Per protocol: the headline numbers, per category, and pooled (when several categories)."""
+    out = {"image": evaluation.image, "pixel": evaluation.pixel, "undefined": evaluation.undefined}
+    if evaluation.categories:
+        out["categories"] = {c: {"image": m.image, "pixel": m.pixel, "images": m.images, "undefined": m.undefined}
+                             for c, m in evaluation.categories.items()}
+    if evaluation.pooled is not None:
+        out["pooled"] = {"image": evaluation.pooled.image, "pixel": evaluation.pooled.pixel,
+                         "undefined": evaluation.pooled.undefined}
+    return out
+
+
+def execute(args: argparse.Namespace) -> dict:
+    """Fit and evaluate from parsed arguments; returns the JSON record."""
+    from dataclasses import asdict
+
+    import torch
+    from torch.utils.data import ConcatDataset
+
+    from adlib import engine, papers
+    from adlib.data import AnomalyDataset
+    from adlib.models import create_model
+
+    root, data_name = _data_root(args)
+    categories = _categories(args, root)
+    protocols = ["exact", "ader"] if args.protocol == "both" else [args.protocol]
     recipe = papers.home_recipe(args.model, args.profile)
-    preset = _apply(args.model, recipe, overrides)
+    preset = _apply(args.model, recipe, _overrides(args))
+    results = _results()
+    for path in (args.json, args.checkpoint):  # fail before training, not after it
+        if path is not None:
+            results.check_writable(path)
     try:
         device = torch.device(args.device)
         torch.empty(0, device=device)
     except (RuntimeError, AssertionError) as error:
         raise UsageError(f"--device {args.device!r} cannot be used here: {str(error).splitlines()[0]}") from None
 
-    engine.seed_everything(args.seed)
-    model = create_model(args.model, preset.model).to(device)
     size = preset.model.image_size
-    train = AnomalyDataset(root, args.category, "train", image_size=size)
-    test = AnomalyDataset(root, args.category, "test", image_size=size)
+    tests = {c: AnomalyDataset(root, c, "test", image_size=size) for c in categories}  # checked before training
+    trains = {c: AnomalyDataset(root, c, "train", image_size=size) for c in categories}
     start = time.perf_counter()
-    fitted = engine.fit(model, train, preset.fit, device=device)
-    result = engine.evaluate(model, test, batch_size=preset.fit.batch_size, device=device, progress=preset.fit.progress)
+    fits, evaluations, train_seconds = [], {p: [] for p in protocols}, 0.0
+    groups = [categories] if args.setting == "multi-class" else [[c] for c in categories]
+    for group in groups:
+        engine.seed_everything(preset.fit.seed)
+        model = create_model(args.model, preset.model).to(device)
+        fit_config = preset.fit
+        if args.checkpoint:
+            from dataclasses import replace
+
+            fit_config = replace(fit_config, checkpoint=_checkpoint_path(args.checkpoint, None if len(groups) == 1 else group[0]))
+        train = ConcatDataset([trains[c] for c in group]) if len(group) > 1 else trains[group[0]]
+        fitted = engine.fit(model, train, fit_config, device=device)
+        train_seconds += fitted.train_seconds
+        fits.append({"categories": group, "losses": fitted.losses, "epochs": fitted.epochs,
+                     "cached_features": fitted.cached, "disk_cache_hits": fitted.disk_hits,
+                     "train_images": fitted.train_images, "train_s": fitted.train_seconds})
+        test = {c: tests[c] for c in group} if len(group) > 1 else tests[group[0]]
+        for protocol, result in engine.evaluate_protocols(model, test, protocols, batch_size=preset.fit.batch_size,
+                                                          device=device, progress=preset.fit.progress).items():
+            evaluations[protocol].append((group, result))
+    by_protocol = {p: _combine(parts, args.setting) for p, parts in evaluations.items()}
+    eval_seconds = sum(r.seconds for _, r in evaluations[protocols[0]])  # one prediction pass serves every protocol
+    n_test = sum(len(t) for t in tests.values())
+    first = by_protocol[protocols[0]]
     record = {
         "model": args.model,
         "profile": args.profile,
+        "setting": args.setting,
+        "protocols": protocols,
         "data": data_name,
         "data_root": str(root),
-        "category": args.category,
-        "image": result.image,
-        "pixel": result.pixel,
-        "timing": {"train_s": fitted.train_seconds, "eval_s": result.seconds, "fps": result.fps,
+        "category": categories[0] if len(categories) == 1 else None,
+        "categories": categories,
+        "image": first["image"],
+        "pixel": first["pixel"],
+        "metrics": by_protocol,
+        "timing": {"train_s": train_seconds, "eval_s": eval_seconds,
+                   "fps": n_test / eval_seconds if eval_seconds > 0 else float("nan"),
                    "total_s": time.perf_counter() - start},
-        "fit": {"losses": fitted.losses, "epochs": fitted.epochs, "cached_features": fitted.cached,
-                "train_images": fitted.train_images, "test_images": len(test)},
+        "fit": fits[0] if len(fits) == 1 else {"runs": fits, "train_images": sum(f["train_images"] for f in fits)},
+        "test_images": n_test,
         "config": {"model": asdict(preset.model), "fit": asdict(preset.fit)},
         "notes": preset.notes,
-        "provenance": _results().provenance(device=str(device), seed=args.seed),
+        "provenance": results.provenance(device=str(device), seed=preset.fit.seed),
     }
+    if len(fits) == 1:
+        record["fit"]["test_images"] = n_test
     return record
 
 
-def _format(record: dict) -> str:
-    def row(level: str, keys: tuple[str, ...]) -> str:
-        values = record[level]
-        return f"{level:>6}: " + "  ".join(f"{k} {100 * values[k]:.1f}" for k in keys if k in values)
+def _combine(parts: list, setting: str) -> dict:
+    """One protocol's record over all fitted groups: a single result as is; one-class over several categories:
+    per-category rows and their mean (no pooled numbers: the models differ per category)."""
+    import numpy as np
 
+    if len(parts) == 1:
+        return _metrics_record(parts[0][1])
+    categories = {group[0]: {"image": r.image, "pixel": r.pixel, "images": len(r.scores), "undefined": r.undefined}
+                  for group, r in parts}
+    mean = {}
+    for level in ("image", "pixel"):
+        rows = [c[level] for c in categories.values()]
+        keys = [k for k in (rows[0] if rows else {}) if all(k in r for r in rows)]
+        mean[level] = {k: float(np.mean([r[k] for r in rows])) for k in keys} if all(rows) else {}
+    return {"image": mean["image"], "pixel": mean["pixel"], "categories": categories, "undefined": {}}
+
+
+def _format(record: dict) -> str:
+    def cells(values: dict, keys: tuple[str, ...]) -> str:
+        return "  ".join(f"{k} {100 * values[k]:.1f}" for k in keys if k in values)
+
+    image_keys, pixel_keys = ("auroc", "ap", "f1max"), ("auroc", "ap", "f1max", "aupro")
     t = record["timing"]
-    return "\n".join([
-        f"{record['model']} on {record['data']}/{record['category']} ({record['profile']} profile)",
-        row("image", ("auroc", "ap", "f1max")),
-        row("pixel", ("auroc", "ap", "f1max", "aupro")),
-        f"  time: train {t['train_s']:.1f} s, inference {t['fps']:.2f} images/s, total {t['total_s']:.1f} s",
-    ])
+    where = record["category"] or f"{len(record['categories'])} categories"
+    lines = [f"{record['model']} on {record['data']}/{where} ({record['profile']} profile, {record['setting']})"]
+    for protocol, m in record["metrics"].items():
+        label = f"[{protocol}] " if len(record["metrics"]) > 1 or protocol != "exact" else ""
+        for category, values in m.get("categories", {}).items():
+            lines.append(f"  {label}{category:>16}: image {cells(values['image'], image_keys)} | "
+                         f"pixel {cells(values['pixel'], pixel_keys)}")
+        head = "mean over categories" if m.get("categories") else ""
+        if head:
+            lines.append(f"  {label}{head}:")
+        lines.append(f"  {label} image: {cells(m['image'], image_keys)}")
+        lines.append(f"  {label} pixel: {cells(m['pixel'], pixel_keys)}")
+        if "pooled" in m:
+            lines.append(f"  {label}pooled over categories: image {cells(m['pooled']['image'], image_keys)} | "
+                         f"pixel {cells(m['pooled']['pixel'], pixel_keys)}")
+        for level, reason in m.get("undefined", {}).items():
+            lines.append(f"  {label}{level} metrics undefined: {reason}")
+    lines.append(f"  time: train {t['train_s']:.1f} s, inference {t['fps']:.2f} images/s, total {t['total_s']:.1f} s")
+    return "\n".join(lines)
 
 
 def main(args: argparse.Namespace) -> int:
     try:
         record = execute(args)
-    except (UsageError, ValueError, FileNotFoundError, KeyError) as error:
+    except (UsageError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"adlib run: error: {message}", file=sys.stderr)
         return 2
@@ -179,6 +320,10 @@ def main(args: argparse.Namespace) -> int:
         return 2
     print(_format(record))
     if args.json:
-        _results().atomic_write_json(args.json, record)
+        try:
+            _results().atomic_write_json(args.json, record)
+        except OSError as error:
+            print(f"adlib run: error: cannot write --json {args.json}: {error.strerror or error}", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0
