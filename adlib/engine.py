@@ -286,12 +286,13 @@ def _feature_batches(model, dataset: Dataset, cache: Any | None, config: FitConf
             yield _to_device(_index(cache, order[start : start + config.batch_size]), device)
         return
     for batch in _loader(Subset(dataset, order.tolist()), config.batch_size, False, 0, config.num_workers):
+        # The grad mode is set around the extraction only: a `with` around `yield` would hold for the consumer.
         if store is not None:
             with torch.no_grad():
-                yield _to_device(_extract_batch(model, _images(batch), device, store)[0], device)
-            continue
-        with torch.set_grad_enabled(model.trainable and not model.cacheable):
-            features = model.extract(_images(batch).to(device))
+                features = _to_device(_extract_batch(model, _images(batch), device, store)[0], device)
+        else:
+            with torch.set_grad_enabled(model.trainable and not model.cacheable):
+                features = model.extract(_images(batch).to(device))
         yield features
 
 

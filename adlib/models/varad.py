@@ -413,6 +413,23 @@ class VarAD(AnomalyModel):
         total = torch.stack(up).sum(dim=0)
         return up, gaussian_blur(total, self.config.smoothing_sigma)
 
+    def partial_map(self, explanation: dict[str, Any], index: int, directions=None, hierarchies=None) -> torch.Tensor:
+        """The anomaly map (H, W) of image ``index`` of an ``explain()`` output using only some ``directions``
+        (names) and ``hierarchies`` (indices) of this model: a training-free look at what each part adds."""
+        hierarchies = list(range(len(explanation["targets"]))) if hierarchies is None else list(hierarchies)
+        if not hierarchies:
+            raise ValueError("partial_map: choose at least one hierarchy")
+        errors = []
+        for h in hierarchies:
+            per_direction = explanation["predictions"][h]
+            chosen = [d for d in (directions or per_direction) if d in per_direction]
+            if not chosen:
+                raise ValueError(f"partial_map: none of {list(directions)} in the model's directions {list(per_direction)}")
+            mean = sum(per_direction[d][index] for d in chosen) / len(chosen)
+            errors.append((mean - explanation["targets"][h][index]).pow(2).sum(dim=0)[None])
+        _, total = self.anomaly_map(errors)
+        return total[0]
+
     @torch.no_grad()
     def explain(self, images: torch.Tensor) -> dict[str, Any]:
         """Everything the notebooks draw, for a batch of images (B, 3, H, W) in [0, 1].

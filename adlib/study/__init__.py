@@ -1,0 +1,34 @@
+"""The paper-neutral study layer: what the notebooks of every paper call.
+
+- ``spec``: the dataclasses a paper file declares (``PaperSpec``, ``ProfileSpec``, ``Recipe``, ``Claim``,
+  ``TableSpec``);
+- ``setting``: notebook parameters -> a ``Setting`` (paper, profile, data sources, seeds);
+- ``grid``: fit and evaluate (model, variant, seed, data) combinations through the one engine, one-class
+  or multi-class, under one or both metric protocols, as long-format rows;
+- ``tables``: seed summaries and wide views; ``cost``: parameters, FLOPs, speed; ``claims``: verdicts
+  over seeds by a stated rule; ``examples``: maps for figures; ``choices``: what the paper leaves open;
+  ``explorer``: an interactive widget.
+
+Nothing here knows a paper or a model by name: the paper comes in as a ``PaperSpec`` from ``adlib.papers``.
+"""
+from __future__ import annotations
+
+from adlib.study import claims
+from adlib.study.choices import open_choices
+from adlib.study.cost import backbone_params_m, cost_rows, count_params, flops_g, speed
+from adlib.study.examples import example_maps, examples_by_source, pick_examples
+from adlib.study.grid import QUALITY_METRICS, Run, build, configs, model_backbone, run_grid, run_one
+from adlib.study.setting import (DataSource, Setting, dataset_labels, datasets_for, resolve_setting, spread,
+                                 test_indices)
+from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.tables import (best, dataset_means, dataset_table, paper_category_counts, pivot, seed_summary,
+                                tap_subsets, trend)
+
+__all__ = [
+    "Claim", "DataSource", "PaperSpec", "ProfileSpec", "QUALITY_METRICS", "Recipe", "Run", "Setting", "Side",
+    "TableSpec", "backbone_params_m", "best", "build", "claims", "configs", "cost_rows", "count_params",
+    "dataset_labels", "dataset_means", "dataset_table", "datasets_for", "example_maps", "examples_by_source",
+    "flops_g", "model_backbone", "open_choices", "paper_category_counts", "pick_examples", "pivot",
+    "resolve_setting", "run_grid", "run_one", "seed_summary", "speed", "spread", "tap_subsets", "test_indices",
+    "trend",
+]

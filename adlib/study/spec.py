@@ -87,6 +87,7 @@ class Claim:
     against: tuple[Side, ...]
     level: str = "pixel"
     higher_is_better: bool = True
+    margin: float = 0.0  # the difference the paper claims (same units as the metric); 0: only the sign
     note: str = ""
 
 

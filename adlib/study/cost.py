@@ -1,0 +1,77 @@
+"""Cost of a model: parameters, FLOPs and speed (architecture-only numbers need no trained weights)."""
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import pandas as pd
+
+from adlib.study.setting import Setting
+
+
+def count_params(module, trainable_only: bool = False) -> int:
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def flops_g(model, image_size: int, device: str = "cpu") -> float:
+    """GFLOPs of one ``predict`` on one image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
+
+    It counts matrix multiplications and convolutions; element-wise work (a selective scan's recurrence,
+    normalisations) is not counted, so this is a lower bound for scan-based models.
+    """
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    image = torch.rand(1, 3, image_size, image_size, device=device)
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model.predict(image)
+    return counter.get_total_flops() / 1e9
+
+
+def backbone_params_m(name: str) -> float:
+    """Parameters (millions) of a backbone as ``adlib.backbones.create`` builds it (random weights: no download)."""
+    from adlib import backbones
+
+    return count_params(backbones.create(name, pretrained=False)) / 1e6
+
+
+def speed(setting: Setting, model: str | None = None, images: int = 2, image_size: int | None = None,
+          **overrides: Any) -> dict[str, float]:
+    """Parameters (M), FLOPs (G, see ``flops_g``) and FPS of a model built with random weights.
+
+    Speed does not depend on the weight values, so backbones whose weights cannot be had still get their
+    cost measured; no quality metric comes from this. One-pass models need a fitted memory: measure them
+    after fitting instead.
+    """
+    import torch
+
+    from adlib.study.grid import build
+
+    model = model or setting.paper.method
+    size = int(image_size or setting.image_size)
+    net, _ = build(setting, model, image_size=size, pretrained=False, **overrides)
+    net.to(setting.device).eval()
+    if not getattr(net, "trainable", True):
+        raise ValueError(f"speed: {model} needs a fitted memory bank; measure it after fitting")
+    batch = torch.rand(1, 3, size, size, device=setting.device)
+    with torch.no_grad():
+        net.predict(batch)  # warm-up
+        start = time.perf_counter()
+        for _ in range(images):
+            net.predict(batch)
+        seconds = time.perf_counter() - start
+    return {"params_m": count_params(net) / 1e6, "flops_g": flops_g(net, size, setting.device), "fps": images / seconds}
+
+
+def cost_rows(run, device: str = "cpu") -> pd.DataFrame:
+    """FLOPs and epochs of a fitted run as long-format model rows."""
+    base = {"dataset": run.source.name if len(run.sources) == 1 else run.dataset_name, "method": run.method,
+            "setting": run.label, "level": "model", "backbone": run.backbone, "data": run.data, "seed": run.seed,
+            "class_setting": run.class_setting, "image_size": run.image_size, "protocol": "",
+            "scope": "category" if len(run.sources) == 1 else "mean"}
+    return pd.DataFrame([
+        {**base, "metric": "flops_g", "value": flops_g(run.model, run.image_size, device),
+         "note": "FlopCounterMode: matrix products and convolutions only"},
+        {**base, "metric": "epochs", "value": float(run.fit.epochs), "note": ""},
+    ])
