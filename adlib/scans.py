@@ -48,10 +48,15 @@ __all__ = [
     "direction",
     "varad_directions",
     "mambaad_directions",
+    "hybrid_directions",
+    "stack_directions",
+    "hilbert_matrix_eq9",
+    "MAMBAAD_METHODS",
     "to_sequence",
     "from_sequence",
     "draw_scan",
     "draw_directions",
+    "draw_mambaad_scans",
     "step_lengths",
 ]
 
@@ -223,6 +228,8 @@ class Direction:
 def direction(name: str, curve: str, h: int, w: int, transform: str = "identity", reverse: bool = False) -> Direction:
     """A named ``Direction`` for ``scan_order(curve, h, w, transform, reverse)`` (cached)."""
     order = scan_order(curve, h, w, transform, reverse)
+    if not torch.equal(order.sort().values, torch.arange(h * w)):  # every cell exactly once
+        raise AssertionError(f"scan {curve!r} ({transform}, reverse={reverse}) on {h}x{w} is not a bijection")
     span = h if transform in ("transpose", "rot90", "rot270") else w
     return Direction(name=name, order=order, inverse=inverse(order), span=span)
 
@@ -245,6 +252,7 @@ def varad_directions(h: int, w: int) -> dict[str, Direction]:
 # MambaAD Sec. 3.4 "Hybrid Scanning directions": (i) forward, (ii) reverse, (iii) width-height (wh) forward,
 # (iv) wh reverse, (v) rotated 90 degrees forward, (vi) rotated 90 degrees reverse, (vii) wh rotated 90
 # degrees forward, (viii) wh rotated 90 degrees reverse. "wh" swaps width and height (the transpose A^T).
+# "release": what MambaAD's released SS2D computes (x, x^T, rot90(x), rot90(x)^T and their flips).
 MAMBAAD_DIRECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("forward", "identity", False),
     ("reverse", "identity", True),
@@ -255,26 +263,109 @@ MAMBAAD_DIRECTIONS: tuple[tuple[str, str, bool], ...] = (
     ("wh_rot90_forward", "rot90_transpose", False),
     ("wh_rot90_reverse", "rot90_transpose", True),
 )
+# "figure": what the printed Fig. 3(a) draws. Its (v)/(vi) are the curve on rot90(x^T) (= the up-down flip)
+# and its (vii)/(viii) the curve on rot90(x), i.e. the release's (v)/(vi). The release's (vii) = rot90(x)^T is
+# the left-right flip, under which the Hilbert curve maps onto itself reversed: its (vii)/(viii) repeat
+# (ii)/(i), so the release runs 6 distinct Hilbert sequences where the figure shows 8.
+MAMBAAD_FIGURE_DIRECTIONS: tuple[tuple[str, str, bool], ...] = (
+    ("forward", "identity", False),
+    ("reverse", "identity", True),
+    ("wh_forward", "transpose", False),
+    ("wh_reverse", "transpose", True),
+    ("rot90_forward", "flip_ud", False),
+    ("rot90_reverse", "flip_ud", True),
+    ("wh_rot90_forward", "rot90", False),
+    ("wh_rot90_reverse", "rot90", True),
+)
+DIRECTION_SETS: dict[str, tuple[tuple[str, str, bool], ...]] = {
+    "release": MAMBAAD_DIRECTIONS,
+    "figure": MAMBAAD_FIGURE_DIRECTIONS,
+}
 
 
-def mambaad_directions(h: int, w: int, curve: str = "hilbert", count: int = 8) -> dict[str, Direction]:
+def mambaad_directions(h: int, w: int, curve: str = "hilbert", count: int = 8,
+                       variant: str = "release") -> dict[str, Direction]:
     """MambaAD's hybrid-scan directions for ``curve`` (MambaAD, Sec. 3.4, Fig. 3a and Table 3).
 
-    The eight directions are the curve read on the grid as is, on its transpose ("wh", A^T), on the grid
-    rotated 90 degrees (counter-clockwise, ``torch.rot90(x, 1)``) and on the transpose of the rotated grid
-    (which is the left-right flip), each forwards and reversed; this is what MambaAD's released SS2D does
-    (``x``, ``x.transpose``, ``rot90(x)``, ``rot90(x).transpose`` and their flips). ``count`` (1, 2, 4 or 8)
-    keeps the first ``count`` in the paper's order, as in its ablation (Table 3, rows 5-7: 2, 4 and 8).
+    ``variant="release"`` (default): the curve read on the grid as is, on its transpose ("wh", A^T), on the
+    grid rotated 90 degrees (counter-clockwise, ``torch.rot90(x, 1)``) and on the transpose of the rotated
+    grid (which is the left-right flip), each forwards and reversed; this is what MambaAD's released SS2D
+    does (``x``, ``x.transpose``, ``rot90(x)``, ``rot90(x).transpose`` and their flips) and what its numbers
+    come from. ``variant="figure"``: the eight directions the printed Fig. 3(a) draws (see
+    ``MAMBAAD_FIGURE_DIRECTIONS``). ``count`` (1, 2, 4 or 8) keeps the first ``count`` in the paper's order,
+    as in its ablation (Table 3, rows 5-7: 2, 4 and 8).
 
-    Faithful to that definition, not all eight need differ. A Hilbert curve on a square is symmetric under
+    Faithful to the release, not all eight need differ. A Hilbert curve on a square is symmetric under
     the mirror that swaps its two ends, so one of the four readings repeats another one reversed: on square
-    grids the eight Hilbert directions are six distinct sequences (so are MambaAD's, whatever the
-    orientation of its curve). Our curve's orientation follows the aspect ratio (see module docs), so on
-    non-square grids even fewer differ; raster, z-order and zigzag give eight.
+    grids the eight release Hilbert directions are six distinct sequences (so are MambaAD's, whatever the
+    orientation of its curve); the figure's set has eight. Our curve's orientation follows the aspect ratio
+    (see module docs), so on non-square grids even fewer differ; raster, z-order and zigzag give eight.
     """
     if count not in (1, 2, 4, 8):
         raise ValueError(f"count must be 1, 2, 4 or 8 directions, got {count!r}")
-    return {name: direction(name, curve, h, w, t, rev) for name, t, rev in MAMBAAD_DIRECTIONS[:count]}
+    if variant not in DIRECTION_SETS:
+        raise ValueError(f"variant={variant!r}: expected one of {sorted(DIRECTION_SETS)}")
+    return {name: direction(name, curve, h, w, t, rev) for name, t, rev in DIRECTION_SETS[variant][:count]}
+
+
+# MambaAD's five scanning methods (Sec. 3.4, Fig. 3, Table 3) in the paper's order, by the paper's names.
+MAMBAAD_METHODS: tuple[str, ...] = ("sweep", "scan", "zorder", "zigzag", "hilbert")
+
+
+def hybrid_directions(h: int, w: int, scan: str = "hilbert", count: int = 8,
+                      variant: str = "release") -> dict[str, Direction]:
+    """The directions of MambaAD's HS encoder: ``count`` directions split equally over the methods in ``scan``.
+
+    ``scan`` is one method (``"hilbert"``) or several joined by ``+`` (``"zigzag+hilbert"``); each method
+    contributes the first ``count / len(methods)`` of ``mambaad_directions`` (1, 2, 4 or 8). Table 3's rows:
+    ``("sweep", 8)`` ... ``("hilbert", 2/4/8)`` (rows 1-7), ``("zigzag+hilbert", 8)`` (row 8, 4 + 4) and
+    ``("scan+zorder+zigzag+hilbert", 8)`` (row 12, 2 each). The paper does not say which directions a method
+    contributes in the mixed rows; the first ones of its list is our reading. Keys are ``method/direction``;
+    ``variant`` as in ``mambaad_directions``.
+    """
+    methods = [m.strip() for m in scan.split("+")]
+    bad = [m for m in methods if ALIASES.get(m, m) not in CURVES]
+    if bad or not methods or len(set(methods)) != len(methods):
+        raise ValueError(f"scan={scan!r}: expected distinct methods from {MAMBAAD_METHODS} joined by '+'")
+    if count % len(methods) or count // len(methods) not in (1, 2, 4, 8):
+        raise ValueError(f"directions={count} cannot be split equally over {len(methods)} scan method(s) "
+                         f"into 1, 2, 4 or 8 each")
+    per = count // len(methods)
+    out: dict[str, Direction] = {}
+    for method in methods:
+        for name, d in mambaad_directions(h, w, method, per, variant).items():
+            out[f"{method}/{name}"] = d
+    return out
+
+
+def stack_directions(directions: dict[str, Direction], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Orders and inverses of several directions as two (K, L) LongTensors, for one gather over all K."""
+    if not directions:
+        raise ValueError("directions is empty: expected a dict of name -> Direction")
+    orders = torch.stack([d.order for d in directions.values()])
+    inverses = torch.stack([d.inverse for d in directions.values()])
+    return orders.to(device), inverses.to(device)
+
+
+def hilbert_matrix_eq9(n: int) -> np.ndarray:
+    """MambaAD's Eq. (9) taken literally: the order-n Hilbert matrix H_n (2^n x 2^n, entries 1..4^n).
+
+    H_1 = [[1, 2], [4, 3]]; H_{k+1} is built from H_k by the case for k even or odd, with E the all-one
+    matrix, T the transpose, lr/ud the left-right/up-down flips. Entry (r, c) is the step at which cell
+    (r, c) is visited. ``scan_order("hilbert", 2^n, 2^n)`` visits cells in this order for even n and in
+    the transposed order for odd n (Eq. (9) alternates orientation with the order's parity; the release's
+    ``hilbert.decode`` curve and ours do not), so MambaAD's eight directions are the same set either way.
+    """
+    if not isinstance(n, int) or n < 1:
+        raise ValueError(f"n must be an int >= 1 (order of the Hilbert matrix), got {n!r}")
+    hm = np.array([[1, 2], [4, 3]], dtype=np.int64)
+    for k in range(1, n):
+        e, q = np.ones_like(hm), 4**k
+        if k % 2 == 0:
+            hm = np.block([[hm, q * e + hm.T], [(4 * q + 1) * e - hm[::-1, :], (3 * q + 1) * e - hm[:, ::-1].T]])
+        else:
+            hm = np.block([[hm, (4 * q + 1) * e - hm[:, ::-1]], [q * e + hm.T, (3 * q + 1) * e - hm.T[:, ::-1]]])
+    return hm
 
 
 # ---------------------------------------------------------------------------------------- helpers
@@ -339,5 +430,50 @@ def draw_directions(directions: dict[str, Direction], h: int, w: int, ncols: int
         draw_scan(d.order, h, w, ax=ax, cmap=cmap, title=name)
     for ax in list(axes.flat)[len(directions):]:
         ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _number_cells(ax, h: int, w: int) -> None:
+    """Write each cell's row-major index, as Fig. 3(b) does."""
+    for r in range(h):
+        for c in range(w):
+            ax.text(c, r, str(r * w + c), ha="center", va="center", fontsize=5, color="0.45")
+
+
+def draw_mambaad_scans(size: int = 8, variant: str = "release", hilbert_size: int | None = None,
+                       every_direction: bool = False, numbers: bool = True, cmap: str = "viridis"):
+    """MambaAD's Fig. 3: (a) Hilbert in its 8 directions (i)-(viii), (b) the other four methods (I) Sweep,
+    (II) Scan, (III) Z-order, (IV) Zigzag, forward, with cell numbers as printed (``numbers``).
+
+    The print draws (a) on a 4 x 4 grid (``hilbert_size=4``) and (b) on 8 x 8; by default both use ``size``.
+    ``variant`` picks the direction set: "release" (what the code and adlib's model run) or "figure" (what the
+    printed panels (v)-(viii) show; see ``MAMBAAD_FIGURE_DIRECTIONS``). ``every_direction`` draws all 8
+    directions of every method (5 rows x 8 panels), the full set Table 3 ablates. Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    numerals = ("i", "ii", "iii", "iv", "v", "vi", "vii", "viii")
+    hs = hilbert_size or size
+    methods = MAMBAAD_METHODS if every_direction else ("hilbert",)
+    ncols = 8 if every_direction else 4
+    nrows = len(methods) if every_direction else 3
+    fig, axes = plt.subplots(nrows, ncols, figsize=(2.2 * ncols, 2.35 * nrows), squeeze=False)
+    for r, method in enumerate(methods):
+        n = hs if method == "hilbert" else size
+        dirs = list(mambaad_directions(n, n, method, 8, variant).items())
+        for i, (name, d) in enumerate(dirs):
+            ax = axes[r, i] if every_direction else axes[i // 4, i % 4]
+            part = "(a) " if method == "hilbert" and i == 0 else ""
+            draw_scan(d.order, n, n, ax=ax, cmap=cmap, title=f"{part}{method} ({numerals[i]}) {name}")
+    if not every_direction:
+        for c, method in enumerate(m for m in MAMBAAD_METHODS if m != "hilbert"):
+            ax = axes[2, c]
+            draw_scan(scan_order(method, size, size), size, size, ax=ax, cmap=cmap,
+                      title=f"{'(b) ' if c == 0 else ''}({'I' * (c + 1) if c < 3 else 'IV'}) {method}")
+            if numbers:
+                _number_cells(ax, size, size)
+    for ax in axes.flat:
+        ax.title.set_fontsize(7)
     fig.tight_layout()
     return fig
