@@ -21,14 +21,15 @@ import platform
 import re
 import subprocess
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from importlib import metadata
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import pandas as pd
+
+from adlib.io import (OutputPathError, atomic_path, atomic_write_json, atomic_write_text, check_writable,  # noqa: F401
+                      check_writable_dir, remove_stale)
 
 KEY_COLUMNS = ["dataset", "method", "setting", "level", "metric"]
 TABLE_COLUMNS = KEY_COLUMNS + ["value"]
@@ -87,48 +88,7 @@ def meta_path(path: Path) -> Path:
 
 
 # ----------------------------------------------------------------------------------------- atomic IO
-@contextmanager
-def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path in the target's folder; on success it replaces `path` in one step."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
-    try:
-        yield tmp_path
-        os.chmod(tmp_path, 0o644)
-        os.replace(tmp_path, path)
-    finally:
-        if tmp_path.exists():
-            tmp_path.unlink()
-
-
-def check_writable(path: str | os.PathLike) -> Path:
-    """Raise PermissionError naming ``path`` unless a file can be created there (checked by creating and
-    removing a temporary file in its folder, which is made if missing), so that long work fails before it
-    starts rather than when its result is written."""
-    path = Path(path)
-    try:
-        if path.is_dir():
-            raise IsADirectoryError(f"{path} is a folder")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".check", dir=path.parent)
-        os.close(fd)
-        os.unlink(tmp)
-    except OSError as error:
-        raise PermissionError(f"cannot write {path}: {error.strerror or error}") from None
-    return path
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text, encoding="utf-8")
-    return Path(path)
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
-    return atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+# atomic_path, atomic_write_text/json, check_writable live in adlib.io (stdlib only) and are re-exported here.
 
 
 def _log_written(path: Path, kind: str) -> None:

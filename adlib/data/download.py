@@ -7,6 +7,8 @@ checked to stay inside the target, and moves the result to `root/<folder>`.
 from __future__ import annotations
 
 import hashlib
+import http.client
+import lzma
 import os
 import posixpath
 import re
@@ -14,13 +16,17 @@ import shutil
 import stat
 import sys
 import tarfile
-import tempfile
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Callable
+
+from adlib.io import remove_stale, staging_folder
+
+from .layout import IMAGE_EXTENSIONS, DatasetError, list_categories
 
 
 class DownloadError(RuntimeError):
@@ -29,6 +35,10 @@ class DownloadError(RuntimeError):
 
 class UnsafeArchiveError(ValueError):
     """An archive member would land outside the extraction folder (absolute path, '..', escaping link)."""
+
+
+class ArchiveError(DownloadError):
+    """An archive cannot be extracted (corrupt or truncated data, conflicting members) or holds no dataset."""
 
 
 @dataclass(frozen=True)
@@ -45,6 +55,7 @@ class DatasetSource:
     md5: str | None = None
     note: str = ""
     after: Callable[[Path, Path], None] | None = None  # (extracted folder, root) -> None
+    layout: bool = True  # the extracted folder is read in place (category folders); False: converted by `after`
 
 
 def _convert_visa_after(extracted: Path, root: Path) -> None:
@@ -77,7 +88,7 @@ SOURCES: dict[str, DatasetSource] = {s.name: s for s in (
         md5="ef908989b6dc701fc218f643c127a4de",
         note="checksums as listed by anomalib; extracted to visa_raw/ and converted to visa/ (MVTec layout) "
              "with split_csv/1cls.csv",
-        after=_convert_visa_after),
+        after=_convert_visa_after, layout=False),
     DatasetSource(
         name="btad", folder="btad",
         url="https://avires.dimi.uniud.it/papers/btad/btad.zip", filename="btad.zip",
@@ -123,11 +134,14 @@ def verify(path: Path, sha256: str | None = None, md5: str | None = None) -> boo
 
 
 def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: str | None = None,
-                  progress: bool = True, timeout: float = 60.0) -> Path:
-    """Fetch `url` to `dest`, resuming `dest.part` with an HTTP Range request; verify the checksum.
+                  progress: bool = True, timeout: float = 60.0, attempts: int = 3) -> Path:
+    """Fetch `url` to `dest` through `dest.part`, resuming it with HTTP Range requests; verify the checksum.
 
-    A server that ignores the Range header (status 200) restarts the transfer. On a checksum mismatch
-    the file is deleted and DownloadError raised.
+    The bytes received are checked against the server's Content-Length and Content-Range: a transfer that
+    ends early (the connection closed or reset) keeps `dest.part` and is resumed, up to `attempts` times in
+    this call while each attempt makes progress, and on the next call otherwise. A short file is never
+    renamed to `dest`. A server that ignores the Range header (status 200) restarts the transfer. A
+    complete file whose checksum does not match is deleted and DownloadError raised.
     """
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +152,32 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
         except DownloadError:
             dest.unlink()
     part = dest.with_name(dest.name + ".part")
+    for attempt in range(max(1, attempts)):
+        before = part.stat().st_size if part.is_file() else 0
+        total = _fetch(url, part, timeout, progress, dest.name)
+        size = part.stat().st_size if part.is_file() else 0
+        if total is None or size == total:
+            break
+        if size > total:
+            part.unlink()
+            raise DownloadError(f"download of {url} gave {size} bytes, more than the {total} the server announced; "
+                                f"the partial file was deleted, run again to restart")
+        if size <= before or attempt == attempts - 1:
+            raise DownloadError(f"download of {url} stopped after {size} of {total} bytes; the partial file "
+                                f"{part} is kept: run the same command again to resume it")
+        print(f"download of {url} stopped after {size} of {total} bytes; resuming", file=sys.stderr)
+    try:
+        verify(part, sha256, md5)
+    except DownloadError:
+        part.unlink()  # complete as far as the server says, and wrong: resuming it cannot help
+        raise
+    os.replace(part, dest)
+    return dest
+
+
+def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> int | None:
+    """One request appending to (or restarting) `part`; returns the file's expected full size, or None when
+    the server does not say. A broken connection leaves what arrived in `part`."""
     offset = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "adlib"})
     if offset:
@@ -145,33 +185,40 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
     try:
         response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as error:
-        if error.code == 416 and offset:  # the part file is already complete
-            response = None
-        else:
-            raise DownloadError(f"download of {url} failed: HTTP {error.code} {error.reason}") from error
+        if error.code == 416 and offset:  # nothing after `offset`: the part file should be complete
+            total = _range_total(error.headers.get("Content-Range", ""))
+            return offset if total is None else total
+        raise DownloadError(f"download of {url} failed: HTTP {error.code} {error.reason}") from error
     except (urllib.error.URLError, OSError) as error:
         raise DownloadError(f"download of {url} failed: {error}") from error
-    if response is not None:
-        with response:
-            status = getattr(response, "status", None) or 200
-            resumed = offset > 0 and status == 206
-            if resumed:
-                content_range = response.headers.get("Content-Range", "")
-                match = re.match(r"bytes (\d+)-", content_range)
-                if not match or int(match.group(1)) != offset:
-                    raise DownloadError(f"server answered Range bytes={offset}- with Content-Range "
-                                        f"{content_range!r}; delete {part} to restart")
-            length = response.headers.get("Content-Length")
-            total = (int(length) + (offset if resumed else 0)) if length else None
-            _copy_stream(response, part, "ab" if resumed else "wb", offset if resumed else 0, total,
-                         progress, dest.name)
-    try:
-        verify(part, sha256, md5)
-    except DownloadError:
-        part.unlink()
-        raise
-    os.replace(part, dest)
-    return dest
+    with response:
+        status = getattr(response, "status", None) or 200
+        resumed = offset > 0 and status == 206
+        length = response.headers.get("Content-Length")
+        length = int(length) if length and length.strip().isdigit() else None
+        if resumed:
+            content_range = response.headers.get("Content-Range", "")
+            match = re.match(r"bytes (\d+)-(\d+)/(\d+|\*)", content_range)
+            if not match or int(match.group(1)) != offset:
+                raise DownloadError(f"server answered Range bytes={offset}- with Content-Range "
+                                    f"{content_range!r}; delete {part} to restart")
+            end = int(match.group(2)) + 1
+            total = int(match.group(3)) if match.group(3) != "*" else end
+            if length is not None and length != end - offset:
+                raise DownloadError(f"server answered Range bytes={offset}- with Content-Range {content_range!r} "
+                                    f"but Content-Length {length}; delete {part} to restart")
+        else:
+            offset, total = 0, length
+        try:
+            _copy_stream(response, part, "ab" if resumed else "wb", offset, total, progress, label)
+        except (OSError, http.client.HTTPException) as error:  # reset, timeout, IncompleteRead: keep the bytes
+            print(f"download of {url} interrupted: {error}", file=sys.stderr)
+    return total
+
+
+def _range_total(content_range: str) -> int | None:
+    match = re.match(r"bytes \*/(\d+)", content_range)
+    return int(match.group(1)) if match else None
 
 
 def _copy_stream(response, part: Path, mode: str, start: int, total: int | None, progress: bool, label: str) -> None:
@@ -252,12 +299,53 @@ def _zip_members(archive: zipfile.ZipFile) -> list[_Member]:
     return members
 
 
+def _check_members(members: list[_Member]) -> None:
+    """Refuse, before anything is written, members that escape the folder or cannot coexist.
+
+    A path given as a file or link that another member needs as a folder (``a`` then ``a/b``), or a
+    folder that is also given as a file, is an ArchiveError; a member written through a link is refused.
+    """
+    kinds: dict[tuple[str, ...], str] = {}
+    for member in members:
+        parts = _member_path(Path("."), member.name).parts
+        if member.kind == "symlink":
+            _link_target(member.name, member.link)
+        elif member.kind == "hardlink":
+            _member_path(Path("."), member.link)
+        for depth in range(1, len(parts)):
+            parent = parts[:depth]
+            if kinds.get(parent, "dir") != "dir":
+                what = "link" if kinds[parent] == "symlink" else "file"
+                if what == "link":
+                    raise UnsafeArchiveError(f"archive member {member.name!r} would be written through the link "
+                                             f"{'/'.join(parent)!r}")
+                raise ArchiveError(f"archive member {member.name!r} needs {'/'.join(parent)!r} to be a folder, but "
+                                   f"the archive has it as a {what}")
+            kinds[parent] = "dir"
+        if not parts:
+            continue
+        kind = "dir" if member.kind == "dir" else member.kind
+        if parts in kinds and (kinds[parts] == "dir") != (kind == "dir"):
+            raise ArchiveError(f"archive member {member.name!r} is a {'folder' if kind == 'dir' else 'file'}, but "
+                               f"the archive also has {member.name.rstrip('/')!r} as a "
+                               f"{'folder' if kinds[parts] == 'dir' else 'file'}")
+        kinds[parts] = kind
+
+
+READ_ERRORS = (tarfile.TarError, zipfile.BadZipFile, zipfile.LargeZipFile, lzma.LZMAError, zlib.error, EOFError,
+               OSError, ValueError, NotImplementedError, RuntimeError)  # corrupt or truncated data, unsupported compression
+
+
 def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     """Extract a tar (any compression) or zip archive into `dest`, refusing anything that would escape it.
 
     Every member is checked before anything is written: absolute paths, '..' components and links
-    pointing outside `dest` raise UnsafeArchiveError. Hard links are materialized as copies; while
-    writing, each target's real path (following links already extracted) must stay inside `dest`.
+    pointing outside `dest` raise UnsafeArchiveError; members that cannot coexist (a file `a` and a member
+    `a/b`) raise ArchiveError. Hard links are materialized as copies; while writing, each target's real
+    path (following links already extracted) must stay inside the folder. The archive is extracted into a
+    staging folder beside `dest` and moved into place only when all of it succeeded, so a refused,
+    truncated or corrupt archive leaves nothing behind (`dest` must be absent or an empty folder).
+    Unreadable data raises ArchiveError naming the archive; the archive itself is never touched.
     """
     archive, dest = Path(archive), Path(dest)
     if zipfile.is_zipfile(archive):
@@ -265,58 +353,104 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
     elif tarfile.is_tarfile(archive):
         opener, lister = tarfile.open, _tar_members
     else:
-        raise DownloadError(f"{archive} is neither a tar nor a zip archive")
-    with opener(archive) as handle:
-        members = lister(handle)
-        for member in members:  # validate everything first: nothing is written for a bad archive
-            _member_path(dest, member.name)
-            if member.kind == "symlink":
-                _link_target(member.name, member.link)
-            elif member.kind == "hardlink":
-                _member_path(dest, member.link)
-        dest.mkdir(parents=True, exist_ok=True)
-        for member in members:
-            target = _member_path(dest, member.name)
-            if not _inside(dest, target.parent):
-                raise UnsafeArchiveError(f"archive member {member.name!r} would be written through a link "
-                                         "outside the extraction folder")
-            if member.kind == "dir":
-                target.mkdir(parents=True, exist_ok=True)
-                continue
-            target.parent.mkdir(parents=True, exist_ok=True)
-            if target.is_symlink() or target.is_file():
-                target.unlink()
-            if member.kind == "file":
-                with member.open() as source, open(target, "wb") as out:
-                    shutil.copyfileobj(source, out, 1 << 20)
-                os.chmod(target, member.mode)
-            elif member.kind == "symlink":
-                _link_target(member.name, member.link)
-                if not _inside(dest, os.path.join(target.parent, member.link)):  # follows links already made
-                    raise UnsafeArchiveError(f"archive member {member.name!r} links outside the extraction folder")
-                os.symlink(member.link, target)
-            else:
-                source_path = _member_path(dest, member.link)
-                if not _inside(dest, source_path) or not source_path.is_file():
-                    raise UnsafeArchiveError(f"hard link {member.name!r} -> {member.link!r} does not point to a "
-                                             "file extracted inside the folder")
-                shutil.copy2(source_path, target)
+        raise ArchiveError(f"{archive} is neither a tar nor a zip archive (or it is truncated); it is left in "
+                           "place: delete it to download it again")
+    if dest.exists() and (not dest.is_dir() or any(dest.iterdir())):
+        raise ArchiveError(f"cannot extract {archive} into {dest}: it exists and is not an empty folder")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale([dest.parent], recursive=False)  # staging folders of killed extractions
+    staging = None
+    try:
+        with opener(archive) as handle:
+            members = lister(handle)
+            _check_members(members)
+            staging = staging_folder(dest)
+            _write_members(members, staging)
+        if dest.exists():
+            dest.rmdir()  # empty, checked above
+        os.replace(staging, dest)
+        staging = None
+    except (UnsafeArchiveError, ArchiveError):
+        raise
+    except READ_ERRORS as error:
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise ArchiveError(f"cannot extract {archive}: {detail}. The archive is left in place; if it is "
+                           "truncated or corrupt, delete it and download it again") from None
+    finally:
+        if staging is not None:
+            shutil.rmtree(staging, ignore_errors=True)
     return dest
 
 
+def _write_members(members: list[_Member], dest: Path) -> None:
+    for member in members:
+        target = _member_path(dest, member.name)
+        if not _inside(dest, target.parent):
+            raise UnsafeArchiveError(f"archive member {member.name!r} would be written through a link "
+                                     "outside the extraction folder")
+        if member.kind == "dir":
+            target.mkdir(parents=True, exist_ok=True)
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.is_symlink() or target.is_file():
+            target.unlink()
+        if member.kind == "file":
+            with member.open() as source, open(target, "wb") as out:
+                shutil.copyfileobj(source, out, 1 << 20)
+            os.chmod(target, member.mode)
+        elif member.kind == "symlink":
+            if not _inside(dest, os.path.join(target.parent, member.link)):  # follows links already made
+                raise UnsafeArchiveError(f"archive member {member.name!r} links outside the extraction folder")
+            os.symlink(member.link, target)
+        else:
+            source_path = _member_path(dest, member.link)
+            if not _inside(dest, source_path) or not source_path.is_file():
+                raise UnsafeArchiveError(f"hard link {member.name!r} -> {member.link!r} does not point to a "
+                                         "file extracted inside the folder")
+            shutil.copy2(source_path, target)
+
+
 def _single_folder(folder: Path) -> Path:
-    """The lone sub-folder of `folder` when the archive wrapped everything in one, else `folder`."""
+    """The lone sub-folder of `folder` when the archive wrapped everything in one, else `folder`.
+
+    A link is never taken as that folder (an archive holding only `top -> .` must not become the dataset)."""
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
-    if len(entries) == 1 and entries[0].is_dir() and not (entries[0] / "train").is_dir():
+    if (len(entries) == 1 and entries[0].is_dir() and not entries[0].is_symlink()
+            and not (entries[0] / "train").is_dir()):
         return entries[0]
     return folder
+
+
+def _image_files(folder: Path) -> int:
+    """Image files under `folder`, not following links (what an archive really brought)."""
+    count = 0
+    for dirpath, _, filenames in os.walk(folder):
+        count += sum(1 for name in filenames if name.lower().endswith(IMAGE_EXTENSIONS)
+                     and not os.path.islink(os.path.join(dirpath, name)))
+    return count
+
+
+def check_extracted(source: DatasetSource, folder: Path, archive: Path) -> None:
+    """ArchiveError unless the extracted `folder` holds a dataset: image files, and (for sources read in
+    place, `source.layout`) at least one category folder."""
+    if _image_files(folder) == 0:
+        raise ArchiveError(f"{archive} holds no image files; it is not the {source.name} dataset "
+                           "(the archive is left in place: delete it and download again)")
+    if source.layout:
+        try:
+            list_categories(folder)
+        except DatasetError as error:
+            raise ArchiveError(f"{archive} does not contain the {source.name} dataset: {error} "
+                               "(the archive is left in place)") from None
 
 
 def download_dataset(name: str, root: str | Path, url: str | None = None, sha256: str | None = None,
                      progress: bool = True) -> Path:
     """Download, verify and extract a registered dataset into `root/<folder>`; returns that folder.
 
-    `url` and `sha256` override the registry (e.g. a mirror or a local `file://` archive).
+    `url` overrides the address (a mirror or a local `file://` archive); the registry's checksum is still
+    checked unless `sha256` gives another one. The result must be a dataset (`check_extracted`), or
+    nothing is moved into `root/<folder>`.
     """
     if name not in SOURCES:
         raise DownloadError(f"unknown dataset {name!r}; known: {', '.join(SOURCES)}")
@@ -326,21 +460,33 @@ def download_dataset(name: str, root: str | Path, url: str | None = None, sha256
         raise DownloadError(f"{name} has no direct download link: {source.note} Page: {source.page}")
     root = Path(root)
     target = root / source.folder
+    if target.is_symlink() or (target.exists() and not target.is_dir()):
+        raise DownloadError(f"{target} exists and is not a folder; remove it to download {name}")
     if target.exists() and any(target.iterdir()):
         print(f"{target} already exists; not downloading {name}", file=sys.stderr)
     else:
-        overridden = url != source.url
-        checksum = sha256 or (None if overridden else source.sha256)
-        md5 = None if (overridden or sha256) else source.md5
+        root.mkdir(parents=True, exist_ok=True)
+        remove_stale([root], recursive=False)                     # staging folders of killed runs
+        remove_stale([root / ".downloads"], recursive=False)      # temporary files of killed runs
+        checksum = sha256 or source.sha256
+        md5 = None if sha256 else source.md5
         if not (checksum or md5):
             print(f"warning: no checksum known for {url}; the download is not verified", file=sys.stderr)
-        archive = download_file(url, root / ".downloads" / source.filename, checksum, md5, progress)
-        staging = Path(tempfile.mkdtemp(prefix=f".{source.folder}.extract-", dir=root))
+        try:
+            archive = download_file(url, root / ".downloads" / source.filename, checksum, md5, progress)
+        except DownloadError as error:
+            if "mismatch" in str(error) and url != source.url and not sha256:
+                raise DownloadError(f"{error}. {url} is not the registry's archive for {name}; if it is meant "
+                                    "to differ, pass its checksum with --sha256") from None
+            raise
+        staging = root / f".{source.folder}.extract-{os.getpid()}-{os.urandom(4).hex()}"
         try:
             extract_archive(archive, staging)
+            found = _single_folder(staging)
+            check_extracted(source, found, archive)
             if target.exists():
                 target.rmdir()  # empty, checked above
-            os.replace(_single_folder(staging), target)
+            os.replace(found, target)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
     if source.after is not None:
