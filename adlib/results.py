@@ -34,6 +34,8 @@ from adlib.io import (OutputPathError, atomic_path, atomic_write_json, atomic_wr
 KEY_COLUMNS = ["dataset", "method", "setting", "level", "metric"]
 TABLE_COLUMNS = KEY_COLUMNS + ["value"]
 PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
+# What tells apart rows of the same key in a reproduced table: seeds, protocols, class settings, sizes, scopes.
+RUN_COLUMNS = ["seed", "protocol", "class_setting", "image_size", "scope"]
 LEVELS = ("image", "pixel", "summary", "model", "data")  # summary: mAD (mean of the 7 image and pixel metrics)
 # The metrics the papers print; others are allowed if they are lower-case identifiers (e.g. "epochs").
 METRICS = (
@@ -169,10 +171,11 @@ def check_table(df: pd.DataFrame, what: str = "table") -> pd.DataFrame:
         out["value"] = pd.to_numeric(out["value"], errors="raise").astype(float)
     except (ValueError, TypeError) as exc:
         raise TableFormatError(f"{what}: column 'value' must be numeric (percent): {exc}") from None
-    duplicated = out.duplicated(KEY_COLUMNS + [c for c in PROVENANCE_COLUMNS if c in out.columns])
+    identity = KEY_COLUMNS + [c for c in PROVENANCE_COLUMNS + RUN_COLUMNS if c in out.columns]
+    duplicated = out.duplicated(identity)
     if duplicated.any():
         rows = out.loc[duplicated, KEY_COLUMNS].head(3).to_dict("records")
-        raise TableFormatError(f"{what}: duplicated rows for the same {KEY_COLUMNS}, e.g. {rows}")
+        raise TableFormatError(f"{what}: duplicated rows for the same {identity}, e.g. {rows}")
     return out
 
 
