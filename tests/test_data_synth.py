@@ -46,7 +46,7 @@ def test_layouts_and_counts(generated: Path) -> None:
     weave = rows[("synthetic_ad", "weave")]
     assert (weave["train_normal"], weave["test_normal"], weave["test_abnormal"]) == (40, 10, 20)
     tray = rows[("synthetic_loco", "tray")]
-    assert tray["layout"] == "mvtec_loco" and tray["validation_normal"] == 8 and tray["test_abnormal"] == 21
+    assert tray["layout"] == "mvtec_loco" and tray["validation_normal"] == 10 and tray["test_abnormal"] == 32
     stamp = json.loads((generated / synth.STAMP_NAME).read_text())
     assert stamp == {"seed": 3, "size": SMALL, "hr_size": 48, "datasets": list(synth.DATASETS),
                      "version": synth.GENERATOR_VERSION}
@@ -64,7 +64,7 @@ def test_every_defective_image_has_an_exact_nonempty_mask(generated: Path) -> No
     loco = AnomalyDataset(generated / "synthetic_loco", "tray", "test")
     assert {"logical", "structural"} <= set(loco.groups)
     multi_mask = [s for s in loco.samples if len(s.mask_paths) > 1]
-    assert multi_mask, "the misplaced-item anomaly has two mask files (moved item, empty slot)"
+    assert multi_mask, "the swapped-parts anomaly has two mask files (one per moved part)"
     sample = multi_mask[0]
     item = loco[loco.samples.index(sample)]
     parts = [np.asarray(Image.open(p)) > 0 for p in sample.mask_paths]

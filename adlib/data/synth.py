@@ -11,6 +11,7 @@ defects a few pixels wide at 1024 px), `synthetic_multi` (4 categories for multi
 """
 from __future__ import annotations
 
+import copy
 import functools
 import json
 import multiprocessing
@@ -26,7 +27,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4  # 4: synthetic_loco with global logical anomalies, a validation split of 10
 STAMP_NAME = "STAMP.json"
 DATASETS = ("synthetic_ad", "synthetic_hr", "synthetic_multi", "synthetic_loco")
 
@@ -359,6 +360,9 @@ def write_mvtec_category(out: Path, name: str, spec: CategorySpec, synth: SynthS
 
 
 # ---------------------------------------------------------------------------------------- LOCO scenes
+# Logical anomalies are global: every part in the image is a normal part (its shape and colour occur in
+# normal images); what is wrong is how many there are, where they are, or which combination they form.
+# Structural anomalies damage a part or the tray locally (scratch, stain, a bite out of a part, a tint).
 @dataclass
 class Item:
     shape: str            # "disc", "square" or "pin"
@@ -400,15 +404,42 @@ def _footprint(item: Item, size: int, grow: float = 1.0) -> np.ndarray:
     return _item_sdf(item, yy, xx) < grow
 
 
-ORANGE, BLUE, SILVER, RED = (0.95, 0.55, 0.12), (0.2, 0.35, 0.8), (0.78, 0.78, 0.8), (0.8, 0.15, 0.12)
+ORANGE, BLUE, GREEN = (0.95, 0.55, 0.12), (0.2, 0.35, 0.8), (0.2, 0.62, 0.3)
+SILVER, GOLD = (0.78, 0.78, 0.8), (0.88, 0.68, 0.22)
+# Parts lie anywhere in their compartment (no fixed slots), so a local neighbourhood of an image with a part
+# too many or too few also occurs in normal images: only the count over the whole compartment is wrong.
+TRAY_LEFT, TRAY_RIGHT = (0.06, 0.06, 0.94, 0.5), (0.06, 0.52, 0.94, 0.96)  # (y0, x0, y1, x1) inside the walls
+DISC, SQUARE = 0.075, 0.065  # radius, half side (fractions of the image side)
+REACH = 0.085  # the farthest a part reaches from its centre (a square rotated by 15 degrees), plus a margin
+
+
+def _free_spot(rng, size, box, taken, reach=REACH, gap=0.03) -> tuple[float, float]:
+    """A centre (pixels) inside ``box`` (fractions) at least 2 * reach + gap from every centre in ``taken``."""
+    y0, x0, y1, x1 = box
+    for _ in range(1000):
+        cy, cx = rng.uniform(y0 + reach, y1 - reach), rng.uniform(x0 + reach, x1 - reach)
+        if all(np.hypot(cy - ty / size, cx - tx / size) >= 2 * reach + gap for ty, tx in taken):
+            return cy * size, cx * size
+    raise RuntimeError("no free spot for a part (the compartment is full)")
+
+
+def _tray_part(rng, size, shape, box, items) -> Item:
+    cy, cx = _free_spot(rng, size, box, [(i.cy, i.cx) for i in items])
+    if shape == "disc":
+        return Item("disc", cy, cx, DISC * size, 0.0, ORANGE)
+    return Item("square", cy, cx, SQUARE * size, np.deg2rad(rng.uniform(-15, 15)), BLUE)
 
 
 def _tray_items(rng, size):
-    j = lambda: rng.uniform(-0.025, 0.025) * size
-    discs = [Item("disc", (0.2 + 0.3 * k) * size + j(), 0.27 * size + j(), 0.075 * size, 0.0, ORANGE) for k in range(3)]
-    squares = [Item("square", y * size + j(), 0.73 * size + j(), 0.065 * size, np.deg2rad(rng.uniform(-15, 15)), BLUE)
-               for y in (0.28, 0.72)]
-    return discs + squares
+    """Three orange discs anywhere on the left; two squares of one colour (blue or green, per image) on the right."""
+    items: list[Item] = []
+    for _ in range(3):
+        items.append(_tray_part(rng, size, "disc", TRAY_LEFT, items))
+    colour = BLUE if rng.random() < 0.5 else GREEN
+    for _ in range(2):
+        items.append(_tray_part(rng, size, "square", TRAY_RIGHT, items))
+        items[-1].colour = colour
+    return items
 
 
 def _tray_scene(rng, size, items):
@@ -417,31 +448,50 @@ def _tray_scene(rng, size, items):
 
 
 def _tray_logical(rng, size, kind):
+    """A normal tray made wrong as a whole; returns the items and the masks of what is wrong."""
     items = _tray_items(rng, size)
-    discs = items[:3]
-    k = int(rng.integers(3))
-    if kind == "missing":
-        gone = items.pop(k)
-        return items, [_footprint(gone, size)]
-    if kind == "misplaced":
-        moved = items[k]
-        old = Item(**vars(moved))
-        moved.cy, moved.cx = 0.5 * size, 0.73 * size
-        return items, [_footprint(moved, size), _footprint(old, size)]
-    if kind == "colour":
-        discs[k].colour = BLUE
-        return items, [_footprint(discs[k], size)]
-    extra = Item("square", 0.5 * size, 0.73 * size, 0.065 * size, np.deg2rad(rng.uniform(-15, 15)), BLUE)
-    return items + [extra], [_footprint(extra, size)]
+    discs, squares = items[:3], items[3:]
+    if kind == "missing":  # a disc or a square fewer; the mask is where it lay
+        gone = items[int(rng.integers(len(items)))]
+        items.remove(gone)
+        return items, [_footprint(gone, size, grow=0.02 * size)]
+    if kind == "extra":  # a fourth disc or a third square, each a normal part
+        if rng.random() < 0.5:
+            extra = _tray_part(rng, size, "disc", TRAY_LEFT, items)
+        else:
+            extra = _tray_part(rng, size, "square", TRAY_RIGHT, items)
+            extra.colour = squares[0].colour
+        return items + [extra], [_footprint(extra, size)]
+    if kind == "swapped":  # a disc and a square trade places (and compartments)
+        disc, square = discs[int(rng.integers(3))], squares[int(rng.integers(2))]
+        (disc.cy, disc.cx), (square.cy, square.cx) = (square.cy, square.cx), (disc.cy, disc.cx)
+        return items, [_footprint(disc, size), _footprint(square, size)]
+    if kind == "mixed":  # one blue and one green square: each colour is normal, the pair is not
+        k = int(rng.integers(2))
+        squares[k].colour = GREEN if squares[k].colour == BLUE else BLUE
+        return items, [_footprint(squares[k], size)]
+    raise ValueError(f"tray: unknown logical anomaly {kind!r}")
+
+
+PIN_ROWS, PIN_COLS = ((0.03, 0.49), (0.51, 0.97)), ((0.03, 0.33), (0.35, 0.65), (0.67, 0.97))
+PIN = 0.065  # half the rod length (fractions of the image side)
 
 
 def _pin_cells():
-    return [((0.27 + 0.46 * r), (0.18 + 0.32 * c)) for r in range(2) for c in range(3)]
+    """The six compartments (y0, x0, y1, x1) inside the walls, row by row."""
+    return [(y0, x0, y1, x1) for y0, y1 in PIN_ROWS for x0, x1 in PIN_COLS]
+
+
+def _pin(rng, size, cell, colour, taken=()) -> Item:
+    """A pin anywhere in ``cell`` (its whole length inside), at a random angle, apart from ``taken`` pins."""
+    cy, cx = _free_spot(rng, size, cell, [(p.cy, p.cx) for p in taken], reach=1.35 * PIN, gap=-1.0 * PIN)
+    return Item("pin", cy, cx, PIN * size, rng.uniform(0, 2 * np.pi), colour)
 
 
 def _pins_items(rng, size):
-    return [Item("pin", (cy + rng.uniform(-0.03, 0.03)) * size, (cx + rng.uniform(-0.03, 0.03)) * size,
-                 0.08 * size, rng.uniform(0, 2 * np.pi), SILVER) for cy, cx in _pin_cells()]
+    """One pin in each of six compartments, all of one colour (silver or gold, per image)."""
+    colour = SILVER if rng.random() < 0.5 else GOLD
+    return [_pin(rng, size, cell, colour) for cell in _pin_cells()]
 
 
 def _pins_scene(rng, size, items):
@@ -449,25 +499,31 @@ def _pins_scene(rng, size, items):
     return _render_scene(rng, size, 0.3, items, walls)
 
 
+def _cell_mask(size, k):
+    y0, x0, y1, x1 = _pin_cells()[k]
+    yy, xx = _grid(size)
+    return (yy >= y0 * size) & (yy < y1 * size) & (xx >= x0 * size) & (xx < x1 * size)
+
+
 def _pins_logical(rng, size, kind):
     items = _pins_items(rng, size)
     k = int(rng.integers(len(items)))
-    if kind == "missing":
+    cells = _pin_cells()
+    if kind == "missing":  # an empty compartment
         items.pop(k)
-        cy, cx = _pin_cells()[k]
-        yy, xx = _grid(size)
-        cell = (np.abs(yy / size - cy) < 0.2) & (np.abs(xx / size - cx) < 0.13)
-        return items, [cell]
-    if kind == "double":
-        extra = Item(**vars(items[k]))
-        extra.angle += np.pi / 2 + rng.uniform(-0.3, 0.3)
-        extra.cy += 0.03 * size
+        return items, [_cell_mask(size, k)]
+    if kind == "double":  # two normal pins in one compartment
+        extra = _pin(rng, size, cells[k], items[k].colour, taken=[items[k]])
         return items + [extra], [_footprint(extra, size)]
-    if kind == "long":
-        items[k].size *= 1.45
+    if kind == "moved":  # a pin taken from one compartment into its neighbour: one empty, one with two
+        r, c = divmod(k, 3)
+        target = r * 3 + (c + 1 if c < 2 else c - 1)
+        items[k] = _pin(rng, size, cells[target], items[k].colour, taken=[items[target]])
+        return items, [_cell_mask(size, k), _footprint(items[k], size)]
+    if kind == "mixed":  # one pin of the other colour: both colours are normal, a mix is not
+        items[k].colour = GOLD if items[k].colour == SILVER else SILVER
         return items, [_footprint(items[k], size)]
-    items[k].colour = RED
-    return items, [_footprint(items[k], size)]
+    raise ValueError(f"pins: unknown logical anomaly {kind!r}")
 
 
 @dataclass(frozen=True)
@@ -479,10 +535,29 @@ class LocoCategory:
 
 
 LOCO_CATEGORIES = {
-    "tray": LocoCategory(_tray_items, _tray_scene, _tray_logical, ("missing", "misplaced", "colour", "extra")),
-    "pins": LocoCategory(_pins_items, _pins_scene, _pins_logical, ("missing", "double", "long", "colour")),
+    "tray": LocoCategory(_tray_items, _tray_scene, _tray_logical, ("missing", "extra", "swapped", "mixed")),
+    "pins": LocoCategory(_pins_items, _pins_scene, _pins_logical, ("missing", "double", "moved", "mixed")),
 }
-LOCO_COUNTS = {"train": 30, "validation": 8, "test_good": 10, "per_logical": 3, "per_structural": 3}
+# DEFECTS: a bite out of a part, a stain at a part, a scratch or crack anywhere on the tray
+LOCO_STRUCTURAL = ("scratch", "spot", "missing", "crack")
+LOCO_DEFECT_SCALE = 2.0  # larger than synthetic_ad's 1.0: the parts are small and the grid is 24 x 24
+LOCO_COUNTS = {"train": 60, "validation": 10, "test_good": 20, "per_logical": 4, "per_structural": 4}
+
+
+def _structural(spec: LocoCategory, rng, size, defect):
+    """A normal scene with one local defect (a bite or stain at a part, a scratch or crack on the tray); the
+    mask is exact."""
+    items = spec.items(rng, size)
+    clean = copy.deepcopy(rng)  # the same draws without the parts give the bare tray (what a bite reveals)
+    img = spec.scene(rng, size, items)
+    bare = spec.scene(clean, size, [])
+    if defect in ("scratch", "crack"):
+        yy, xx = _grid(size)
+        allowed = (np.minimum(yy, xx) > 0.08 * size) & (np.maximum(yy, xx) < 0.92 * size)
+    else:
+        grow = -1.0 if defect == "missing" else 0.03 * size
+        allowed = np.logical_or.reduce([_footprint(item, size, grow=grow) for item in items])
+    return img, _apply_defect(defect, rng, img, allowed, LOCO_DEFECT_SCALE, bare)
 
 
 def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, size: int) -> None:
@@ -503,13 +578,10 @@ def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, siz
                 _save_png(mask, cat / "ground_truth" / "logical_anomalies" / f"{index:03d}" / f"{m:03d}.png")
             index += 1
     index = 0
-    for defect in ("scratch", "spot", "crack"):
+    for defect in LOCO_STRUCTURAL:
         for _ in range(LOCO_COUNTS["per_structural"]):
             rng = _rng(seed, "synthetic_loco", name, "structural", index)
-            items = spec.items(rng, size)
-            img = spec.scene(rng, size, items)
-            on_items = np.logical_or.reduce([_footprint(item, size, grow=-1.0) for item in items])
-            mask = _apply_defect(defect, rng, img, on_items, 0.6, None)
+            img, mask = _structural(spec, rng, size, defect)
             _save_png(img, cat / "test" / "structural_anomalies" / f"{index:03d}.png")
             _save_png(mask, cat / "ground_truth" / "structural_anomalies" / f"{index:03d}" / "000.png")
             index += 1
