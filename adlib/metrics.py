@@ -355,19 +355,23 @@ def pixel_metrics(
 
 
 def _resize_for_ader(maps: np.ndarray, masks: np.ndarray, size: int = ADER_SIZE) -> tuple[np.ndarray, np.ndarray]:
-    """ADer evaluates at 256x256: its masks go through torchvision's (PIL, antialiased) bilinear
-    ``Resize`` and its trainers then binarise them at 0.5; maps are resized the same way (ADer's own maps
-    are made at 256 px, so for maps from a larger input this is our approximation)."""
+    """ADer evaluates at 256x256. Its masks are 8-bit images (0/255) that torchvision's ``Resize`` (PIL,
+    antialiased bilinear) brings to 256 px, ``ToTensor`` divides by 255 and the trainer binarises at > 0.5.
+    The 8-bit rounding matters: a 2x downscale puts mask edges at exactly 127.5, which PIL rounds to 128, a
+    positive pixel, where a float resize gives 0.5, not > 0.5. So masks are resized as uint8 here (torch's
+    antialiased uint8 bilinear rounds as PIL does). Maps are resized bilinearly (antialiased) in float (ADer's
+    own maps are made at 256 px, so for maps from another input size this is our approximation)."""
     if maps.shape[1:] == (size, size):
         return maps.astype(np.float32), masks.astype(np.uint8)
     import torch
     import torch.nn.functional as F
 
-    def resize(a: np.ndarray) -> np.ndarray:
-        t = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))[:, None]
-        return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[:, 0].numpy()
+    def resize(a: np.ndarray, dtype) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(a, dtype=dtype))[:, None]
+        return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False, antialias=True)[:, 0]
 
-    return resize(maps), (resize(masks) > 0.5).astype(np.uint8)
+    masks_u8 = resize(masks.astype(np.uint8) * 255, np.uint8)
+    return resize(maps, np.float32).numpy(), (masks_u8.numpy().astype(np.float64) / 255.0 > 0.5).astype(np.uint8)
 
 
 def _ader_pixel(maps: np.ndarray, masks: np.ndarray, aupro_steps: int = ADER_AUPRO_STEPS) -> dict[str, float]:
@@ -388,8 +392,9 @@ def _ader_pixel(maps: np.ndarray, masks: np.ndarray, aupro_steps: int = ADER_AUP
     c = _curve(pos, np.sort(neg))
     eps = 1e-8
     lo, hi = float(maps.min()), float(maps.max())
-    norm_pos = (pos - lo) / (hi - lo)
-    norm_neg = (neg - lo) / (hi - lo)
+    # ADer's maps are float64 (``cal_anomaly_map`` accumulates into ``np.zeros``): normalise in float64 too
+    norm_pos = (pos.astype(np.float64) - lo) / (hi - lo)
+    norm_neg = (neg.astype(np.float64) - lo) / (hi - lo)
     f1s = []
     for th in np.arange(0.0, 1.0 + 1e-3, 0.05):
         inter = float(np.count_nonzero(norm_pos > th))
@@ -414,7 +419,8 @@ def _ader_aupro(maps: np.ndarray, masks: np.ndarray, steps: int, expect_fpr: flo
             offset += n
     ids, scores, sizes = np.concatenate(region_ids), np.concatenate(region_scores), np.concatenate(region_sizes)
     neg_sorted = np.sort(maps[~masks])
-    lo, hi = maps.min(), maps.max()
+    # Thresholds in float64, as ADer's (its maps are float64): float32 ones move AU-PRO by ~1e-6.
+    lo, hi = float(maps.min()), float(maps.max())
     delta = (hi - lo) / steps
     fprs, pros = [], []
     for th in np.arange(lo, hi, delta):
