@@ -150,7 +150,9 @@ class EvalResult:
 
 
 def seed_everything(seed: int) -> None:
-    """Seed python, numpy and torch. With the same seed and thread count, CPU runs repeat exactly."""
+    """Seed python, numpy and torch. With the same seed, inputs and thread count, CPU runs repeat exactly
+    (bit for bit: the native selective scan reduces its gradients in a fixed order; see
+    tests/test_determinism.py). Another thread count may differ in the last bits."""
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)

@@ -46,6 +46,19 @@ from torch import Tensor, nn
 IMPLS = ("auto", "reference", "fast", "torch", "native", "cuda")
 ENV_IMPL = "ADLIB_SCAN_IMPL"
 
+# Calls per backend that actually ran in this process ("native": the C kernel, "torch": the PyTorch
+# chunked scan, "reference", "mamba_ssm": selective_scan_fn, "mamba_ssm.mamba_inner_fn": the fused block).
+_USED: dict[str, int] = {}
+
+
+def _ran(backend: str) -> None:
+    _USED[backend] = _USED.get(backend, 0) + 1
+
+
+def backends_used() -> dict[str, int]:
+    """Selective-scan backends that ran in this process, with their call counts (for run records)."""
+    return dict(sorted(_USED.items()))
+
 
 # --------------------------------------------------------------------------------------------------
 # Input checks and the parts every implementation shares
@@ -124,6 +137,7 @@ def selective_scan_reference(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: 
                              z: Tensor | None = None, delta_bias: Tensor | None = None,
                              delta_softplus: bool = False) -> Tensor:
     """Sequential reference: discretize, then one PyTorch step per position (float32, or float64 inputs)."""
+    _ran("reference")
     dtype = _compute_dtype(u)
     dim = u.shape[1]
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
@@ -233,6 +247,7 @@ def selective_scan_torch(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tens
                          z: Tensor | None = None, delta_bias: Tensor | None = None,
                          delta_softplus: bool = False) -> Tensor:
     """Pure PyTorch selective scan with a hand-written backward; any device."""
+    _ran("torch")
     dtype = _compute_dtype(u)
     batch, dim, length = u.shape
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
@@ -275,6 +290,7 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
         raise RuntimeError(
             "selective_scan(impl='cuda') needs mamba_ssm (pip install 'adlib[cuda]' on a CUDA machine); "
             "it could not be imported. Use impl='fast' or impl='auto'.")
+    _ran("mamba_ssm")
     return fn(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
 
 
@@ -284,8 +300,9 @@ def selective_scan_cuda(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tenso
 # Per (batch, channel) row the forward is one loop over time with the d_state-wide state in registers;
 # the backward recomputes that row's states into a per-thread buffer (2 * L * N values), then runs the
 # adjoint recurrence backwards in time. Rows are handed out in blocks to torch.get_num_threads() workers;
-# ctypes releases the GIL, so Python threads run them in parallel. dB and dC are summed per worker, then
-# reduced.
+# ctypes releases the GIL, so Python threads run them in parallel. dB and dC are summed per block of rows
+# (blocks fixed by the sizes and the thread count), then reduced in block order, so that the gradients are
+# the same bits whichever worker ran which block.
 # No torch headers are needed, so a build takes well under a second.
 
 _KERNEL_HEADER = r"""
@@ -355,20 +372,22 @@ static inline void fwd_rows_SUFFIX(
 }
 
 /* Backward of one row: recompute a_t = exp(delta_t A) and x_{t-1} into work (2 L N values), then run
-   the adjoint h_t = C_t g_t + a_{t+1} h_{t+1} backwards in time. dB and dC are accumulated (+=). */
+   the adjoint h_t = C_t g_t + a_{t+1} h_{t+1} backwards in time. dB and dC are accumulated (+=) into a
+   buffer laid out like B whose first batch index is gb0 (a block's own buffer, see _NativeScan). */
 static inline void bwd_rows_SUFFIX(
         const SCALAR* restrict u, const SCALAR* restrict delta, const SCALAR* restrict A,
         const SCALAR* restrict B, const SCALAR* restrict C, const SCALAR* restrict gy,
         SCALAR* restrict du, SCALAR* restrict ddelta, SCALAR* restrict dA,
         SCALAR* restrict dB, SCALAR* restrict dC, SCALAR* restrict work,
         int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
-        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+        int64_t sb, int64_t sg, int64_t sl, int64_t gb0, int64_t begin, int64_t end) {
     SCALAR x[nstate], h[nstate];
     double gA[nstate];                                /* a sum over L terms: keep it in double */
     SCALAR* restrict xs = work;                       /* row t holds x_{t-1} */
     SCALAR* restrict as = work + length * nstate;     /* row t holds a_t */
     for (int64_t bd = begin; bd < end; ++bd) {
         const int64_t b = bd / dim, d = bd % dim, off = b * sb + (d / group_size) * sg;
+        const int64_t goff = off - gb0 * sb;          /* the same element in this block's dB/dC buffer */
         const SCALAR* restrict Ad = A + d * nstate;
         const SCALAR* restrict ub = u + bd * length;
         const SCALAR* restrict db = delta + bd * length;
@@ -390,8 +409,8 @@ static inline void bwd_rows_SUFFIX(
         for (int64_t t = length - 1; t >= 0; --t) {
             const SCALAR* restrict Bt = B + off + t * sl;
             const SCALAR* restrict Ct = C + off + t * sl;
-            SCALAR* restrict dBt = dB + off + t * sl;
-            SCALAR* restrict dCt = dC + off + t * sl;
+            SCALAR* restrict dBt = dB + goff + t * sl;
+            SCALAR* restrict dCt = dC + goff + t * sl;
             const SCALAR* restrict xp = xs + t * nstate;
             const SCALAR* restrict at = as + t * nstate;
             const SCALAR g = gb[t], dt = db[t], uu = ub[t], dtu = dt * uu;
@@ -429,13 +448,13 @@ MULTIVERSION void scan_bwd_SUFFIX(
         const SCALAR* u, const SCALAR* delta, const SCALAR* A, const SCALAR* B, const SCALAR* C,
         const SCALAR* gy, SCALAR* du, SCALAR* ddelta, SCALAR* dA, SCALAR* dB, SCALAR* dC, SCALAR* work,
         int64_t dim, int64_t length, int64_t nstate, int64_t group_size,
-        int64_t sb, int64_t sg, int64_t sl, int64_t begin, int64_t end) {
+        int64_t sb, int64_t sg, int64_t sl, int64_t gb0, int64_t begin, int64_t end) {
     if (nstate == 16)
         bwd_rows_SUFFIX(u, delta, A, B, C, gy, du, ddelta, dA, dB, dC, work, dim, length, 16,
-                        group_size, sb, sg, sl, begin, end);
+                        group_size, sb, sg, sl, gb0, begin, end);
     else
         bwd_rows_SUFFIX(u, delta, A, B, C, gy, du, ddelta, dA, dB, dC, work, dim, length, nstate,
-                        group_size, sb, sg, sl, begin, end);
+                        group_size, sb, sg, sl, gb0, begin, end);
 }
 """
 
@@ -501,7 +520,7 @@ def _native_library() -> ctypes.CDLL | None:
     i64, ptr = ctypes.c_int64, ctypes.c_void_p
     for suffix in ("f32", "f64"):
         getattr(lib, f"scan_fwd_{suffix}").argtypes = [ptr] * 6 + [i64] * 9
-        getattr(lib, f"scan_bwd_{suffix}").argtypes = [ptr] * 12 + [i64] * 9
+        getattr(lib, f"scan_bwd_{suffix}").argtypes = [ptr] * 12 + [i64] * 10
     return lib
 
 
@@ -517,22 +536,23 @@ def _threads(rows: int) -> int:
     return max(1, min(torch.get_num_threads(), rows))
 
 
-def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
-    """Call fn(worker, begin, end) over blocks of rows; ``worker`` < _threads(rows) names the caller's buffers.
+def _run_blocks(fn: Callable[[int, int], None], count: int, threads: int) -> None:
+    """Call fn(worker, block) for block in range(count); ``worker`` < threads names the caller's buffers.
 
     Workers (the calling thread plus pool threads) take blocks from a shared counter, so a worker the OS
-    has descheduled (a busy machine) delays only its current block, not a fixed half of the rows.
+    has descheduled (a busy machine) delays only its current block, not a fixed share of the work. Which
+    worker runs which block varies from run to run: results must not depend on it (see _NativeScan).
     """
-    threads = _threads(rows)
+    threads = max(1, min(threads, count))
     if threads == 1:
-        fn(0, 0, rows)
+        for block in range(count):
+            fn(0, block)
         return
-    block = max(1, -(-rows // (8 * threads)))
     blocks = itertools.count()                       # next() is atomic under the GIL
 
     def work(worker: int) -> None:
-        while (begin := next(blocks) * block) < rows:
-            fn(worker, begin, min(begin + block, rows))
+        while (block := next(blocks)) < count:
+            fn(worker, block)
 
     key = (os.getpid(), threads - 1)
     if key not in _POOLS:
@@ -541,6 +561,22 @@ def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
     work(0)
     for future in futures:
         future.result()
+
+
+def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
+    """Call fn(worker, begin, end) over blocks of rows (about 8 blocks per thread)."""
+    threads = _threads(rows)
+    block = max(1, -(-rows // (8 * threads)))
+    _run_blocks(lambda worker, k: fn(worker, k * block, min(k * block + block, rows)), -(-rows // block), threads)
+
+
+def _row_blocks(batch: int, dim: int, threads: int) -> list[tuple[int, int, int]]:
+    """(batch index, first row, end row) blocks, each inside one batch index: the same batch's channels are
+    split into the same number of blocks (about 8 blocks per thread overall). Depends on the sizes and the
+    thread count only, never on timing."""
+    per_batch = max(1, min(dim, -(-8 * threads // batch))) if threads > 1 else 1
+    edges = [round(i * dim / per_batch) for i in range(per_batch + 1)]
+    return [(b, b * dim + edges[i], b * dim + edges[i + 1]) for b in range(batch) for i in range(per_batch)]
 
 
 def _compact_bc(t: Tensor, dim: int) -> tuple[Tensor, int]:
@@ -599,17 +635,29 @@ class _NativeScan(torch.autograd.Function):
         threads = _threads(batch * dim)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dA_rows = u.new_empty((batch, dim, nstate))
-        dB = B.new_zeros((threads, *B.shape))
-        dC = C.new_zeros((threads, *C.shape))
+        # dB and dC sum over the rows (channels) that share a B/C entry. For results that do not depend on
+        # which thread ran which rows, each block of rows sums into its own buffer (one batch slice of B's
+        # layout), and the buffers are added in block order afterwards.
+        blocks = _row_blocks(batch, dim, threads)
+        sliced = B.shape[0] > 1                      # B, C per batch: a block touches only its batch's slice
+        dB_parts = B.new_zeros((len(blocks), 1, *B.shape[1:]))
+        dC_parts = C.new_zeros((len(blocks), 1, *C.shape[1:]))
         work = u.new_empty((threads, 2 * length * nstate))
         sizes = [dim, length, nstate, *_strides(B, ctx.group_size)]
         shared = [t.data_ptr() for t in (u, delta, A, B, C, grad_y, du, ddelta, dA_rows)]
 
-        def rows(i: int, begin: int, end: int) -> None:
-            kernel(*shared, dB[i].data_ptr(), dC[i].data_ptr(), work[i].data_ptr(), *sizes, begin, end)
+        def run(worker: int, k: int) -> None:
+            b, begin, end = blocks[k]
+            kernel(*shared, dB_parts[k].data_ptr(), dC_parts[k].data_ptr(), work[worker].data_ptr(), *sizes,
+                   b if sliced else 0, begin, end)
 
-        _run_rows(rows, batch * dim)
-        return du, ddelta, dA_rows.sum(0), dB.sum(0), dC.sum(0), None
+        _run_blocks(run, len(blocks), threads)
+        if sliced:
+            dB = dB_parts.view(batch, -1, *B.shape[1:]).sum(1)
+            dC = dC_parts.view(batch, -1, *C.shape[1:]).sum(1)
+        else:
+            dB, dC = dB_parts.sum(0), dC_parts.sum(0)
+        return du, ddelta, dA_rows.sum(0), dB, dC, None
 
 
 def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, D: Tensor | None = None,
@@ -621,6 +669,7 @@ def selective_scan_native(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Ten
     if _native_library() is None:
         raise RuntimeError("selective_scan(impl='native'): the C kernel could not be built or loaded "
                            f"(is a C compiler installed? is {ENV_NATIVE}=0 set?); use impl='fast' or 'torch'")
+    _ran("native")
     dtype = _compute_dtype(u)
     dim = u.shape[1]
     delta = _prepare_delta(delta, delta_bias, delta_softplus, dtype)
@@ -758,6 +807,7 @@ class Mamba(nn.Module):
         A = -torch.exp(self.A_log.float())
         fused = self._fused_cuda_fn(hidden_states.device)
         if fused is not None:
+            _ran("mamba_ssm.mamba_inner_fn")
             return fused(xz, self.conv1d.weight, self.conv1d.bias, self.x_proj.weight, self.dt_proj.weight,
                          self.out_proj.weight, self.out_proj.bias, A, None, None, self.D.float(),
                          delta_bias=self.dt_proj.bias.float(), delta_softplus=True)
