@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import ast
+import re
 import sys
 import time
 from pathlib import Path
@@ -76,8 +77,34 @@ class _Preset:
         self.model, self.fit, self.notes = model, fit, notes
 
 
-def _apply(model: str, recipe, overrides: dict[str, Any]) -> _Preset:
-    """The recipe's model config and FitConfig with ``overrides`` set on whichever has the field."""
+OPTION_FIELDS = {"image_size": "--image-size", "backbone": "--backbone", "epochs": "--epochs",
+                 "batch_size": "--batch-size", "max_train_images": "--max-train-images"}
+
+
+def _option(key: str, args: argparse.Namespace | None) -> str:
+    """The command-line option that set config field ``key``: ``--epochs`` or ``--set key``."""
+    if args is not None and key in OPTION_FIELDS and getattr(args, key, None) is not None:
+        return OPTION_FIELDS[key]
+    return f"--set {key}"
+
+
+def _apply(model: str, recipe, overrides: dict[str, Any], args: argparse.Namespace | None = None) -> _Preset:
+    """The recipe's model config and FitConfig with ``overrides`` set on whichever has the field; a value
+    the config refuses is a UsageError naming the option that gave it (``--set lr``, ``--epochs``)."""
+    try:
+        return _apply_fields(model, recipe, overrides)
+    except (ValueError, TypeError) as error:
+        if isinstance(error, UsageError):
+            raise
+        message = str(error)
+        named = [k for k in overrides if k not in ("progress",) and re.search(rf"(^|\W){re.escape(k)}\s*=", message)]
+        if not named:
+            raise
+        key = named[0]
+        raise UsageError(f"{_option(key, args)}={overrides[key]!r} is refused: {message}") from None
+
+
+def _apply_fields(model: str, recipe, overrides: dict[str, Any]) -> _Preset:
     from dataclasses import fields, replace
 
     from adlib.engine import FitConfig
@@ -145,10 +172,9 @@ def _categories(args: argparse.Namespace, root: Path) -> list[str]:
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides: dict[str, Any] = dict(_parse_override(o) for o in args.overrides)
-    for key, value in {"image_size": args.image_size, "backbone": args.backbone, "epochs": args.epochs,
-                       "batch_size": args.batch_size, "max_train_images": args.max_train_images}.items():
-        if value is not None:
-            overrides[key] = value
+    for key in OPTION_FIELDS:
+        if getattr(args, key) is not None:
+            overrides[key] = getattr(args, key)
     for key, value in overrides.items():
         if key in ("image_size", "epochs", "batch_size", "max_train_images") and (
                 not isinstance(value, int) or isinstance(value, bool) or value < 1):
@@ -161,6 +187,24 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
     overrides["seed"] = seed
     overrides["progress"] = not args.no_progress
     return overrides
+
+
+def _device(name: str):
+    """The torch device ``name``, checked by allocating on it; one short UsageError line otherwise."""
+    import torch
+
+    available = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    mps = getattr(torch.backends, "mps", None)
+    if mps is not None and mps.is_available():
+        available.append("mps")
+    try:
+        device = torch.device(name)
+        torch.empty(0, device=device)
+    except (RuntimeError, AssertionError, ValueError) as error:
+        first = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        reason = first if len(first) <= 100 else f"this torch build has no {name.split(':')[0]!r} support"
+        raise UsageError(f"--device {name!r} cannot be used here ({reason}); available: {', '.join(available)}") from None
+    return device
 
 
 def _checkpoint_path(base: str | None, category: str | None) -> str | None:
@@ -190,26 +234,27 @@ def execute(args: argparse.Namespace) -> dict:
     from torch.utils.data import ConcatDataset
 
     from adlib import engine, papers
-    from adlib.data import AnomalyDataset
+    from adlib.data import AnomalyDataset, check_split
     from adlib.models import create_model
 
     root, data_name = _data_root(args)
     categories = _categories(args, root)
     protocols = ["exact", "ader"] if args.protocol == "both" else [args.protocol]
     recipe = papers.home_recipe(args.model, args.profile)
-    preset = _apply(args.model, recipe, _overrides(args))
+    preset = _apply(args.model, recipe, _overrides(args), args)
     results = _results()
-    for path in (args.json, args.checkpoint):  # fail before training, not after it
+    for option, path in (("--json", args.json), ("--checkpoint", args.checkpoint)):  # fail before training
         if path is not None:
-            results.check_writable(path)
-    try:
-        device = torch.device(args.device)
-        torch.empty(0, device=device)
-    except (RuntimeError, AssertionError) as error:
-        raise UsageError(f"--device {args.device!r} cannot be used here: {str(error).splitlines()[0]}") from None
+            results.remove_stale([Path(path).parent], recursive=False)
+            results.check_writable(path, option)
+    device = _device(args.device)
 
     size = preset.model.image_size
-    tests = {c: AnomalyDataset(root, c, "test", image_size=size) for c in categories}  # checked before training
+    tests = {c: AnomalyDataset(root, c, "test", image_size=size) for c in categories}
+    checks = {c: check_split(tests[c]) for c in categories}  # unreadable files, bad masks: before training
+    for check in checks.values():
+        if not (check.image_metrics and check.pixel_metrics):
+            print(f"note: {check.statement()}", file=sys.stderr)
     trains = {c: AnomalyDataset(root, c, "train", image_size=size) for c in categories}
     start = time.perf_counter()
     fits, evaluations, train_seconds = [], {p: [] for p in protocols}, 0.0
@@ -253,6 +298,9 @@ def execute(args: argparse.Namespace) -> dict:
                    "total_s": time.perf_counter() - start},
         "fit": fits[0] if len(fits) == 1 else {"runs": fits, "train_images": sum(f["train_images"] for f in fits)},
         "test_images": n_test,
+        "test_split": {c: {"statement": k.statement(), "image_metrics": k.image_metrics,
+                           "pixel_metrics": k.pixel_metrics, "layout": tests[c].layout.name,
+                           "mask_encoding": tests[c].layout.mask_encoding} for c, k in checks.items()},
         "config": {"model": asdict(preset.model), "fit": asdict(preset.fit)},
         "notes": preset.notes,
         "provenance": results.provenance(device=str(device), seed=preset.fit.seed),
@@ -312,6 +360,10 @@ def main(args: argparse.Namespace) -> int:
     except (UsageError, ValueError, FileNotFoundError, KeyError, PermissionError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"adlib run: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a disk filling up while a checkpoint is written, and the like: name the path
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"adlib run: error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
     except Exception as error:  # a missing backbone's weights and the like: one line, not a traceback
         if type(error).__name__ != "WeightsUnavailableError":

@@ -46,20 +46,29 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         return int(args._data_handler(args) or 0)
-    except (DatasetError, DownloadError, UnsafeArchiveError, ValueError) as error:
+    except (DatasetError, DownloadError, UnsafeArchiveError, ValueError, PermissionError) as error:
         print(f"error: {error}", file=sys.stderr)
+        return 2
+    except OSError as error:  # a full disk or a vanished folder half-way: one line naming the path
+        where = f"{error.filename}: " if error.filename else ""
+        print(f"error: {where}{error.strerror or error}", file=sys.stderr)
         return 2
 
 
 def _stats(args) -> int:
+    from adlib.io import check_writable, remove_stale
+
     from .layout import dataset_stats, format_stats
 
+    if args.csv:  # before reading the dataset: a long listing is not lost to an unwritable path
+        remove_stale([args.csv.parent], recursive=False)
+        check_writable(args.csv, "--csv")
     rows = dataset_stats(args.root)
     print(format_stats(rows))
     if args.csv:
         import csv
 
-        from adlib.results import atomic_path
+        from adlib.io import atomic_path
 
         with atomic_path(args.csv) as tmp, open(tmp, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=list(rows[0]))
@@ -69,8 +78,12 @@ def _stats(args) -> int:
 
 
 def _synth(args) -> int:
+    from adlib.io import check_writable_dir, remove_stale
+
     from .synth import DATASETS, generate
 
+    check_writable_dir(args.out, "--out")  # before generating: fail now, not after minutes of work
+    remove_stale([args.out])
     start = time.perf_counter()
     out = generate(args.out, seed=args.seed, size=args.size, hr_size=args.hr_size,
                    datasets=tuple(args.datasets or DATASETS), workers=args.workers)
@@ -79,9 +92,11 @@ def _synth(args) -> int:
 
 
 def _download(args) -> int:
-    from .download import download_dataset
+    from adlib.io import check_writable_dir
 
-    from .download import SOURCES
+    from .download import SOURCES, download_dataset
+
+    check_writable_dir(args.root, "--root")
 
     source = SOURCES.get(args.name)
     if source is not None:

@@ -1,6 +1,7 @@
 """`AnomalyDataset`: a torch Dataset over one category of a dataset in a supported folder layout."""
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -38,29 +39,64 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def mask_array(mask: Image.Image) -> np.ndarray:
-    """A mask image as a boolean (H, W) array: any channel above zero (masks come as 0/255 or 0/1)."""
+def mask_array(mask: Image.Image, path: str | Path = "", encoding: str = "binary") -> np.ndarray:
+    """A mask image as a boolean (H, W) array (the maximum over colour channels).
+
+    ``encoding`` "binary": the mask must hold 0 and at most one other value (255, or 1, or the 16-bit
+    maximum), else DatasetError names the file and the values found; "nonzero": defect wherever > 0
+    (MVTec LOCO). See ``LayoutSpec.mask_encoding``.
+    """
     if mask.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
         mask = mask.convert("RGBA" if "A" in mask.mode else "RGB")
+    if encoding == "binary" and mask.mode == "L":  # the common case: PIL's histogram, no array pass
+        _check_binary(np.flatnonzero(mask.histogram()), path)
+        return np.asarray(mask) > 0
     array = np.asarray(mask)
     if array.ndim == 3:
         array = array[..., :3].max(axis=2)
+    if encoding == "binary" and array.dtype != bool:
+        _check_binary(np.unique(array), path)
     return array > 0
 
 
-def load_mask(paths: Sequence[str | Path], size: tuple[int, int], image_path: str | Path = "") -> torch.Tensor:
-    """The union (> 0) of mask files as float32 (1, H, W) in {0, 1}; all zero when `paths` is empty.
+BINARY_VALUES = (1, 255, 65535)  # the one non-zero value a binary mask may use
 
-    `size` is the (H, W) of the image; a mask of another size is a DatasetError.
+
+def _check_binary(values: np.ndarray, path: str | Path) -> None:
+    """DatasetError unless the sorted distinct ``values`` of a mask are 0 and at most one binary value."""
+    nonzero = values[values != 0]
+    if len(nonzero) <= 1 and (len(nonzero) == 0 or float(nonzero[0]) in BINARY_VALUES):
+        return
+    shown = ", ".join(str(v) for v in values[:12].tolist()) + (f", ... ({len(values)} values)" if len(values) > 12 else "")
+    raise DatasetError(f"mask {path} is not binary: it holds the values {shown}; expected 0 and 255 (or 0 and 1). "
+                       "A resized or JPEG-saved mask has such values; re-save it with nearest-neighbour resizing, "
+                       "or read the dataset with a layout whose mask_encoding is 'nonzero' (defect wherever > 0)")
+
+
+def load_mask(paths: Sequence[str | Path], size: tuple[int, int], image_path: str | Path = "",
+              encoding: str = "binary") -> torch.Tensor:
+    """The union of mask files as float32 (1, H, W) in {0, 1}; all zero when `paths` is empty.
+
+    `size` is the (H, W) of the image; a mask of another size is a DatasetError, and so is a non-binary
+    mask when `encoding` is "binary" (see ``mask_array``).
     """
+    return torch.from_numpy(_mask_union(paths, size, image_path, encoding).astype(np.float32))[None]
+
+
+def _mask_union(paths: Sequence[str | Path], size: tuple[int, int], image_path: str | Path,
+                encoding: str) -> np.ndarray:
     union = np.zeros(size, dtype=bool)
     for path in paths:
-        array = mask_array(_open(Path(path)))
+        array = mask_array(_open(Path(path)), path, encoding)
         if array.shape != tuple(size):
-            raise DatasetError(f"mask {path} is {array.shape[1]}x{array.shape[0]} (WxH) but its image "
-                               f"{image_path} is {size[1]}x{size[0]}; expected the same size")
+            raise DatasetError(_size_message(path, array.shape, image_path, size))
         union |= array
-    return torch.from_numpy(union.astype(np.float32))[None]
+    return union
+
+
+def _size_message(path, shape, image_path, size) -> str:
+    return (f"mask {path} is {shape[1]}x{shape[0]} (WxH) but its image {image_path} is {size[1]}x{size[0]}; "
+            "expected the same size")
 
 
 class AnomalyDataset(torch.utils.data.Dataset):
@@ -114,7 +150,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image = load_image(sample.image_path)
-        mask = load_mask(sample.mask_paths, tuple(image.shape[-2:]), sample.image_path)
+        mask = load_mask(sample.mask_paths, tuple(image.shape[-2:]), sample.image_path, self.layout.mask_encoding)
         if self.resize_image is not None:
             image = self.resize_image(image)
             mask = self.resize_mask(mask)
@@ -133,3 +169,109 @@ def category_datasets(root: str | Path, split: str = "train", categories: Sequen
     `torch.utils.data.ConcatDataset(category_datasets(root, "train", image_size=256).values())`."""
     names = list(categories) if categories is not None else list_categories(root)
     return {name: AnomalyDataset(root, name, split, **kwargs) for name in names}
+
+
+# ------------------------------------------------------------------------------------------- split checks
+CHECK_MODES = ("header", "verify", "full")
+
+
+@dataclass
+class SplitCheck:
+    """What ``check_split`` found in one split: counts, and which metrics the split can give."""
+
+    where: str
+    images: int
+    good: int
+    anomalous: int
+    defect_pixels: bool  # some mask marks a defect pixel
+    normal_pixels: bool  # some pixel is not a defect (a good image, or outside a mask)
+    mode: str
+    seconds: float
+
+    @property
+    def image_metrics(self) -> bool:
+        """Image AUROC / AP / F1 need good and anomalous images."""
+        return self.good > 0 and self.anomalous > 0
+
+    @property
+    def pixel_metrics(self) -> bool:
+        """Pixel metrics need a defect pixel and a normal one."""
+        return self.defect_pixels and self.normal_pixels
+
+    def statement(self) -> str:
+        """One line: the counts and which metrics can be computed (and why not, for the others)."""
+        head = f"{self.where}: {self.images} images ({self.good} good, {self.anomalous} anomalous)"
+        if self.image_metrics and self.pixel_metrics:
+            return f"{head}: image and pixel metrics can be computed"
+        reasons = []
+        if not self.image_metrics:
+            only = "anomalous" if self.anomalous else "good"
+            reasons.append(f"image metrics cannot be computed (only {only} images)")
+        if not self.pixel_metrics:
+            reasons.append("pixel metrics cannot be computed (" + (
+                "no mask marks a defect pixel" if not self.defect_pixels else "every pixel is a defect") + ")")
+        can = [level for level, ok in (("image", self.image_metrics), ("pixel", self.pixel_metrics)) if ok]
+        tail = f"; {' and '.join(can)} metrics can" if can else "; no metric can be computed"
+        return f"{head}: {'; '.join(reasons)}{tail}"
+
+
+def _probe_image(path: Path, mode: str) -> tuple[int, int]:
+    """(H, W) of an image file, raising DatasetError when it cannot be read at the depth ``mode`` asks."""
+    try:
+        with open(path, "rb") as handle, Image.open(handle) as image:
+            size = (image.height, image.width)
+            if mode == "full":
+                image.load()
+            elif mode == "verify":
+                if image.format == "PNG":
+                    image.verify()  # every chunk's CRC: catches truncated and damaged files without inflating
+                elif image.format == "JPEG":
+                    image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
+                    image.load()  # the whole entropy-coded stream, decoded at 1/8 scale
+                else:
+                    image.load()
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise DatasetError(f"cannot read image {path}: {error}; expected a readable PNG/JPEG/BMP/TIFF file") from None
+    return size
+
+
+def check_split(dataset: "AnomalyDataset", mode: str = "verify", max_problems: int = 10) -> SplitCheck:
+    """Check a (test) split before any training: every image readable, every mask readable, of its image's
+    size and binary (per the layout's ``mask_encoding``); report which metrics the split can give.
+
+    ``mode``: "header" reads image headers only (sizes); "verify" (default) also checks each PNG's chunk
+    checksums and decodes each JPEG at 1/8 scale, which finds truncated and damaged files at a small
+    fraction of a full decode; "full" decodes every image. Masks are always decoded (their values are
+    checked). Raises DatasetError listing up to ``max_problems`` problems; a split with one class only,
+    or without defect pixels, is not an error: ``SplitCheck.statement()`` says which metrics are left.
+    """
+    import time
+
+    if mode not in CHECK_MODES:
+        raise ValueError(f"check_split: mode={mode!r}, expected one of {CHECK_MODES}")
+    start = time.perf_counter()
+    problems: list[str] = []
+    defect_pixels = normal_pixels = False
+    for sample in dataset.samples:
+        try:
+            size = _probe_image(Path(sample.image_path), mode)
+            if sample.label == 0:
+                normal_pixels = True
+            marked = int(np.count_nonzero(_mask_union(sample.mask_paths, size, sample.image_path,
+                                                      dataset.layout.mask_encoding)))
+            defect_pixels |= marked > 0
+            normal_pixels |= marked < size[0] * size[1]
+        except DatasetError as error:
+            problems.append(str(error))
+            if len(problems) >= max_problems:
+                break
+    where = f"{dataset.category_dir.name} {dataset.split}"
+    if problems:
+        more = " (stopped at the first {max_problems})".format(max_problems=max_problems) \
+            if len(problems) >= max_problems else ""
+        raise DatasetError(f"{where} split of {dataset.category_dir}: {len(problems)} problem(s){more}: "
+                           + "; ".join(problems))
+    labels = dataset.labels
+    return SplitCheck(where=where, images=len(labels), good=labels.count(0), anomalous=labels.count(1),
+                      defect_pixels=defect_pixels, normal_pixels=normal_pixels, mode=mode,
+                      seconds=time.perf_counter() - start)

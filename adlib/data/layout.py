@@ -24,6 +24,10 @@ class LayoutSpec:
     `mask_patterns` are tried in order for a defective image `<stem>.<ext>`; a pattern is relative to
     `<category>/ground_truth/<defect>/`. With `mask_is_folder`, the masks of an image are all image
     files inside `ground_truth/<defect>/<stem>/` and the image's mask is their union.
+    `mask_encoding` says how a mask marks defects: "binary" (0 and one value, 255 or 1, else the mask is
+    refused: a mask with other values is most likely resized or JPEG-compressed, and reading it as
+    "defect wherever > 0" silently changes pixel metrics), or "nonzero" (defect wherever the value is
+    above 0: MVTec LOCO stores a defect type's id as the pixel value).
     """
 
     name: str
@@ -33,6 +37,12 @@ class LayoutSpec:
     mask_is_folder: bool = False
     splits: tuple[str, ...] = ("train", "test")
     defect_groups: tuple[tuple[str, str], ...] = ()  # (defect folder, group) pairs
+    mask_encoding: str = "binary"  # "binary" or "nonzero" (see above)
+
+    def __post_init__(self) -> None:
+        if self.mask_encoding not in MASK_ENCODINGS:
+            raise ValueError(f"layout {self.name!r}: mask_encoding={self.mask_encoding!r}, expected one of "
+                             f"{MASK_ENCODINGS}")
 
     def matches(self, category_dir: Path) -> bool:
         """True when every split folder exists with a normal sub-folder where one is required."""
@@ -46,6 +56,7 @@ class LayoutSpec:
 
 
 LAYOUTS: dict[str, LayoutSpec] = {}
+MASK_ENCODINGS = ("binary", "nonzero")
 
 
 def register_layout(spec: LayoutSpec) -> LayoutSpec:
@@ -70,6 +81,7 @@ register_layout(LayoutSpec(
     mask_is_folder=True,
     splits=("train", "validation", "test"),
     defect_groups=(("logical_anomalies", "logical"), ("structural_anomalies", "structural")),
+    mask_encoding="nonzero",  # defect pixels carry the defect type's value (e.g. 236-255), see defects_config.json
 ))
 
 
