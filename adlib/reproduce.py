@@ -34,6 +34,8 @@ from adlib import results
 
 NOTEBOOK_NAME = re.compile(r"^\d\d_[\w-]+\.ipynb$")
 EXECUTED_DIR = "executed"
+# What every notebook's parameters cell declares (adlib reproduce passes them all).
+STANDARD_PARAMETERS = ("profile", "data_root", "device", "seed", "output_root")
 RESUME_INDEX = "resume.json"
 PARTIAL_DIR = ".partial"
 
@@ -80,6 +82,9 @@ class ReproduceConfig:
     cell_timeout: float | None = None
     time_budget: float | None = None  # seconds; notebooks not started by then are deferred, not failed
     report: bool = True
+    # More notebook parameters (``-p NAME VALUE``), passed to every selected notebook; each must be declared
+    # in the notebook's parameters cell, like the standard ones.
+    parameters: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
@@ -92,6 +97,9 @@ class ReproduceConfig:
             raise ValueError("--executor dask needs --scheduler ADDRESS (e.g. tcp://127.0.0.1:8786)")
         self.notebook_root = Path(self.notebook_root)
         self.output_root = Path(self.output_root)
+        clash = sorted(set(self.parameters) & set(STANDARD_PARAMETERS))
+        if clash:
+            raise ValueError(f"-p {clash[0]}: set it with its own option (--{clash[0].replace('_', '-')}), not -p")
 
     @property
     def executed_dir(self) -> Path:
@@ -258,7 +266,7 @@ def plan(config: ReproduceConfig, notebooks: list[Path]) -> list[Job]:
     code = code_fingerprint()
     parameters = {
         "profile": config.profile, "data_root": config.data_root, "device": device, "seed": config.seed,
-        "output_root": str(config.output_root.resolve()),
+        "output_root": str(config.output_root.resolve()), **config.parameters,
     }
     jobs = []
     for path in notebooks:
@@ -292,6 +300,13 @@ class ResumeIndex:
             return False
         root = Path(job.output_root)
         return Path(job.executed).exists() and all((root / rel).exists() for rel in job.outputs)
+
+    def invalidate(self, job: Job) -> None:
+        """Forget a notebook's last success as it starts: from now on its outputs may be half rewritten,
+        so a run killed before it ends must not let --resume trust the older record."""
+        with self._lock:
+            if self.entries.pop(job.label, None) is not None:
+                results.atomic_write_json(self.path, self.entries)
 
     def update(self, job: Job, outcome: Outcome) -> None:
         with self._lock:
@@ -328,24 +343,69 @@ def _kernel_manager_class(extra_env: dict[str, str], stderr_path: Path):
     return AdlibKernelManager
 
 
-def _written_files(log: Path) -> list[str]:
+class _NotStarted(Exception):
+    """The notebook was refused before its kernel started (the error says why)."""
+
+
+def check_parameters(notebook: str | Path, parameters: dict) -> str | None:
+    """None when the notebook's parameters cell declares every parameter passed, else the error: a name
+    papermill would inject without the notebook knowing it (a typo on either side) must fail the notebook,
+    not be silently ignored."""
+    import papermill
+
+    try:
+        declared = papermill.inspect_notebook(str(notebook))
+    except Exception as exc:  # unreadable notebook, unknown kernel language
+        return f"cannot read the parameters of {notebook}: {type(exc).__name__}: {exc}"
+    if not declared:
+        return (f"{Path(notebook).name} has no cell tagged 'parameters' (or it declares nothing); expected one "
+                f"declaring {', '.join(sorted(parameters))}")
+    unknown = sorted(set(parameters) - set(declared))
+    if unknown:
+        return (f"parameter(s) {', '.join(unknown)} passed but not declared in the parameters cell of "
+                f"{Path(notebook).name} (it declares {', '.join(declared)}): a typo in the notebook or in -p?")
+    return None
+
+
+def merge_runtime(lines: Iterable[dict]) -> dict:
+    """The kernel's ``results.runtime()`` reports (one per table/figure written and one at exit) as one:
+    the latest CPU and thread settings; the union of scan backends (largest count), weights and data."""
+    merged: dict[str, Any] = {"scan_backends": {}, "weights": {}, "data_sources": {}}
+    for line in sorted(lines, key=lambda entry: entry.get("time", 0)):
+        runtime = line.get("runtime") or {}
+        for key in ("cpu", "threads"):
+            if key in runtime:
+                merged[key] = runtime[key]
+        for name, count in (runtime.get("scan_backends") or {}).items():
+            merged["scan_backends"][name] = max(count, merged["scan_backends"].get(name, 0))
+        merged["weights"].update(runtime.get("weights") or {})
+        merged["data_sources"].update(runtime.get("data_sources") or {})
+    return merged
+
+
+def _run_log(log: Path) -> list[dict]:
     if not log.exists():
         return []
-    paths = []
+    entries = []
     for line in log.read_text(encoding="utf-8").splitlines():
         try:
-            paths.append(json.loads(line)["path"])
-        except (ValueError, KeyError):
+            entries.append(json.loads(line))
+        except ValueError:
             continue
-    return sorted(set(paths))
+    return entries
 
 
 def execute_job(job: Job) -> Outcome:
-    """Execute one notebook with papermill; write the executed notebook and the run record. Never raises."""
+    """Execute one notebook with papermill; write the executed notebook and the run record. Never raises.
+
+    Before the kernel starts, the run record says "running" (a killed run leaves that, not the last
+    success) and the parameters are checked against the notebook's parameters cell."""
     import papermill
     from papermill.exceptions import PapermillExecutionError
 
     executed, record_path, root = Path(job.executed), Path(job.record), Path(job.output_root)
+    results.atomic_write_json(record_path, {"notebook": job.label, "status": "running", "start": _iso(time.time()),
+                                            "parameters": job.parameters, "input_key": job.key})
     partial_dir = executed.parent.parent / PARTIAL_DIR
     partial_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f"{job.paper}-{job.name}-", dir=partial_dir))
@@ -354,11 +414,16 @@ def execute_job(job: Job) -> Outcome:
     start = time.time()
     error = cell = None
     try:
+        error = check_parameters(job.notebook, job.parameters)
+        if error is not None:
+            raise _NotStarted()
         papermill.execute_notebook(
             job.notebook, str(work / executed.name), parameters=job.parameters, kernel_name="python3",
             cwd=str(Path(job.notebook).parent), progress_bar=False, execution_timeout=job.cell_timeout,
             kernel_manager_class=_kernel_manager_class(env, kernel_log),
         )
+    except _NotStarted:
+        pass
     except PapermillExecutionError as exc:
         first_line = next((line for line in exc.source.splitlines() if line.strip()), "").strip()
         cell = f"In [{exc.exec_count}] (cell {exc.cell_index}): {first_line[:80]}"
@@ -367,7 +432,8 @@ def execute_job(job: Job) -> Outcome:
         error = f"{type(exc).__name__}: {exc}"
     end = time.time()
 
-    written = _written_files(run_log)
+    log = _run_log(run_log)
+    written = sorted({entry["path"] for entry in log if "path" in entry})
     missing = []
     for rel in job.outputs:
         path = root / rel
@@ -392,6 +458,8 @@ def execute_job(job: Job) -> Outcome:
         "written_files": [_relative(p, root) for p in written],
         "kernel_python": sys.executable,
         "kernel_stderr": kernel_log.read_text(errors="replace")[-4000:] if kernel_log.exists() else "",
+        # what the kernel reported: CPU, threads, scan backends, weights sha256, data content fingerprints
+        "kernel": merge_runtime(entry for entry in log if entry.get("kind") == "runtime"),
         "provenance": results.provenance(),
     }
     results.atomic_write_json(record_path, record)
@@ -544,8 +612,10 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
     notebooks = discover(config.notebook_root, config.papers, config.only)
     if not notebooks:
         return Summary([], time.time() - start)
-    config.executed_dir.mkdir(parents=True, exist_ok=True)
+    results.check_writable_dir(config.output_root, "--output-root")  # before any notebook runs
+    results.check_writable_dir(config.executed_dir, "--output-root")
     shutil.rmtree(config.executed_dir / PARTIAL_DIR, ignore_errors=True)  # left by a killed run
+    results.remove_stale([config.output_root / top / config.profile for top in ("results", "figures")])
     jobs = plan(config, notebooks)
     index = ResumeIndex(config.executed_dir / RESUME_INDEX)
     progress = Progress(len(jobs), stream)
@@ -565,8 +635,12 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
         index.update(job, outcome)
         progress.finished(outcome)
 
+    def on_start(job: Job) -> None:
+        index.invalidate(job)
+        progress.started(job)
+
     if todo:
-        EXECUTORS[config.executor](config).run(todo, progress.started, on_done)
+        EXECUTORS[config.executor](config).run(todo, on_start, on_done)
     summary = Summary([outcomes[j.label] for j in jobs], time.time() - start)
     if config.report:
         from adlib.report import build_report
@@ -595,6 +669,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data folder passed to the notebooks (default: embedded synthetic data)")
     parser.add_argument("--device", default=None, help="device passed to the notebooks (default: the profile's)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
+                        dest="parameters",
+                        help="one more notebook parameter, as papermill's -p (VALUE parsed as a Python literal, "
+                             "else a string); every notebook run must declare it in its parameters cell")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="start no notebook after this many seconds (CI); the rest are listed as not started")
@@ -612,6 +690,7 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
         profile=args.profile, papers=args.papers, only=args.only, resume=args.resume, jobs=args.jobs,
         executor=args.executor, scheduler=args.scheduler, data_root=args.data_root, device=args.device,
         seed=args.seed, cell_timeout=args.cell_timeout, time_budget=args.time_budget, report=not args.no_report,
+        parameters={name.replace("-", "_"): _literal(value) for name, value in getattr(args, "parameters", [])},
     )
     if args.notebooks is not None:
         config.notebook_root = args.notebooks
@@ -620,12 +699,31 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
     return config
 
 
+def _literal(text: str) -> Any:
+    import ast
+
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
 def main(args: argparse.Namespace) -> int:
     try:
         config = config_from_args(args)
     except ValueError as exc:
         print(f"adlib reproduce: {exc}", file=sys.stderr)
         return 2
+    try:
+        return _main(args, config)
+    except OSError as exc:  # an unwritable --output-root, a disk filling up: one line naming the path
+        message = str(exc) if isinstance(exc, results.OutputPathError) else \
+            f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}"
+        print(f"adlib reproduce: error: {message}", file=sys.stderr)
+        return 2
+
+
+def _main(args: argparse.Namespace, config: ReproduceConfig) -> int:
     if args.report_only:
         from adlib.report import build_report
 

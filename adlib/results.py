@@ -11,10 +11,13 @@ says otherwise):
 
 Everything is written atomically (temp file in the same folder, then `os.replace`), so an interrupted
 run never leaves a half-written file. When `$ADLIB_RUN_LOG` names a file (`adlib reproduce` sets it for
-each notebook), every written path is appended to it as one JSON line, which the run record lists.
+each notebook), every written path is appended to it as one JSON line, which the run record lists, and so
+is this process's `runtime()` (CPU, threads, scan backends, weights hashes, data fingerprints) after each
+table or figure and at exit, which the run record merges.
 """
 from __future__ import annotations
 
+import atexit
 import json
 import os
 import platform
@@ -128,8 +131,73 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
+def cpu_model() -> str:
+    """The CPU's model name (Linux /proc/cpuinfo, macOS sysctl), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text(errors="replace").splitlines():
+            if line.lower().startswith(("model name", "hardware", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    if sys.platform == "darwin":
+        try:
+            out = subprocess.run(["sysctl", "-n", "machdep.cpu.brand_string"], capture_output=True, text=True, timeout=5)
+            if out.returncode == 0 and out.stdout.strip():
+                return out.stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    return platform.processor() or platform.machine()
+
+
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "ADLIB_SCAN_IMPL", "ADLIB_SCAN_NATIVE")
+
+
+def runtime() -> dict:
+    """What this process ran on and with, as far as it is known now: CPU model and counts, thread settings
+    (torch's when torch is imported, and the environment), the selective-scan backends that ran
+    (``adlib.ssm.backends_used``), the weights files loaded (``adlib.backbones.LOADED_WEIGHTS``, path ->
+    sha256) and a content fingerprint per data source read (``adlib.data.data_sources_read``). Modules
+    not imported yet are not imported: what they would report did not happen."""
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    threads: dict[str, Any] = {"env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
+    torch = sys.modules.get("torch")
+    if torch is not None and hasattr(torch, "get_num_threads"):
+        threads["torch"] = torch.get_num_threads()
+        threads["torch_interop"] = torch.get_num_interop_threads()
+    ssm, backbones, folder = (sys.modules.get(f"adlib.{m}") for m in ("ssm", "backbones", "data.folder"))
+    return {
+        "cpu": {"model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable},
+        "threads": threads,
+        "scan_backends": ssm.backends_used() if ssm is not None and hasattr(ssm, "backends_used") else {},
+        "weights": dict(getattr(backbones, "LOADED_WEIGHTS", {})) if backbones is not None else {},
+        "data_sources": folder.data_sources_read() if folder is not None and hasattr(folder, "data_sources_read") else {},
+    }
+
+
+def log_runtime() -> None:
+    """Append this process's ``runtime()`` to ``$ADLIB_RUN_LOG`` (when set) as one ``{"kind": "runtime"}`` line.
+
+    A notebook's kernel is another process than ``adlib reproduce``: it reports this way each time it
+    writes a table or figure and when it exits, and the run record merges the lines."""
+    log = os.environ.get(RUN_LOG_ENV)
+    if not log:
+        return
+    try:
+        line = json.dumps({"kind": "runtime", "pid": os.getpid(), "time": time.time(), "runtime": runtime()},
+                          default=str)
+        with open(log, "a", encoding="utf-8") as handle:
+            handle.write(line + "\n")
+    except (OSError, ValueError):  # a vanished log folder must not fail the notebook
+        pass
+
+
+if os.environ.get(RUN_LOG_ENV):
+    atexit.register(log_runtime)
+
+
 def provenance(**extra: Any) -> dict:
-    """Git revision, adlib and package versions, Python, platform, host, time, plus `extra` (e.g. device)."""
+    """Git revision, adlib and package versions, Python, platform, host, time, ``runtime()`` (CPU, threads,
+    scan backends, weights hashes, data fingerprints), plus `extra` (e.g. device)."""
     from adlib import __version__
 
     record = {
@@ -141,6 +209,7 @@ def provenance(**extra: Any) -> dict:
         "host": platform.node(),
         "time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
         "argv": list(sys.argv),
+        "runtime": runtime(),
     }
     record.update(extra)
     return record
@@ -202,6 +271,7 @@ def _sidecar(path: Path, kind: str, paper: str, name: str, profile: str, backbon
     record.update(extra or {})
     atomic_write_json(meta_path(path), record)
     _log_written(meta_path(path), "meta")
+    log_runtime()
 
 
 def write_table(df: pd.DataFrame, paper: str, name: str, *, profile: str, backbone: str, data: str,

@@ -52,8 +52,8 @@ def demo_run(tmp_path_factory):
 
 def test_discover_sorts_and_filters():
     labels = [f"{p.parent.name}/{p.stem}" for p in reproduce.discover(FIXTURES)]
-    assert labels == ["broken/01_raises", "broken/02_missing_output", "demo/01_table_and_figure",
-                      "demo/02_second", "slow/01_sleeps"]
+    assert labels == ["broken/01_raises", "broken/02_missing_output", "broken/03_parameter_typo",
+                      "demo/01_table_and_figure", "demo/02_second", "records/01_reads_data", "slow/01_sleeps"]
     assert [p.stem for p in reproduce.discover(FIXTURES, papers=["demo"])] == ["01_table_and_figure", "02_second"]
     assert [p.stem for p in reproduce.discover(FIXTURES, only="demo/02*")] == ["02_second"]
     assert [p.stem for p in reproduce.discover(FIXTURES, only="missing")] == ["02_missing_output"]

@@ -31,7 +31,9 @@ def test_write_table_stamps_columns_sidecar_and_run_log(tmp_path, monkeypatch):
     meta = json.loads(results.meta_path(path).read_text())
     assert meta["params"] == {"m": 4} and meta["data"] == "synthetic_ad"
     assert "packages" in meta["provenance"] and "git" in meta["provenance"]
-    logged = [json.loads(line)["path"] for line in log.read_text().splitlines()]
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    logged = [line["path"] for line in lines if "path" in line]
+    assert [line["kind"] for line in lines if "path" not in line] == ["runtime"]  # the writer's runtime report
     assert str(path.resolve()) in logged and str(results.meta_path(path).resolve()) in logged
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
     back = results.read_table("varad", "table2", profile="smoke", root=tmp_path)

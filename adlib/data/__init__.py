@@ -8,7 +8,8 @@ import importlib
 
 _EXPORTS = {
     "AnomalyDataset": "folder", "category_datasets": "folder", "load_image": "folder", "load_mask": "folder",
-    "check_split": "folder", "SplitCheck": "folder",
+    "check_split": "folder", "SplitCheck": "folder", "content_fingerprint": "folder",
+    "data_sources_read": "folder",
     "DatasetError": "layout", "LayoutSpec": "layout", "LAYOUTS": "layout", "Sample": "layout",
     "register_layout": "layout", "detect_layout": "layout", "list_categories": "layout",
     "index_split": "layout", "dataset_stats": "layout", "stats_frame": "layout", "format_stats": "layout",

@@ -130,6 +130,7 @@ class AnomalyDataset(torch.utils.data.Dataset):
         self.resize_image = ResizeImage(self.image_size) if self.image_size else None
         self.resize_mask = ResizeMask(self.image_size, mask_interpolation) if self.image_size else None
         self.transform = transform
+        _note_read(self.category_dir, split)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -275,3 +276,64 @@ def check_split(dataset: "AnomalyDataset", mode: str = "verify", max_problems: i
     return SplitCheck(where=where, images=len(labels), good=labels.count(0), anomalous=labels.count(1),
                       defect_pixels=defect_pixels, normal_pixels=normal_pixels, mode=mode,
                       seconds=time.perf_counter() - start)
+
+
+# ------------------------------------------------------------------------------------------- data sources read
+# Category folders read in this process (an AnomalyDataset was made on them), for run records: which data a
+# result came from, as a content fingerprint that is the same on every machine holding the same files.
+_READ: dict[Path, set[str]] = {}
+_FINGERPRINTS: dict[Path, dict] = {}
+SAMPLE_FILES = 32  # files whose bytes enter a fingerprint (evenly spaced in the sorted listing)
+SAMPLE_BYTES = 1 << 22  # at most this many bytes of each sampled file
+
+
+def _note_read(category_dir: Path, split: str) -> None:
+    _READ.setdefault(Path(category_dir).resolve(), set()).add(split)
+
+
+def content_fingerprint(folder: str | Path, sample_files: int = SAMPLE_FILES, sample_bytes: int = SAMPLE_BYTES) -> dict:
+    """A portable fingerprint of a folder's content: sha256 over the sorted relative file list with sizes,
+    then the first ``sample_bytes`` of ``sample_files`` files taken evenly from that list. No absolute path,
+    time or owner enters it, so a copy on another machine gives the same value; hidden files are left out.
+    Returns {"sha256", "files", "bytes", "sampled_files"}."""
+    import hashlib
+    import os
+
+    folder = Path(folder)
+    files = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        for name in filenames:
+            if not name.startswith("."):
+                path = Path(dirpath, name)
+                files.append((path.relative_to(folder).as_posix(), path.stat().st_size))
+    files.sort()
+    digest = hashlib.sha256()
+    for rel, size in files:
+        digest.update(f"{rel}\t{size}\n".encode())
+    step = max(1, -(-len(files) // max(1, sample_files)))
+    sample = files[::step]
+    for rel, _ in sample:
+        with open(folder / rel, "rb") as handle:
+            digest.update(f"\0{rel}\0".encode())
+            digest.update(handle.read(sample_bytes))
+    return {"sha256": digest.hexdigest(), "files": len(files), "bytes": sum(size for _, size in files),
+            "sampled_files": len(sample)}
+
+
+def data_sources_read() -> dict[str, dict]:
+    """Per category folder read in this process ("<dataset folder>/<category>"): the splits read and the
+    folder's ``content_fingerprint`` (computed once per process)."""
+    out: dict[str, dict] = {}
+    for folder, splits in sorted(_READ.items()):
+        if folder not in _FINGERPRINTS:
+            try:
+                _FINGERPRINTS[folder] = content_fingerprint(folder)
+            except OSError as error:
+                _FINGERPRINTS[folder] = {"error": f"{type(error).__name__}: {error.strerror or error}"}
+        name = f"{folder.parent.name}/{folder.name}"
+        key, n = name, 2
+        while key in out:  # two folders of the same name in different places
+            key, n = f"{name} ({n})", n + 1
+        out[key] = {"splits": sorted(splits), **_FINGERPRINTS[folder]}
+    return out
