@@ -30,7 +30,7 @@ engine.fit(model, train, engine.FitConfig(epochs=args["epochs"], batch_size=4, m
 state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
 torch.save(state, args["out"])
 digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()[:16]
-print(json.dumps({"threads": torch.get_num_threads(), "digest": digest}))
+print(json.dumps({"threads": torch.get_num_threads(), "scan": ssm.backends_used(), "digest": digest}))
 '''
 
 

@@ -148,6 +148,9 @@ def test_only_defective_test_images_still_give_pixel_metrics(tmp_path, capsys):
     assert set(record["pixel"]) >= {"auroc", "ap", "f1max", "aupro"}
     assert record["test_split"]["widget"]["pixel_metrics"] and not record["test_split"]["widget"]["image_metrics"]
     assert record["test_split"]["widget"]["mask_encoding"] == "binary"
+    runtime = record["provenance"]["runtime"]  # issue 9 item 7: what this run read and ran on
+    assert runtime["data_sources"][f"{tmp_path.name}/widget"]["splits"] == ["test", "train"]
+    assert runtime["cpu"]["model"] and runtime["threads"]["torch"] >= 1
 
 
 # ------------------------------------------------------------------------------------------ options
