@@ -177,3 +177,15 @@ def test_data_fingerprints_are_portable_and_follow_the_content(tmp_path):
     assert content_fingerprint(there) != content_fingerprint(here)
     many = content_fingerprint(here, sample_files=1)
     assert many["sampled_files"] == 1 and many["files"] == 4
+
+
+@pytest.mark.slow  # starts a real VarAD notebook's kernel (imports torch, timm, the study layer): ~30 s
+def test_an_unknown_category_fails_a_varad_notebook(tmp_path):
+    notebook = results.repo_root() / "notebooks" / "varad" / "01_table1_datasets.ipynb"
+    if "resolve_setting" not in notebook.read_text():
+        pytest.skip("the VarAD notebooks do not use adlib.study.resolve_setting yet")
+    config = ReproduceConfig(notebook_root=results.repo_root() / "notebooks", only="varad/01*",
+                             output_root=tmp_path / "out", parameters={"category": "nosuch"}, report=False)
+    (outcome,) = reproduce.reproduce(config, stream=io.StringIO()).outcomes
+    assert outcome.status == "failed" and "category='nosuch'" in outcome.error
+    assert not list((tmp_path / "out" / "results" / "smoke" / "varad").glob("*.csv"))
