@@ -375,3 +375,38 @@ def test_leftovers_of_killed_runs_are_removed_on_the_next_download(tmp_path: Pat
     assert not stale_staging.exists() and not legacy_staging.exists() and not stale_tmp.exists()
     assert live_staging.exists(), "a staging folder of a running process is left alone"
     assert (root / "mvtec_ad" / "cat" / "train" / "good" / "0.png").is_file()
+
+
+class _NoLength(_Server):
+    """Sends no Content-Length and resets the connection half-way: only the broken transfer shows it."""
+
+    def __init__(self, payload: bytes) -> None:
+        super().__init__(payload)
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.0"
+
+            def do_GET(self) -> None:
+                outer.requests.append(self.headers.get("Range"))
+                self.send_response(200)
+                self.end_headers()
+                self.wfile.write(outer.payload[: len(outer.payload) // 2])
+                self.wfile.flush()
+                import socket
+                import struct
+
+                self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                self.connection.close()  # RST, not a clean end
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd.RequestHandlerClass = Handler
+
+
+def test_a_reset_without_content_length_is_not_taken_as_complete(tmp_path: Path) -> None:
+    dest = tmp_path / "archive.bin"
+    with _NoLength(PAYLOAD) as server, pytest.raises(DownloadError, match="is kept"):
+        download_file(server.url, dest, progress=False, attempts=1)
+    assert not dest.exists() and (tmp_path / "archive.bin.part").exists()

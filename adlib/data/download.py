@@ -154,18 +154,19 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
     part = dest.with_name(dest.name + ".part")
     for attempt in range(max(1, attempts)):
         before = part.stat().st_size if part.is_file() else 0
-        total = _fetch(url, part, timeout, progress, dest.name)
+        total, interrupted = _fetch(url, part, timeout, progress, dest.name)
         size = part.stat().st_size if part.is_file() else 0
-        if total is None or size == total:
+        if not interrupted and (total is None or size == total):
             break
-        if size > total:
+        if total is not None and size > total:
             part.unlink()
             raise DownloadError(f"download of {url} gave {size} bytes, more than the {total} the server announced; "
                                 f"the partial file was deleted, run again to restart")
+        of = f" of {total}" if total is not None else ""
         if size <= before or attempt == attempts - 1:
-            raise DownloadError(f"download of {url} stopped after {size} of {total} bytes; the partial file "
+            raise DownloadError(f"download of {url} stopped after {size}{of} bytes; the partial file "
                                 f"{part} is kept: run the same command again to resume it")
-        print(f"download of {url} stopped after {size} of {total} bytes; resuming", file=sys.stderr)
+        print(f"download of {url} stopped after {size}{of} bytes; resuming", file=sys.stderr)
     try:
         verify(part, sha256, md5)
     except DownloadError:
@@ -175,9 +176,9 @@ def download_file(url: str, dest: str | Path, sha256: str | None = None, md5: st
     return dest
 
 
-def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> int | None:
-    """One request appending to (or restarting) `part`; returns the file's expected full size, or None when
-    the server does not say. A broken connection leaves what arrived in `part`."""
+def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> tuple[int | None, bool]:
+    """One request appending to (or restarting) `part`; returns the file's expected full size (None when
+    the server does not say) and whether the transfer broke off. What arrived stays in `part`."""
     offset = part.stat().st_size if part.is_file() else 0
     request = urllib.request.Request(url, headers={"User-Agent": "adlib"})
     if offset:
@@ -187,7 +188,7 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> 
     except urllib.error.HTTPError as error:
         if error.code == 416 and offset:  # nothing after `offset`: the part file should be complete
             total = _range_total(error.headers.get("Content-Range", ""))
-            return offset if total is None else total
+            return (offset if total is None else total), False
         raise DownloadError(f"download of {url} failed: HTTP {error.code} {error.reason}") from error
     except (urllib.error.URLError, OSError) as error:
         raise DownloadError(f"download of {url} failed: {error}") from error
@@ -213,7 +214,8 @@ def _fetch(url: str, part: Path, timeout: float, progress: bool, label: str) -> 
             _copy_stream(response, part, "ab" if resumed else "wb", offset, total, progress, label)
         except (OSError, http.client.HTTPException) as error:  # reset, timeout, IncompleteRead: keep the bytes
             print(f"download of {url} interrupted: {error}", file=sys.stderr)
-    return total
+            return total, True
+    return total, False
 
 
 def _range_total(content_range: str) -> int | None:
@@ -227,7 +229,11 @@ def _copy_stream(response, part: Path, mode: str, start: int, total: int | None,
     with open(part, mode) as handle, tqdm(total=total, initial=start, unit="B", unit_scale=True, desc=label,
                                           disable=not progress, file=sys.stderr) as bar:
         for block in iter(lambda: response.read(1 << 20), b""):
-            handle.write(block)
+            try:
+                handle.write(block)
+            except OSError as error:  # a full disk is not a broken connection: stop, keep what was written
+                raise DownloadError(f"cannot write {part}: {error.strerror or error}; free space and run again "
+                                    "to resume") from None
             bar.update(len(block))
 
 
