@@ -189,7 +189,9 @@ class NotebookEntry:
 
     @property
     def status(self) -> str:
-        return str(self.record.get("status") or "?")
+        """ok, failed, not run (no record in this profile), not started (the time budget was spent first)."""
+        status = str(self.record.get("status") or "?")
+        return "not started" if status == "deferred" else status
 
 
 @dataclass
@@ -204,6 +206,7 @@ class PaperEntry:
     claims: pd.DataFrame | None = None
     claims_path: Path | None = None
     claims_error: str = ""
+    views: dict | None = None  # table name -> TableView, built once (``views_of``)
 
 
 def _read_json(path: Path) -> dict:
@@ -665,7 +668,7 @@ def _status_words(nb: NotebookEntry) -> str:
     r = nb.record
     if nb.status == "failed":
         return "failed: " + str(r.get("error") or "no error recorded") + (f" at {r['failed_cell']}" if r.get("failed_cell") else "")
-    if nb.status in ("deferred", "not started"):
+    if nb.status == "not started":
         return "was not started (time budget spent)"
     if nb.status == "not run":
         return "was not run in this profile"
@@ -676,7 +679,7 @@ def _notebook_counts(paper: PaperEntry) -> str:
     counts = Counter(nb.status for nb in paper.notebooks)
     if not counts:
         return "no notebooks"
-    order = ["ok", "failed", "not started", "deferred", "not run"]
+    order = ["ok", "failed", "not started", "not run"]
     return ", ".join(f"{counts[s]} {s}" for s in order + sorted(set(counts) - set(order)) if counts[s])
 
 
@@ -926,7 +929,7 @@ def _notebook_blocks(paper: PaperEntry, ctx: Context) -> list:
                   f", finished {r['end']}" if r.get("end") else "")
         if nb.status == "failed":
             item += [f" — {r.get('error') or 'no error recorded'}"] + ([" at ", Code(r["failed_cell"])] if r.get("failed_cell") else [])
-        elif nb.status in ("deferred", "not started"):
+        elif nb.status == "not started":
             item += [" — the time budget was spent before it started; run again with --resume"]
         items.append(item)
     blocks = [Heading(3, ["Notebooks"])]
@@ -937,7 +940,11 @@ def _notebook_blocks(paper: PaperEntry, ctx: Context) -> list:
 
 
 def views_of(paper: PaperEntry) -> dict[str, TableView]:
-    return {t.name: build_view(t) for t in paper.tables if t.ours is not None and t.paper is not None and not t.error}
+    """The paper's printed tables that have reproduced rows, in the paper's shape (built once per entry)."""
+    if paper.views is None:
+        paper.views = {t.name: build_view(t) for t in paper.tables
+                       if t.ours is not None and t.paper is not None and not t.error}
+    return paper.views
 
 
 def paper_blocks(paper: PaperEntry, ctx: Context) -> list:

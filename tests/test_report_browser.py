@@ -150,6 +150,12 @@ def test_site_opens_from_disk_follows_links_and_loads_every_image(browser, site)
     assert browser.evaluate(ALL_IMAGES_LOADED), browser.evaluate(
         "Array.from(document.images).filter(i => !i.naturalWidth).map(i => i.src)")
 
+    # the comparable cells are coloured by agreement, and every note says its reason on hover
+    assert browser.evaluate("document.querySelectorAll('td.agree').length") >= 3
+    assert browser.evaluate("getComputedStyle(document.querySelector('td.agree')).backgroundColor") == "rgb(200, 230, 201)"
+    assert browser.evaluate("Array.from(document.querySelectorAll('sup')).every(s => s.title.length > 5)")
+    assert browser.evaluate("document.querySelectorAll('sup').length") >= 5
+
     browser.click('a[href^="notebooks/"]')
     assert browser.evaluate("location.pathname").endswith("/site/notebooks/demo/01_demo.html")
     assert browser.evaluate("document.images.length") >= 1  # the notebook's plot, embedded in the page

@@ -326,7 +326,8 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
     # variants that did not run: NaN rows whose note says why
     group = KEYS + extra
     ran = set(map(tuple, summary[group].itertuples(index=False, name=None))) if len(summary) else set()
-    notes = ours.assign(note=ours["note"].map(_text) if "note" in ours.columns else "")
+    notes = ours[ours["value"].isna()]
+    notes = notes.assign(note=notes["note"].map(_text) if "note" in notes.columns else "")
     missing = []
     for key, part in notes.groupby(group, sort=False, dropna=False):
         if tuple(key) not in ran:
