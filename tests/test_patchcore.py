@@ -101,3 +101,51 @@ def test_unfitted_and_bad_config():
         model.predict(torch.rand(1, 3, 32, 32))
     with pytest.raises(ValueError, match="coreset_ratio"):
         PatchCore(PatchCoreConfig(coreset_ratio=0), tokenizer=ToyTokenizer())
+
+
+def _coreset_cases():
+    g = torch.Generator().manual_seed(0)
+    centres = torch.randn(30, 48, generator=g) * 3
+    clustered = centres.repeat_interleave(60, 0) + 0.5 * torch.randn(1800, 48, generator=g)
+    manifold = torch.randn(1800, 3, generator=g) @ torch.randn(3, 48, generator=g)  # low intrinsic dimension
+    gaussian = torch.randn(1200, 48, generator=g)  # little to prune: mostly full passes
+    # exact ties everywhere; 2003 rows: the BLAS kernel's leftover rows exist in the full product
+    duplicates = torch.randn(100, 48, generator=g).repeat(20, 1)
+    duplicates = torch.cat([duplicates, duplicates[:3]])
+    positive = torch.rand(1800, 160, generator=g).pow(3) * 4  # non-negative and skewed, like ReLU6 features
+    return {"clustered": clustered, "manifold": manifold, "gaussian": gaussian, "duplicates": duplicates,
+            "positive": positive}
+
+
+@pytest.mark.parametrize("name, threads", [(name, 1) for name in sorted(_coreset_cases())]
+                         + [("duplicates", 2), ("clustered", 2)])  # the kernel splits rows over threads
+def test_fast_coreset_picks_exactly_the_reference(name, threads):
+    """The pruned greedy selection returns the reference's indices, in order, for projected and raw
+    features, with the full-pass branch always, never (but for the kernel's leftover rows), or by default."""
+    from adlib.models.patchcore import greedy_coreset_reference
+
+    features = _coreset_cases()[name]
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        for projection_dim, count, seed in ((32, 80, 0), (None, 60, 3)):
+            expected = greedy_coreset_reference(features, count, projection_dim, seed)
+            for fraction in (0.0, 0.25, 1.0):
+                picked = greedy_coreset(features, count, projection_dim, seed, full_pass_fraction=fraction)
+                assert torch.equal(picked, expected), (name, projection_dim, seed, fraction)
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_fast_coreset_on_backbone_patches():
+    """Locally aware patches of the smoke backbone (random weights here: no weights file in tests)."""
+    from adlib.models.patchcore import greedy_coreset_reference
+
+    model = PatchCore(PatchCoreConfig(image_size=64, pretrained=False))
+    images = torch.rand(6, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        x = model.embed(model.extract(images))
+    patches = x.permute(0, 2, 3, 1).reshape(-1, x.shape[1])  # 6 x 8 x 8 patches x 152 channels
+    expected = greedy_coreset_reference(patches, 60, 128, 0)
+    assert torch.equal(greedy_coreset(patches, 60, 128, 0, full_pass_fraction=1.0), expected)
+    assert torch.equal(greedy_coreset(patches, 60, 128, 0), expected)

@@ -39,10 +39,11 @@ class PatchCoreConfig:
     seed: int = 0  # coreset start point and projection
 
 
-def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0) -> torch.Tensor:
-    """Indices of ``count`` rows chosen by greedy k-center selection (each pick is the row farthest from
-    those already picked), starting from a seeded random row; distances on a random projection when
-    ``projection_dim`` is smaller than the feature width."""
+def greedy_coreset_reference(features: torch.Tensor, count: int, projection_dim: int | None = 128,
+                             seed: int = 0) -> torch.Tensor:
+    """The plain greedy k-center loop, one full distance pass per pick (adlib's implementation before the
+    pruned ``greedy_coreset``, kept unchanged as the oracle that one must match index for index). Python
+    reads ``2 * x @ c`` as ``(2 * x) @ c``: a temporary the size of the bank every pick."""
     n, dim = features.shape
     count = max(1, min(count, n))
     generator = torch.Generator().manual_seed(seed)
@@ -59,6 +60,115 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         idx = int(torch.argmax(min_dist))
         selected[i] = idx
         min_dist = torch.minimum(min_dist, (norms - 2 * x @ x[idx] + norms[idx]).clamp_min(0))
+    return selected
+
+
+def _distance_error_bound(norms: torch.Tensor, dim: int) -> float:
+    """An upper bound on |computed - exact| squared distance between any two rows, for the float32 formula
+    ``(|x|^2 - 2 x.c + |c|^2).clamp_min(0)`` (norms and dot products of length ``dim``, two additions):
+    gamma_{dim+2} (|x| + |c|)^2 <= 4 gamma_{dim+2} max|x|^2 (Higham's gamma_k = k u / (1 - k u),
+    u = 2^-24), doubled for safety."""
+    u = 2.0**-24
+    gamma = lambda k: k * u / (1 - k * u)  # noqa: E731
+    return 2 * 4 * gamma(dim + 2) * float(norms.max()) * (1 + gamma(dim))
+
+
+_BLOCK = 64  # gathered rows are padded to a multiple of this many rows (see ``_leftover_rows``)
+
+
+def _leftover_rows(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """Rows whose product ``x @ v`` in one BLAS call is rounded differently than in a call over whole blocks.
+
+    MKL's sgemv takes rows in blocks of 4 per thread and sums the up to 3 leftover rows of each thread's
+    share in another order, so a row's bits depend on where it sits. ``greedy_coreset`` pads its gathered
+    rows to a multiple of ``_BLOCK`` to keep them all in the block path; the rows that are leftovers in the
+    full product (none when the row count splits into whole blocks, e.g. 32 x 32 patches per image) are
+    found here with two probe vectors."""
+    probes = torch.randn(2, x.shape[1], generator=torch.Generator().manual_seed(seed + 1)).to(x)
+    pad = -len(x) % _BLOCK
+    padded = torch.cat([x, x.new_zeros(pad, x.shape[1])]) if pad else x
+    leftover = torch.zeros(len(x), dtype=torch.bool, device=x.device)
+    for probe in probes:
+        leftover |= (x @ probe) != (padded @ probe)[: len(x)]
+    return leftover.nonzero().squeeze(1)
+
+
+def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0, *,
+                   full_pass_fraction: float = 0.25) -> torch.Tensor:
+    """Indices of ``count`` rows chosen by greedy k-center selection (each pick is the row farthest from
+    those already picked), starting from a seeded random row; distances on a random projection when
+    ``projection_dim`` is smaller than the feature width.
+
+    The same picks as ``greedy_coreset_reference`` (index for index, ties included), with far fewer
+    distances computed. Every row remembers the pick it is nearest to (``assign``) and its squared
+    distance to it (``min_dist``). A new pick c can only lower row x's distance if |x - c| < |x - s|, s
+    being x's pick; by the triangle inequality it cannot when |c - s| >= 2 sqrt(min_dist(x) + E), E being
+    a bound on the float32 rounding of a computed distance (``_distance_error_bound``): then the
+    reference's own computed distance to c is >= min_dist(x) and leaves it unchanged. Only the other rows
+    get a new distance, with the reference's float32 expression (``2 * (x @ c)`` is ``(2 * x) @ c`` to the
+    bit: scaling by 2 is exact), so ``min_dist`` holds the reference's values at every step and every
+    argmax is the reference's. That also needs the matrix-vector product to round a row the same way in
+    the gathered matrix as in the full one: gathered rows are padded to whole kernel blocks, and the few
+    rows that are leftovers of the full product (``_leftover_rows``) are updated by a full pass, as in
+    the reference, whenever a pick may move them. Pick-to-pick distances |c - s|^2 are computed with the
+    same formula and bound. When more than
+    ``full_pass_fraction`` of the rows need a new distance a full pass is cheaper than gathering them and
+    is taken too (0: always, as on a GPU, where a pass costs little; 1: only for those rows).
+    """
+    n, dim = features.shape
+    count = max(1, min(count, n))
+    generator = torch.Generator().manual_seed(seed)  # the same draws as the reference: projection, start
+    x = features.float()
+    if projection_dim and projection_dim < dim:
+        projection = torch.randn(dim, projection_dim, generator=generator) / projection_dim**0.5
+        x = x @ projection.to(x)
+    x = x.contiguous()
+    norms = x.pow(2).sum(dim=1)
+    start = int(torch.randint(n, (1,), generator=generator))
+    selected = torch.empty(count, dtype=torch.long)  # on the CPU; the distances stay on the features' device
+    selected[0] = start
+    min_dist = (norms - 2 * (x @ x[start]) + norms[start]).clamp_min(0)
+    prune = x.device.type == "cpu" and full_pass_fraction > 0 and count > 1
+    if prune:
+        error = _distance_error_bound(norms, x.shape[1])
+        special = _leftover_rows(x, seed)
+        picks = torch.empty(count, x.shape[1], dtype=x.dtype, device=x.device)
+        pick_norms = torch.empty(count, dtype=x.dtype, device=x.device)
+        picks[0], pick_norms[0] = x[start], norms[start]
+        assign = torch.zeros(n, dtype=torch.int32, device=x.device)
+        gathered = torch.zeros(n + _BLOCK, x.shape[1], dtype=x.dtype, device=x.device)
+        minus_inf = torch.tensor(float("-inf"), device=x.device)
+    for i in range(1, count):
+        idx = int(torch.argmax(min_dist))
+        selected[i] = idx
+        c = x[idx]
+        full = not prune
+        if prune:
+            # Row x (nearest to pick s) may move to c only if min_dist(x) > |c - s|^2 / 4 - E, where
+            # |c - s|^2 >= computed - E; the limit is rounded down to float32.
+            picks[i], pick_norms[i] = c, norms[idx]
+            gap = (pick_norms[:i] - 2 * (picks[:i] @ c) + norms[idx]).double()
+            limit64 = (gap - error) / 4 - error
+            limit = limit64.float()
+            limit = torch.where(limit.double() > limit64, torch.nextafter(limit, minus_inf), limit)
+            rows = (min_dist > limit.index_select(0, assign)).nonzero().squeeze(1)
+            full = len(rows) > full_pass_fraction * n or bool((min_dist[special] > limit[assign[special].long()]).any())
+        if full:
+            dist = (norms - 2 * (x @ c) + norms[idx]).clamp_min(0)
+            closer = dist < min_dist
+            min_dist = torch.where(closer, dist, min_dist)
+            if prune:
+                assign[closer] = i
+            continue
+        # x[rows] @ c over a block of whole kernel blocks: no gathered row in the kernel's leftover path
+        # (the rows past len(rows) are stale but finite, and their products are dropped)
+        block = gathered[: len(rows) + (-len(rows) % _BLOCK)]
+        torch.index_select(x, 0, rows, out=gathered[: len(rows)])
+        dist = (norms[rows] - 2 * (block @ c)[: len(rows)] + norms[idx]).clamp_min(0)
+        closer = dist < min_dist[rows]
+        moved = rows[closer]
+        min_dist[moved] = dist[closer]
+        assign[moved] = i
     return selected
 
 
