@@ -424,7 +424,7 @@ def agreement(diff: float, paper: float, metric: str, level: str) -> str:
 
 def _reason_kind(reason: str) -> str:
     """A reason with the dataset names taken out, for counting ("category vs whole dataset")."""
-    if reason.startswith("the paper's number is for all of"):
+    if reason.startswith(T.REFERENCE):
         return "one category against the paper's whole dataset"
     return reason
 

@@ -169,6 +169,7 @@ SPEED_METRICS = ("fps", "train_s", "train_s_lower_bound", "seconds")
 KEYS = ["dataset", "method", "setting", "level", "metric"]
 RUN_KEYS = ("backbone", "protocol", "class_setting", "image_size")  # what a reproduced row was measured with
 NO_SPEC = "the paper's spec does not describe this table, so what its numbers were measured on is unknown"
+REFERENCE = "the paper's number is for all of"  # a category set beside its dataset's printed mean
 
 
 UNIT_SUFFIXES = {"_s": "s", "_h": "h", "_mb": "MB", "_gb": "GB", "_m": "M", "_g": "G"}  # train_h, memory_mb
@@ -351,7 +352,7 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
             parts = []
             if row["reference"]:
                 parent = row["dataset"].split("/")[0]
-                parts.append(f"the paper's number is for all of {parent}, this row for {row['dataset']} only")
+                parts.append(f"{REFERENCE} {parent}, this row for {row['dataset']} only")
             parts.append(comparability(spec, row))
             reasons.append("; ".join(p for p in parts if p))
         elif has_ours:
