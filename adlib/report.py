@@ -47,10 +47,10 @@ from adlib.study import tables as T
 AGREE, CLOSE = 1.0, 5.0
 CLAIMS_FILE = "claims.csv"
 SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
-READING = ("Each cell is **ours (paper)**: ours is the mean ± standard deviation over seeds, in the unit named in "
-           "the column or row (% for quality metrics). A cell is *comparable* only when dataset, resolution, "
-           "backbone, protocol and class setting all match the paper's; only there is the difference Δ = ours − "
-           "paper shown and counted. Every other cell carries a numbered note saying why it has no Δ.")
+READING = ("Each cell is ours (paper): ours is the mean ± standard deviation over seeds, in the unit named in the "
+           "column or row (% for quality metrics). A cell is comparable only when dataset, resolution, backbone, "
+           "protocol and class setting all match the paper's; only there is the difference Δ = ours − paper shown and "
+           "counted. Every other cell carries a numbered note saying why it has no Δ.")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;line-height:1.45}
