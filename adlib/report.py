@@ -359,7 +359,16 @@ def build_view(entry: TableEntry) -> TableView:
     if len(other):
         names = _ordered(f"{lv} {m}" for lv, m in zip(other["level"], other["metric"]))
         left_out.append("metrics the paper's table does not print (" + ", ".join(names) + ")")
-    long = T.side_by_side(spec, paper, ours[inside])
+    ours = ours[inside]
+    # categories of a dataset whose mean over categories is here too, where the paper prints only the mean
+    printed = set(paper["dataset"])
+    means = set(ours["dataset"]) & {d.split("/")[0] for d in ours["dataset"] if "/" in d}
+    folded = [d for d in ours["dataset"] if "/" in d and d.split("/")[0] in means and d not in printed]
+    if folded:
+        ours = ours[~ours["dataset"].isin(folded)]
+        left_out.append("per-category rows of " + ", ".join(sorted({d.split("/")[0] for d in folded}))
+                        + " (shown: their mean, as the paper prints it)")
+    long = T.side_by_side(spec, paper, ours)
     left_out += long.attrs.get("left_out", [])
 
     rows = list(spec.rows) if spec is not None else ["method"]

@@ -362,6 +362,23 @@ def test_side_by_side_joins_unnamed_datasets_and_marks_references():
     assert not whole["from_ours"] and whole["not_comparable"] == "not run here"
 
 
+
+def test_a_complete_dataset_is_compared_by_its_mean_not_its_categories():
+    """The paper profile: every category ran, so the mean row stands against the paper's printed mean (and is
+    comparable when everything else matches); the categories stay in the CSV."""
+    spec = TableSpec("t", image_size=256, backbones={"*": "b"})
+    paper = _rows(["MVTec AD", "A", "default", "pixel", "auroc", 97.0])
+    base = {"method": "A", "setting": "default", "level": "pixel", "metric": "auroc", "backbone": "b",
+            "image_size": 256, "protocol": "exact", "class_setting": "one-class"}
+    ours = pd.DataFrame([{**base, "dataset": d, "value": v + s / 10, "seed": s, "scope": scope}
+                         for s in SEEDS for d, v, scope in (("MVTec AD/a", 96.0, "category"), ("MVTec AD/b", 98.0, "category"),
+                                                             ("MVTec AD", 97.0, "mean"))])
+    view = report.build_view(report.TableEntry("t", ours=ours, paper=paper, spec=spec))
+    assert view.col_values == [("MVTec AD", "auroc")]
+    cell = view.cells[(("A",), ("MVTec AD", "auroc"))]
+    assert cell["diff"] == pytest.approx(0.1) and cell["not_comparable"] == ""
+    assert any("per-category rows of MVTec AD" in note for note in view.left_out)
+
 # ----------------------------------------------------------------------------------------- cells and units
 def test_units_are_right_per_metric(tree):
     text = (tree / "results/smoke/REPORT.md").read_text()
