@@ -1,7 +1,8 @@
 """The figure styles the papers use, drawn with matplotlib.
 
 - `anomaly_map_grid`: one row per image; image, ground truth, then one anomaly map per method (Fig. 3, 6).
-- `grouped_bars`: ablation bars, one group per setting and one bar per metric (Fig. 4).
+- `grouped_bars`: ablation bars, one group per setting and one bar per metric.
+- `variant_panels`: ablation bars with one panel (and axis range) per metric, mean ± std over seeds (Fig. 4).
 - `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
 - `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
 - walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides);
@@ -179,6 +180,56 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
         if name is not None:
             ax.set_title(str(name), fontsize=9)
     axes[0, -1].legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
+                   order: Sequence[str] | None = None, level: str | None = "pixel", title: str | None = None,
+                   panel_width: float = 3.4):
+    """Fig. 4 style with one panel per metric, each with its own axis range: one bar per variant
+    (``setting``), the mean over seeds and data sources, with the standard deviation over seeds as an error
+    bar and each seed as a dot. Variants that were not run are marked."""
+    plt = _pyplot()
+    _check_long(df, "variant_panels")
+    data = df[df["metric"].isin(metrics)]
+    if level is not None and "level" in data.columns:
+        data = data[data["level"] == level]
+    if "scope" in data.columns:
+        data = data[data["scope"] != "pooled"]
+    if data.empty:
+        raise ValueError(f"variant_panels: no rows with metrics {list(metrics)} at level {level!r}")
+    settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
+    seeds = data.assign(seed=data["seed"] if "seed" in data.columns else 0)
+    per_seed = seeds.groupby(["metric", "setting", "seed"])["value"].mean()
+    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3.2), squeeze=False)
+    x = np.arange(len(settings))
+    for ax, metric in zip(axes[0], metrics):
+        means, stds, dots = [], [], []
+        for s in settings:
+            values = per_seed.get((metric, s)) if (metric, s) in per_seed.index.droplevel("seed") else None
+            values = values.dropna() if values is not None else pd.Series(dtype=float)
+            means.append(values.mean() if len(values) else np.nan)
+            stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
+            dots.append(values.to_numpy())
+        ax.bar(x, means, 0.7, yerr=stds, capsize=3, color="#90a4ae", edgecolor="#455a64")
+        for i, values in enumerate(dots):
+            ax.plot(np.full(len(values), x[i]), values, "o", ms=3, color="#263238")
+            if not len(values):
+                ax.text(x[i], 0.02, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4",
+                        transform=ax.get_xaxis_transform())
+        finite = [v for arr in dots for v in arr if np.isfinite(v)]
+        if finite:
+            lo, hi = min(finite), max(finite)
+            pad = max((hi - lo) * 0.25, 0.5)
+            ax.set_ylim(max(lo - pad, 0.0), min(hi + pad, 100.0) if hi <= 100 else hi + pad)
+        ax.set_xticks(x)
+        ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=8)
+        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
+        ax.set_ylabel("%")
+        ax.grid(axis="y", alpha=0.3)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()

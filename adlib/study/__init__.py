@@ -21,14 +21,15 @@ from adlib.study.grid import QUALITY_METRICS, Run, build, configs, model_backbon
 from adlib.study.setting import (DataSource, Setting, dataset_labels, datasets_for, resolve_setting, spread,
                                  test_indices)
 from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
-from adlib.study.tables import (best, dataset_means, dataset_table, paper_category_counts, pivot, seed_summary,
-                                tap_subsets, trend)
+from adlib.study import explorer
+from adlib.study.tables import (best, comparability, dataset_means, dataset_table, paper_category_counts,
+                                paper_vs_ours, pivot, seed_summary, side_by_side, tap_subsets, trend)
 
 __all__ = [
-    "Claim", "DataSource", "PaperSpec", "ProfileSpec", "QUALITY_METRICS", "Recipe", "Run", "Setting", "Side",
-    "TableSpec", "backbone_params_m", "best", "build", "claims", "configs", "cost_rows", "count_params",
+    "Claim", "DataSource", "explorer", "PaperSpec", "ProfileSpec", "QUALITY_METRICS", "Recipe", "Run", "Setting", "Side",
+    "TableSpec", "backbone_params_m", "best", "build", "claims", "comparability", "configs", "cost_rows", "count_params",
     "dataset_labels", "dataset_means", "dataset_table", "datasets_for", "example_maps", "examples_by_source",
-    "flops_g", "model_backbone", "open_choices", "paper_category_counts", "pick_examples", "pivot",
-    "resolve_setting", "run_grid", "run_one", "seed_summary", "speed", "spread", "tap_subsets", "test_indices",
+    "flops_g", "model_backbone", "open_choices", "paper_category_counts", "paper_vs_ours", "pick_examples", "pivot",
+    "resolve_setting", "run_grid", "run_one", "seed_summary", "side_by_side", "speed", "spread", "tap_subsets", "test_indices",
     "trend",
 ]

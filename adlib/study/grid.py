@@ -187,13 +187,23 @@ class Run:
         return out
 
 
+_CHECKED: set[tuple[str, str]] = set()
+
+
 def _check_split(test) -> None:
-    """Fail before training on a test split that cannot be evaluated (adlib.data.check_split, when present)."""
-    try:
-        from adlib.data import check_split
-    except (ImportError, AttributeError):
+    """Fail before training on a test split that cannot be evaluated (``adlib.data.check_split``); each
+    category's split is checked once per process, whatever subset of it a run uses."""
+    from adlib.data import check_split
+
+    base = test
+    while hasattr(base, "dataset") and not hasattr(base, "samples"):  # a Subset
+        base = base.dataset
+    if not hasattr(base, "samples"):
         return
-    check_split(test)
+    key = (str(base.category_dir), base.split)
+    if key not in _CHECKED:
+        check_split(base)
+        _CHECKED.add(key)
 
 
 def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model: str | None = None,

@@ -150,7 +150,7 @@ def tap_subsets(backbone: str) -> dict[str, dict]:
     subsets = [c for r in range(1, len(taps) + 1) for c in combinations(taps, r)]
     if SPECS[backbone].kind == "cnn":
         subsets.append(taps + (taps[-1] + 1,))
-    return {("layers=all" if tuple(s) == taps else "layers=" + "+".join(map(str, s))):
+    return {("layers=all" if tuple(s) == taps else ("deeper=" if len(s) > len(taps) else "layers=") + "+".join(map(str, s))):
             ({} if tuple(s) == taps else {"layers": tuple(s)}) for s in subsets}
 
 
