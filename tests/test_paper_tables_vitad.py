@@ -151,3 +151,34 @@ def test_table4_vitad_is_plain_and_table13_size():
     assert (plain["value"] == 0).all() and value(t4, method="ViTAD", metric="category_rec") == 1
     assert value(t13, method="ViTAD", metric="params_m") == 38.6
     assert value(t13, method="ViTAD", metric="flops_g") == 10.7
+
+
+@pytest.mark.parametrize("profile", ["smoke", "paper"])
+@pytest.mark.parametrize("table", ["table1", "table2", "table3", "table8", "table9", "table10", "table11", "table12"])
+def test_every_printed_row_has_a_variant_or_a_reason(profile, table):
+    """The paper spec's grids (adlib.papers.vitad) name every ViTAD row of the printed ablation tables with the
+    same label, either as a variant to run or with the reason it cannot run in that profile."""
+    from adlib import papers
+
+    grids = papers.get("vitad").profile(profile).grids
+    printed = set(load(table).query("method == 'ViTAD'")["setting"])
+    named = set(grids.get(table, {})) | set(grids.get(f"{table}_not_run", {})) | set(grids.get(f"{table}_epochs", {}))
+    assert printed <= named, sorted(printed - named)
+
+
+def test_claims_point_at_printed_rows():
+    """Each claim's sides select rows that the paper's own table has (Fig. 9 prints no numbers; PatchCore is
+    not in ViTAD's tables)."""
+    from adlib import papers
+
+    for claim in papers.get("vitad").claims:
+        if claim.table == "fig9":
+            continue
+        df = load(claim.table)
+        for side in (claim.favoured, *claim.against):
+            if side.where.get("method") == "PatchCore":
+                continue
+            mask = pd.Series(True, index=df.index)
+            for key, wanted in side.where.items():
+                mask &= df[key] == wanted
+            assert mask.any(), (claim.id, side)
