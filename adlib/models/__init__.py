@@ -22,6 +22,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "varad": ModelEntry("adlib.models.varad", "VarAD", "VarADConfig", "VarAD"),
     "patchcore": ModelEntry("adlib.models.patchcore", "PatchCore", "PatchCoreConfig", "PatchCore"),
+    "rd4ad": ModelEntry("adlib.models.rd4ad", "RD4AD", "RD4ADConfig", "RD4AD"),
     "vitad": ModelEntry("adlib.models.vitad", "ViTAD", "ViTADConfig", "ViTAD"),
 }
 

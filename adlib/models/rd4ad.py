@@ -1,0 +1,261 @@
+"""RD4AD: anomaly detection via reverse distillation from a one-class embedding (Deng & Li, CVPR 2022).
+
+1. a frozen, pretrained teacher E gives features at three levels (WideResNet-50 layer1-3: strides 4, 8, 16);
+2. the trainable one-class bottleneck embedding (OCBE) fuses them: every level but the deepest is brought
+   to the deepest level's grid by stride-2 3x3 convolutions (BN, ReLU), the three are concatenated and one
+   residual stage (``ocbe_blocks`` bottleneck blocks, the first with stride 2) compresses them into a
+   compact embedding one stride below the deepest level (2048 channels at stride 32 for WideResNet-50);
+3. a student decoder D mirrors the teacher: one residual stage per level, deepest first, each starting with
+   a stride-2 transposed convolution, so decoder stage k reproduces teacher level k's grid and width;
+4. training: the student reconstructs the teacher's features from the embedding; the loss is summed over
+   levels, of 1 - cos between teacher and student features (``loss``: flattened, as the official code);
+5. the map: per level and position 1 - cos over channels, upsampled bilinearly to the image, summed over
+   levels, Gaussian-smoothed (sigma 4); the image score is the map's maximum.
+
+With the offline EfficientNet-Lite0 the teacher is tapped at strides 4, 8 and 16 (timm stages 1, 2, 3:
+24, 40, 112 channels): the same three strides as WideResNet-50's layer1-3, so the OCBE and the decoder keep
+RD4AD's structure exactly (two stride-2 convs from stride 4, one from stride 8, embedding at stride 32,
+three decoder stages), only with the teacher's stage widths. Lite0's stride-32 stage (320 channels) plays
+the part of WideResNet's unused layer4 and is not tapped.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlib.models.base import AnomalyModel, Prediction
+from adlib.models.common import check_choice, gaussian_blur, image_score
+
+
+@dataclass
+class RD4ADConfig:
+    """RD4AD settings. Paper / official code (hq-deng/RD4AD ``resnet.py``, ``de_resnet.py``, ``test.py``) values
+    are the defaults, except the backbone (the offline EfficientNet-Lite0; the paper recipe sets WideResNet-50)."""
+
+    backbone: str = "efficientnet_lite0"  # teacher E (paper: WideResNet-50-2, "wide_resnet50")
+    # Teacher taps, shallow to deep, at strides s, 2s, 4s; None = the backbone's stages at strides 4, 8, 16
+    # (paper: WideResNet layer1, layer2, layer3).
+    layers: tuple | None = None
+    pretrained: bool = True
+    image_size: int | tuple[int, int] = 256  # paper: 256 x 256
+    ocbe_blocks: int = 3  # bottleneck blocks in the OCBE's residual stage (official: 3, the first with stride 2)
+    decoder_blocks: tuple[int, ...] = (3, 4, 6)  # blocks per decoder stage, deepest first (official: 3, 4, 6)
+    # Inner width of a bottleneck block / its output width: 0.5 in Wide-ResNet-50-2 (official), 0.25 in ResNet-50.
+    width_ratio: float = 0.5
+    # OCBE output channels; None = 2 x the deepest tap's (official: 2048 = 2 x 1024).
+    embedding_channels: int | None = None
+    # "flattened": per level 1 - cos of the whole flattened feature maps, as the official ``loss_fucntion``;
+    # "per_position": mean over positions of the per-position 1 - cos, as the paper's Eq. 3 writes it.
+    loss: str = "flattened"
+    smoothing_sigma: float = 4.0  # Gaussian sigma of the map in image pixels (official: 4, scipy truncate 4)
+    align_corners: bool = True  # the map's bilinear upsampling (official: align_corners=True)
+    score_rule: str = "max"  # image score from the map (official: max)
+    topk_ratio: float = 0.01  # fraction of pixels for score_rule "topk_mean"
+
+
+def conv3x3(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
+
+
+def conv1x1(cin: int, cout: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(cin, cout, 1, stride=stride, bias=False)
+
+
+def deconv2x2(cin: int, cout: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(cin, cout, 2, stride=2, bias=False)
+
+
+class Bottleneck(nn.Module):
+    """ResNet bottleneck 1x1 -> 3x3 -> 1x1 with BN and ReLU and a projected shortcut when the shape changes.
+
+    ``resample``: "down" makes the 3x3 conv stride 2 (the OCBE); "up" replaces it with a stride-2 2x2
+    transposed conv (the decoder); None keeps the grid."""
+
+    def __init__(self, cin: int, width: int, cout: int, resample: str | None = None) -> None:
+        super().__init__()
+        self.conv1, self.bn1 = conv1x1(cin, width), nn.BatchNorm2d(width)
+        if resample == "up":
+            self.conv2 = deconv2x2(width, width)
+        else:
+            self.conv2 = conv3x3(width, width, 2 if resample == "down" else 1)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3, self.bn3 = conv1x1(width, cout), nn.BatchNorm2d(cout)
+        self.shortcut = None
+        if resample is not None or cin != cout:
+            project = deconv2x2(cin, cout) if resample == "up" else conv1x1(cin, cout, 2 if resample == "down" else 1)
+            self.shortcut = nn.Sequential(project, nn.BatchNorm2d(cout))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.relu(self.bn1(self.conv1(x)))
+        out = F.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        return F.relu(out + (x if self.shortcut is None else self.shortcut(x)))
+
+
+def residual_stage(cin: int, cout: int, blocks: int, width_ratio: float, resample: str) -> nn.Sequential:
+    width = max(1, int(round(cout * width_ratio)))
+    layers = [Bottleneck(cin, width, cout, resample)]
+    layers += [Bottleneck(cout, width, cout) for _ in range(blocks - 1)]
+    return nn.Sequential(*layers)
+
+
+class OCBE(nn.Module):
+    """One-class bottleneck embedding: multi-scale fusion (MFF) then one residual stage (OCE)."""
+
+    def __init__(self, channels: list[int], embedding: int, blocks: int, width_ratio: float) -> None:
+        super().__init__()
+        self.fuse = nn.ModuleList()
+        for level in range(len(channels) - 1):  # level i -> the deepest grid by one stride-2 conv per level
+            steps = []
+            for cin, cout in zip(channels[level:-1], channels[level + 1:]):
+                steps += [conv3x3(cin, cout, 2), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            self.fuse.append(nn.Sequential(*steps))
+        self.stage = residual_stage(channels[-1] * len(channels), embedding, blocks, width_ratio, "down")
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        fused = [f(x) for f, x in zip(self.fuse, features[:-1])] + [features[-1]]
+        return self.stage(torch.cat(fused, dim=1))
+
+
+class Decoder(nn.Module):
+    """The student: one upsampling residual stage per teacher level, deepest first; returns shallow to deep."""
+
+    def __init__(self, channels: list[int], embedding: int, blocks: tuple[int, ...], width_ratio: float) -> None:
+        super().__init__()
+        widths = [embedding] + channels[::-1]  # e.g. 2048 -> 1024 -> 512 -> 256
+        self.stages = nn.ModuleList(
+            residual_stage(cin, cout, n, width_ratio, "up") for cin, cout, n in zip(widths[:-1], widths[1:], blocks)
+        )
+
+    def forward(self, embedding: torch.Tensor) -> list[torch.Tensor]:
+        outputs, x = [], embedding
+        for stage in self.stages:
+            x = stage(x)
+            outputs.append(x)
+        return outputs[::-1]
+
+
+def _init_weights(module: nn.Module) -> None:
+    """As the official code: Kaiming-normal (fan_out) for Conv2d, BN weight 1 and bias 0; transposed convs
+    keep PyTorch's default (the official loop matches nn.Conv2d only)."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def _image_hw(size: int | tuple[int, int]) -> tuple[int, int]:
+    return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class RD4AD(AnomalyModel):
+    """RD4AD over a frozen teacher. ``tokenizer`` may be given (tests); otherwise it is built from the config."""
+
+    name = "rd4ad"
+    trainable = True
+
+    def __init__(self, config: RD4ADConfig | None = None, tokenizer: nn.Module | None = None) -> None:
+        config = config or RD4ADConfig()
+        check_choice("loss", config.loss, ("flattened", "per_position"))
+        image_score(torch.zeros(1, 1, 1), config.score_rule)
+        if config.ocbe_blocks < 1 or any(b < 1 for b in config.decoder_blocks):
+            raise ValueError(f"ocbe_blocks={config.ocbe_blocks}, decoder_blocks={config.decoder_blocks}: "
+                             f"every stage needs at least one block")
+        super().__init__(config)
+        if tokenizer is None:
+            from adlib import backbones
+
+            layers = config.layers if config.layers is not None else _default_layers(config.backbone)
+            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained)
+        self.tokenizer = tokenizer
+        for p in self.tokenizer.parameters():
+            p.requires_grad_(False)
+        self.tokenizer.eval()
+        self.image_hw = _image_hw(config.image_size)
+        self.channels, self.grids = self._probe()
+        if len(config.decoder_blocks) != len(self.channels):
+            raise ValueError(f"decoder_blocks={config.decoder_blocks}: need one entry per teacher level "
+                             f"({len(self.channels)} levels)")
+        embedding = config.embedding_channels or 2 * self.channels[-1]
+        self.ocbe = OCBE(self.channels, embedding, config.ocbe_blocks, config.width_ratio)
+        self.decoder = Decoder(self.channels, embedding, tuple(config.decoder_blocks), config.width_ratio)
+        _init_weights(self.ocbe)
+        _init_weights(self.decoder)
+
+    def _probe(self) -> tuple[list[int], list[tuple[int, int]]]:
+        probe = torch.zeros(1, 3, *self.image_hw, device=next(self.tokenizer.parameters()).device)
+        try:
+            with torch.no_grad():
+                feats = self.tokenizer(probe)
+        except Exception as error:
+            raise ValueError(f"image_size={self.config.image_size} does not work with backbone "
+                             f"{self.config.backbone!r}: {error}") from error
+        grids = [tuple(f.shape[-2:]) for f in feats]
+        # The mirrored structure needs every level at half the previous one's grid and an even deepest grid
+        # (the embedding sits one stride-2 step below it and the decoder doubles back up).
+        halves = all(a == (2 * b[0], 2 * b[1]) for a, b in zip(grids[:-1], grids[1:]))
+        if len(grids) < 2 or not halves or grids[-1][0] % 2 or grids[-1][1] % 2:
+            raise ValueError(f"RD4AD needs teacher levels at strides s, 2s, 4s, ... whose grids halve exactly and "
+                             f"an even deepest grid; backbone {self.config.backbone!r} layers {self.config.layers} "
+                             f"at image_size={self.config.image_size} give grids {grids} (use an image size that is "
+                             f"a multiple of 2 x the deepest stride, e.g. 256 for strides 4-16)")
+        return [f.shape[1] for f in feats], grids
+
+    # ---- engine interface
+
+    def feature_key(self) -> str | None:
+        return self.tokenizer_key()
+
+    def extract(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Teacher features, shallow to deep (frozen)."""
+        if tuple(images.shape[-2:]) != self.image_hw:
+            raise ValueError(f"RD4AD was built for {self.image_hw} inputs, got {tuple(images.shape[-2:])}; "
+                             f"resize the data to image_size={self.config.image_size}")
+        return list(self.tokenizer(images))
+
+    def forward_features(self, teacher: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Student features (same shapes as the teacher's) from the teacher's."""
+        return self.decoder(self.ocbe(teacher))
+
+    def loss(self, features: list[torch.Tensor]) -> torch.Tensor:
+        student = self.forward_features(features)
+        total = 0.0
+        for t, s in zip(features, student):
+            if self.config.loss == "flattened":
+                total = total + (1 - F.cosine_similarity(t.flatten(1), s.flatten(1), dim=1)).mean()
+            else:
+                total = total + (1 - F.cosine_similarity(t, s, dim=1)).mean()
+        return total
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor) -> dict:
+        """``teacher``/``student`` features, per-level ``level_maps`` (B, h, w) of 1 - cos, ``map`` (B, H, W)
+        (upsampled, summed, smoothed) and ``scores`` (B,)."""
+        teacher = self.extract(images)
+        student = self.forward_features(teacher)
+        level_maps = [1 - F.cosine_similarity(t, s, dim=1) for t, s in zip(teacher, student)]
+        up = [F.interpolate(m[:, None], size=self.image_hw, mode="bilinear", align_corners=self.config.align_corners)[:, 0]
+              for m in level_maps]
+        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma)
+        scores = image_score(amap, self.config.score_rule, self.config.topk_ratio)
+        return {"teacher": teacher, "student": student, "level_maps": level_maps, "map": amap, "scores": scores}
+
+    def predict(self, images: torch.Tensor) -> Prediction:
+        out = self.explain(images)
+        return Prediction(out["map"], out["scores"])
+
+
+def _default_layers(backbone: str) -> tuple[int, ...]:
+    """Three CNN stages at strides 4, 8, 16 (timm feature_info indices 1-3), as RD4AD taps WideResNet-50."""
+    from adlib import backbones
+
+    spec = backbones.SPECS.get(backbone)
+    if spec is not None and spec.kind != "cnn":
+        raise ValueError(f"RD4AD mirrors a CNN teacher's stages; backbone {backbone!r} is a {spec.kind}: "
+                         f"give a CNN backbone or explicit layers")
+    return (1, 2, 3)
