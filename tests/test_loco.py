@@ -1,0 +1,92 @@
+"""adlib.loco: LOCO group AUROCs (normal vs logical, normal vs structural), Overall and both readings of Avg."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from adlib import loco
+
+
+def _data(seed=0):
+    rng = np.random.default_rng(seed)
+    groups = ["good"] * 12 + ["logical"] * 7 + ["structural"] * 5
+    shift = {"good": 0.0, "logical": 0.6, "structural": 1.5}
+    scores = np.array([rng.normal(shift[g]) for g in groups])
+    labels = np.array([0 if g == "good" else 1 for g in groups])
+    return scores, labels, groups
+
+
+def test_group_aurocs_match_sklearn_on_each_subset():
+    scores, labels, groups = _data()
+    summary = loco.evaluate_groups(scores, labels, groups)
+    (only,) = summary.categories.values()
+    g = np.array(groups)
+    for group in ("logical", "structural"):
+        keep = (g == "good") | (g == group)
+        assert getattr(only, group) == pytest.approx(roc_auc_score(labels[keep], scores[keep]))
+    assert only.whole == pytest.approx(roc_auc_score(labels, scores))
+    assert only.counts == {"good": 12, "logical": 7, "structural": 5}
+
+
+def test_whole_set_auroc_is_the_count_weighted_mean_of_the_groups():
+    """An AUROC counts ordered (anomalous, normal) pairs, so it splits exactly over anomaly groups."""
+    for seed in range(5):
+        scores, labels, groups = _data(seed)
+        (c,) = loco.evaluate_groups(scores, labels, groups).categories.values()
+        assert c.whole == pytest.approx(loco.whole_from_groups(c.logical, c.structural, 7, 5))
+
+
+def test_averages_over_categories_and_the_two_readings_of_avg():
+    a, la, ga = _data(1)
+    b, lb, gb = _data(2)
+    b = -b  # a second category where the detector is reversed
+    summary = loco.evaluate_groups(np.r_[a, b], np.r_[la, lb], ga + gb, ["x"] * len(a) + ["y"] * len(b))
+    x, y = summary.categories["x"], summary.categories["y"]
+    assert summary.logical == pytest.approx((x.logical + y.logical) / 2)
+    assert summary.structural == pytest.approx((x.structural + y.structural) / 2)
+    assert summary.overall == pytest.approx((summary.logical + summary.structural) / 2) == summary.avg_mean
+    assert summary.avg_whole == pytest.approx((x.whole + y.whole) / 2)
+    assert summary.avg_whole != pytest.approx(summary.avg_mean)  # the readings differ when group sizes differ
+    rows = summary.rows("LADMIM", "synthetic_loco")
+    means = {r["metric"]: r["value"] for r in rows if r["dataset"] == "synthetic_loco"}
+    assert means["auroc_overall"] == pytest.approx(100 * summary.overall)
+    assert {r["dataset"] for r in rows} == {"synthetic_loco", "synthetic_loco/x", "synthetic_loco/y"}
+    assert all(r["level"] == "image" and r["metric"] in loco.METRIC_NAMES for r in rows)
+
+
+def test_a_missing_group_is_nan_and_left_out_of_the_means():
+    scores, labels, groups = _data()
+    keep = np.array(groups) != "structural"
+    summary = loco.evaluate_groups(scores[keep], labels[keep], [g for g, k in zip(groups, keep) if k])
+    (c,) = summary.categories.values()
+    assert np.isnan(c.structural) and np.isnan(summary.structural) and not np.isnan(summary.logical)
+    assert not any(r["metric"] == "auroc_structural" for r in summary.rows("m", "d"))
+
+
+def test_mean_std_over_seeds_and_bad_input():
+    s1 = loco.evaluate_groups(*_data(0))
+    s2 = loco.evaluate_groups(*_data(3))
+    stats = loco.mean_std([s1, s2])
+    assert stats["logical"][0] == pytest.approx((s1.logical + s2.logical) / 2)
+    assert stats["logical"][1] == pytest.approx(np.std([s1.logical, s2.logical], ddof=1))
+    scores, labels, groups = _data()
+    with pytest.raises(ValueError, match="disagree"):
+        loco.evaluate_groups(scores, 1 - labels, groups)
+    with pytest.raises(ValueError, match="one entry per image"):
+        loco.evaluate_groups(scores[:-1], labels, groups)
+    with pytest.raises(ValueError, match="NaN"):
+        loco.evaluate_groups(np.r_[np.nan, scores[1:]], labels, groups)
+
+
+def test_from_eval_reads_an_eval_result():
+    from adlib.engine import EvalResult
+
+    scores, labels, groups = _data()
+    result = EvalResult(image={}, pixel={}, scores=scores, labels=labels, paths=[], seconds=0, fps=0,
+                        groups=list(groups), image_categories=["c"] * len(scores))
+    summary = loco.from_eval(result)
+    assert list(summary.categories) == ["c"]
+    assert summary.logical == loco.evaluate_groups(scores, labels, groups).logical
+    flipped = loco.from_eval(result, scores=-scores)
+    assert flipped.logical == pytest.approx(1 - summary.logical)
