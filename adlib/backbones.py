@@ -110,6 +110,8 @@ SPECS: dict[str, BackboneSpec] = {
         BackboneSpec("resnet18", "resnet18.tv_in1k", "cnn", (1, 2, 3), note="torchvision ImageNet ResNet-18"),
         BackboneSpec("resnet34", "resnet34.tv_in1k", "cnn", (1, 2, 3),
                      note="MambaAD's encoder: torchvision ImageNet ResNet-34, layers 1-3"),
+        BackboneSpec("resnet50", "resnet50.tv_in1k", "cnn", (1, 2, 3),
+                     note="torchvision ImageNet ResNet-50, layers 1-3 (MambaAD Table 2)"),
         BackboneSpec("wide_resnet50", "wide_resnet50_2.tv_in1k", "cnn", (1, 2, 3),
                      note="PatchCore/RD's torchvision Wide-ResNet-50-2"),
         # Strides 8 and 16 by default: at the smoke profile's 256 px they give 32x32 and 16x16 token grids,
