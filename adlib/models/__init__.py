@@ -24,6 +24,7 @@ MODELS: dict[str, ModelEntry] = {
     "patchcore": ModelEntry("adlib.models.patchcore", "PatchCore", "PatchCoreConfig", "PatchCore"),
     "mambaad": ModelEntry("adlib.models.mambaad", "MambaAD", "MambaADConfig", "MambaAD"),
     "rd4ad": ModelEntry("adlib.models.rd4ad", "RD4AD", "RD4ADConfig", "RD4AD"),
+    "uniad": ModelEntry("adlib.models.uniad", "UniAD", "UniADConfig", "UniAD"),
     "vitad": ModelEntry("adlib.models.vitad", "ViTAD", "ViTADConfig", "ViTAD"),
 }
 
