@@ -30,6 +30,7 @@ non-ViT encoders; a ViT encoder runs exactly the paper's architecture (no resamp
 from __future__ import annotations
 
 from dataclasses import dataclass
+from itertools import accumulate
 from typing import Any, Callable
 
 import torch
@@ -199,8 +200,7 @@ class Decoder(nn.Module):
         vit_init(self.blocks)
         if self.pos_embed is not None:
             nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        ends = torch.tensor(config.decoder_divisions).cumsum(0).tolist()
-        self.taps = set(ends)
+        self.taps = set(accumulate(int(d) for d in config.decoder_divisions))  # last block of each division
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         if self.pos_embed is not None:
