@@ -8,7 +8,7 @@ from torch.utils.data import ConcatDataset
 
 from adlib import engine
 from adlib.models import create_model
-from adlib.models.uniad import UniAD, UniADConfig, neighbor_mask
+from adlib.models.uniad import UniAD, UniADConfig, window_mask
 from test_rd4ad import Blobs
 from toy_tokenizer import ToyTokenizer
 
@@ -24,13 +24,13 @@ def toy_model(**overrides) -> UniAD:
 FIT = dict(epochs=3, batch_size=4, lr=1e-3, weight_decay=1e-4, grad_clip=0.1, progress=False)
 
 
-def test_neighbor_mask_matches_the_official_loop():
+def test_window_mask_matches_the_official_loop():
     h, w, (hm, wm) = 5, 6, (3, 5)
     expected = torch.zeros(h, w, h, w, dtype=torch.bool)  # UniAD's generate_mask: the window is masked
     for i in range(h):
         for j in range(w):
             expected[i, j, max(i - hm // 2, 0): min(i + hm // 2 + 1, h), max(j - wm // 2, 0): min(j + wm // 2 + 1, w)] = True
-    assert torch.equal(neighbor_mask(h, w, (hm, wm)), expected.view(h * w, h * w))
+    assert torch.equal(window_mask(h, w, (hm, wm)), expected.view(h * w, h * w))
 
 
 def test_shapes_on_the_offline_backbone_and_b4_widths():

