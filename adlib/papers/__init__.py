@@ -17,6 +17,7 @@ from types import ModuleType
 PAPERS: dict[str, str] = {
     "varad": "adlib.papers.varad",
     "vitad": "adlib.papers.vitad",
+    "mambaad": "adlib.papers.mambaad",
 }
 # Modules that hold recipes: the papers, plus the baselines' own recipes.
 RECIPE_MODULES: dict[str, str] = {**PAPERS, "peers": "adlib.papers.peers"}
