@@ -111,9 +111,9 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
     the gathered matrix as in the full one: gathered rows are padded to whole kernel blocks, and the few
     rows that are leftovers of the full product (``_leftover_rows``) are updated by a full pass, as in
     the reference, whenever a pick may move them. Pick-to-pick distances |c - s|^2 are computed with the
-    same formula and bound. When more than
-    ``full_pass_fraction`` of the rows need a new distance a full pass is cheaper than gathering them and
-    is taken too (0: always, as on a GPU, where a pass costs little; 1: only for those rows).
+    same formula and bound. When more than ``full_pass_fraction`` of the rows need a new distance, a full
+    pass is cheaper than gathering them and is taken too (0: always, as on a GPU, where a pass costs
+    little; 1: only for the leftover rows).
     """
     n, dim = features.shape
     count = max(1, min(count, n))
@@ -136,7 +136,8 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         pick_norms = torch.empty(count, dtype=x.dtype, device=x.device)
         picks[0], pick_norms[0] = x[start], norms[start]
         assign = torch.zeros(n, dtype=torch.int32, device=x.device)
-        gathered = torch.zeros(n + _BLOCK, x.shape[1], dtype=x.dtype, device=x.device)
+        # room for the most rows a pruned pick gathers, padded to whole kernel blocks
+        gathered = x.new_zeros(min(n, int(full_pass_fraction * n)) + _BLOCK, x.shape[1])
         minus_inf = torch.tensor(float("-inf"), device=x.device)
     for i in range(1, count):
         idx = int(torch.argmax(min_dist))
