@@ -22,6 +22,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "varad": ModelEntry("adlib.models.varad", "VarAD", "VarADConfig", "VarAD"),
     "patchcore": ModelEntry("adlib.models.patchcore", "PatchCore", "PatchCoreConfig", "PatchCore"),
+    "ladmim": ModelEntry("adlib.models.ladmim", "LADMIM", "LADMIMConfig", "LADMIM"),
     "mambaad": ModelEntry("adlib.models.mambaad", "MambaAD", "MambaADConfig", "MambaAD"),
     "rd4ad": ModelEntry("adlib.models.rd4ad", "RD4AD", "RD4ADConfig", "RD4AD"),
     "uniad": ModelEntry("adlib.models.uniad", "UniAD", "UniADConfig", "UniAD"),

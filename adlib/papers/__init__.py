@@ -18,6 +18,7 @@ PAPERS: dict[str, str] = {
     "varad": "adlib.papers.varad",
     "vitad": "adlib.papers.vitad",
     "mambaad": "adlib.papers.mambaad",
+    "ladmim": "adlib.papers.ladmim",
 }
 # Modules that hold recipes: the papers, plus the baselines' own recipes.
 RECIPE_MODULES: dict[str, str] = {**PAPERS, "peers": "adlib.papers.peers"}

@@ -1,0 +1,512 @@
+"""LADMIM: logical anomaly detection by masked image modeling over discrete latents (Eq. 1-12).
+
+Two detectors on one frozen feature map h^0 (B, d_0, 24, 24) (``adlib.models.hvq.FeatureGrid``):
+
+1. **HVQ-Trans** (``adlib.models.hvq.HVQTrans``), trained first (stage ``"tokenizer"``): it reconstructs h^0
+   through L hierarchical codebooks; S_HVQ = the mean (over positions) squared reconstruction error, the
+   structural detector. Its code index maps o^1..o^L (Eq. 10) are the MIM targets.
+2. **A ViT trained by masked image modeling** (stage ``"mim"``, HVQ-Trans frozen): the tokens of a masked
+   region M are replaced by a learnable e, a learnable prediction token p is appended (Eq. 8), and one MIMHead
+   per HVQ level turns p' into a softmax over the K codes (Eq. 9); the target Q^l is the normalised histogram of
+   the codes o^l inside M (Eq. 11), the loss the L1 distance summed over levels (Eq. 12). S_MIM = the mean over
+   several random block-wise masks of that distance, the logical detector: a region whose code histogram the
+   visible rest of the image does not predict (a part too many, too few, or of the wrong kind).
+
+Final score (``scorer="sum"``): S'_HVQ + S'_MIM, each standardised with the mean and std over held-out normal
+images, given to ``calibrate`` (by default the validation split's normal images; the released code z-scores
+against the whole test set instead, which is the caller's ``calibration`` choice, see ``standardise_on``).
+``predict`` also returns per-pixel maps: the HVQ reconstruction error per token, bilinearly upsampled to the
+image and Gaussian-smoothed (the MIM score has no spatial map: it is one number per mask).
+
+The paper states L = 4, K = 512, d_q = 64, L' = 4, block-wise masking and the losses; it leaves open the
+widths, heads, the masking ratio at train and test time, the number of test masks, the standardisation
+statistics, Gamma, psi and d^0. Each is a field of ``LADMIMConfig`` whose comment says where the default comes
+from (paper, HVQ-Trans' or LADMIM's released code, or ours). Recipes (epochs, learning rates, the smoke sizes)
+are in ``adlib.papers.ladmim``.
+
+Naming: ``self.tokenizer`` is the frozen backbone (adlib's convention for the frozen part); LADMIM's own
+"tokenizer", HVQ-Trans, is ``self.hvq``.
+
+Ablations are config fields: ``scorer`` (Tab. 5), ``mask``/``mask_ratio`` (Tab. 7), ``target`` (Tab. 8:
+"pixel", "feature", "code", "histogram"), ``mim_dim`` (Fig. 3). One-class vs multi-class (Tab. 3) is a data
+setting: one model per category, or one model on a ``ConcatDataset`` of all categories' training images
+(no class label; HVQ-Trans' per-class codebook switch is not used).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable, Iterable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from adlib.models.base import AnomalyModel, Prediction
+from adlib.models.common import check_choice, gaussian_blur
+from adlib.models.hvq import FeatureGrid, HVQTrans
+
+TARGETS = ("histogram", "code", "feature", "pixel")
+MASKS = ("block", "random", "checkerboard")
+SCORERS = ("sum", "hvq", "mim")
+STANDARDISE_ON = ("validation", "test", "train")
+
+
+@dataclass
+class LADMIMConfig:
+    """LADMIM settings; the paper's values where it states them (Sec. 4.1), else the source in the comment."""
+
+    # --- backbone (Sec. 4.1: EfficientAD's PDN at 224 px -> 384 x 24 x 24)
+    backbone: str = "efficientnet_lite0"  # "pdn" = the paper's; default: the offline ImageNet CNN (substitution)
+    layers: tuple | None = None  # taps of a timm backbone (default: strides 8 and 16); None for the PDN
+    pretrained: bool = True
+    weights: str | None = None  # path to the PDN teacher file (pretrained_teacher_small.pth) or a timm checkpoint
+    image_size: int = 192  # paper: 224 (PDN); EfficientNet-Lite0's stride 8 gives the 24 x 24 grid at 192 px
+    grid: int = 24  # token grid side (paper: 24)
+    feature_norm: str = "layernorm"  # per-token LayerNorm of h^0 without affine (ours; "none" = raw features)
+    # --- HVQ-Trans (Sec. 3.2: L = 4, K = 512, d_q = 64; the rest from HVQ-Trans' code)
+    hvq_layers: int = 4  # L encoder and decoder layers = code levels (paper)
+    codebook_size: int = 512  # K (paper)
+    code_dim: int = 64  # d_q (paper)
+    hvq_dim: int = 64  # encoder width (HVQ-Trans code: 64)
+    hvq_dec_dim: int = 128  # decoder width (HVQ-Trans code: 128)
+    hvq_heads: int = 8  # (HVQ-Trans code)
+    hvq_ffn: int = 1024  # FFN width (HVQ-Trans code)
+    hvq_dropout: float = 0.1  # (HVQ-Trans code)
+    commitment: float = 1.0  # beta of Eq. 7 (printed without a weight: 1; HVQ-Trans code: 0.25 with EMA)
+    codebook_update: str = "loss"  # "loss" (Eq. 7's codebook term) or "ema" (HVQ-Trans code, decay 0.99)
+    codebook_init: str = "data"  # "data": first batch's vectors; "random" (paper silent)
+    codebook_restart: bool = True  # move dead codes to current vectors (ours; without it the codebooks collapse)
+    # --- MIM ViT (Sec. 3.3: L' = 4; the rest from LADMIM's released scripts/train.sh)
+    mim_layers: int = 4  # L' (paper)
+    mim_dim: int = 512  # width (release: 512; Fig. 3 sweeps it)
+    mim_heads: int = 8  # (release)
+    mim_mlp_ratio: float = 4.0  # (release)
+    mim_attn_dropout: float = 0.1  # (release)
+    layer_scale: float = 0.1  # layer-scale init (release); 0 disables
+    target: str = "histogram"  # Tab. 8: "histogram" (Eq. 11-12), "code" (per token), "feature", "pixel"
+    mim_levels: tuple[int, ...] | None = None  # HVQ levels (1-based) whose codes are targets; None = all (Eq. 12)
+    # --- masking (Tab. 7: BlockRandom-0.2 best; block aspect ratio in [0.3, 1/0.3], BEiT-style)
+    mask: str = "block"  # "block" (BlockRandom-r), "random" (Random-r), "checkerboard"
+    mask_ratio: float = 0.2  # r for training (Tab. 7's best; release: 130 / 576 = 0.23)
+    test_mask_ratio: float | None = None  # r for scoring; None = mask_ratio (release: 230 / 576 = 0.4)
+    mask_min_block: int | None = None  # smallest block in tokens; None = a third of the masked tokens (release ~46)
+    checker_size: int = 3  # checkerboard square side in tokens (Tab. 7: 3 / 6 / 12)
+    num_test_masks: int = 8  # masks averaged in S_MIM (paper and release: unstated)
+    mask_seed: int = 0  # the test masks are fixed (the same for every image), drawn with this seed
+    # --- scoring (Sec. 3.4)
+    scorer: str = "sum"  # Tab. 5: "sum" = S'_HVQ + S'_MIM, "hvq" = S_HVQ alone, "mim" = S_MIM alone
+    hvq_score: str = "mean"  # S_HVQ over positions: "mean" (paper) or "max" (release's max_score)
+    # Which normal images the caller hands to calibrate() for the standardisation: "validation" (default,
+    # the reading of repro_spec §3.5), "test" (the released code: mean/std over the category's whole test set),
+    # or "train". The model only computes statistics of what it is given.
+    standardise_on: str = "validation"
+    smoothing_sigma: float = 4.0  # Gaussian sigma (image pixels) of the HVQ map returned by predict (ours)
+
+
+# ------------------------------------------------------------------------------------------------ masks
+
+
+def block_mask(h: int, w: int, count: int, min_block: int, generator: torch.Generator | None = None,
+               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
+    """BEiT's block-wise masking: add random rectangles (area >= min_block, aspect ratio in ``aspect``) until
+    ``count`` of the h x w tokens are masked (never more; it stops early when no block fits). (h, w) bool."""
+    mask = torch.zeros(h, w, dtype=torch.bool)
+    low, high = math.log(aspect[0]), math.log(aspect[1])
+    done = 0
+    rand = lambda: float(torch.rand((), generator=generator))
+    while done < count:
+        room = count - done
+        added = 0
+        for _ in range(attempts):
+            area = min_block + rand() * (max(room, min_block) - min_block)
+            ratio = math.exp(low + rand() * (high - low))
+            bh, bw = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
+            if bh < 1 or bw < 1 or bh >= h or bw >= w:
+                continue
+            top = int(torch.randint(0, h - bh + 1, (), generator=generator))
+            left = int(torch.randint(0, w - bw + 1, (), generator=generator))
+            block = mask[top:top + bh, left:left + bw]
+            new = bh * bw - int(block.sum())
+            if 0 < new <= room:
+                block.fill_(True)
+                added = new
+                break
+        if added == 0:
+            break
+        done += added
+    return mask
+
+
+def random_mask(h: int, w: int, count: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """``count`` tokens chosen uniformly at random (Tab. 7's Random-r)."""
+    mask = torch.zeros(h * w, dtype=torch.bool)
+    mask[torch.randperm(h * w, generator=generator)[:count]] = True
+    return mask.view(h, w)
+
+
+def checkerboard_mask(h: int, w: int, size: int, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Alternate size x size squares, with a random phase and offset (half the tokens)."""
+    oy, ox, phase = (int(torch.randint(0, 2 * size, (), generator=generator)) for _ in range(3))
+    yy, xx = torch.meshgrid(torch.arange(h) + oy, torch.arange(w) + ox, indexing="ij")
+    return ((yy // size + xx // size + phase) % 2) == 0
+
+
+def histogram(codes: torch.Tensor, mask: torch.Tensor, size: int) -> torch.Tensor:
+    """Eq. 11: the normalised histogram (B, K) of the codes (B, N) at the masked positions (B, N)."""
+    weights = mask.to(torch.float32)
+    counts = torch.zeros(codes.shape[0], size, device=codes.device).scatter_add_(1, codes, weights)
+    return counts / weights.sum(dim=1, keepdim=True).clamp_min(1.0)
+
+
+# ------------------------------------------------------------------------------------------------ MIM ViT
+
+
+class Block(nn.Module):
+    """Pre-norm ViT block with layer scale (timm/BEiT style)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, attn_dropout: float, layer_scale: float) -> None:
+        super().__init__()
+        self.norm1, self.norm2 = nn.LayerNorm(dim), nn.LayerNorm(dim)
+        self.qkv, self.proj = nn.Linear(dim, 3 * dim), nn.Linear(dim, dim)
+        self.mlp = nn.Sequential(nn.Linear(dim, int(dim * mlp_ratio)), nn.GELU(), nn.Linear(int(dim * mlp_ratio), dim))
+        self.heads, self.attn_dropout = heads, attn_dropout
+        scale = layer_scale if layer_scale > 0 else 1.0
+        self.gamma1 = nn.Parameter(torch.full((dim,), scale), requires_grad=layer_scale > 0)
+        self.gamma2 = nn.Parameter(torch.full((dim,), scale), requires_grad=layer_scale > 0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.norm1(x)).view(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = F.scaled_dot_product_attention(q, k, v, dropout_p=self.attn_dropout if self.training else 0.0)
+        x = x + self.gamma1 * self.proj(attn.transpose(1, 2).reshape(b, n, d))
+        return x + self.gamma2 * self.mlp(self.norm2(x))
+
+
+class MIMViT(nn.Module):
+    """Eq. 8-9: feature tokens (one per grid cell), masked ones replaced by e, plus the prediction token p,
+    learned absolute position embeddings, L' blocks; returns (p' (B, D), token outputs (B, N, D))."""
+
+    def __init__(self, in_dim: int, tokens: int, dim: int, layers: int, heads: int, mlp_ratio: float,
+                 attn_dropout: float, layer_scale: float) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"mim_dim={dim} must be a multiple of mim_heads={heads}")
+        self.embed = nn.Linear(in_dim, dim)
+        self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # e (zero-initialised, Sec. 3.3)
+        self.pred_token = nn.Parameter(torch.zeros(1, 1, dim))  # p
+        self.pos = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        nn.init.trunc_normal_(self.pos, std=0.02)
+        self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attn_dropout, layer_scale) for _ in range(layers))
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.embed(tokens)
+        x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)  # Eq. 8
+        x = torch.cat([x, self.pred_token.expand(len(x), -1, -1)], dim=1) + self.pos
+        for block in self.blocks:
+            x = block(x)
+        x = self.norm(x)
+        return x[:, -1], x[:, :-1]
+
+
+# ------------------------------------------------------------------------------------------------ model
+
+
+class LADMIM(AnomalyModel):
+    """HVQ-Trans + MIM ViT over a frozen feature grid; see the module docstring."""
+
+    name = "ladmim"
+    trainable = True
+
+    def __init__(self, config: LADMIMConfig | None = None, tokenizer: nn.Module | None = None) -> None:
+        config = config or LADMIMConfig()
+        self._validate(config)
+        super().__init__(config)
+        grid = (config.grid, config.grid)
+        self.tokenizer = tokenizer if tokenizer is not None else FeatureGrid(
+            config.backbone, config.layers, config.pretrained, config.weights, grid)
+        self.tokenizer.requires_grad_(False)
+        self.tokenizer.eval()
+        with torch.no_grad():
+            probe = self.tokenizer(torch.zeros(1, 3, config.image_size, config.image_size))
+        if tuple(probe.shape[-2:]) != grid:
+            raise ValueError(f"backbone {config.backbone!r} gives a {tuple(probe.shape[-2:])} map at image_size="
+                             f"{config.image_size}, expected grid={config.grid}")
+        self.in_dim, self.tokens = int(probe.shape[1]), config.grid * config.grid
+        self.patch = max(1, round(config.image_size / config.grid))  # pixels per token for the pixel target
+        self.hvq = HVQTrans(self.in_dim, self.tokens, config.hvq_dim, config.hvq_heads, config.hvq_ffn,
+                            config.hvq_layers, config.hvq_dec_dim, config.codebook_size, config.code_dim,
+                            config.hvq_dropout, config.commitment, config.codebook_update, 0.99, config.codebook_init,
+                            config.codebook_restart)
+        self.levels = [l - 1 for l in (config.mim_levels or range(1, config.hvq_layers + 1))]
+        self.mim = MIMViT(self.in_dim, self.tokens, config.mim_dim, config.mim_layers, config.mim_heads,
+                          config.mim_mlp_ratio, config.mim_attn_dropout, config.layer_scale)
+        out = {"histogram": config.codebook_size * len(self.levels), "code": config.codebook_size * len(self.levels),
+               "feature": self.in_dim, "pixel": 3 * self.patch ** 2}[config.target]
+        self.head = nn.Linear(config.mim_dim, out)  # the MIMHeads (one Linear for all levels, split per level)
+        for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):
+            self.register_buffer(name, torch.tensor(float("nan")))
+        self.stage = "tokenizer"
+        self._test_masks: torch.Tensor | None = None
+
+    @staticmethod
+    def _validate(config: LADMIMConfig) -> None:
+        check_choice("target", config.target, TARGETS)
+        check_choice("mask", config.mask, MASKS)
+        check_choice("scorer", config.scorer, SCORERS)
+        check_choice("hvq_score", config.hvq_score, ("mean", "max"))
+        check_choice("feature_norm", config.feature_norm, ("layernorm", "none"))
+        check_choice("codebook_update", config.codebook_update, ("loss", "ema"))
+        check_choice("codebook_init", config.codebook_init, ("data", "random"))
+        check_choice("standardise_on", config.standardise_on, STANDARDISE_ON)
+        for name in ("mask_ratio", "test_mask_ratio"):
+            value = getattr(config, name)
+            if value is not None and not 0 < value < 1:
+                raise ValueError(f"{name}={value}: expected a fraction in (0, 1)")
+        if config.num_test_masks < 1:
+            raise ValueError(f"num_test_masks={config.num_test_masks}: need at least one mask")
+        levels = config.mim_levels or ()
+        if any(not 1 <= l <= config.hvq_layers for l in levels):
+            raise ValueError(f"mim_levels={config.mim_levels}: expected levels in 1..{config.hvq_layers}")
+
+    # ---- stages (engine hooks)
+
+    def training_stages(self) -> tuple[str, ...]:
+        return ("tokenizer", "mim")
+
+    def start_stage(self, name: str) -> None:
+        """"tokenizer": train HVQ-Trans only; "mim": train the ViT and its heads, HVQ-Trans frozen (eval mode)."""
+        check_choice("stage", name, self.training_stages())
+        self.stage = name
+        self.hvq.set_trainable(name == "tokenizer")
+        for module in (self.mim, self.head):
+            module.requires_grad_(name == "mim")
+
+    def train(self, mode: bool = True) -> "LADMIM":
+        super().train(mode)
+        if getattr(self, "stage", None) == "mim":
+            self.hvq.eval()  # frozen: no dropout, no codebook updates, fixed codes
+        return self
+
+    def frozen_keys(self) -> set[str]:
+        """The backbone is left out of checkpoints when its weights can be loaded again (named weights)."""
+        if getattr(self.tokenizer, "weights_id", None) is None:
+            return set()
+        return {f"tokenizer.{k}" for k in self.tokenizer.state_dict()}
+
+    def feature_key(self) -> str | None:
+        return self.tokenizer_key(f"grid={self.config.grid}", f"pixels={self.config.target == 'pixel'}")
+
+    # ---- features
+
+    def extract(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Frozen inputs: ``features`` h^0 (B, d_0, grid, grid); with the pixel target also ``pixels``
+        (B, 3 p^2, grid, grid), the image patch of every token."""
+        size = self.config.image_size
+        if tuple(images.shape[-2:]) != (size, size):
+            raise ValueError(f"LADMIM was built for {size} x {size} inputs, got {tuple(images.shape[-2:])}; "
+                             f"resize the data to image_size={size}")
+        out = {"features": self.tokenizer(images)}
+        if self.config.target == "pixel":
+            side = self.config.grid * self.patch
+            small = F.interpolate(images, size=(side, side), mode="bilinear", align_corners=False, antialias=True)
+            out["pixels"] = F.pixel_unshuffle(small, self.patch)
+        return out
+
+    def tokens_of(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """h^0 as a token sequence (B, N, d_0), per-token normalised (``feature_norm``)."""
+        x = features["features"].flatten(2).transpose(1, 2)
+        return F.layer_norm(x, x.shape[-1:]) if self.config.feature_norm == "layernorm" else x
+
+    # ---- masks
+
+    def _count(self, ratio: float) -> int:
+        return max(1, int(round(ratio * self.tokens)))
+
+    def sample_mask(self, ratio: float, generator: torch.Generator | None = None) -> torch.Tensor:
+        """One (N,) mask of the configured strategy."""
+        g, count = self.config.grid, self._count(ratio)
+        if self.config.mask == "block":
+            min_block = self.config.mask_min_block or max(4, count // 3)
+            mask = block_mask(g, g, count, min(min_block, count), generator)
+        elif self.config.mask == "random":
+            mask = random_mask(g, g, count, generator)
+        else:
+            mask = checkerboard_mask(g, g, self.config.checker_size, generator)
+        return mask.flatten()
+
+    def test_masks(self) -> torch.Tensor:
+        """The fixed (num_test_masks, N) masks S_MIM averages over (seeded by ``mask_seed``)."""
+        if self._test_masks is None:
+            generator = torch.Generator().manual_seed(self.config.mask_seed)
+            ratio = self.config.test_mask_ratio or self.config.mask_ratio
+            self._test_masks = torch.stack([self.sample_mask(ratio, generator) for _ in range(self.config.num_test_masks)])
+        return self._test_masks
+
+    # ---- losses
+
+    def loss(self, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        tokens = self.tokens_of(features)
+        if self.stage == "tokenizer":
+            return self.hvq(tokens)["loss"]  # Eq. 7
+        masks = torch.stack([self.sample_mask(self.config.mask_ratio) for _ in range(len(tokens))]).to(tokens.device)
+        return self.mim_errors(tokens, masks, features).mean()
+
+    def mim_errors(self, tokens: torch.Tensor, masks: torch.Tensor, features: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Per image (B,), the MIM error of the configured target under ``masks`` (B, N): Eq. 12 for the
+        histogram (sum over levels of the L1 distance), the summed per-level cross-entropy over masked tokens for
+        codes, the mean squared error over masked tokens for features and pixels."""
+        p_out, token_out = self.mim(tokens, masks)
+        return TARGET_ERRORS[self.config.target](self, p_out, token_out, tokens, masks, features)
+
+    def _codes(self, tokens: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return self.hvq.codes(tokens)[:, self.levels]  # (B, levels, N)
+
+    def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        codes = self._codes(tokens)
+        k = self.config.codebook_size
+        predicted = self.head(p_out).view(len(p_out), len(self.levels), k).softmax(dim=-1)  # Eq. 9
+        target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)  # Eq. 11
+        return (predicted - target).abs().sum(dim=(1, 2))  # Eq. 12
+
+    def _code_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        codes = self._codes(tokens)
+        logits = self.head(token_out).view(*token_out.shape[:2], len(self.levels), self.config.codebook_size)
+        ce = F.cross_entropy(logits.permute(0, 3, 1, 2), codes.transpose(1, 2), reduction="none").sum(dim=2)
+        return _masked_mean(ce, masks)
+
+    def _feature_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        return _masked_mean((self.head(token_out) - tokens).pow(2).mean(dim=-1), masks)
+
+    def _pixel_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        pixels = features["pixels"].flatten(2).transpose(1, 2)
+        return _masked_mean((self.head(token_out) - pixels).pow(2).mean(dim=-1), masks)
+
+    # ---- scoring
+
+    @torch.no_grad()
+    def score_parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Raw S_HVQ (B,), S_MIM (B,) (mean over the fixed test masks), the HVQ error map (B, grid, grid)."""
+        tokens = self.tokens_of(features)
+        error = self.hvq(tokens)["error"]
+        s_hvq = error.mean(dim=1) if self.config.hvq_score == "mean" else error.amax(dim=1)
+        masks = self.test_masks().to(tokens.device)
+        b, m = len(tokens), len(masks)
+        repeated = {k: v.repeat_interleave(m, dim=0) for k, v in features.items()}
+        mim = self.mim_errors(tokens.repeat_interleave(m, dim=0), masks.repeat(b, 1), repeated)
+        g = self.config.grid
+        return {"s_hvq": s_hvq, "s_mim": mim.view(b, m).mean(dim=1), "error_map": error.view(b, g, g)}
+
+    def calibrate(self, batches: Iterable[dict[str, torch.Tensor]]) -> None:
+        """Mean and std of S_HVQ and S_MIM over the given images (normal held-out images, see
+        ``standardise_on``), for the standardised sum."""
+        hvq, mim = [], []
+        for features in batches:
+            parts = self.score_parts(features)
+            hvq.append(parts["s_hvq"])
+            mim.append(parts["s_mim"])
+        stats = standardisation(torch.cat(hvq), torch.cat(mim))
+        for name, value in stats.items():
+            getattr(self, name).fill_(value)
+
+    @property
+    def calibrated(self) -> bool:
+        return bool(torch.isfinite(self.hvq_std)) and bool(torch.isfinite(self.mim_std))
+
+    def combine(self, s_hvq: torch.Tensor, s_mim: torch.Tensor, scorer: str | None = None) -> torch.Tensor:
+        """The image score of ``scorer`` (default: the config's) from raw S_HVQ and S_MIM."""
+        scorer = scorer or self.config.scorer
+        check_choice("scorer", scorer, SCORERS)
+        if scorer == "hvq":
+            return s_hvq
+        if scorer == "mim":
+            return s_mim
+        if not self.calibrated:
+            raise RuntimeError("LADMIM's scorer='sum' standardises S_HVQ and S_MIM with statistics of held-out "
+                               "normal images: fit with adlib.engine.fit(..., calibration=<validation split>) or call "
+                               "model.calibrate(batches) first (or use scorer='hvq' / 'mim')")
+        return (s_hvq - self.hvq_mean) / self.hvq_std + (s_mim - self.mim_mean) / self.mim_std
+
+    @torch.no_grad()
+    def predict(self, images: torch.Tensor) -> Prediction:
+        out = self.explain(images)
+        return Prediction(out["map"], out["scores"])
+
+    @torch.no_grad()
+    def explain(self, images: torch.Tensor, mask_index: int = 0) -> dict[str, Any]:
+        """Everything the notebooks draw for images (B, 3, H, W) in [0, 1]: ``features`` h^0, ``codes`` o^l
+        (B, L, grid, grid), ``error_map`` (B, grid, grid), ``map`` (B, H, W), ``s_hvq``, ``s_mim``, ``scores``;
+        and for test mask ``mask_index``: ``mask`` (grid, grid), ``predicted`` P^l and ``target`` Q^l (B, levels, K)
+        (histogram target only)."""
+        features = self.extract(images)
+        parts = self.score_parts(features)
+        tokens = self.tokens_of(features)
+        g, size = self.config.grid, self.config.image_size
+        up = F.interpolate(parts["error_map"][:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        out = {"features": features["features"], "codes": self.hvq.codes(tokens).view(len(images), -1, g, g),
+               "map": gaussian_blur(up, self.config.smoothing_sigma), **parts}
+        out["scores"] = self.combine(parts["s_hvq"], parts["s_mim"])
+        mask = self.test_masks()[mask_index].to(tokens.device)
+        out["mask"] = mask.view(g, g)
+        if self.config.target == "histogram":
+            masks = mask.expand(len(images), -1)
+            p_out, _ = self.mim(tokens, masks)
+            k = self.config.codebook_size
+            out["predicted"] = self.head(p_out).view(len(images), len(self.levels), k).softmax(dim=-1)
+            codes = self._codes(tokens)
+            out["target"] = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)
+        return out
+
+    def codebook_usage(self, reset: bool = False) -> list[dict[str, float]]:
+        """Per HVQ level: fraction of the K codes used and the perplexity over the training batches since the
+        last reset (read it from an engine callback: ``callback=lambda epoch, m: {"usage": m.codebook_usage(True)}``)."""
+        return self.hvq.usage(reset)
+
+
+def _masked_mean(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Mean of (B, N) values over the masked positions, per image."""
+    weights = masks.to(values.dtype)
+    return (values * weights).sum(dim=1) / weights.sum(dim=1).clamp_min(1.0)
+
+
+TARGET_ERRORS: dict[str, Callable] = {
+    "histogram": LADMIM._histogram_error,
+    "code": LADMIM._code_error,
+    "feature": LADMIM._feature_error,
+    "pixel": LADMIM._pixel_error,
+}
+
+
+def standardisation(s_hvq: torch.Tensor, s_mim: torch.Tensor) -> dict[str, float]:
+    """Mean and sample std of each raw score (std 1 when it is 0 or undefined, e.g. a single image)."""
+    out = {}
+    for name, values in (("hvq", s_hvq.double()), ("mim", s_mim.double())):
+        std = float(values.std()) if len(values) > 1 else 0.0
+        out[f"{name}_mean"] = float(values.mean())
+        out[f"{name}_std"] = std if std > 0 and math.isfinite(std) else 1.0
+    return out
+
+
+@torch.no_grad()
+def score_components(model: LADMIM, dataset, batch_size: int = 8, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """Raw S_HVQ and S_MIM of every image of a dataset (items with image, label, group, category), so that
+    several scorers (Tab. 5) and standardisations (validation vs the release's test-set z-scores) can be read
+    from one pass. Returns numpy arrays ``s_hvq``, ``s_mim``, ``labels`` and lists ``groups``, ``categories``."""
+    import numpy as np
+    from torch.utils.data import DataLoader
+
+    model.to(device).eval()
+    out = {"s_hvq": [], "s_mim": [], "labels": [], "groups": [], "categories": []}
+    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+        parts = model.score_parts(model.extract(batch["image"].to(device)))
+        out["s_hvq"].append(parts["s_hvq"].cpu())
+        out["s_mim"].append(parts["s_mim"].cpu())
+        out["labels"].append(torch.as_tensor(batch["label"]))
+        out["groups"] += list(batch["group"])
+        out["categories"] += list(batch["category"])
+    for key in ("s_hvq", "s_mim", "labels"):
+        out[key] = torch.cat(out[key]).numpy()
+    out["labels"] = out["labels"].astype(np.int64)
+    return out

@@ -1,0 +1,204 @@
+"""LADMIM (Logical Anomaly Detection with Masked Image Modeling): HVQ-Trans codes + a MIM ViT.
+
+The paper's spec for the notebooks in ``notebooks/ladmim/``: profiles, recipes, tables, figures and the claims
+decided over seeds. The model is ``adlib/models/ladmim.py`` (tokenizer in ``adlib/models/hvq.py``); the LOCO
+evaluation (LA / SA / Overall / both readings of Avg) is ``adlib.loco``; the printed numbers are in
+``results/paper/ladmim/`` (layout in ``tests/test_paper_tables_ladmim.py``).
+
+Paper tables store MVTec LOCO categories under their folder names; ``CATEGORY_NAMES`` gives the paper's short
+names. Ablation settings are labelled as in ``results/paper/ladmim`` (``scorer=sum``, ``mask=block-0.2``,
+``target=histogram``); ``grids`` maps every label to the config overrides that run it.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+from adlib.engine import FitConfig
+from adlib.papers import peers
+from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+
+# MVTec LOCO folder -> the paper's name (Tab. 1-3)
+CATEGORY_NAMES = {"breakfast_box": "Box", "juice_bottle": "Bottle", "pushpins": "Pins", "screw_bag": "Bag",
+                  "splicing_connectors": "Cable"}
+
+SCORERS = {"scorer=hvq": {"scorer": "hvq"}, "scorer=mim": {"scorer": "mim"}, "scorer=sum": {"scorer": "sum"}}
+TARGETS = {f"target={t}": {"target": t} for t in ("pixel", "feature", "code", "histogram")}
+
+
+def _masks(ratios: tuple[float, ...]) -> dict[str, dict]:
+    out = {"mask=checkerboard": {"mask": "checkerboard"}}
+    for kind, name in (("random", "random"), ("block", "block")):
+        for r in ratios:
+            out[f"mask={name}-{r:g}"] = {"mask": kind, "mask_ratio": r, "test_mask_ratio": r}
+    return out
+
+
+SMOKE = ProfileSpec(
+    description="2-core CPU in minutes: the embedded logical-anomaly set synthetic_loco (tray, pins; MVTec LOCO "
+                "layout with a validation split), the offline ImageNet EfficientNet-Lite0 (strides 8 + 16 on a "
+                "24 x 24 grid at 192 px) for the paper's PDN, a small HVQ-Trans and MIM ViT; MVTec AD bottle for "
+                "Tab. 4 when present",
+    image_size=192,
+    backbone="efficientnet_lite0",
+    paper_backbone="pdn",
+    max_train=None,
+    max_test=None,
+    seeds=(0, 1, 2),
+    synthetic=("synthetic_loco",),
+    synthetic_categories=None,
+    real_datasets=("mvtec_ad",),
+    real_categories=("bottle",),
+    class_setting="one-class",
+    protocol="exact",
+    shared_backbone=True,
+    # Tab. 7 adds 0.1 so that 0.2 has a lower neighbour (the paper's grid is 0.2 / 0.4 / 0.6)
+    grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.1, 0.2, 0.4, 0.6)),
+           "mim_dims": (32, 64, 128)},
+)
+
+PAPER_PROFILE = ProfileSpec(
+    description="the paper's settings on one GPU (Sec. 4.1): EfficientAD's PDN at 224 px (384 x 24 x 24), "
+                "HVQ-Trans 1000 epochs, MIM ViT 500 epochs, all of MVTec LOCO (and MVTec AD for Tab. 4), 5 seeds",
+    image_size=224,
+    backbone="pdn",
+    paper_backbone="pdn",
+    max_train=None,
+    max_test=None,
+    seeds=(0, 1, 2, 3, 4),
+    synthetic=("synthetic_loco",),
+    synthetic_categories=None,
+    real_datasets=("mvtec_loco", "mvtec_ad"),
+    real_categories=None,
+    class_setting="one-class",
+    protocol="exact",
+    shared_backbone=False,
+    grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.2, 0.4, 0.6)),
+           "mim_dims": (128, 256, 512, 768)},
+)
+
+_SMOKE_MODEL = {
+    # CPU sizes (see the notes); every other field is the paper's or the release's (LADMIMConfig)
+    "codebook_size": 32, "hvq_dim": 32, "hvq_dec_dim": 64, "hvq_ffn": 128, "hvq_heads": 2, "hvq_dropout": 0.0,
+    "mim_dim": 64, "mim_heads": 2, "mim_attn_dropout": 0.0, "num_test_masks": 4,
+}
+
+RECIPES = {
+    ("ladmim", "smoke"): Recipe(
+        model=_SMOKE_MODEL,
+        fit=FitConfig(batch_size=4, grad_clip=1.0, stages={
+            "tokenizer": {"epochs": 15, "lr": 1e-3, "weight_decay": 1e-4},
+            "mim": {"epochs": 30, "lr": 1e-3, "weight_decay": 1e-6}}),
+        notes={"backbone": "offline ImageNet EfficientNet-Lite0, strides 8 + 16 resampled to 24 x 24 at 192 px, "
+                           "for the paper's PDN (its weights cannot be downloaded here)",
+               "codebook_size": "32 codes per level instead of 512 (60 training images per category)",
+               "hvq_dim": "32 / decoder 64 / FFN 128 / 2 heads instead of HVQ-Trans' 64 / 128 / 1024 / 8 (CPU)",
+               "hvq_dropout": "0 instead of 0.1: attention dropout materialises the 576 x 576 attention maps and "
+                              "takes most of a CPU step",
+               "mim_dim": "64 / 2 heads instead of the release's 512 / 8 (CPU)",
+               "num_test_masks": "4 masks per test image (unstated in the paper)",
+               "epochs": "tokenizer 15, MIM 30 instead of 1000 and 500 (CPU); lr 1e-3 instead of 1e-4 to "
+                         "converge in that many steps"},
+    ),
+    ("ladmim", "paper"): Recipe(
+        model={"backbone": "pdn", "image_size": 224},
+        fit=FitConfig(batch_size=16, grad_clip=0.1, stages={
+            "tokenizer": {"epochs": 1000, "lr": 1e-4, "weight_decay": 1e-4, "schedule": "step", "step_at": 0.8},
+            "mim": {"epochs": 500, "lr": 1e-4, "weight_decay": 1e-6, "batch_size": 32, "grad_clip": 1.0,
+                    "schedule": "cosine"}}),
+        notes={"weights": "set weights=<path to pretrained_teacher_small.pth> (adlib.models.hvq.PDN_WEIGHTS says "
+                          "where it comes from); without it the PDN has random weights only with pretrained=False",
+               "tokenizer": "1000 epochs, AdamW wd 1e-4 (paper); lr 1e-4, batch 16, clip 0.1, x0.1 at epoch 800 "
+                            "(HVQ-Trans code: the paper is silent)",
+               "mim": "500 epochs, AdamW wd 1e-6 (paper); lr 1e-4, batch 32, clip 1.0, cosine (release's "
+                      "scripts/train.sh, which also warms up for 40 epochs: the engine has no warm-up)"},
+    ),
+    **peers.RECIPES,
+    # PatchCore on the same 192 px images as the smoke LADMIM (its Tab. 2 numbers are from the literature)
+    ("patchcore", "smoke"): replace(peers.RECIPES[("patchcore", "smoke")],
+                                    model={**peers.RECIPES[("patchcore", "smoke")].model, "image_size": 192}),
+}
+
+_LOCO = dict(image_size=224, protocol="exact", rows=("method",), columns=("dataset", "metric"))
+
+TABLES = {
+    "table1": TableSpec("Table 1: MVTec LOCO per category: train, validation and normal / logical / structural "
+                        "test images", rows=("dataset",), columns=("metric",)),
+    "table2": TableSpec("Table 2: image AUROC on MVTec LOCO, one-class: logical (LA), structural (SA), Overall",
+                        backbones={"LADMIM": "pdn", "PatchCore": "wide_resnet50"}, **_LOCO,
+                        note="peers' numbers are from their papers; Overall = (LA + SA) / 2"),
+    "table3": TableSpec("Table 3: one-class vs multi-class on MVTec LOCO", backbones={"LADMIM": "pdn"},
+                        class_setting="multi-class", image_size=224, rows=("method", "setting"),
+                        columns=("dataset", "metric"),
+                        note="one-class rows repeat Table 2; delta_multi = multi-class minus one-class Overall"),
+    "table4": TableSpec("Table 4: average image AUROC on MVTec AD (structural anomalies only)",
+                        backbones={"LADMIM": "pdn"}, image_size=224,
+                        note="setting and score unstated (one-class assumed)"),
+    "table5": TableSpec("Table 5: anomaly scoring: S_HVQ, S_MIM, their standardised sum", backbones={"LADMIM": "pdn"},
+                        image_size=224, rows=("setting",), columns=("metric",),
+                        note="setting of Tabs. 5/6/8 unstated; their Avg is not exactly (SA + LA) / 2"),
+    "table6": TableSpec("Table 6: other MIM methods with HVQ-Trans' score added", rows=("method", "setting"),
+                        columns=("metric",), note="SMAE and MAEDAY are not implemented here: paper numbers only, "
+                                                  "plus the LADMIM row"),
+    "table7": TableSpec("Table 7: masking strategy and ratio (multi-class, ViT 200 epochs)",
+                        backbones={"LADMIM": "pdn"}, class_setting="multi-class", image_size=224, rows=("setting",),
+                        columns=("metric",),
+                        note="row labels garbled in the paper's text; reconstructed as Random-r / BlockRandom-r "
+                             "(repro_spec §3.6)"),
+    "table8": TableSpec("Table 8: MIM prediction target: pixel, feature, code, code histogram",
+                        backbones={"LADMIM": "pdn"}, image_size=224, rows=("setting",), columns=("metric",)),
+    "fig3": TableSpec("Fig. 3: image AUROC against the MIM model dimension (multi-class)", backbones={"LADMIM": "pdn"},
+                      class_setting="multi-class", image_size=224, rows=("setting",), columns=("metric",),
+                      note="the paper prints no numbers or dimension values"),
+}
+
+FIGURES = {
+    "fig1": "Fig. 1: reconstruction, memory bank and MIM approaches (schematic)",
+    "fig2": "Fig. 2: HVQ-Trans and the MIM ViT (schematic, drawn from the model's structure)",
+    "fig3": "Fig. 3: image AUROC against model dimension",
+    "fig4": "Fig. 4: code index maps per HVQ level and image patches per code (from the trained tokenizer)",
+    "fig5": "Fig. 5: failure cases on MVTec LOCO pushpins (needs the dataset)",
+    "walkthrough": "codes as maps, a test mask, the predicted against the true code histogram",
+}
+
+
+def _side(label: str, **where) -> Side:
+    return Side(label, where)
+
+
+CLAIMS = (
+    Claim("mim_catches_logical", "LADMIM detects logical anomalies that a local memory-bank method misses: a "
+          "higher logical-anomaly image AUROC than PatchCore on the same images.", "Sec. 4.2, Table 2",
+          table="table2", metric="auroc_logical", level="image", favoured=_side("LADMIM", method="LADMIM"),
+          against=(_side("PatchCore", method="PatchCore"),)),
+    Claim("sum_beats_either", "The sum of the standardised S_HVQ and S_MIM beats either score alone.",
+          "Sec. 4.4, Table 5", table="table5", metric="auroc_avg", level="image",
+          favoured=_side("S'_HVQ + S'_MIM", setting="scorer=sum"),
+          against=(_side("S_HVQ", setting="scorer=hvq"), _side("S_MIM", setting="scorer=mim")),
+          note="Avg read as (SA + LA) / 2; the whole-set reading is reported beside it"),
+    Claim("histogram_target_best", "Predicting the code histogram beats predicting pixels, features or per-token "
+          "codes.", "Sec. 4.4, Table 8", table="table8", metric="auroc_avg", level="image",
+          favoured=_side("code histogram", setting="target=histogram"),
+          against=tuple(_side(t, setting=f"target={t}") for t in ("pixel", "feature", "code"))),
+    Claim("mask_ratio_middle", "Block-wise masking has a best ratio in the middle of the range (20 % in the paper): "
+          "better than a smaller and a larger ratio.", "Sec. 4.4, Table 7", table="table7", metric="auroc_avg",
+          level="image", favoured=_side("BlockRandom-0.2", setting="mask=block-0.2"),
+          against=(_side("BlockRandom-0.1", setting="mask=block-0.1"), _side("BlockRandom-0.6", setting="mask=block-0.6")),
+          note="the paper's grid starts at 0.2; the smoke grid adds 0.1 so that 0.2 is a middle value"),
+    Claim("logical_rises_with_dim", "LADMIM's logical-anomaly AUROC rises with the model dimension.",
+          "Sec. 4.5, Fig. 3", table="fig3", metric="auroc_logical", level="image",
+          favoured=_side("largest dimension", setting="mim_dim=max"),
+          against=(_side("smallest dimension", setting="mim_dim=min"),)),
+)
+
+PAPER = PaperSpec(
+    name="ladmim",
+    title="LADMIM: Logical Anomaly Detection with Masked Image Modeling",
+    method="ladmim",
+    profiles={"smoke": SMOKE, "paper": PAPER_PROFILE},
+    recipes=RECIPES,
+    methods={"ladmim": "LADMIM", "patchcore": "PatchCore"},
+    claims=CLAIMS,
+    tables=TABLES,
+    figures=FIGURES,
+    datasets={"mvtec_loco": "MVTec LOCO", "mvtec_ad": "MVTec AD", "synthetic_loco": "synthetic_loco"},
+)
