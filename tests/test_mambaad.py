@@ -273,3 +273,33 @@ def test_bad_configs_raise_errors_naming_the_field(kw, match):
 
 def test_random_weights_disable_the_feature_cache_key():
     assert _model().feature_key() is None
+
+
+def test_load_release_state_dict_maps_every_release_key():
+    # tests/fixtures/mambaad_release_keys.json: the release's MAMBAAD state-dict keys and shapes (ResNet34,
+    # [3,4,6,3], Hilbert, 8 directions), read from its code. Random tensors of those shapes must land on every
+    # trainable key of adlib's model, with the release's direction stacking permuted into the paper's order.
+    import json
+    from pathlib import Path
+
+    spec = json.loads((Path(__file__).parent / "fixtures" / "mambaad_release_keys.json").read_text())["keys"]
+    g = torch.Generator().manual_seed(0)
+    state = {k: (torch.randn(shape, generator=g) if shape else torch.tensor(3)) for k, shape in spec.items()}
+    model = create_model("mambaad", backbone="resnet34", pretrained=False)
+    model.load_release_state_dict(state)
+    mine = model.state_dict()
+    assert torch.equal(mine["bottleneck.down1.0.weight"], state["mff_oce.conv1.weight"])
+    assert torch.equal(mine["bottleneck.blocks.2.conv3.weight"], state["mff_oce.bn_layer.2.conv3.weight"])
+    assert torch.equal(mine["decoder.upsample.1.expand.weight"], state["net_s.layers_up.1.upsample.expand.weight"])
+    release = "net_s.layers_up.2.blocks.1.smm_blocks.2.self_attention."
+    ours = "decoder.stages.2.1.hss.2.self_attention."
+    x_proj = state[release + "x_proj_weight"]
+    assert torch.equal(mine[ours + "x_proj_weight"][1], x_proj[4])  # adlib's "reverse" is the release's 5th
+    assert torch.equal(mine[ours + "x_proj_weight"][2], x_proj[1])  # adlib's "wh_forward" is the release's 2nd
+    d = mine[ours + "Ds"].numel() // 8
+    assert torch.equal(mine[ours + "Ds"][d:2 * d], state[release + "Ds"][4 * d:5 * d])
+    assert torch.equal(mine["decoder.stages.3.0.local.1.1.0.weight"], state["net_s.layers_up.3.blocks.0.conv77.0.weight"])
+    with pytest.raises(ValueError, match="release's configuration"):
+        _model(directions=4).load_release_state_dict(state)
+    with pytest.raises(ValueError, match="shape"):
+        create_model("mambaad", pretrained=False).load_release_state_dict(state)  # EfficientNet widths

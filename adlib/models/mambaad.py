@@ -523,3 +523,76 @@ class MambaAD(AnomalyModel):
     def hss_blocks(self) -> list[HSSBlock]:
         """Every HSS block of the decoder, in forward order."""
         return [m for m in self.decoder.modules() if isinstance(m, HSSBlock)]
+
+    def load_release_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Load the trained part (H-FPN and decoder) of a checkpoint of MambaAD's release (``mff_oce.*`` and
+        ``net_s.*`` keys; ``net_t.*``, the frozen encoder, and the scan indices are skipped).
+
+        The release stacks its K directions as (x, x^T, rot90(x), rot90(x)^T) and then their reverses; adlib
+        in the paper's order (forward, reverse, wh forward, ...): the per-direction parameters are permuted.
+        Needs the release's configuration: ResNet34-sized widths, 8 Hilbert directions, ``direction_set
+        ="release"``, the default LSS design. With the release's own code and the same weights, this model's
+        decoder output was checked equal to the release's (max difference 2e-5 on outputs of size 10-20).
+        """
+        config = self.config
+        if (config.directions, config.scan, config.direction_set, tuple(config.kernel_sizes), config.local_conv) != (
+                8, "hilbert", "release", (5, 7), "dw+1x1"):
+            raise ValueError("load_release_state_dict needs the release's configuration: scan='hilbert', directions=8, "
+                             "direction_set='release', kernel_sizes=(5, 7), local_conv='dw+1x1'")
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        mine = self.state_dict()
+        converted: dict[str, torch.Tensor] = {}
+        for key, value in state.items():
+            if key.startswith("net_t.") or "index_flat" in key:
+                continue
+            name = _release_key(key)
+            if name is None or name not in mine:
+                raise ValueError(f"release checkpoint key {key!r} has no counterpart in adlib's MambaAD ({name!r})")
+            converted[name] = _release_direction_order(name, value)
+            if converted[name].shape != mine[name].shape:
+                raise ValueError(f"release checkpoint key {key!r}: shape {tuple(value.shape)}, adlib's {name!r} is "
+                                 f"{tuple(mine[name].shape)}: built for another encoder, depth or width")
+        missing = [k for k in mine if k not in converted and not k.startswith("tokenizer.")]
+        if missing:
+            raise ValueError(f"release checkpoint lacks {len(missing)} of adlib's keys, e.g. {missing[:3]}")
+        self.load_state_dict({**mine, **converted})
+
+
+_RELEASE_HFPN = {"conv1.": "down1.0.", "bn1.": "down1.1.", "conv21.": "lateral2.0.", "bn21.": "lateral2.1.",
+                 "conv2.": "down2.0.", "bn2.": "down2.1.", "conv31.": "lateral3.0.", "bn31.": "lateral3.1.",
+                 "convf.": "fuse.0.", "bnf.": "fuse.1.", "bn_layer.": "blocks."}
+_RELEASE_LSS = {"smm_blocks.": "hss.", "conv1b5.": "local.0.0.", "conv55.": "local.0.1.", "conv1a5.": "local.0.2.",
+                "conv1b7.": "local.1.0.", "conv77.": "local.1.1.", "conv1a7.": "local.1.2.", "finalconv11.": "fuse."}
+# adlib's direction k is the release's RELEASE_ORDER[k] (release: x, x^T, rot, rot^T, then the four reversed)
+RELEASE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+
+
+def _release_key(key: str) -> str | None:
+    """adlib's state-dict name of a key of the release's MAMBAAD module (None: unknown)."""
+    if key.startswith("mff_oce."):
+        rest = key.removeprefix("mff_oce.")
+        for old, new in _RELEASE_HFPN.items():
+            if rest.startswith(old):
+                return "bottleneck." + new + rest.removeprefix(old)
+        return None
+    parts = key.split(".")
+    if key.startswith("net_s.layers_up.") and len(parts) > 4:
+        stage, rest = parts[2], ".".join(parts[3:])
+        if rest.startswith("upsample."):
+            return f"decoder.upsample.{stage}." + rest.removeprefix("upsample.")
+        if rest.startswith("blocks.") and len(parts) > 5:
+            module, rest = parts[4], ".".join(parts[5:])
+            for old, new in _RELEASE_LSS.items():
+                if rest.startswith(old):
+                    return f"decoder.stages.{stage}.{module}." + new + rest.removeprefix(old)
+    return None
+
+
+def _release_direction_order(name: str, value: torch.Tensor) -> torch.Tensor:
+    """Permute the release's stacked per-direction parameters into adlib's direction order."""
+    k = len(RELEASE_ORDER)
+    if name.endswith(("x_proj_weight", "dt_projs_weight", "dt_projs_bias")):
+        return value[list(RELEASE_ORDER)]
+    if name.endswith(("A_logs", ".Ds")):
+        return value.view(k, -1, *value.shape[1:])[list(RELEASE_ORDER)].reshape(value.shape)
+    return value
