@@ -155,13 +155,13 @@ def _capped(dataset, cap: int | None, seed: int):
 
 
 def fit_and_evaluate(model_name: str, pairs: list[tuple[Path, str]], seed: int, cap: int | None,
-                     **overrides) -> dict:
+                     overrides: dict | None = None) -> dict:
     """Fit one model (smoke recipe) on the train sets of ``pairs`` (root, category) together, evaluate each
     category under both protocols; pixel/image metrics in percent."""
     from adlib import data, engine
     from adlib.models import create_model
 
-    config, fit = _smoke(model_name, **overrides)
+    config, fit = _smoke(model_name, **(overrides or {}))
     size = config.image_size
     engine.seed_everything(seed)
     model = create_model(model_name, config)
@@ -223,7 +223,7 @@ def multiclass(args) -> dict:
         print("  MambaAD" + _line(out["mambaad"][-1])[3:], flush=True)
         for label, overrides in sizes.items():
             out["patchcore"][label].append(fit_and_evaluate("patchcore", pairs, seed, args.cap,
-                                                            **{"seed": seed, **overrides}))
+                                                            {"seed": seed, **overrides}))
             print(f"  PatchCore ({label})" + _line(out["patchcore"][label][-1])[3:], flush=True)
     mean = lambda runs: statistics.mean(r["ader"]["pixel_auroc"] for r in runs)
     ours, theirs = mean(out["mambaad"]), mean(out["patchcore"]["own recipe"])
@@ -250,7 +250,7 @@ def size224(args) -> dict:
     print(f"MambaAD at 224 px: encoder maps {grids[:3]}, bottleneck {grids[3]}; scan orders built for "
           f"7x7/14x14/28x28/56x56 (the release's index exists only for 8/16/32/64 and its Hilbert index is silently "
           f"wrong at non-powers of two: anchors.md §2.5)")
-    run = fit_and_evaluate("mambaad", [(root, "bottle")], args.seeds[0], args.cap, image_size=224)
+    run = fit_and_evaluate("mambaad", [(root, "bottle")], args.seeds[0], args.cap, {"image_size": 224})
     print(_line(run), flush=True)
     return {"grids": grids, "run": run}
 
