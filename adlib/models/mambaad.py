@@ -28,6 +28,23 @@ Everything the paper leaves to the code follows the release (lewandofskee/MambaA
 
 All 8 directions of an HSS block go through ONE selective-scan call over K * d_inner channels with
 grouped B and C (``adlib.ssm.selective_scan``; mamba_ssm's ``selective_scan_fn`` on CUDA when installed).
+
+Checked (``benchmarks/mambaad.py``, ``tests/test_mambaad.py``):
+
+- given the release's weights (``load_release_state_dict``), the H-FPN and decoder outputs equal the release
+  code's to 2e-5; parameter counts equal the release's module by module;
+- Tables 2/5: parameters and FLOPs of all seven backbone/depth rows match the print when counted like the
+  paper: the whole model (frozen encoder to layer 3 included, plus the release's scan indices, which it keeps
+  as nn.Parameter: ResNet34 [3,4,6,3] 25.65 M -> "25.7"), fvcore's FLOPs (multiply-adds of convs and matrix
+  products plus its norm estimates, the selective scan not counted: 8.30 G -> "8.3"). The ResNet50/WideResNet50
+  rows (251/268 M) confirm that the H-FPN and decoder widths follow the encoder as above;
+- the release runs 6 distinct Hilbert sequences in its 8 directions; the printed Fig. 3(a) shows 8 distinct
+  ones (``direction_set="figure"``; see ``adlib.scans.MAMBAAD_FIGURE_DIRECTIONS``).
+
+Use: ``create_model("mambaad", scan="zigzag+hilbert", directions=8)`` (Tab. 3 row 8), ``hss_per_lss=1``,
+``local_conv="dw"``, ``kernel_sizes=(3, 5, 7)``, ``residual=False`` (Tab. 4), ``depths=(2, 2, 2, 2)``,
+``backbone="resnet18"`` (Tab. 2). ``explain(images)`` returns every intermediate map; an HSS core's
+``forward_core(x, trace={})`` fills ``trace`` with the sequences of each direction before and after the scan.
 """
 from __future__ import annotations
 
