@@ -85,22 +85,22 @@ def scan_check(device: torch.device, dry_run: bool) -> dict:
     return out
 
 
-def hss_block_check(device: torch.device, dry_run: bool) -> dict:
-    """One HSS core (SS2D) with mamba_ssm's kernel against adlib's PyTorch scan on the same weights."""
+def hss_block_check(device: torch.device, dry_run: bool, impls: tuple[str, str] = ("torch", "cuda")) -> dict:
+    """One HSS core (SS2D) with mamba_ssm's kernel (``impls[1]``) against adlib's PyTorch scan on the same weights."""
     from adlib.models.mambaad import SS2D, MambaADConfig
 
     torch.manual_seed(0)
     dim, side = (8, 8) if dry_run else (64, 64)
     results = {}
     weights = SS2D(dim, MambaADConfig()).state_dict()
-    for impl in ("torch", "cuda"):
+    for impl in impls:
         core = SS2D(dim, MambaADConfig(scan_impl=impl)).to(device)
         core.load_state_dict(weights)
         x = torch.randn(2, side, side, dim, generator=torch.Generator().manual_seed(1)).to(device).requires_grad_(True)
         y = core(x)
         y.square().mean().backward()
         results[impl] = (y.detach(), x.grad.detach(), {n: p.grad.detach() for n, p in core.named_parameters()})
-    (y0, gx0, gp0), (y1, gx1, gp1) = results["torch"], results["cuda"]
+    (y0, gx0, gp0), (y1, gx1, gp1) = results[impls[0]], results[impls[1]]
     worst_param = max(_rel(gp1[n], gp0[n]) for n in gp0)
     return {"forward_rel": _rel(y1, y0), "input_grad_rel": _rel(gx1, gx0), "param_grad_rel_max": worst_param,
             "pass": max(_rel(y1, y0), _rel(gx1, gx0), worst_param) <= 1e-3}

@@ -36,3 +36,8 @@ def test_gpu_check_can_call_it():
 
     assert "gpu_mambaad" in gpu_check.PAPER_MODULES  # gpu_check calls main(dry_run=..., device=...)
     assert {"dry_run", "device"} <= set(inspect.signature(gpu_mambaad.main).parameters)
+
+
+def test_hss_block_comparison_runs_with_two_cpu_scans():
+    out = gpu_mambaad.hss_block_check(torch.device("cpu"), dry_run=True, impls=("torch", "reference"))
+    assert out["pass"] and out["forward_rel"] < 1e-4
