@@ -67,7 +67,7 @@ def scan_check(device: torch.device, dry_run: bool) -> dict:
     weight = torch.randn(batch, dim, length, generator=g)
 
     def run(impl: str) -> tuple[torch.Tensor, dict[str, torch.Tensor], float]:
-        t = {k: v.to(device).requires_grad_(True) for k, v in base.items()}
+        t = {k: v.detach().clone().to(device).requires_grad_(True) for k, v in base.items()}  # fresh leaves per run
         _sync(device)
         start = time.perf_counter()
         y = ssm.selective_scan(t["u"], t["delta"], t["A"], t["B"], t["C"], t["D"], delta_bias=t["delta_bias"],
