@@ -6,8 +6,11 @@ For each category and seed, VarAD is fitted as ``benchmarks/varad_smoke.py`` doe
 ``--caps``), then on the test images it prints:
 
 - the training loss of the first and the last epoch;
-- per hierarchy h (and for the summed map, Eq. 9): image AUROC of the map's max, pixel AUROC / max-F1 of the
+- per hierarchy h, for the summed map (Eq. 9) and for the sum of each hierarchy's map divided by its
+  channel count (``sum/C``, what ``channel_reduction="mean"`` gives): image AUROC of the map's max, pixel AUROC / max-F1 of the
   map upsampled and smoothed as the model does, and the mean error of good test images;
+- for the summed map smoothed with sigma 0, 2, 4 (the default), 8 px: image AUROC with the max rule and with
+  the mean of the top 1 % pixels, pixel AUROC / max-F1;
 - ``edge%``: of the top 1 % pixels of the good test images' summed maps, the percent on an edge band (pixels
   within 8 px of a strong image gradient, about 15-25 % of an object image); ``max in defect``: the percent
   of defective images whose map maximum lies in the defect mask (dilated by 8 px).
@@ -24,6 +27,9 @@ import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import varad_smoke as vs  # noqa: E402
+
+
+SIGMAS = (0.0, 2.0, 4.0, 8.0)
 
 
 def edge_band(images: torch.Tensor, radius: int = 8, quantile: float = 0.97) -> torch.Tensor:
@@ -46,9 +52,10 @@ def analyse(model, test) -> dict:
     from adlib.models.common import gaussian_blur, image_score
 
     loader = torch.utils.data.DataLoader(test, batch_size=8, shuffle=False)
-    per_h, total, masks, labels, images = None, [], [], [], []
+    per_h, total, raw, masks, labels, images = None, [], [], [], [], []
     for batch in loader:
         out = model.explain(batch["image"])
+        raw.append(torch.stack(out["error_maps"]).sum(dim=0))  # Eq. 9 before smoothing
         smoothed = [gaussian_blur(m, model.config.smoothing_sigma) for m in out["error_maps"]]
         per_h = [[] for _ in smoothed] if per_h is None else per_h
         for acc, m in zip(per_h, smoothed):
@@ -59,6 +66,8 @@ def analyse(model, test) -> dict:
         images.append(batch["image"])
     maps = {f"h{i}": torch.cat(m) for i, m in enumerate(per_h)}
     maps["sum"] = torch.cat(total)
+    if len(per_h) > 1:  # the same errors summed after dividing each hierarchy by its channel count
+        maps["sum/C"] = sum(maps[f"h{i}"] / c for i, c in enumerate(model.channels))
     masks, labels, images = torch.cat(masks), torch.cat(labels).long(), torch.cat(images)
     good = labels == 0
     res = {}
@@ -67,6 +76,14 @@ def analyse(model, test) -> dict:
         px = metrics.pixel_metrics(m.numpy(), masks.numpy())
         res[name] = dict(img=100 * im["auroc"], px=100 * px["auroc"], f1=100 * px["f1max"],
                          good_mean=float(m[good].mean()))
+    raw = torch.cat(raw)
+    for sigma in SIGMAS:  # the map's smoothing and the image-score rule, on the same errors
+        m = gaussian_blur(raw, sigma)
+        px = metrics.pixel_metrics(m.numpy(), masks.numpy())
+        rule = {name: 100 * metrics.image_metrics(image_score(m, name, 0.01).numpy(), labels.numpy())["auroc"]
+                for name in ("max", "topk_mean")}
+        res[f"sigma={sigma:g}"] = dict(img=rule["max"], img_topk=rule["topk_mean"], px=100 * px["auroc"],
+                                       f1=100 * px["f1max"])
     band = edge_band(images)
     g = maps["sum"][good].flatten(1)
     top = g >= g.quantile(0.99, dim=1, keepdim=True)
@@ -102,14 +119,18 @@ def main() -> int:
             model, fit = vs.build("varad", seed, args.size, overrides)
             result = engine.fit(model, train, fit)
             res = analyse(model, test)
-            names = [k for k in res if k.startswith("h")] + ["sum"]
+            names = [k for k in res if k.startswith("h")] + [k for k in ("sum", "sum/C") if k in res]
             print(f"{category} seed {seed}: loss {result.losses[0]:.3f} -> {result.losses[-1]:.3f} "
                   f"({result.epochs} epochs, {result.train_seconds:.1f} s); edge% {res['edge_pct']:.0f} "
                   f"(band covers {res['band_pct']:.0f}%), max in defect {res['max_in_defect']:.0f}%")
             for name in names:
                 r = res[name]
-                print(f"    {name:<4} img AUROC {r['img']:5.1f}  px AUROC {r['px']:5.1f}  px F1 {r['f1']:5.1f}  "
+                print(f"    {name:<5} img AUROC {r['img']:5.1f}  px AUROC {r['px']:5.1f}  px F1 {r['f1']:5.1f}  "
                       f"good mean error {r['good_mean']:.3f}", flush=True)
+            for sigma in SIGMAS:
+                r = res[f"sigma={sigma:g}"]
+                print(f"    summed map, smoothing sigma {sigma:g}: img AUROC max {r['img']:5.1f} / top-1% mean "
+                      f"{r['img_topk']:5.1f}  px AUROC {r['px']:5.1f}  px F1 {r['f1']:5.1f}", flush=True)
     return 0
 
 

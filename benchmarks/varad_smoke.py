@@ -12,7 +12,8 @@ Each fit is what ``python -m adlib run MODEL --profile smoke`` does: the model's
 notebooks take (``adlib.study.setting.spread`` / ``test_indices``). Prints, per category and for the mean over
 categories, mean ± std over seeds of image AUROC, pixel AUROC and pixel max-F1 (percent), and the seconds of
 one fit (training, including feature extraction unless the on-disk feature cache already holds them) and of
-one evaluation. Wall times are noisy on a shared machine; the load average is printed.
+one evaluation, and the process CPU seconds of the fit (with OMP_NUM_THREADS=1 about the wall time the fit would
+take on one idle core). Wall times are noisy on a shared machine; the load average is printed.
 """
 from __future__ import annotations
 
@@ -62,6 +63,7 @@ def build(model_name: str, seed: int, size: int, overrides: dict | None = None):
 
 
 def datasets(root: Path, category: str, size: int, caps: bool):
+    """(train, test) of a category, capped as the notebooks cap them when ``caps``."""
     import torch
 
     from adlib.data import AnomalyDataset
@@ -77,22 +79,28 @@ def datasets(root: Path, category: str, size: int, caps: bool):
     return train, test
 
 
-def run_one(model_name: str, root: Path, category: str, seed: int, size: int, caps: bool,
-            overrides: dict | None = None, data=None) -> dict:
-    """One fit + evaluation; metrics in percent and the seconds of each step."""
+def _indices(dataset) -> list[int]:
+    return list(dataset.indices) if hasattr(dataset, "indices") else list(range(len(dataset)))
+
+
+def run_one(model_name: str, train, tests: dict, seed: int, size: int, overrides: dict | None = None) -> dict:
+    """One fit on ``train``, evaluated on each of ``tests`` (name -> test set): name -> row of metrics in
+    percent and the seconds of the fit and of each evaluation."""
     from adlib import engine
 
-    train, test = data or datasets(root, category, size, caps)
     model, fit = build(model_name, seed, size, overrides)
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     engine.fit(model, train, fit)
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
-    result = engine.evaluate(model, test, batch_size=8, progress=False)
-    eval_s = time.perf_counter() - start
-    row = {f"{level}_{metric}": 100 * getattr(result, level)[metric] for level, metric in METRICS}
-    row.update(fit_s=fit_s, eval_s=eval_s, n_train=len(train), n_test=len(test))
-    return row
+    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    rows = {}
+    for name, test in tests.items():
+        start = time.perf_counter()
+        result = engine.evaluate(model, test, batch_size=8, progress=False)
+        row = {f"{level}_{metric}": 100 * getattr(result, level)[metric] for level, metric in METRICS}
+        row.update(fit_s=fit_s, fit_cpu_s=fit_cpu_s, eval_s=time.perf_counter() - start, n_train=len(train),
+                   n_test=len(test))
+        rows[name] = row
+    return rows
 
 
 def mean_std(values) -> str:
@@ -104,7 +112,7 @@ def summarise(rows: list[dict], models: list[str], categories: list[str], seeds:
     """The targets table: per category and for the mean over categories, mean ± std over seeds."""
     lines = []
     header = f"{'category':<10} {'model':<10} " + " ".join(f"{LABELS[m]:>13}" for m in METRICS) + \
-        f" {'fit s':>6} {'eval s':>6} {'train/test':>10}"
+        f" {'fit s':>6} {'CPU s':>6} {'eval s':>6} {'train/test':>10}"
     lines.append(header)
     lines.append("-" * len(header))
     for cat in categories + ["MEAN"]:
@@ -120,9 +128,11 @@ def summarise(rows: list[dict], models: list[str], categories: list[str], seeds:
                             if any(r["seed"] == s for r in sel)]
                 cells.append(f"{mean_std(per_seed):>13}")
             fit_s = np.mean([r["fit_s"] for r in sel])
+            cpu = [r["fit_cpu_s"] for r in sel if "fit_cpu_s" in r]
+            cpu_s = f"{np.mean(cpu):6.1f}" if cpu else f"{'':>6}"
             eval_s = np.mean([r["eval_s"] for r in sel])
             counts = f"{sel[0]['n_train']}/{sel[0]['n_test']}" if cat != "MEAN" else ""
-            lines.append(f"{cat:<10} {model:<10} " + " ".join(cells) + f" {fit_s:6.1f} {eval_s:6.1f} {counts:>10}")
+            lines.append(f"{cat:<10} {model:<10} " + " ".join(cells) + f" {fit_s:6.1f} {cpu_s} {eval_s:6.1f} {counts:>10}")
     return "\n".join(lines)
 
 
@@ -152,6 +162,8 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--caps", action="store_true", help="the notebooks' image caps (smoke ProfileSpec)")
+    parser.add_argument("--both", action="store_true", help="all images and the notebooks' caps: one fit serves "
+                                                            "both where the train cap keeps every image")
     parser.add_argument("--bottle", action="store_true", help="real MVTec AD bottle under $ADLIB_DATA instead")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a VarAD recipe field (model config or FitConfig)")
@@ -171,39 +183,47 @@ def main() -> int:
         root = Path(synthetic_root()) / args.dataset
         categories = args.categories or list_categories(root)
     overrides = parse_overrides(args.overrides)
+    modes = ["all", "caps"] if args.both else (["caps"] if args.caps else ["all"])
     load = os.getloadavg()[0]
-    print(f"smoke profile, {root.name} {categories}, {args.size}px, {'notebook caps' if args.caps else 'all images'}, "
-          f"seeds {args.seeds}, VarAD overrides {overrides or 'none'}; load {load:.1f} on {os.cpu_count()} cores",
-          flush=True)
+    print(f"smoke profile, {root.name} {categories}, {args.size}px, images: {' and '.join(modes)}, seeds {args.seeds}, "
+          f"VarAD overrides {overrides or 'none'}; load {load:.1f} on {os.cpu_count()} cores", flush=True)
     rows, done = [], {}
-    key = dict(dataset=root.name, size=args.size, caps=args.caps, overrides=repr(sorted(overrides.items())))
+    key = dict(dataset=root.name, size=args.size, overrides=repr(sorted(overrides.items())))
     if args.out and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             row = json.loads(line)
             if all(row.get(k) == v for k, v in key.items()):
-                done[(row["model"], row["category"], row["seed"])] = row
+                done[(row["images"], row["model"], row["category"], row["seed"])] = row
     for category in categories:
-        data = None
+        data = {mode: datasets(root, category, args.size, mode == "caps") for mode in modes}
+        # modes whose training sets are the same images share one fit
+        fits: dict[tuple, list[str]] = {}
+        for mode in modes:
+            fits.setdefault(tuple(_indices(data[mode][0])), []).append(mode)
         for model in args.models:
             for seed in args.seeds:
-                if (model, category, seed) in done:
-                    rows.append(done[(model, category, seed)])
-                    continue
-                data = data or datasets(root, category, args.size, args.caps)
-                row = run_one(model, root, category, seed, args.size, args.caps,
-                              overrides if model == "varad" else None, data)
-                row.update(model=model, category=category, seed=seed, **key)
-                rows.append(row)
-                if args.out:
-                    with open(args.out, "a") as f:
-                        f.write(json.dumps(row) + "\n")
-                print(f"  {category:<8} {model:<9} seed {seed}: " +
-                      " ".join(f"{LABELS[m]} {row[f'{m[0]}_{m[1]}']:5.1f}" for m in METRICS) +
-                      f"  fit {row['fit_s']:.1f} s, eval {row['eval_s']:.1f} s", flush=True)
-    print()
-    print(summarise(rows, args.models, categories, args.seeds))
-    print()
-    print(targets(rows, args.seeds))
+                for shared in fits.values():
+                    todo = [m for m in shared if (m, model, category, seed) not in done]
+                    rows += [done[(m, model, category, seed)] for m in shared if m not in todo]
+                    if not todo:
+                        continue
+                    out = run_one(model, data[todo[0]][0], {m: data[m][1] for m in todo}, seed, args.size,
+                                  overrides if model == "varad" else None)
+                    for mode, row in out.items():
+                        row.update(images=mode, model=model, category=category, seed=seed, **key)
+                        rows.append(row)
+                        if args.out:
+                            with open(args.out, "a") as f:
+                                f.write(json.dumps(row) + "\n")
+                        print(f"  {category:<8} {model:<9} seed {seed} {mode:<4}: " +
+                              " ".join(f"{LABELS[m]} {row[f'{m[0]}_{m[1]}']:5.1f}" for m in METRICS) +
+                              f"  fit {row['fit_s']:.1f} s (CPU {row['fit_cpu_s']:.1f} s), eval {row['eval_s']:.1f} s", flush=True)
+    for mode in modes:
+        sel = [r for r in rows if r["images"] == mode]
+        print(f"\n{'notebook caps' if mode == 'caps' else 'all images'}:")
+        print(summarise(sel, args.models, categories, args.seeds))
+        print()
+        print(targets(sel, args.seeds))
     print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     return 0
 

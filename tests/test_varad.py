@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from toy_tokenizer import ToyTokenizer
-from adlib.models.varad import ADAPTERS, HierarchyPredictor, VarAD, VarADConfig
+from adlib.models.varad import ADAPTERS, ChannelStandardiser, HierarchyPredictor, VarAD, VarADConfig
 
 
 def toy_model(**overrides) -> VarAD:
@@ -127,6 +127,52 @@ def test_inverse_scan_and_average_put_tokens_back():
     c0, c1 = model.channels
     assert torch.allclose(out["errors"][0], torch.full_like(out["errors"][0], 9.0 * c0))
     assert torch.allclose(out["errors"][1], torch.full_like(out["errors"][1], 9.0 * c1))
+
+
+def test_channel_mean_reduction_divides_each_hierarchy_by_its_width():
+    model = toy_model(adapter="none", channel_reduction="mean")
+    offsets = {"row_tl": 1.0, "row_br": 2.0, "col_tr": 3.0, "col_bl": 6.0}
+    model.predictors = nn.ModuleList(_Echo(offsets) for _ in model.grids)
+    out = model.forward_tokens(model.extract(torch.rand(2, 3, 32, 48)))
+    assert model.channels[0] != model.channels[1]
+    for errors in out["errors"]:  # the same 3.0 offset on every channel: 9 whatever the width
+        assert torch.allclose(errors, torch.full_like(errors, 9.0))
+
+
+def test_channel_standardiser_pools_the_training_tokens_and_freezes_outside_training():
+    torch.manual_seed(0)
+    std = ChannelStandardiser(3)
+    batches = [torch.randn(2, 3, 4, 5) * torch.tensor([1.0, 5.0, 0.1]).view(1, 3, 1, 1) + 2.0 for _ in range(3)]
+    assert torch.equal(std.eval()(batches[0]), batches[0]), "identity before any statistics"
+    std.train()
+    for x in batches:
+        std(x)
+    pooled = torch.cat(batches).transpose(0, 1).flatten(1).double()
+    expected = (torch.cat(batches) - pooled.mean(1).float().view(1, 3, 1, 1)) / \
+        (pooled.var(1, unbiased=False).float().view(1, 3, 1, 1) + std.eps).sqrt()
+    with torch.no_grad():  # no gradient: statistics are used, not updated
+        out = std(torch.cat(batches))
+    assert std.count == pooled.shape[1]
+    assert torch.allclose(out, expected, atol=1e-5)
+    std.eval()
+    with torch.enable_grad():
+        std(torch.randn(1, 3, 4, 5) * 100)
+    assert std.count == pooled.shape[1], "eval mode never updates the statistics"
+
+
+def test_channel_token_norm_statistics_train_and_checkpoint():
+    model = toy_model(token_norm="channel")
+    feats = model.extract(torch.rand(2, 3, 32, 48))
+    model.train()
+    model.loss(feats).backward()
+    assert all(s.count == 2 * h * w for s, (h, w) in zip(model.standardisers, model.grids))
+    state = model.checkpoint_state()
+    assert any(k.startswith("standardisers.") and k.endswith("total") for k in state)
+    fresh = toy_model(token_norm="channel")
+    fresh.load_checkpoint_state(state)
+    model.eval()
+    assert torch.allclose(fresh.eval().explain(torch.rand(1, 3, 32, 48) * 0 + 0.5)["map"],
+                          model.explain(torch.rand(1, 3, 32, 48) * 0 + 0.5)["map"])
 
 
 def test_direction_subset_and_bos_choices():

@@ -95,6 +95,10 @@ class VarADConfig:
     # Eq. 10 is a sum over positions; "mean" divides by the number of positions so the learning rate does
     # not depend on the resolution (paper silent on the scale).
     loss_reduction: str = "mean"
+    # Eq. 9's error is the squared L2 norm over a token's C channels ("sum"). With taps of different widths
+    # (CNN tokenizers) the sum weighs each hierarchy by its C in the summed map; "mean" divides by C, which is
+    # the paper's sum up to one constant when every hierarchy has the same C (its ViT). Paper silent.
+    channel_reduction: str = "sum"
     # Gaussian sigma (pixels at image resolution) for the final map; the paper does not state it, 4 is
     # the usual value in the field (PatchCore, RD4AD, ViTAD). 0 disables.
     smoothing_sigma: float = 4.0
@@ -185,6 +189,39 @@ ADAPTERS: dict[str, AdapterSpec] = {
     "lora+linear": AdapterSpec(LinearAdapter, True),
     "lora+resblock": AdapterSpec(ResBlockAdapter, True),
 }
+
+
+# --------------------------------------------------------------------------------------- token statistics
+
+
+class ChannelStandardiser(nn.Module):
+    """(x - mean_c) / std_c per channel, with the mean and variance of every training token seen so far.
+
+    In a training step (training mode with gradients on) each batch first adds its tokens to the running
+    totals (exact pooled moments, no momentum), then is standardised with them; otherwise (evaluation,
+    ``explain``) the stored statistics are used unchanged. Before
+    any training it is the identity. The statistics are buffers, so they travel in checkpoints.
+    """
+
+    def __init__(self, channels: int, eps: float = 1e-5) -> None:
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_sq", torch.zeros(channels, dtype=torch.float64))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and torch.is_grad_enabled():
+            flat = x.detach().transpose(0, 1).flatten(1).double()  # (C, B*h*w)
+            self.count += flat.shape[1]
+            self.total += flat.sum(dim=1)
+            self.total_sq += flat.pow(2).sum(dim=1)
+        if self.count == 0:
+            return x
+        mean = self.total / self.count
+        var = (self.total_sq / self.count - mean.pow(2)).clamp_min(0)
+        shape = (1, -1) + (1,) * (x.dim() - 2)
+        return (x - mean.to(x).view(shape)) / (var.to(x).view(shape) + self.eps).sqrt()
 
 
 # ---------------------------------------------------------------------------------------------- predictor
@@ -316,6 +353,8 @@ class VarAD(AnomalyModel):
                 adapter.zero_init()
             self.adapters.append(adapter if adapter is not None else nn.Identity())
             self.predictors.append(HierarchyPredictor(channels, gaps, config))
+        self.standardisers = nn.ModuleList(ChannelStandardiser(c) for c in self.channels) \
+            if config.token_norm == "channel" else None
         self.has_feature_adapter = spec.feature_adapter is not None
 
     @staticmethod
@@ -323,10 +362,11 @@ class VarAD(AnomalyModel):
         check_choice("adapter", config.adapter, ADAPTERS)
         check_choice("adapter_init", config.adapter_init, ("zero", "default"))
         check_choice("bos", config.bos, ("full", "broadcast"))
-        check_choice("token_norm", config.token_norm, ("none", "layernorm"))
+        check_choice("token_norm", config.token_norm, ("none", "layernorm", "channel"))
         check_choice("target", config.target, ("detached", "adapted", "raw"))
         check_choice("loss_on", config.loss_on, ("average", "directions"))
         check_choice("loss_reduction", config.loss_reduction, ("mean", "sum"))
+        check_choice("channel_reduction", config.channel_reduction, ("sum", "mean"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)  # validates the rule name
         bad = [d for d in config.directions if d not in ALL_DIRECTIONS]
         if bad or not config.directions:
@@ -377,9 +417,11 @@ class VarAD(AnomalyModel):
 
     def _targets_and_inputs(self, features: list[torch.Tensor]) -> tuple[list, list, list]:
         tokens, adapted, targets = [], [], []
-        for feat, adapter in zip(features, self.adapters):
+        for h, (feat, adapter) in enumerate(zip(features, self.adapters)):
             if self.config.token_norm == "layernorm":
                 feat = F.layer_norm(feat.permute(0, 2, 3, 1), feat.shape[1:2]).permute(0, 3, 1, 2)
+            elif self.config.token_norm == "channel":
+                feat = self.standardisers[h](feat)
             hat = adapter(feat) + feat if self.has_feature_adapter else feat  # Eq. 1
             tokens.append(feat)
             adapted.append(hat)
@@ -401,9 +443,10 @@ class VarAD(AnomalyModel):
             mean_pred = torch.stack(list(grids.values())).mean(dim=0)  # ... and averaged over directions
             per_direction.append(grids)
             predicted.append(mean_pred)
-            errors.append((mean_pred - target).pow(2).sum(dim=1))  # Eq. 9, (B, h, w)
+            reduce = torch.sum if self.config.channel_reduction == "sum" else torch.mean
+            errors.append(reduce((mean_pred - target).pow(2), dim=1))  # Eq. 9, (B, h, w)
             if self.config.loss_on == "directions":
-                direction_errors.append(torch.stack([(g - target).pow(2).sum(dim=1) for g in grids.values()]).mean(0))
+                direction_errors.append(torch.stack([reduce((g - target).pow(2), dim=1) for g in grids.values()]).mean(0))
         return {"tokens": tokens, "adapted": adapted, "targets": targets, "predictions": per_direction,
                 "predicted": predicted, "errors": errors, "direction_errors": direction_errors}
 
@@ -426,7 +469,8 @@ class VarAD(AnomalyModel):
             if not chosen:
                 raise ValueError(f"partial_map: none of {list(directions)} in the model's directions {list(per_direction)}")
             mean = sum(per_direction[d][index] for d in chosen) / len(chosen)
-            errors.append((mean - explanation["targets"][h][index]).pow(2).sum(dim=0)[None])
+            squared = (mean - explanation["targets"][h][index]).pow(2)
+            errors.append((squared.sum(dim=0) if self.config.channel_reduction == "sum" else squared.mean(dim=0))[None])
         _, total = self.anomaly_map(errors)
         return total[0]
 
