@@ -95,6 +95,14 @@ def test_registered_and_shapes():
     assert torch.allclose(out["s_hvq"], out["error_map"].flatten(1).mean(1))  # S_HVQ = mean error (paper)
 
 
+def test_hvq_score_rules():
+    error = torch.tensor([[1.0, 2.0, 3.0, 10.0], [0.0, 0.0, 0.0, 4.0]])
+    assert torch.allclose(ladmim.HVQ_SCORES["mean"](error, 0.5), torch.tensor([4.0, 1.0]))
+    assert torch.allclose(ladmim.HVQ_SCORES["max"](error, 0.5), torch.tensor([10.0, 4.0]))
+    assert torch.allclose(ladmim.HVQ_SCORES["topk"](error, 0.5), torch.tensor([6.5, 2.0]))
+    assert make(standardise_on="test").calibration_split() == "test"
+
+
 def test_histogram_target_on_a_hand_made_example():
     codes = torch.tensor([[0, 1, 1, 2, 3, 3], [2, 2, 2, 2, 0, 1]])
     mask = torch.tensor([[1, 1, 1, 0, 0, 1], [0, 0, 1, 1, 0, 0]], dtype=torch.bool)
