@@ -1,0 +1,205 @@
+"""Issue 14 targets: smoke-profile LADMIM on the embedded logical-anomaly set, mean of 3 seeds, against PatchCore.
+
+    python benchmarks/ladmim.py [--seeds 0 1 2] [--categories tray pins] [--set KEY=VALUE ...] [--jobs 2]
+
+For every category of ``synthetic_loco`` (or ``--root``: any folder in the MVTec LOCO layout) and seed, LADMIM is
+fitted with its smoke recipe (``adlib.papers.ladmim``: both stages) and standardised on the validation split's
+normal images; PatchCore (its smoke recipe at the same 192 px, one fit per category: its only randomness is the
+coreset's start point) runs on the same images. Printed: image AUROC on logical (LA) and structural (SA)
+anomalies, Overall = (LA + SA) / 2 and the whole-test-set reading of Avg, per scorer (S'_HVQ + S'_MIM, S_HVQ,
+S_MIM, and the sum z-scored on the test set as the released code does), mean +- std over seeds, then the two
+targets: LADMIM's Overall >= 80 and its LA above PatchCore's. Wall times are noisy on a shared machine: the
+load average is printed with them. ``--jobs N`` fits N (category, seed) runs in parallel processes, each
+with ``--threads`` torch threads (default 1 when N > 1).
+"""
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import os
+import sys
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import fields, replace
+from pathlib import Path
+
+import numpy as np
+
+SCORERS = ("sum", "hvq", "mim", "sum_test_z")
+TARGET_OVERALL = 0.80
+
+
+def _overrides(pairs: list[str]) -> dict:
+    out = {}
+    for pair in pairs:
+        key, _, raw = pair.partition("=")
+        try:
+            out[key] = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            out[key] = raw
+    return out
+
+
+def fit_ladmim(root: str, category: str, seed: int, overrides: dict, threads: int | None) -> dict:
+    """One smoke fit and the raw scores of the test set; returns plain data (picklable)."""
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from adlib import engine
+    from adlib.data import AnomalyDataset
+    from adlib.models import create_model, model_config
+    from adlib.models.ladmim import score_components
+    from adlib.papers.ladmim import RECIPES
+
+    recipe = RECIPES[("ladmim", "smoke")]
+    fit_fields = {f.name for f in fields(recipe.fit)}
+    config = model_config("ladmim", None, **{**recipe.model, **{k: v for k, v in overrides.items() if k not in fit_fields}})
+    fit = replace(recipe.fit, seed=seed, progress=False, **{k: v for k, v in overrides.items() if k in fit_fields})
+    size = config.image_size
+    engine.seed_everything(seed)
+    model = create_model("ladmim", config)
+    start = time.perf_counter()
+    load = os.getloadavg()[0]
+    result = engine.fit(model, AnomalyDataset(root, category, "train", image_size=size), fit,
+                        calibration=AnomalyDataset(root, category, config.standardise_on, image_size=size),
+                        callback=lambda epoch, m: {"usage": m.codebook_usage(reset=True)})
+    fit_s = time.perf_counter() - start
+    start = time.perf_counter()
+    parts = score_components(model, AnomalyDataset(root, category, "test", image_size=size), batch_size=8)
+    tokenizer_epochs = fit.for_stage("tokenizer").epochs
+    usage = result.history[tokenizer_epochs - 1]["usage"]
+    return {"category": category, "seed": seed, "fit_s": fit_s, "score_s": time.perf_counter() - start,
+            "load": (load + os.getloadavg()[0]) / 2, "losses": result.stage_losses,
+            "perplexity": [round(u["perplexity"], 1) for u in usage],
+            "stats": {k: float(getattr(model, k)) for k in ("hvq_mean", "hvq_std", "mim_mean", "mim_std")},
+            **{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in parts.items()}}
+
+
+def fit_patchcore(root: str, category: str, image_size: int, threads: int | None) -> dict:
+    import torch
+
+    if threads:
+        torch.set_num_threads(threads)
+    from adlib import engine
+    from adlib.data import AnomalyDataset
+    from adlib.models import create_model
+    from adlib.papers.ladmim import RECIPES
+
+    recipe = RECIPES[("patchcore", "smoke")]
+    engine.seed_everything(0)
+    model = create_model("patchcore", **{**recipe.model, "image_size": image_size})
+    start = time.perf_counter()
+    engine.fit(model, AnomalyDataset(root, category, "train", image_size=image_size), replace(recipe.fit, progress=False))
+    result = engine.evaluate(model, AnomalyDataset(root, category, "test", image_size=image_size), progress=False,
+                             pixel=False)
+    return {"category": category, "scores": result.scores.tolist(), "labels": result.labels.tolist(),
+            "groups": result.groups, "seconds": time.perf_counter() - start}
+
+
+def scorer_scores(run: dict, scorer: str) -> np.ndarray:
+    h, m = np.asarray(run["s_hvq"]), np.asarray(run["s_mim"])
+    st = run["stats"]
+    if scorer == "hvq":
+        return h
+    if scorer == "mim":
+        return m
+    if scorer == "sum_test_z":  # the released code: mean and std of the category's whole test set
+        return (h - h.mean()) / h.std() + (m - m.mean()) / m.std()
+    return (h - st["hvq_mean"]) / st["hvq_std"] + (m - st["mim_mean"]) / st["mim_std"]
+
+
+def summarise(runs: list[dict], scorer: str):
+    """Per seed, a LocoSummary over the categories."""
+    from adlib import loco
+
+    out = {}
+    for seed in sorted({r["seed"] for r in runs}):
+        per = {r["category"]: loco.evaluate_groups(scorer_scores(r, scorer), r["labels"], r["groups"])
+               for r in runs if r["seed"] == seed}
+        out[seed] = loco.combine(per)
+    return out
+
+
+def _fmt(values) -> str:
+    values = 100 * np.asarray(values, dtype=float)
+    return f"{values.mean():5.1f} +- {values.std(ddof=1) if len(values) > 1 else 0.0:4.1f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", default=None, help="a folder in the MVTec LOCO layout (default: synthetic_loco)")
+    parser.add_argument("--categories", nargs="+", default=None)
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="LADMIM config or FitConfig field (repeatable)")
+    parser.add_argument("--jobs", type=int, default=1, help="parallel fits (processes)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: 1 with --jobs > 1)")
+    parser.add_argument("--no-patchcore", action="store_true")
+    parser.add_argument("--json", default=None, help="write every run's raw scores here")
+    args = parser.parse_args(argv)
+
+    from adlib import loco
+    from adlib.data import list_categories, synth, synthetic_root
+
+    root = Path(args.root) if args.root else Path(synthetic_root()) / "synthetic_loco"
+    categories = args.categories or list_categories(root)
+    overrides = _overrides(args.overrides)
+    threads = args.threads or (1 if args.jobs > 1 else None)
+    print(f"LADMIM smoke recipe on {root} (generator version {synth.GENERATOR_VERSION}), categories {categories}, "
+          f"seeds {args.seeds}, overrides {overrides or 'none'}; {os.cpu_count()} cores, load "
+          f"{os.getloadavg()[0]:.1f}, jobs {args.jobs}, threads {threads or 'default'}", flush=True)
+    start = time.perf_counter()
+    jobs = [(str(root), c, s, overrides, threads) for c in categories for s in args.seeds]
+    with ProcessPoolExecutor(args.jobs) as pool:
+        futures = [pool.submit(fit_ladmim, *job) for job in jobs]
+        pc_futures = [] if args.no_patchcore else [pool.submit(fit_patchcore, str(root), c, 192, threads)
+                                                   for c in categories]
+        runs = [f.result() for f in futures]
+        patchcore = [f.result() for f in pc_futures]
+    wall = time.perf_counter() - start
+    for r in runs:
+        print(f"  {r['category']:>8} seed {r['seed']}: fit {r['fit_s']:.0f} s, score {r['score_s']:.0f} s (load "
+              f"{r['load']:.1f}); tokenizer loss {r['losses']['tokenizer'][0]:.3f} -> {r['losses']['tokenizer'][-1]:.3f}, "
+              f"MIM loss {r['losses']['mim'][0]:.3f} -> {r['losses']['mim'][-1]:.3f}; code perplexity per level "
+              f"{r['perplexity']}")
+    print("\nimage AUROC, mean +- std over seeds (%):")
+    print(f"  {'scorer':<12} {'category':<10} {'LA':>13} {'SA':>13} {'Overall':>13} {'Avg (whole)':>13}")
+    results = {scorer: summarise(runs, scorer) for scorer in SCORERS}
+    for scorer, per_seed in results.items():
+        summaries = list(per_seed.values())
+        for category in categories + ["mean"]:
+            if category == "mean":
+                la, sa = [s.logical for s in summaries], [s.structural for s in summaries]
+                overall, whole = [s.overall for s in summaries], [s.avg_whole for s in summaries]
+            else:
+                cats = [s.categories[category] for s in summaries]
+                la, sa = [c.logical for c in cats], [c.structural for c in cats]
+                overall, whole = [(a + b) / 2 for a, b in zip(la, sa)], [c.whole for c in cats]
+            print(f"  {scorer:<12} {category:<10} {_fmt(la):>13} {_fmt(sa):>13} {_fmt(overall):>13} {_fmt(whole):>13}")
+    ok = True
+    sums = list(results["sum"].values())
+    overall = float(np.mean([s.overall for s in sums]))
+    ladmim_la = float(np.mean([s.logical for s in sums]))
+    print(f"\ntarget 1: LADMIM Overall {100 * overall:.1f} >= {100 * TARGET_OVERALL:.0f}: "
+          f"{'met' if overall >= TARGET_OVERALL else 'NOT met'}")
+    ok &= overall >= TARGET_OVERALL
+    if patchcore:
+        pc = loco.combine({p["category"]: loco.evaluate_groups(p["scores"], p["labels"], p["groups"]) for p in patchcore})
+        for category, c in pc.categories.items():
+            print(f"  PatchCore {category:>8}: LA {100 * c.logical:5.1f}  SA {100 * c.structural:5.1f}")
+        print(f"  PatchCore mean:     LA {100 * pc.logical:5.1f}  SA {100 * pc.structural:5.1f}  Overall "
+              f"{100 * pc.overall:5.1f}")
+        beats = ladmim_la > pc.logical
+        print(f"target 2: LADMIM LA {100 * ladmim_la:.1f} > PatchCore LA {100 * pc.logical:.1f}: "
+              f"{'met' if beats else 'NOT met'}")
+        ok &= beats
+    print(f"wall {wall:.0f} s for everything (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs, "patchcore": patchcore}, default=str))
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
