@@ -140,6 +140,29 @@ def test_run_grid_rows_seeds_skips_cache_and_keep(setting):
     assert skipped["value"].isna().all()
 
 
+def test_calibration_set_follows_the_models_calibration_split(setting):
+    from torch.utils.data import ConcatDataset
+
+    from adlib.data.layout import DatasetError
+    from adlib.study.grid import calibration_set
+
+    class Named:
+        def __init__(self, split):
+            self.split = split
+
+        def calibration_split(self):
+            return self.split
+
+    sources = setting.synthetic_sources("toyset", limit=None)
+    parts = [study.datasets_for(s, setting) for s in sources]
+    assert calibration_set(object(), sources, parts, 64) is None  # no hook: no calibration
+    assert calibration_set(Named("test"), sources[:1], parts[:1], 64) is parts[0][1]
+    both = calibration_set(Named("train"), sources, parts, 64)
+    assert isinstance(both, ConcatDataset) and len(both) == sum(len(p[0]) for p in parts)
+    with pytest.raises(DatasetError, match="validation"):  # the MVTec layout has no validation split
+        calibration_set(Named("validation"), sources[:1], parts[:1], 64)
+
+
 def test_multi_class_fits_one_model_and_reports_categories_mean_and_pooled(setting):
     sources = setting.synthetic_sources("toyset", limit=None)
     runs = {}
@@ -337,3 +360,40 @@ def test_models_import_neither_engine_nor_papers():
     for path in sorted((ROOT / "models").glob("*.py")):
         used = _names_used(path)
         assert not {"adlib.engine", "adlib.papers"} & used, f"{path.name} imports the engine or the papers"
+
+
+def test_peak_hits_says_where_each_map_peaks():
+    from types import SimpleNamespace
+
+    import torch
+    from torch import nn
+
+    from adlib.models.base import Prediction
+    from adlib.study import peak_hits
+
+    class Items(list):
+        labels = [0, 1, 1]
+
+    def item(label, box):
+        mask = torch.zeros(1, 32, 32)
+        if box:
+            mask[0, box[0]:box[0] + 4, box[1]:box[1] + 4] = 1
+        return {"image": torch.full((3, 32, 32), float(label)), "mask": mask, "label": label, "defect": "dot"}
+
+    test = Items([item(0, None), item(1, (2, 2)), item(1, (20, 20))])
+
+    class PeaksAtTopLeft(nn.Module):  # every map peaks at pixel (3, 3): inside the first defect, far from the second
+        def __init__(self):
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(()))
+
+        def predict(self, images):
+            maps = torch.zeros(len(images), 32, 32)
+            maps[:, 3, 3] = 1.0
+            return Prediction(maps=maps, scores=maps.flatten(1).amax(1))
+
+    run = SimpleNamespace(model=PeaksAtTopLeft(), test_set=lambda category=None: test)
+    rows = peak_hits(run, dilate=2)
+    assert rows["index"].tolist() == [1, 2]  # defective images only
+    assert rows["peak_in_defect"].tolist() == [True, False]
+    assert rows["contrast"].iloc[0] > 1 and rows["contrast"].iloc[1] == 0

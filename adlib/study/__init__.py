@@ -16,7 +16,7 @@ from __future__ import annotations
 from adlib.study import claims
 from adlib.study.choices import open_choices
 from adlib.study.cost import backbone_params_m, cost_rows, count_params, flops_g, speed
-from adlib.study.examples import example_maps, examples_by_source, pick_examples
+from adlib.study.examples import example_maps, examples_by_source, peak_hits, pick_examples
 from adlib.study.grid import QUALITY_METRICS, Run, build, configs, model_backbone, run_grid, run_one
 from adlib.study.setting import (DataSource, Setting, dataset_labels, datasets_for, resolve_setting, spread,
                                  test_indices)
@@ -29,7 +29,7 @@ __all__ = [
     "Claim", "DataSource", "explorer", "PaperSpec", "ProfileSpec", "QUALITY_METRICS", "Recipe", "Run", "Setting", "Side",
     "TableSpec", "backbone_params_m", "best", "build", "claims", "comparability", "configs", "cost_rows", "count_params",
     "dataset_labels", "dataset_means", "dataset_table", "datasets_for", "example_maps", "examples_by_source",
-    "flops_g", "model_backbone", "open_choices", "paper_category_counts", "paper_vs_ours", "pick_examples", "pivot",
+    "flops_g", "model_backbone", "open_choices", "paper_category_counts", "paper_vs_ours", "peak_hits", "pick_examples", "pivot",
     "resolve_setting", "run_grid", "run_one", "seed_summary", "side_by_side", "speed", "spread", "tap_subsets", "test_indices",
     "trend",
 ]

@@ -61,3 +61,32 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
         for method, stack in mps.items():
             maps.setdefault(method, []).extend(stack)
     return images, masks, maps, labels
+
+
+def peak_hits(run, category: str | None = None, dilate: int = 8, batch_size: int = 8):
+    """Does each defective test image's map peak inside its defect? One row per defective image of ``run``:
+    ``index`` (in the test set), ``defect`` type, ``score`` (the image score), ``peak_in_defect`` (the map's
+    maximum lies within ``dilate`` px of the ground-truth mask) and ``contrast`` (mean map inside the mask over
+    mean map outside it). The honest way to pick "an example where the error marks the defect": take a row
+    with ``peak_in_defect`` true, and say how many rows there are."""
+    import pandas as pd
+    import torch
+    import torch.nn.functional as F
+
+    test = run.test_set(category)
+    pool = [i for i, y in enumerate(dataset_labels(test)) if y != 0]
+    device = next(run.model.parameters()).device
+    rows = []
+    for start in range(0, len(pool), batch_size):
+        items = [test[i] for i in pool[start:start + batch_size]]
+        with torch.no_grad():
+            pred = run.model.predict(torch.stack([it["image"] for it in items]).to(device))
+        for i, item, amap, score in zip(pool[start:start + batch_size], items, pred.maps.cpu(), pred.scores.cpu()):
+            mask = item["mask"][0] > 0.5
+            near = F.max_pool2d(mask[None, None].float(), 2 * dilate + 1, stride=1, padding=dilate)[0, 0] > 0
+            peak = int(amap.flatten().argmax())
+            inside = float(amap[mask].mean()) if mask.any() else float("nan")
+            outside = float(amap[~mask].mean()) if (~mask).any() else float("nan")
+            rows.append({"index": i, "defect": item.get("defect", ""), "score": float(score),
+                         "peak_in_defect": bool(near.flatten()[peak]), "contrast": inside / max(outside, 1e-12)})
+    return pd.DataFrame(rows, columns=["index", "defect", "score", "peak_in_defect", "contrast"])
