@@ -189,3 +189,52 @@ def combine(summaries: Mapping[str, LocoSummary]) -> LocoSummary:
         for name, result in summary.categories.items():
             merged[name or key] = result
     return LocoSummary(merged)
+
+
+# ------------------------------------------------------------------------------------------- study runs
+RUN_COLUMNS = ("backbone", "data", "seed", "protocol", "class_setting", "image_size")
+
+
+def _run_categories(run: Any) -> list[str]:
+    """Each test image's category: the evaluation's (multi-class), else the run's one source."""
+    evaluation = run.evaluation
+    if getattr(evaluation, "image_categories", None):
+        return [str(c) for c in evaluation.image_categories]
+    return [run.sources[0].category] * len(evaluation.scores)
+
+
+def runs_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
+    """LOCO rows (the layout of ``LocoSummary.rows``, percent) from fitted study runs (``adlib.study.run_grid(...,
+    keep=runs)`` or ``run_one``), with the study's run columns (backbone, data, seed, protocol, class_setting,
+    image_size, scope, note), so that ``adlib.study.claims`` and ``paper_vs_ours`` read them.
+
+    Runs of one method, variant label and seed on several categories of a dataset (one-class) are combined into
+    one summary: per category rows (``scope`` "category") and the means over categories (``scope`` "mean",
+    ``dataset`` the dataset's name), where the (SA + LA) / 2 mean is written both as ``auroc_overall`` (Tabs. 2
+    and 3) and ``auroc_avg`` (the "Avg." of Tabs. 5-8). ``scores(run)`` may return ``{label: per-image scores}``
+    in the order of the run's evaluation, to read several scorers from one fit (e.g. S_HVQ and S_MIM alone);
+    by default each run gives its own evaluation's scores under its own label."""
+    import pandas as pd
+
+    groups: dict[tuple, dict] = {}
+    for run in runs.values():
+        evaluation = run.evaluation
+        per_label = scores(run) if scores is not None else {run.label: evaluation.scores}
+        for label, values in per_label.items():
+            key = (run.method, label, run.seed, run.dataset_name, run.class_setting, evaluation.protocol)
+            entry = groups.setdefault(key, {"categories": {}, "runs": []})
+            summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run))
+            entry["categories"].update(summary.categories)
+            entry["runs"].append(run)
+    rows = []
+    for (method, label, seed, dataset, class_setting, protocol), entry in groups.items():
+        summary = LocoSummary(entry["categories"])
+        extra = {"backbone": ", ".join(dict.fromkeys(r.backbone for r in entry["runs"])),
+                 "data": ", ".join(dict.fromkeys(r.data for r in entry["runs"])), "seed": seed, "protocol": protocol,
+                 "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": ""}
+        for row in summary.rows(method, dataset, label):
+            scope = "category" if "/" in row["dataset"] else "mean"
+            rows.append({**row, **extra, "scope": scope})
+            if row["metric"] == "auroc_overall":
+                rows.append({**row, **extra, "scope": scope, "metric": "auroc_avg"})
+    return pd.DataFrame(rows)

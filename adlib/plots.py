@@ -5,7 +5,8 @@
 - `variant_panels`: ablation bars with one panel (and axis range) per metric, mean ± std over seeds (Fig. 4).
 - `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
 - `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
-- walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides);
+- walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides), `code_maps`,
+  `code_gallery`, `histogram_panels` and `score_scatter` (discrete codes, code histograms, two scores);
   scan paths are drawn by `adlib.scans.draw_directions`.
 
 Every function takes long-format tables (`dataset, method, setting, level, metric, value`) or arrays and
@@ -439,5 +440,104 @@ def image_row(panels: Mapping[str, object], cell: float = 2.4, cmap: str = MAP_C
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+# ------------------------------------------------------------------------------ discrete codes (LADMIM)
+def code_maps(image, codes, title: str | None = None, cell: float = 2.4):
+    """The image and one categorical map per code level: ``codes`` (L, h, w) integer code indices (Fig. 4 top)."""
+    plt = _pyplot()
+    codes = _as_numpy(codes).astype(int)
+    fig, axes = plt.subplots(1, len(codes) + 1, figsize=(cell * (len(codes) + 1), cell), squeeze=False)
+    axes[0][0].imshow(_image_hwc(_as_numpy(image)))
+    axes[0][0].set_title("image", fontsize=9)
+    for level, (ax, grid) in enumerate(zip(axes[0][1:], codes)):
+        ax.imshow(grid, cmap="tab20", interpolation="nearest")
+        ax.set_title(f"level {level + 1}: {len(np.unique(grid))} codes", fontsize=9)
+    for ax in axes[0]:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def code_gallery(images, codes, level: int = 0, codes_shown: int = 6, patches: int = 6, title: str | None = None,
+                 cell: float = 1.0):
+    """Image patches under the most used codes of one level (Fig. 4 bottom): one row per code, ``patches`` grid
+    cells (the image region of a token) where it occurs, spread over the images. ``images`` (B, 3, H, W),
+    ``codes`` (B, L, h, w)."""
+    plt = _pyplot()
+    images, maps = _as_numpy(images), _as_numpy(codes)[:, level].astype(int)
+    b, h, w = maps.shape
+    size = images.shape[-1]
+    step = size / w
+    ids, counts = np.unique(maps, return_counts=True)
+    top = ids[np.argsort(-counts)][:codes_shown]
+    fig, axes = plt.subplots(len(top), patches, figsize=(cell * patches, cell * len(top)), squeeze=False)
+    for row, code in enumerate(top):
+        where = np.argwhere(maps == code)  # (n, 3): image, y, x
+        pick = where[np.linspace(0, len(where) - 1, min(patches, len(where))).round().astype(int)]
+        for col in range(patches):
+            ax = axes[row][col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if col >= len(pick):
+                ax.axis("off")
+                continue
+            i, y, x = pick[col]
+            y0, x0 = int(max(0, (y - 1) * step)), int(max(0, (x - 1) * step))  # the token and its neighbours
+            crop = images[i][:, y0:int(min(size, (y + 2) * step)), x0:int(min(size, (x + 2) * step))]
+            ax.imshow(_image_hwc(crop))
+        axes[row][0].set_ylabel(f"code {code}\n({int(counts[ids == code][0])}x)", fontsize=7)
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    return fig
+
+
+def histogram_panels(images: Sequence, mask, predicted, target, labels: Sequence[str], level: int = 0, cell: float = 2.6):
+    """Per image: the image with the mask drawn over it, and the predicted against the true code histogram of
+    one level (``predicted``/``target`` (B, levels, K); ``mask`` (h, w) bool)."""
+    plt = _pyplot()
+    predicted, target, mask = _as_numpy(predicted), _as_numpy(target), _as_numpy(mask).astype(float)
+    fig, axes = plt.subplots(len(images), 2, figsize=(cell * 3, cell * len(images)), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2]})
+    for row, image in enumerate(images):
+        picture = _image_hwc(_as_numpy(image))
+        overlay = _resize_nearest(mask, picture.shape[:2])
+        axes[row][0].imshow(picture)
+        axes[row][0].imshow(np.ma.masked_where(overlay == 0, overlay), cmap="autumn", alpha=0.5, vmin=0, vmax=1)
+        axes[row][0].set_title(f"{labels[row]}: mask", fontsize=9)
+        axes[row][0].set_xticks([])
+        axes[row][0].set_yticks([])
+        k = np.arange(predicted.shape[-1])
+        ax = axes[row][1]
+        ax.bar(k - 0.2, target[row, level], 0.4, label="true Q (HVQ codes under the mask)", color="#455a64")
+        ax.bar(k + 0.2, predicted[row, level], 0.4, label="predicted P (from the visible rest)", color="#ef6c00")
+        error = np.abs(predicted[row] - target[row]).sum()
+        ax.set_title(f"level {level + 1} code histogram; sum over levels of |P - Q| = {error:.2f}", fontsize=9)
+        ax.set_xlabel("code")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def score_scatter(x, y, groups: Sequence[str], xlabel: str, ylabel: str, title: str | None = None):
+    """Two per-image scores against each other, one colour per test group ("good", "logical", ...)."""
+    plt = _pyplot()
+    x, y, groups = _as_numpy(x), _as_numpy(y), np.asarray([str(g) for g in groups])
+    fig, ax = plt.subplots(figsize=(4.6, 3.8))
+    for group, marker in zip(dict.fromkeys(groups), "o^sDv"):
+        here = groups == group
+        ax.scatter(x[here], y[here], s=18, marker=marker, label=f"{group} ({int(here.sum())})", alpha=0.8)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    if title:
+        ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig

@@ -180,6 +180,24 @@ def test_standardisation_statistics_come_from_the_calibration_split():
     assert stats["hvq_std"] == 1.0 and stats["mim_std"] == 1.0  # degenerate spreads fall back to 1
 
 
+def test_a_saved_tokenizer_skips_stage_one_and_gives_the_same_codes(tmp_path):
+    """MIM ablations reuse one HVQ-Trans per seed: loaded, frozen, the tokenizer stage skipped."""
+    full = make()
+    engine.fit(full, Scenes(8, 2), FIT)
+    path = tmp_path / "hvq.pt"
+    full.save_tokenizer(path)
+    variant = make(hvq_checkpoint=str(path), target="code")
+    assert variant.training_stages() == ("mim",)
+    before = {k: v.clone() for k, v in variant.hvq.state_dict().items()}
+    result = engine.fit(variant, Scenes(8, 2), FIT)
+    assert set(result.stage_losses) == {"mim"}
+    assert all(torch.equal(before[k], v) for k, v in variant.hvq.state_dict().items())  # frozen in the MIM stage
+    tokens = full.tokens_of(full.extract(Scenes(2, 5)[0]["image"][None]))
+    assert torch.equal(full.hvq.codes(tokens), variant.hvq.codes(tokens))
+    with pytest.raises(ValueError, match="codebook_size"):
+        make(hvq_checkpoint=str(path), codebook_size=4)
+
+
 def test_deterministic_with_a_seed_and_checkpoint_round_trip(tmp_path):
     test = Scenes(6, 4, anomalous=3)
     images = torch.stack([test[i]["image"] for i in range(6)])

@@ -90,3 +90,31 @@ def test_from_eval_reads_an_eval_result():
     assert summary.logical == loco.evaluate_groups(scores, labels, groups).logical
     flipped = loco.from_eval(result, scores=-scores)
     assert flipped.logical == pytest.approx(1 - summary.logical)
+
+
+def test_runs_table_combines_categories_per_seed_and_reads_several_scorers():
+    from types import SimpleNamespace
+
+    groups = ["good"] * 4 + ["logical"] * 2 + ["structural"] * 2
+    labels = [0] * 4 + [1] * 4
+
+    def run(category, seed, scores):
+        evaluation = SimpleNamespace(scores=np.asarray(scores, float), labels=np.asarray(labels), groups=groups,
+                                     image_categories=[], protocol="exact")
+        return SimpleNamespace(method="M", label="default", seed=seed, dataset_name="set", class_setting="one-class",
+                               evaluation=evaluation, sources=[SimpleNamespace(category=category)], backbone="b",
+                               data=f"set/{category}", image_size=64)
+
+    perfect = [0, 0, 0, 0, 1, 1, 1, 1]
+    logical_missed = [0, 0.1, 0.2, 0.3, 0, 0, 1, 1]
+    runs = {("a", 0): run("a", 0, perfect), ("b", 0): run("b", 0, logical_missed), ("a", 1): run("a", 1, perfect)}
+    table = loco.runs_table(runs)
+    mean0 = table[(table["seed"] == 0) & (table["scope"] == "mean")].set_index("metric")["value"]
+    assert mean0["auroc_logical"] == pytest.approx(100 * (1 + 0.125) / 2)  # b's logical: 1 of 8 pairs ordered
+    assert mean0["auroc_structural"] == 100 and mean0["auroc_overall"] == mean0["auroc_avg"]
+    assert set(table[table["scope"] == "category"]["dataset"]) == {"set/a", "set/b"}
+    assert set(table["seed"]) == {0, 1} and (table["class_setting"] == "one-class").all()
+    flipped = loco.runs_table(runs, lambda r: {"x": r.evaluation.scores, "y": -r.evaluation.scores})
+    assert set(flipped["setting"]) == {"x", "y"}
+    y = flipped[(flipped["setting"] == "y") & (flipped["seed"] == 1) & (flipped["metric"] == "auroc_logical")]
+    assert (y["value"] == 0).all()

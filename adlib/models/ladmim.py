@@ -82,6 +82,9 @@ class LADMIMConfig:
     codebook_update: str = "loss"  # "loss" (Eq. 7's codebook term) or "ema" (HVQ-Trans code, decay 0.99)
     codebook_init: str = "data"  # "data": first batch's vectors; "random" (paper silent)
     codebook_restart: bool = True  # move dead codes to current vectors (ours; without it the codebooks collapse)
+    # a trained HVQ-Trans saved by LADMIM.save_tokenizer: loaded, frozen, and the tokenizer stage is skipped
+    # (ours: ablations of the MIM stage share one tokenizer per seed; the paper trains it once per category too)
+    hvq_checkpoint: str | None = None
     # --- MIM ViT (Sec. 3.3: L' = 4; the rest from LADMIM's released scripts/train.sh)
     mim_layers: int = 4  # L' (paper)
     mim_dim: int = 512  # width (release: 512; Fig. 3 sweeps it)
@@ -255,6 +258,8 @@ class LADMIM(AnomalyModel):
         self.head = nn.Linear(config.mim_dim, out)  # the MIMHeads (one Linear for all levels, split per level)
         for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):
             self.register_buffer(name, torch.tensor(float("nan")))
+        if config.hvq_checkpoint is not None:
+            self.load_tokenizer(config.hvq_checkpoint)
         self.stage = "tokenizer"
         self._test_masks: torch.Tensor | None = None
 
@@ -283,7 +288,31 @@ class LADMIM(AnomalyModel):
     # ---- stages (engine hooks)
 
     def training_stages(self) -> tuple[str, ...]:
-        return ("tokenizer", "mim")
+        return ("mim",) if self.config.hvq_checkpoint is not None else ("tokenizer", "mim")
+
+    # The config fields that fix HVQ-Trans' weights: a saved tokenizer fits only a model that agrees on them.
+    TOKENIZER_FIELDS = ("backbone", "layers", "weights", "image_size", "grid", "feature_norm", "hvq_layers",
+                        "codebook_size", "code_dim", "hvq_dim", "hvq_dec_dim", "hvq_heads", "hvq_ffn", "hvq_dropout",
+                        "commitment", "codebook_update", "codebook_init", "codebook_restart")
+
+    def save_tokenizer(self, path) -> None:
+        """Save the trained HVQ-Trans (its weights, codebooks and the config fields that made it) for
+        ``hvq_checkpoint``."""
+        fields = {name: getattr(self.config, name) for name in self.TOKENIZER_FIELDS}
+        torch.save({"fields": fields, "state": self.hvq.state_dict()}, path)
+
+    def load_tokenizer(self, path) -> None:
+        """Load a HVQ-Trans saved by ``save_tokenizer``; ValueError when its config fields differ from this
+        model's."""
+        saved = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(saved, dict) or "state" not in saved:
+            raise ValueError(f"hvq_checkpoint={str(path)!r} is not a file written by LADMIM.save_tokenizer")
+        differ = {k: (v, getattr(self.config, k)) for k, v in saved["fields"].items()
+                  if k in self.TOKENIZER_FIELDS and v != getattr(self.config, k)}
+        if differ:
+            shown = ", ".join(f"{k}: saved {a!r}, here {b!r}" for k, (a, b) in differ.items())
+            raise ValueError(f"hvq_checkpoint={str(path)!r} was trained with other settings ({shown})")
+        self.hvq.load_state_dict(saved["state"])
 
     def start_stage(self, name: str) -> None:
         """"tokenizer": train HVQ-Trans only; "mim": train the ViT and its heads, HVQ-Trans frozen (eval mode)."""

@@ -206,6 +206,27 @@ def _check_split(test) -> None:
         _CHECKED.add(key)
 
 
+def calibration_set(model, sources: Sequence[DataSource], parts: Sequence[tuple], image_size: int):
+    """Held-out images for ``model.calibrate`` (``engine.fit(..., calibration=)``) when the model names the
+    split it expects through ``calibration_split()``: "train" or "test" (the run's own, capped, datasets), or
+    another split folder of the layout (MVTec LOCO's "validation"), read per source; None for a model without
+    the hook. A layout without that split raises ``DatasetError`` (a ValueError: run_grid records the run as
+    not run, with the reason)."""
+    from torch.utils.data import ConcatDataset
+
+    from adlib.data import AnomalyDataset
+
+    hook = getattr(model, "calibration_split", None)
+    if not callable(hook):
+        return None
+    split = hook()
+    if split in ("train", "test"):
+        sets = [part[0 if split == "train" else 1] for part in parts]
+    else:
+        sets = [AnomalyDataset(s.root, s.category, split, image_size=image_size) for s in sources]
+    return sets[0] if len(sets) == 1 else ConcatDataset(sets)
+
+
 def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model: str | None = None,
             label: str = "default", seed: int | None = None, class_setting: str | None = None,
             protocols: Sequence[str] | None = None, keep_maps: int = 0, callback=None, **overrides: Any) -> Run:
@@ -233,7 +254,8 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
     start = time.perf_counter()
     train = parts[0][0] if len(parts) == 1 else ConcatDataset([p[0] for p in parts])
     test = parts[0][1] if len(parts) == 1 else {s.category: p[1] for s, p in zip(sources, parts)}
-    fitted = engine.fit(net, train, fit_config, device=setting.device, callback=callback)
+    calibration = calibration_set(net, sources, parts, size)
+    fitted = engine.fit(net, train, fit_config, device=setting.device, callback=callback, calibration=calibration)
     batch = setting.batch_size or fit_config.batch_size
     evaluations = engine.evaluate_protocols(net, test, protocols, batch_size=batch, device=setting.device,
                                             progress=False, keep_maps=keep_maps)
