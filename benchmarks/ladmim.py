@@ -4,7 +4,7 @@
 
 For every category of ``synthetic_loco`` (or ``--root``: any folder in the MVTec LOCO layout) and seed, LADMIM is
 fitted with its smoke recipe (``adlib.papers.ladmim``: both stages) and standardised on the validation split's
-normal images; PatchCore (its smoke recipe at the same 192 px, one fit per category: its only randomness is the
+normal images; PatchCore (its smoke recipe at the same image size, one fit per category: its only randomness is the
 coreset's start point) runs on the same images. Printed: image AUROC on logical (LA) and structural (SA)
 anomalies, Overall = (LA + SA) / 2 and the whole-test-set reading of Avg, per scorer (S'_HVQ + S'_MIM, S_HVQ,
 S_MIM, and the sum z-scored on the test set as the released code does), mean +- std over seeds, then the two
@@ -147,6 +147,9 @@ def main(argv: list[str] | None = None) -> int:
     categories = args.categories or list_categories(root)
     overrides = _overrides(args.overrides)
     threads = args.threads or (1 if args.jobs > 1 else None)
+    from adlib.papers.ladmim import RECIPES
+
+    size = int(overrides.get("image_size", RECIPES[("ladmim", "smoke")].model["image_size"]))
     print(f"LADMIM smoke recipe on {root} (generator version {synth.GENERATOR_VERSION}), categories {categories}, "
           f"seeds {args.seeds}, overrides {overrides or 'none'}; {os.cpu_count()} cores, load "
           f"{os.getloadavg()[0]:.1f}, jobs {args.jobs}, threads {threads or 'default'}", flush=True)
@@ -154,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     jobs = [(str(root), c, s, overrides, threads) for c in categories for s in args.seeds]
     with ProcessPoolExecutor(args.jobs) as pool:
         futures = [pool.submit(fit_ladmim, *job) for job in jobs]
-        pc_futures = [] if args.no_patchcore else [pool.submit(fit_patchcore, str(root), c, 192, threads)
+        pc_futures = [] if args.no_patchcore else [pool.submit(fit_patchcore, str(root), c, size, threads)
                                                    for c in categories]
         runs = [f.result() for f in futures]
         patchcore = [f.result() for f in pc_futures]

@@ -475,8 +475,15 @@ class LADMIM(AnomalyModel):
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
-        out = self.explain(images)
-        return Prediction(out["map"], out["scores"])
+        """The image scores and the HVQ error maps (``explain`` adds the codes and histograms for drawing)."""
+        parts = self.score_parts(self.extract(images))
+        return Prediction(self._map(parts["error_map"]), self.combine(parts["s_hvq"], parts["s_mim"]))
+
+    def _map(self, error_map: torch.Tensor) -> torch.Tensor:
+        """Per-token HVQ errors (B, grid, grid) -> smoothed per-pixel maps (B, H, W)."""
+        size = self.config.image_size
+        up = F.interpolate(error_map[:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        return gaussian_blur(up, self.config.smoothing_sigma)
 
     @torch.no_grad()
     def explain(self, images: torch.Tensor, mask_index: int = 0) -> dict[str, Any]:
@@ -487,10 +494,9 @@ class LADMIM(AnomalyModel):
         features = self.extract(images)
         parts = self.score_parts(features)
         tokens = self.tokens_of(features)
-        g, size = self.config.grid, self.config.image_size
-        up = F.interpolate(parts["error_map"][:, None], size=(size, size), mode="bilinear", align_corners=False)[:, 0]
+        g = self.config.grid
         out = {"features": features["features"], "codes": self.hvq.codes(tokens).view(len(images), -1, g, g),
-               "map": gaussian_blur(up, self.config.smoothing_sigma), **parts}
+               "map": self._map(parts["error_map"]), **parts}
         out["scores"] = self.combine(parts["s_hvq"], parts["s_mim"])
         mask = self.test_masks()[mask_index].to(tokens.device)
         out["mask"] = mask.view(g, g)

@@ -12,6 +12,7 @@ names. Ablation settings are labelled as in ``results/paper/ladmim`` (``scorer=s
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
@@ -33,12 +34,15 @@ def _masks(ratios: tuple[float, ...]) -> dict[str, dict]:
     return out
 
 
+# The smoke profile's CPU sizes: image side, token grid, (tokenizer, MIM) epochs
+SMOKE_SIZE, SMOKE_GRID, SMOKE_EPOCHS = 128, 16, (8, 15)
+
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: the embedded logical-anomaly set synthetic_loco (tray, pins; MVTec LOCO "
                 "layout with a validation split), the offline ImageNet EfficientNet-Lite0 (strides 8 + 16 on a "
-                "24 x 24 grid at 192 px) for the paper's PDN, a small HVQ-Trans and MIM ViT; MVTec AD bottle for "
-                "Tab. 4 when present",
-    image_size=192,
+                "16 x 16 grid at 128 px) for the paper's PDN, a small HVQ-Trans and MIM ViT trained for a few "
+                "epochs",
+    image_size=SMOKE_SIZE,
     backbone="efficientnet_lite0",
     paper_backbone="pdn",
     max_train=None,
@@ -53,7 +57,10 @@ SMOKE = ProfileSpec(
     shared_backbone=True,
     # Tab. 7 adds 0.1 so that 0.2 has a lower neighbour (the paper's grid is 0.2 / 0.4 / 0.6)
     grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.1, 0.2, 0.4, 0.6)),
-           "mim_dims": (32, 64, 128)},
+           "mim_dims": (32, 64, 128),
+           # the variant labels 02_ablations runs within the smoke budget (9 CPU-minutes for the chapter); the
+           # others are recorded as not run (None: all)
+           "targets_run": None, "masks_run": (), "mim_dims_run": ()},
 )
 
 PAPER_PROFILE = ProfileSpec(
@@ -73,12 +80,12 @@ PAPER_PROFILE = ProfileSpec(
     protocol="exact",
     shared_backbone=False,
     grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.2, 0.4, 0.6)),
-           "mim_dims": (128, 256, 512, 768)},
+           "mim_dims": (128, 256, 512, 768), "targets_run": None, "masks_run": None, "mim_dims_run": None},
 )
 
 _SMOKE_MODEL = {
     # CPU sizes (see the notes); every other field is the paper's or the release's (LADMIMConfig)
-    "codebook_size": 32, "hvq_dim": 32, "hvq_dec_dim": 64, "hvq_ffn": 128, "hvq_heads": 2, "hvq_dropout": 0.0,
+    "image_size": SMOKE_SIZE, "grid": SMOKE_GRID, "codebook_size": 32, "hvq_dim": 32, "hvq_dec_dim": 64, "hvq_ffn": 128, "hvq_heads": 2, "hvq_dropout": 0.0,
     "mim_dim": 64, "mim_heads": 2, "mim_attn_dropout": 0.0, "num_test_masks": 4,
 }
 
@@ -86,18 +93,21 @@ RECIPES = {
     ("ladmim", "smoke"): Recipe(
         model=_SMOKE_MODEL,
         fit=FitConfig(batch_size=4, grad_clip=1.0, stages={
-            "tokenizer": {"epochs": 15, "lr": 1e-3, "weight_decay": 1e-4},
-            "mim": {"epochs": 30, "lr": 1e-3, "weight_decay": 1e-6}}),
-        notes={"backbone": "offline ImageNet EfficientNet-Lite0, strides 8 + 16 resampled to 24 x 24 at 192 px, "
+            "tokenizer": {"epochs": SMOKE_EPOCHS[0], "lr": 2e-3, "weight_decay": 1e-4},
+            "mim": {"epochs": SMOKE_EPOCHS[1], "lr": 2e-3, "weight_decay": 1e-6}}),
+        notes={"backbone": "offline ImageNet EfficientNet-Lite0, strides 8 + 16 resampled to 16 x 16 at 128 px, "
                            "for the paper's PDN (its weights cannot be downloaded here)",
+               "grid": "16 x 16 tokens at 128 px instead of the paper's 24 x 24 at 224 px: attention over 576 tokens "
+                       "made one fit cost about 115 CPU-seconds, and the chapter's three notebooks must fit 9 "
+                       "CPU-minutes with 3 seeds per claim",
                "codebook_size": "32 codes per level instead of 512 (60 training images per category)",
                "hvq_dim": "32 / decoder 64 / FFN 128 / 2 heads instead of HVQ-Trans' 64 / 128 / 1024 / 8 (CPU)",
                "hvq_dropout": "0 instead of 0.1: attention dropout materialises the 576 x 576 attention maps and "
                               "takes most of a CPU step",
                "mim_dim": "64 / 2 heads instead of the release's 512 / 8 (CPU)",
                "num_test_masks": "4 masks per test image (unstated in the paper)",
-               "epochs": "tokenizer 15, MIM 30 instead of 1000 and 500 (CPU); lr 1e-3 instead of 1e-4 to "
-                         "converge in that many steps"},
+               "epochs": f"tokenizer {SMOKE_EPOCHS[0]}, MIM {SMOKE_EPOCHS[1]} instead of 1000 and 500 (CPU); lr 2e-3 "
+                         "instead of 1e-4 to converge in that many steps"},
     ),
     ("ladmim", "paper"): Recipe(
         model={"backbone": "pdn", "image_size": 224},
@@ -113,9 +123,9 @@ RECIPES = {
                       "scripts/train.sh, which also warms up for 40 epochs: the engine has no warm-up)"},
     ),
     **peers.RECIPES,
-    # PatchCore on the same 192 px images as the smoke LADMIM (its Tab. 2 numbers are from the literature)
+    # PatchCore on the same images as the smoke LADMIM (its Tab. 2 numbers are from the literature)
     ("patchcore", "smoke"): replace(peers.RECIPES[("patchcore", "smoke")],
-                                    model={**peers.RECIPES[("patchcore", "smoke")].model, "image_size": 192}),
+                                    model={**peers.RECIPES[("patchcore", "smoke")].model, "image_size": SMOKE_SIZE}),
 }
 
 _LOCO = dict(image_size=224, protocol="exact", rows=("method",), columns=("dataset", "metric"))
@@ -189,6 +199,125 @@ CLAIMS = (
           favoured=_side("largest dimension", setting="mim_dim=max"),
           against=(_side("smallest dimension", setting="mim_dim=min"),)),
 )
+
+# ------------------------------------------------------------------------------------------- notebook helpers
+TABLE1_METRICS = {"train": "train_normal", "validation": "validation_normal", "good": "test_normal",
+                  "logical": "test_logical", "structural": "test_structural"}
+LOCO_METRICS = ("auroc_logical", "auroc_structural", "auroc_overall", "auroc_avg", "auroc_avg_whole")
+
+
+def stage_epochs(setting) -> dict:
+    """Overrides for ``run_grid``/``run_one`` that give both stages the notebook's ``epochs`` (the recipe sets
+    epochs per stage, which a plain ``epochs`` would not change); {} when the notebook left it at None."""
+    if setting.epochs is None:
+        return {}
+    recipe = setting.paper.recipe("ladmim", setting.profile)
+    stages = dict(recipe.fit.stages) if recipe is not None and recipe.fit is not None else {}
+    return {"stages": {stage: {**dict(stages.get(stage, {})), "epochs": setting.epochs} for stage in ("tokenizer", "mim")}}
+
+
+def table1(setting, sources) -> "pd.DataFrame":
+    """Tab. 1 for the given sources (MVTec LOCO layout): normal train / validation / test images and logical /
+    structural test images per category, and their sum over the categories of each dataset (long format)."""
+    import pandas as pd
+
+    from adlib.data import AnomalyDataset
+
+    rows = []
+    for source in sources:
+        counts = {"train": len(AnomalyDataset(source.root, source.category, "train")),
+                  "validation": len(AnomalyDataset(source.root, source.category, "validation"))}
+        groups = AnomalyDataset(source.root, source.category, "test").groups
+        counts.update({g: groups.count(g) for g in ("good", "logical", "structural")})
+        rows += [{"dataset": source.name, "method": "", "setting": "default", "level": "data",
+                  "metric": TABLE1_METRICS[k], "value": float(v), "data": source.name} for k, v in counts.items()]
+    table = pd.DataFrame(rows)
+    total = table.assign(dataset=table["dataset"].str.split("/").str[0]).groupby(
+        ["dataset", "method", "setting", "level", "metric"], as_index=False, sort=False)["value"].sum()
+    return pd.concat([table, total.assign(data=total["dataset"])], ignore_index=True)
+
+
+def scorers(run) -> dict:
+    """Tab. 5's scorers read from one fitted LADMIM run (one pass over its test images): "default" and
+    "scorer=sum" (S'_HVQ + S'_MIM, standardised on the validation split's normal images), "scorer=hvq",
+    "scorer=mim", and "scorer=sum, test z" (the release's reading: z-scores over the test set itself). Other
+    methods' runs give their own scores as "default"."""
+    import numpy as np
+    import torch
+
+    from adlib.models.ladmim import score_components
+
+    if run.model_name != "ladmim":
+        return {"default": run.evaluation.scores}
+    device = next(run.model.parameters()).device
+    parts = score_components(run.model, run.test, batch_size=8, device=device)
+    if not np.array_equal(parts["labels"], np.asarray(run.evaluation.labels)):
+        raise RuntimeError("scorers: the test images came in another order than in the run's evaluation")
+    h, m = torch.as_tensor(parts["s_hvq"]), torch.as_tensor(parts["s_mim"])
+    summed = run.model.combine(h.to(device), m.to(device), "sum").cpu().numpy()
+    test_z = (parts["s_hvq"] - parts["s_hvq"].mean()) / parts["s_hvq"].std() + \
+        (parts["s_mim"] - parts["s_mim"].mean()) / parts["s_mim"].std()
+    return {"default": summed, "scorer=sum": summed, "scorer=hvq": parts["s_hvq"], "scorer=mim": parts["s_mim"],
+            "scorer=sum, test z": test_z}
+
+
+def not_run_rows(grid_table) -> "pd.DataFrame":
+    """The variants a ``run_grid`` table records as not run (NaN rows with the reason in ``note``), as NaN rows
+    of the LOCO metrics, so that claims and tables name the reason."""
+    import pandas as pd
+
+    if grid_table.empty:
+        return pd.DataFrame()
+    missing = grid_table[grid_table["value"].isna() & (grid_table["note"].astype(str) != "")]
+    keys = ["dataset", "method", "setting", "seed", "class_setting", "image_size", "backbone", "data", "note"]
+    base = missing[keys].drop_duplicates()
+    rows = [{**row, "level": "image", "metric": metric, "value": float("nan"), "protocol": "exact",
+             "scope": "mean" if "/" not in row["dataset"] else "category"}
+            for row in base.to_dict("records") for metric in LOCO_METRICS]
+    out = pd.DataFrame(rows)
+    if len(out):  # a not-run row for one category stands for its dataset too (the claims read the means)
+        means = out.assign(dataset=out["dataset"].str.split("/").str[0], scope="mean")
+        out = pd.concat([out, means], ignore_index=True).drop_duplicates(["dataset", "setting", "seed", "metric"])
+    return out
+
+
+def not_run(setting, datasets, method: str, labels, metrics, reason: str, class_setting: str | None = None,
+            image_size: int | None = None) -> "pd.DataFrame":
+    """NaN rows (level image, the study's columns) with ``reason`` in ``note``, for table cells that were not run
+    here, so that tables and claims say why."""
+    import pandas as pd
+
+    return pd.DataFrame([{"dataset": d, "method": method, "setting": label, "level": "image", "metric": m,
+                          "value": float("nan"), "backbone": setting.backbone_label(), "data": d, "seed": seed,
+                          "protocol": setting.protocol, "class_setting": class_setting or setting.class_setting,
+                          "image_size": image_size or setting.image_size, "scope": "mean" if "/" not in d else "category",
+                          "note": reason}
+                         for d in datasets for label in labels for m in metrics for seed in setting.seeds])
+
+
+def mim_grid(setting, base_runs, variants, directory, skip=None, keep=None, cache=None, log=print) -> "pd.DataFrame":
+    """Ablations of the MIM stage (target, masks, model dimension): each variant trains only its MIM ViT on the
+    HVQ-Trans of the base run with the same category and seed (``hvq_checkpoint``; the tokenizer stage does not
+    depend on the MIM settings, so a full fit would train the same tokenizer again). ``base_runs``: kept LADMIM
+    runs of the default variant; the tokenizers are written to ``directory``. One ``run_grid`` table (the
+    study's columns) for every (variant, base run)."""
+    import pandas as pd
+
+    from adlib import study
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    tables = []
+    for run in base_runs.values():
+        if run.model_name != "ladmim":
+            continue
+        path = directory / f"{run.source.dataset}-{run.source.category}-seed{run.seed}.pt".replace("/", "_")
+        run.model.save_tokenizer(path)
+        here = {label: {**overrides, "hvq_checkpoint": str(path)} for label, overrides in variants.items()}
+        tables.append(study.run_grid(setting, here, [run.source], seeds=[run.seed], skip=skip, keep=keep,
+                                     cache=cache, log=log))
+    return pd.concat(tables, ignore_index=True) if tables else pd.DataFrame()
+
 
 PAPER = PaperSpec(
     name="ladmim",
