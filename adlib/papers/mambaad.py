@@ -8,9 +8,9 @@ the notebooks decide over seeds. The model is ``adlib/models/mambaad.py``; the p
 The paper trains one model per dataset (multi-class) and evaluates with ADer's evaluator (protocol "ader");
 both profiles keep that. The smoke profile swaps ResNet34 (no ImageNet weights offline) for the offline
 EfficientNet-Lite0 tapped at the same strides 4/8/16 (stages 1-3: 24/40/112 channels, which size the H-FPN
-and the decoder) and runs at 128 px with the HSS inner width at 1x the channels (release: 2x), so that one
-multi-class fit takes about a minute on two cores; every output names the substitution
-(``paper_backbone``).
+and the decoder) and runs at 128 px with the decoder depths 2-2-2-2 (Tab. 2's smallest) and the HSS inner
+width at 1x the channels (release: 3-4-6-3 and 2x), so that one multi-class fit takes about 40 s of CPU; every output names
+the substitution (``paper_backbone``).
 
 Variant grids (``ProfileSpec.grids``) map the label a table row carries (the ``setting`` column of the paper's
 CSVs) to config overrides; ``<table>_not_run`` says why a row cannot run in that profile. Table 2's rows all
@@ -75,12 +75,13 @@ DEFAULT_SETTINGS = {"table2": _tab2_label("resnet34", (3, 4, 6, 3)), "table3": "
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: one multi-class model over the embedded synthetic_multi categories (+ real "
                 "MVTec AD bottle when present), the offline ImageNet EfficientNet-Lite0 at strides 4/8/16 for "
-                "ResNet34, 128 px, HSS inner width 1x, ADer's evaluator",
+                "ResNet34, 128 px, decoder depths 2-2-2-2, HSS inner width 1x, <= 20 training and <= 40 test "
+                "images per category, ADer's evaluator",
     image_size=128,
     backbone="efficientnet_lite0",
     paper_backbone="resnet34",
-    max_train=40,
-    max_test=None,
+    max_train=20,
+    max_test=40,
     seeds=(0, 1, 2),
     synthetic=("synthetic_multi",),
     synthetic_categories=None,
@@ -93,10 +94,11 @@ SMOKE = ProfileSpec(
         "table2": _TABLE2_SMOKE, "table2_not_run": _TABLE2_SMOKE_NOT_RUN, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
-        # Tables 2-4 have 38 rows: on a CPU they run one-class on bottle, one seed, with fewer images and epochs
-        # (one such fit is about 10 s); a notebook may take a subset and say so.
-        "ablation": {"categories": ("bottle",), "class_setting": "one-class", "seeds": (0,), "max_train": 20,
-                     "epochs": 2, "image_size": 128},
+        # Tables 2-4 have 40 rows: on a CPU a subset runs one-class on one embedded category (its images decode
+        # in a fraction of bottle's 900 px PNGs, and its image AUROC is not saturated as bottle's is), over the
+        # profile's seeds, 2 epochs (one such fit is about 5 s of CPU); the rest is recorded as not run.
+        "ablation": {"dataset": "synthetic_multi", "categories": ("pill",), "class_setting": "one-class",
+                     "max_train": 20, "max_test": None, "epochs": 2, "image_size": 128},
         # The linear-complexity claim: decoder time against the token count (finest map) at these sizes.
         "complexity_sizes": (128, 192, 256, 320),
         "non_power_of_two_size": 224,  # 56/28/14/7 maps: the release's scan index cannot be built there
@@ -134,18 +136,23 @@ PAPER_PROFILE = ProfileSpec(
 # ------------------------------------------------------------------------------------------------ recipes
 
 RECIPES = {
-    # Measured on a CPU (benchmarks/mambaad.py): 128 px keeps a multi-class fit of 160 images x 4 epochs at
-    # about a minute on two cores; expand 1 halves the HSS width (the selective scan is most of the cost).
+    # Sized so that all MambaAD notebooks fit 6 minutes on 2 idle cores (measured single-threaded CPU, 128 px: a
+    # training image costs 0.16 s at depths 3-4-6-3 and 0.09 s at 2-2-2-2; one multi-class fit of 100 images x 3
+    # epochs is about 40 s of CPU, pixel AUROC 97.3 on synthetic_multi, 97.9 on bottle); expand 1 halves the HSS
+    # width (the selective scan is most of the cost).
     ("mambaad", "smoke"): Recipe(
-        model={"backbone": "efficientnet_lite0", "layers": (1, 2, 3), "image_size": 128, "expand": 1},
-        fit=FitConfig(epochs=4, batch_size=4, lr=0.005, weight_decay=1e-4, betas=(0.9, 0.999), schedule="step",
+        model={"backbone": "efficientnet_lite0", "layers": (1, 2, 3), "image_size": 128, "expand": 1,
+               "depths": (2, 2, 2, 2)},
+        fit=FitConfig(epochs=3, batch_size=4, lr=0.005, weight_decay=1e-4, betas=(0.9, 0.999), schedule="step",
                       step_at=0.8, step_gamma=0.1),
         notes={"backbone": "offline ImageNet EfficientNet-Lite0 stages 1-3 (strides 4/8/16, 24/40/112 channels) "
                            "instead of ResNet34 layers 1-3 (no hub weights offline); the H-FPN and decoder widths "
                            "follow the encoder (224 -> 112/40/24 instead of 512 -> 256/128/64)",
                "image_size": "128 px instead of 256 (CPU): maps 32/16/8, bottleneck 4 x 4",
+               "depths": "2-2-2-2 (Tab. 2's smallest decoder, one LSS of 2 HSS per stage) instead of 3-4-6-3: "
+                         "half the decoder's cost per image (CPU)",
                "expand": "HSS inner width 1x the channels instead of 2x (CPU)",
-               "epochs": "4 instead of 500 (CPU)", "batch_size": "4 instead of 16: more steps in few epochs"},
+               "epochs": "3 instead of 500 (CPU)", "batch_size": "4 instead of 16: more steps in few epochs"},
     ),
     # Sec. 4.1 and the release's configs/mambaad/mambaad_mvtec.py: AdamW lr 0.005, wd 1e-4, betas 0.9/0.999,
     # batch 16 (release; paper silent), lr x 0.1 after 80% of the steps (release; paper silent).
@@ -291,3 +298,186 @@ PAPER = PaperSpec(
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "real_iad": "Real-IAD", "uni_medical": "Uni-Medical",
               "mvtec_3d": "MVTec 3D-AD", "coco_ad": "COCO-AD"},
 )
+
+# ------------------------------------------------------------------------------------------- measurements
+# What the notebooks measure beyond fit/evaluate: the architecture's parameters and FLOPs (Tables 2 and 5, random
+# weights) and the decoder's time against the number of tokens (the linear-complexity claim). benchmarks/mambaad.py
+# prints the same numbers from the command line.
+
+
+def count_flops(model, size: int) -> dict[str, float]:
+    """fvcore's count of one forward (encoder, H-FPN, decoder) at ``size`` px, in G: multiply-adds of convolutions
+    and matrix products (``FlopCounterMode`` counts 2 per multiply-add), plus its norm estimates (BatchNorm in eval 2
+    per element with affine, LayerNorm 5, InstanceNorm without affine 4). The selective scan is a custom op fvcore
+    skips; its own multiply-adds (state update and read-out, 2 per state element and position) are given apart."""
+    import torch
+    from torch import nn
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from adlib.models.mambaad import SS2D
+
+    norms = {"batch_norm": 0, "layer_norm": 0, "instance_norm": 0}
+    rule = {nn.BatchNorm2d: ("batch_norm", 2), nn.LayerNorm: ("layer_norm", 5), nn.InstanceNorm2d: ("instance_norm", 4)}
+    scan = [0]
+
+    def norm_hook(kind, per):
+        return lambda mod, inp, out: norms.__setitem__(kind, norms[kind] + inp[0].numel() * per)
+
+    def scan_hook(mod, inp, out):
+        b, h, w, _ = inp[0].shape
+        scan[0] += 2 * b * mod.count * mod.d_inner * h * w * mod.d_state
+
+    hooks = []
+    for mod in model.modules():
+        for cls, (kind, per) in rule.items():
+            if type(mod) is cls:
+                hooks.append(mod.register_forward_hook(norm_hook(kind, per)))
+        if isinstance(mod, SS2D):
+            hooks.append(mod.register_forward_hook(scan_hook))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            model.reconstruct(model.extract(torch.rand(1, 3, size, size)))
+    finally:
+        for h in hooks:
+            h.remove()
+    macs = counter.get_total_flops() / 2e9
+    norm_g = sum(norms.values()) / 1e9
+    return {"fvcore_g": macs + norm_g, "conv_matmul_gmacs": macs, "norms_g": norm_g, "scan_gmacs": scan[0] / 1e9}
+
+
+def parameter_counts(model, size: int = 256) -> dict[str, float]:
+    """Parameters in M: encoder (to the last tap), H-FPN, decoder, and the release's scan indices (two LongTensors
+    of H*W entries per HSS block, registered as nn.Parameter in its HSCANS, so counted by fvcore's
+    parameter_count; ``total_as_release`` is what the paper prints)."""
+    count = lambda mod: sum(p.numel() for p in mod.parameters())
+    index = 0
+    grid = size // 32  # the bottleneck map; the stages double it
+    for i, stage in enumerate(model.decoder.stages):
+        side = grid * 2**i
+        index += 2 * side * side * sum(len(lss.hss) for lss in stage)
+    parts = {"encoder": count(model.tokenizer), "hfpn": count(model.bottleneck), "decoder": count(model.decoder)}
+    total = sum(parts.values())
+    return {**{k: v / 1e6 for k, v in parts.items()}, "total": total / 1e6, "release_index": index / 1e6,
+            "total_as_release": (total + index) / 1e6}
+
+
+def cost_rows(variants: dict[str, dict]) -> "pd.DataFrame":
+    """Long rows (level "model": params_m, flops_g, and the parts apart) of each variant's architecture, built with
+    random weights (counts do not depend on them). ``variants`` maps a Table 2 label to config overrides (the
+    profiles' ``table2_cost`` grid)."""
+    import pandas as pd
+    import torch
+
+    from adlib.models import create_model
+
+    rows = []
+    for label, overrides in variants.items():
+        torch.manual_seed(0)
+        model = create_model("mambaad", **overrides).eval()
+        size = int(overrides.get("image_size", 256))
+        params, flops = parameter_counts(model, size), count_flops(model, size)
+        base = {"dataset": "MVTec AD", "method": "MambaAD", "setting": label, "level": "model",
+                "backbone": model.config.backbone, "data": f"architecture only (random weights), {size}px",
+                "seed": 0, "protocol": "", "image_size": size, "note": ""}
+        values = {"params_m": params["total_as_release"], "flops_g": flops["fvcore_g"],
+                  "params_m_encoder": params["encoder"], "params_m_hfpn": params["hfpn"],
+                  "params_m_decoder": params["decoder"], "params_m_scan_index": params["release_index"],
+                  "scan_gmacs": flops["scan_gmacs"]}
+        rows += [{**base, "metric": metric, "value": value} for metric, value in values.items()]
+        del model
+    return pd.DataFrame(rows)
+
+
+def fit_exponent(tokens, seconds) -> float:
+    """Least-squares slope p of log(seconds) against log(tokens): time ~ tokens^p."""
+    import numpy as np
+
+    return float(np.polyfit(np.log(np.asarray(tokens, float)), np.log(np.asarray(seconds, float)), 1)[0])
+
+
+def _attention_block(dim: int):
+    """A pre-norm self-attention block (one head per 32 channels): the quadratic reference."""
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(dim)
+            self.attn = torch.nn.MultiheadAttention(dim, max(1, dim // 32), batch_first=True)
+
+        def forward(self, x):
+            y = self.norm(x)
+            return x + self.attn(y, y, y, need_weights=False)[0]
+
+    return Attention()
+
+
+def _median_seconds(fn, repeats: int) -> float:
+    """Median CPU seconds of ``fn`` (this process's, single-threaded: other processes on a shared machine do not
+    count, as they would in wall time)."""
+    import statistics
+    import time
+
+    fn()  # warm-up (scan orders are built and cached on the first call at a size)
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def decoder_timing(sizes, seeds, repeats: int = 1, **overrides) -> "pd.DataFrame":
+    """Forward CPU time (one thread) of MambaAD's decoder at each input size (batch 1, no gradient; the paper's
+    widths by default: ResNet34's H-FPN output, [3, 4, 6, 3], 8 Hilbert directions) beside a same-width self-attention block over
+    the finest stage's tokens, once per seed (fresh random weights and inputs: each seed is one repetition of
+    the whole measurement). Long rows: per (seed, size) ``seconds`` and ``tokens`` (setting "size=<px>"), and per
+    seed the fitted ``exponent`` of time ~ tokens^p (setting "default"), which the linear-complexity claim
+    compares. Decoder tokens are summed over its four stages; attention's are the finest stage's. Timed on one
+    thread by CPU time, so that neither thread scheduling nor other processes on the machine bend the fit."""
+    import pandas as pd
+    import torch
+
+    config = {"backbone": "resnet34", "pretrained": False, **overrides}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        rows = _timing_rows(config, sizes, seeds, repeats)
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows)
+
+
+def _timing_rows(config: dict, sizes, seeds, repeats: int) -> list[dict]:
+    import torch
+
+    from adlib.models import create_model
+
+    rows = []
+    for seed in seeds:
+        torch.manual_seed(seed)
+        model = create_model("mambaad", **config).eval()
+        attention = _attention_block(model.dims[-1]).eval()
+        label = f"{config['backbone']} widths {model.dims}, depths {list(model.config.depths)}, batch 1, CPU"
+        base = {"dataset": "decoder timing", "level": "model", "backbone": config["backbone"], "data": label,
+                "seed": seed, "protocol": "", "note": ""}
+        measured = {"MambaAD": ([], []), "attention": ([], [])}
+        for size in sizes:
+            g = -(-int(size) // 32)
+            bottleneck = torch.randn(1, model.dims[0], g, g)
+            targets = [(2 * g, 2 * g), (4 * g, 4 * g), (8 * g, 8 * g)]
+            finest = torch.randn(1, 64 * g * g, model.dims[-1])
+            with torch.no_grad():
+                t_dec = _median_seconds(lambda: model.decoder(bottleneck, targets), repeats)
+                t_att = _median_seconds(lambda: attention(finest), repeats)
+            for method, tokens, seconds in (("MambaAD", g * g + sum(h * w for h, w in targets), t_dec),
+                                            ("attention", finest.shape[1], t_att)):
+                measured[method][0].append(tokens)
+                measured[method][1].append(seconds)
+                rows += [{**base, "method": method, "setting": f"size={size}", "image_size": size, "metric": m,
+                          "value": float(v)} for m, v in (("seconds", seconds), ("tokens", tokens))]
+        for method, (tokens, seconds) in measured.items():
+            rows.append({**base, "method": method, "setting": "default", "image_size": None, "metric": "exponent",
+                         "value": fit_exponent(tokens, seconds)})
+    return rows
