@@ -176,12 +176,14 @@ def _bottle(image_size: int = 256, max_train: int = 40):
     return torch.utils.data.Subset(train, spread(len(train), max_train)), AnomalyDataset(root, "bottle", "test", image_size=image_size)
 
 
-def _multi(image_size: int = 256):
+def _multi(image_size: int = 256, max_train: int | None = None):
     from adlib.data import AnomalyDataset, list_categories, synthetic_root
+    from adlib.study.setting import spread
 
     root = Path(synthetic_root()) / "synthetic_multi"
     cats = list_categories(root)
-    train = torch.utils.data.ConcatDataset([AnomalyDataset(root, c, "train", image_size=image_size) for c in cats])
+    parts = [AnomalyDataset(root, c, "train", image_size=image_size) for c in cats]
+    train = torch.utils.data.ConcatDataset([torch.utils.data.Subset(p, spread(len(p), max_train)) for p in parts])
     return train, {c: AnomalyDataset(root, c, "test", image_size=image_size) for c in cats}
 
 
@@ -289,9 +291,14 @@ SUBSTITUTION = ("smoke recipe (adlib.papers.vitad): offline ImageNet EfficientNe
 
 
 def targets(seeds=(0, 1, 2)) -> dict:
-    print(f"Smoke targets, {SUBSTITUTION}; 256 px")
+    """The targets at the smoke profile's size and training-image cap (adlib.papers.vitad SMOKE), all test images."""
+    from adlib import papers
+
+    smoke = papers.get("vitad").profile("smoke")
+    size, cap = smoke.image_size, smoke.max_train
+    print(f"Smoke targets, {SUBSTITUTION}; {size} px, at most {cap} training images per category, all test images")
     out = {}
-    train, tests = _multi()
+    train, tests = _multi(size, cap)
     runs_by_method = {}
     for name, model_name in (("ViTAD", "vitad"), ("PatchCore", "patchcore")):
         runs_by_method[name] = []
@@ -314,7 +321,7 @@ def targets(seeds=(0, 1, 2)) -> dict:
               f"{'met' if v >= p - MULTI_TARGET else 'NOT met'}", flush=True)
     out["multi"] = {"summary": summary, "vitad": vitad, "patchcore": patchcore}
 
-    train, test = _bottle()
+    train, test = _bottle(size, cap)
     runs = []
     for seed in seeds:
         runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader")))
