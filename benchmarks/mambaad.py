@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import statistics
 import sys
@@ -57,60 +56,8 @@ def _smoke(model: str = "mambaad", **overrides):
 # --------------------------------------------------------------------------------------------------- cost
 
 
-def count_flops(model, size: int) -> dict[str, float]:
-    """fvcore's count of one forward at ``size`` px, in G: multiply-adds of convolutions and matrix products
-    (``FlopCounterMode`` counts 2 per multiply-add), plus its norm estimates (BatchNorm in eval 2 per element with
-    affine, LayerNorm 5, InstanceNorm without affine 4). The selective scan is a custom op fvcore skips; its own
-    multiply-adds (state update and read-out, 2 per state element and position) are given apart."""
-    from torch import nn
-    from torch.utils.flop_counter import FlopCounterMode
-
-    from adlib.models.mambaad import SS2D
-
-    norms = {"batch_norm": 0, "layer_norm": 0, "instance_norm": 0}
-    rule = {nn.BatchNorm2d: ("batch_norm", 2), nn.LayerNorm: ("layer_norm", 5), nn.InstanceNorm2d: ("instance_norm", 4)}
-    scan = [0]
-
-    def norm_hook(kind, per):
-        return lambda mod, inp, out: norms.__setitem__(kind, norms[kind] + inp[0].numel() * per)
-
-    def scan_hook(mod, inp, out):
-        b, h, w, _ = inp[0].shape
-        scan[0] += 2 * b * mod.count * mod.d_inner * h * w * mod.d_state
-
-    hooks = []
-    for mod in model.modules():
-        for cls, (kind, per) in rule.items():
-            if type(mod) is cls:
-                hooks.append(mod.register_forward_hook(norm_hook(kind, per)))
-        if isinstance(mod, SS2D):
-            hooks.append(mod.register_forward_hook(scan_hook))
-    counter = FlopCounterMode(display=False)
-    try:
-        with counter, torch.no_grad():
-            feats = model.extract(torch.rand(1, 3, size, size))
-            model.reconstruct(feats)
-    finally:
-        for h in hooks:
-            h.remove()
-    macs = counter.get_total_flops() / 2e9
-    norm_g = sum(norms.values()) / 1e9
-    return {"fvcore_g": macs + norm_g, "conv_matmul_gmacs": macs, "norms_g": norm_g, "scan_gmacs": scan[0] / 1e9}
-
-
-def parameter_counts(model, size: int = 256) -> dict[str, float]:
-    """Parameters in M: encoder (to the last tap), H-FPN, decoder, and the release's scan indices (two LongTensors
-    of H*W entries per HSS block, registered as nn.Parameter in its HSCANS, so counted by fvcore's parameter_count)."""
-    count = lambda mod: sum(p.numel() for p in mod.parameters())
-    index = 0
-    grid = size // 32  # the bottleneck map; the stages double it
-    for i, stage in enumerate(model.decoder.stages):
-        side = grid * 2**i
-        index += 2 * side * side * sum(len(lss.hss) for lss in stage)
-    parts = {"encoder": count(model.tokenizer), "hfpn": count(model.bottleneck), "decoder": count(model.decoder)}
-    total = sum(parts.values())
-    return {**{k: v / 1e6 for k, v in parts.items()}, "total": total / 1e6, "release_index": index / 1e6,
-            "total_as_release": (total + index) / 1e6}
+# The counts are the library's (adlib.papers.mambaad), which the notebooks call too.
+from adlib.papers.mambaad import count_flops, parameter_counts  # noqa: E402
 
 
 def cost(args) -> dict:
@@ -258,67 +205,26 @@ def size224(args) -> dict:
 # ---------------------------------------------------------------------------------------------- complexity
 
 
-class _Attention(torch.nn.Module):
-    """A pre-norm self-attention block (one head per 32 channels): the quadratic reference."""
-
-    def __init__(self, dim: int) -> None:
-        super().__init__()
-        self.norm = torch.nn.LayerNorm(dim)
-        self.attn = torch.nn.MultiheadAttention(dim, max(1, dim // 32), batch_first=True)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x)
-        return x + self.attn(y, y, y, need_weights=False)[0]
-
-
-def _median_time(fn, repeats: int) -> float:
-    fn()  # warm-up (orders, kernels)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def fit_exponent(tokens: list[float], seconds: list[float]) -> float:
-    """Least-squares slope of log(seconds) against log(tokens)."""
-    lx, ly = [math.log(t) for t in tokens], [math.log(s) for s in seconds]
-    mx, my = statistics.mean(lx), statistics.mean(ly)
-    return sum((a - mx) * (b - my) for a, b in zip(lx, ly)) / sum((a - mx) ** 2 for a in lx)
-
-
 def complexity(args) -> dict:
-    """Forward time of MambaAD's decoder (the paper's widths: ResNet34's H-FPN output, [3,4,6,3], 8 directions)
-    at 4 input sizes, against a same-width self-attention block over the finest stage's tokens."""
-    from adlib.models import create_model
+    """CPU time (one thread) of MambaAD's decoder forward (the paper's widths: ResNet34's H-FPN output, [3,4,6,3],
+    8 directions) at 4 input sizes, against a same-width self-attention block over the finest stage's tokens:
+    ``adlib.papers.mambaad.decoder_timing``, the measurement 00_method's claim is decided on."""
     from adlib.papers import mambaad
 
     sizes = list(args.sizes or mambaad.PAPER.profile("smoke").grids["complexity_sizes"])
-    torch.manual_seed(0)
-    model = create_model("mambaad", backbone="resnet34", pretrained=False).eval()
-    attention = _Attention(model.dims[-1]).eval()
-    rows = []
-    print(f"Decoder forward time against tokens (ResNet34 widths {model.dims}, batch 1, median of {args.repeats}; "
-          f"{torch.get_num_threads()} threads)")
-    for size in sizes:
-        g = -(-size // 32)
-        bottleneck = torch.randn(1, model.dims[0], g, g)
-        targets = [(2 * g, 2 * g), (4 * g, 4 * g), (8 * g, 8 * g)]
-        tokens = g * g + sum(h * w for h, w in targets)
-        finest = torch.randn(1, 8 * g * 8 * g, model.dims[-1])
-        with torch.no_grad():
-            t_dec = _median_time(lambda: model.decoder(bottleneck, targets), args.repeats)
-            t_att = _median_time(lambda: attention(finest), args.repeats)
-        rows.append({"size": size, "tokens": tokens, "finest_tokens": finest.shape[1], "decoder_s": t_dec,
-                     "attention_s": t_att})
-        print(f"  {size:4d} px: {tokens:6d} decoder tokens ({finest.shape[1]} at the finest stage): decoder "
-              f"{t_dec:.3f} s, self-attention on the finest stage {t_att:.3f} s", flush=True)
-    p_dec = fit_exponent([r["tokens"] for r in rows], [r["decoder_s"] for r in rows])
-    p_att = fit_exponent([r["finest_tokens"] for r in rows], [r["attention_s"] for r in rows])
-    print(f"  fitted exponent (time ~ tokens^p): MambaAD decoder p = {p_dec:.2f}, self-attention p = {p_att:.2f} "
-          f"(linear: 1, quadratic: 2)")
-    return {"rows": rows, "decoder_exponent": p_dec, "attention_exponent": p_att}
+    table = mambaad.decoder_timing(sizes, args.seeds, repeats=args.repeats)
+    print(f"Decoder forward CPU time against tokens (ResNet34 widths, batch 1, one thread, median of {args.repeats} "
+          f"after a warm-up; seeds {list(args.seeds)})")
+    view = table[table["metric"].isin(["seconds", "tokens"])].pivot_table(
+        index=["method", "setting"], columns="metric", values="value", aggfunc="mean")
+    for (method, label), row in view.iterrows():
+        print(f"  {method:9s} {label:9s} {row['tokens']:6.0f} tokens: {row['seconds']:.3f} s (mean over seeds)")
+    exponents = table[table["metric"] == "exponent"].pivot_table(index="seed", columns="method", values="value")
+    for seed, row in exponents.iterrows():
+        print(f"  seed {seed}: fitted exponent (time ~ tokens^p): MambaAD decoder p = {row['MambaAD']:.2f}, "
+              f"self-attention p = {row['attention']:.2f} (linear: 1, quadratic: 2)")
+    return {"rows": table.to_dict("records"), "decoder_exponent": exponents["MambaAD"].mean(),
+            "attention_exponent": exponents["attention"].mean()}
 
 
 STEPS = {"cost": cost, "bottle": bottle, "multiclass": multiclass, "size224": size224, "complexity": complexity}
@@ -331,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cap", type=int, default=40, help="training images per category (smoke profile: 40)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (a loaded machine: 1)")
     parser.add_argument("--sizes", nargs="*", type=int, default=None, help="complexity: input sizes")
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args(argv)
     if args.threads:

@@ -9,8 +9,8 @@ The paper trains one model per dataset (multi-class) and evaluates with ADer's e
 both profiles keep that. The smoke profile swaps ResNet34 (no ImageNet weights offline) for the offline
 EfficientNet-Lite0 tapped at the same strides 4/8/16 (stages 1-3: 24/40/112 channels, which size the H-FPN
 and the decoder) and runs at 128 px with the decoder depths 2-2-2-2 (Tab. 2's smallest) and the HSS inner
-width at 1x the channels (release: 3-4-6-3 and 2x), so that one multi-class fit takes about 40 s of CPU; every output names
-the substitution (``paper_backbone``).
+width at 1x the channels (release: 3-4-6-3 and 2x), so that one multi-class fit takes about 40 s of CPU;
+every output names the substitution (``paper_backbone``).
 
 Variant grids (``ProfileSpec.grids``) map the label a table row carries (the ``setting`` column of the paper's
 CSVs) to config overrides; ``<table>_not_run`` says why a row cannot run in that profile. Table 2's rows all
@@ -18,9 +18,14 @@ get parameter and FLOP counts with random weights (``table2_cost``), whatever ca
 """
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from adlib.engine import FitConfig
 from adlib.papers import peers
 from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 # ------------------------------------------------------------------------------------------- variant grids
 
@@ -362,7 +367,7 @@ def parameter_counts(model, size: int = 256) -> dict[str, float]:
             "total_as_release": (total + index) / 1e6}
 
 
-def cost_rows(variants: dict[str, dict]) -> "pd.DataFrame":
+def cost_rows(variants: dict[str, dict]) -> pd.DataFrame:
     """Long rows (level "model": params_m, flops_g, and the parts apart) of each variant's architecture, built with
     random weights (counts do not depend on them). ``variants`` maps a Table 2 label to config overrides (the
     profiles' ``table2_cost`` grid)."""
@@ -428,7 +433,7 @@ def _median_seconds(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def decoder_timing(sizes, seeds, repeats: int = 1, **overrides) -> "pd.DataFrame":
+def decoder_timing(sizes, seeds, repeats: int = 1, **overrides) -> pd.DataFrame:
     """Forward CPU time (one thread) of MambaAD's decoder at each input size (batch 1, no gradient; the paper's
     widths by default: ResNet34's H-FPN output, [3, 4, 6, 3], 8 Hilbert directions) beside a same-width self-attention block over
     the finest stage's tokens, once per seed (fresh random weights and inputs: each seed is one repetition of
