@@ -261,14 +261,17 @@ def scorers(run) -> dict:
             "scorer=sum, test z": test_z}
 
 
-def not_run_rows(grid_table) -> "pd.DataFrame":
+def not_run_rows(grid_table, backbone: str | None = None) -> "pd.DataFrame":
     """The variants a ``run_grid`` table records as not run (NaN rows with the reason in ``note``), as NaN rows
-    of the LOCO metrics, so that claims and tables name the reason."""
+    of the LOCO metrics, so that claims and tables name the reason; ``backbone`` replaces the rows' backbone
+    name (e.g. ``setting.backbone_label()``, which names the substitution as the fitted runs' rows do)."""
     import pandas as pd
 
     if grid_table.empty:
         return pd.DataFrame()
     missing = grid_table[grid_table["value"].isna() & (grid_table["note"].astype(str) != "")]
+    if backbone is not None:
+        missing = missing.assign(backbone=backbone)
     keys = ["dataset", "method", "setting", "seed", "class_setting", "image_size", "backbone", "data", "note"]
     base = missing[keys].drop_duplicates()
     rows = [{**row, "level": "image", "metric": metric, "value": float("nan"), "protocol": "exact",
