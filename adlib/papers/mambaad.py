@@ -436,12 +436,13 @@ def _median_seconds(fn, repeats: int) -> float:
 
 def decoder_timing(sizes, seeds, repeats: int = 1, **overrides) -> pd.DataFrame:
     """Forward CPU time (one thread) of MambaAD's decoder at each input size (batch 1, no gradient; the paper's
-    widths by default: ResNet34's H-FPN output, [3, 4, 6, 3], 8 Hilbert directions) beside a same-width self-attention block over
-    the finest stage's tokens, once per seed (fresh random weights and inputs: each seed is one repetition of
-    the whole measurement). Long rows: per (seed, size) ``seconds`` and ``tokens`` (setting "size=<px>"), and per
-    seed the fitted ``exponent`` of time ~ tokens^p (setting "default"), which the linear-complexity claim
-    compares. Decoder tokens are summed over its four stages; attention's are the finest stage's. Timed on one
-    thread by CPU time, so that neither thread scheduling nor other processes on the machine bend the fit."""
+    widths by default: ResNet34's H-FPN output, [3, 4, 6, 3], 8 Hilbert directions) beside a same-width
+    self-attention block over the finest stage's tokens, once per seed (fresh random weights and inputs: each
+    seed is one repetition of the whole measurement). Long rows (no image_size column: the input size is in the
+    label): per (seed, size) ``seconds`` and ``tokens`` (setting "size=<px>"), and per seed the fitted
+    ``exponent`` of time ~ tokens^p (setting "default"), which the linear-complexity claim compares. Decoder
+    tokens are summed over its four stages; attention's are the finest stage's. Timed on one thread by CPU
+    time, so that neither thread scheduling nor other processes on the machine bend the fit."""
     import pandas as pd
     import torch
 
@@ -481,9 +482,9 @@ def _timing_rows(config: dict, sizes, seeds, repeats: int) -> list[dict]:
                                             ("attention", finest.shape[1], t_att)):
                 measured[method][0].append(tokens)
                 measured[method][1].append(seconds)
-                rows += [{**base, "method": method, "setting": f"size={size}", "image_size": size, "metric": m,
-                          "value": float(v)} for m, v in (("seconds", seconds), ("tokens", tokens))]
+                rows += [{**base, "method": method, "setting": f"size={size}", "metric": m, "value": float(v)}
+                         for m, v in (("seconds", seconds), ("tokens", tokens))]
         for method, (tokens, seconds) in measured.items():
-            rows.append({**base, "method": method, "setting": "default", "image_size": None, "metric": "exponent",
+            rows.append({**base, "method": method, "setting": "default", "metric": "exponent",
                          "value": fit_exponent(tokens, seconds)})
     return rows
