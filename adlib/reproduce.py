@@ -408,7 +408,8 @@ def execute_job(job: Job) -> Outcome:
                                             "parameters": job.parameters, "input_key": job.key})
     partial_dir = executed.parent.parent / PARTIAL_DIR
     partial_dir.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f"{job.paper}-{job.name}-", dir=partial_dir))
+    # the pid in the name lets a later run tell a killed run's folder from a concurrent run's
+    work = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.paper}-{job.name}-", dir=partial_dir))
     run_log, kernel_log = work / "written.jsonl", work / "kernel-stderr.txt"
     env = {results.RUN_LOG_ENV: str(run_log.resolve()), results.OUTPUT_ROOT_ENV: job.output_root}
     start = time.time()
@@ -605,6 +606,22 @@ class Summary:
         return "\n".join(lines)
 
 
+def sweep_partial(partial: Path) -> list[Path]:
+    """Remove the work folders of notebook runs whose process no longer runs; returns them. A concurrent
+    ``adlib reproduce`` on the same output root keeps its folders (their names start with its pid)."""
+    from adlib.io import pid_alive
+
+    removed = []
+    if not partial.is_dir():
+        return removed
+    for entry in partial.iterdir():
+        pid = entry.name.split("-", 1)[0]
+        if not (pid.isdigit() and pid_alive(int(pid))):
+            shutil.rmtree(entry, ignore_errors=True)
+            removed.append(entry)
+    return removed
+
+
 def reproduce(config: ReproduceConfig, stream=None) -> Summary:
     """Execute the selected notebooks (skipping unchanged ones with `resume`), then build the report."""
     stream = stream or sys.stderr
@@ -614,7 +631,7 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
         return Summary([], time.time() - start)
     results.check_writable_dir(config.output_root, "--output-root")  # before any notebook runs
     results.check_writable_dir(config.executed_dir, "--output-root")
-    shutil.rmtree(config.executed_dir / PARTIAL_DIR, ignore_errors=True)  # left by a killed run
+    sweep_partial(config.executed_dir / PARTIAL_DIR)  # left by a killed run
     results.remove_stale([config.output_root / top / config.profile for top in ("results", "figures")])
     jobs = plan(config, notebooks)
     index = ResumeIndex(config.executed_dir / RESUME_INDEX)

@@ -241,3 +241,23 @@ def test_cli_report_only_uses_the_repository_paper_tables(tmp_path, capsys):
     assert code == 0 and (tmp_path / "results/smoke/site/index.html").exists()
     if list((results.repo_root() / "results" / "paper").glob("*/*.csv")):
         assert "Paper only: printed tables not reproduced here" in (tmp_path / "results/smoke/REPORT.md").read_text()
+
+
+def test_sweep_partial_keeps_a_concurrent_runs_folders(tmp_path):
+    import os
+    import subprocess
+
+    from adlib.reproduce import sweep_partial
+
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    partial = tmp_path / ".partial"
+    mine = partial / f"{os.getpid()}-varad-00-abc"
+    gone = partial / f"{dead.pid}-varad-01-def"
+    legacy = partial / "varad-02-ghi"  # an older version's name, without a pid
+    for folder in (mine, gone, legacy):
+        folder.mkdir(parents=True)
+        (folder / "written.jsonl").write_text("{}\n")
+    removed = sweep_partial(partial)
+    assert sorted(removed) == sorted([gone, legacy])
+    assert mine.is_dir() and (mine / "written.jsonl").exists()
