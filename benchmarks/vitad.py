@@ -303,7 +303,7 @@ def targets(seeds=(0, 1, 2)) -> dict:
     for name, model_name in (("ViTAD", "vitad"), ("PatchCore", "patchcore")):
         runs_by_method[name] = []
         for seed in seeds:
-            r = _fit_eval(model_name, train, tests, seed, protocols=("exact", "ader"))
+            r = _fit_eval(model_name, train, tests, seed, protocols=("exact", "ader"), image_size=size)
             runs_by_method[name].append(r)
             cats = ", ".join(f"{c} {v:.1f}" for c, v in r["exact"]["per_category"].items())
             print(f"  {name:9s} multi-class seed {seed}: mean pixel AUROC {r['exact']['pixel_auroc']:.1f} (ader "
@@ -324,7 +324,7 @@ def targets(seeds=(0, 1, 2)) -> dict:
     train, test = _bottle(size, cap)
     runs = []
     for seed in seeds:
-        runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader")))
+        runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), image_size=size))
         r = runs[-1]
         print(f"  bottle one-class seed {seed}: pixel AUROC {r['exact']['pixel_auroc']:.1f} (ader "
               f"{r['ader']['pixel_auroc']:.1f}), image AUROC {r['exact']['image_auroc']:.1f}, fit {r['fit_s']:.0f} s "
