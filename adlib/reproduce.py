@@ -38,6 +38,10 @@ EXECUTED_DIR = "executed"
 STANDARD_PARAMETERS = ("profile", "data_root", "device", "seed", "output_root")
 RESUME_INDEX = "resume.json"
 PARTIAL_DIR = ".partial"
+# Set in every kernel unless the caller's environment sets it. OpenMP workers that spin between operations
+# take the cores from everything else the kernel runs (the selective scan's threads, data loading) and from
+# other processes; passive waiting costs a wake-up per parallel region instead.
+KERNEL_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
 # ----------------------------------------------------------------------------------------- profiles
@@ -411,7 +415,8 @@ def execute_job(job: Job) -> Outcome:
     # the pid in the name lets a later run tell a killed run's folder from a concurrent run's
     work = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.paper}-{job.name}-", dir=partial_dir))
     run_log, kernel_log = work / "written.jsonl", work / "kernel-stderr.txt"
-    env = {results.RUN_LOG_ENV: str(run_log.resolve()), results.OUTPUT_ROOT_ENV: job.output_root}
+    env = {results.RUN_LOG_ENV: str(run_log.resolve()), results.OUTPUT_ROOT_ENV: job.output_root, **KERNEL_ENV_DEFAULTS}
+    env.update({k: os.environ[k] for k in KERNEL_ENV_DEFAULTS if k in os.environ})  # the user's setting wins
     start = time.time()
     error = cell = None
     try:

@@ -532,7 +532,17 @@ def native_available() -> bool:
 _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}   # by (process id, size): threads do not survive fork
 
 
-def _threads(rows: int) -> int:
+# Below this many state updates (rows x length x d_state) a call runs on the calling thread alone. Measured
+# (VarAD smoke fit, 40 images at batch 1, 2 cores, one other busy process): torch and the scan on 2 threads
+# 262 s, the scan on 1 thread 13.3 s, everything on 1 thread 13.8 s. Pool threads that wake for a few
+# milliseconds of work compete with torch's OpenMP workers, which spin between operations; a larger scan
+# amortises that. ADLIB_SCAN_PARALLEL_MIN overrides the bound (0: always share the rows among threads).
+PARALLEL_MIN_WORK = int(os.environ.get("ADLIB_SCAN_PARALLEL_MIN", 1 << 24))
+
+
+def _threads(rows: int, work: int | None = None) -> int:
+    if work is not None and work < PARALLEL_MIN_WORK:
+        return 1
     return max(1, min(torch.get_num_threads(), rows))
 
 
@@ -563,9 +573,10 @@ def _run_blocks(fn: Callable[[int, int], None], count: int, threads: int) -> Non
         future.result()
 
 
-def _run_rows(fn: Callable[[int, int, int], None], rows: int) -> None:
-    """Call fn(worker, begin, end) over blocks of rows (about 8 blocks per thread)."""
-    threads = _threads(rows)
+def _run_rows(fn: Callable[[int, int, int], None], rows: int, work: int | None = None) -> None:
+    """Call fn(worker, begin, end) over blocks of rows (about 8 blocks per thread; one thread below
+    ``PARALLEL_MIN_WORK`` state updates)."""
+    threads = _threads(rows, work)
     block = max(1, -(-rows // (8 * threads)))
     _run_blocks(lambda worker, k: fn(worker, k * block, min(k * block + block, rows)), -(-rows // block), threads)
 
@@ -618,7 +629,7 @@ class _NativeScan(torch.autograd.Function):
         y = torch.empty_like(u)
         sizes = [dim, length, A.shape[1], *_strides(B, group_size)]
         args = [t.data_ptr() for t in (u, delta, A, B, C, y)]
-        _run_rows(lambda i, begin, end: kernel(*args, *sizes, begin, end), batch * dim)
+        _run_rows(lambda i, begin, end: kernel(*args, *sizes, begin, end), batch * dim, batch * dim * length * A.shape[1])
         ctx.save_for_backward(u, delta, A, B, C)
         ctx.group_size = group_size
         return y
@@ -632,7 +643,7 @@ class _NativeScan(torch.autograd.Function):
         nstate = A.shape[1]
         kernel = getattr(lib, f"scan_bwd_{'f64' if u.dtype == torch.float64 else 'f32'}")
         grad_y = grad_y.contiguous().to(u.dtype)
-        threads = _threads(batch * dim)
+        threads = _threads(batch * dim, batch * dim * length * nstate)
         du, ddelta = torch.empty_like(u), torch.empty_like(delta)
         dA_rows = u.new_empty((batch, dim, nstate))
         # dB and dC sum over the rows (channels) that share a B/C entry. For results that do not depend on

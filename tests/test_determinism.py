@@ -6,6 +6,7 @@ rows depends on timing. Its dB/dC gradients sum over rows; they must not depend 
 from __future__ import annotations
 
 import json
+import os
 import random
 import subprocess
 import sys
@@ -55,6 +56,7 @@ def _grads(B_per_batch: bool) -> list[torch.Tensor]:
 @pytest.mark.parametrize("B_per_batch", [True, False])
 def test_scan_gradients_do_not_depend_on_thread_timing(monkeypatch, B_per_batch):
     threads = torch.get_num_threads()
+    monkeypatch.setattr(ssm, "PARALLEL_MIN_WORK", 0)  # share even these small scans among threads
     torch.set_num_threads(4)  # more workers than cores: the block assignment varies most
     try:
         reference = _grads(B_per_batch)
@@ -99,7 +101,7 @@ print(json.dumps(test_determinism._fit_varad(Path(sys.argv[1]), Path(sys.argv[2]
 '''
 
 
-def test_two_varad_fits_are_bit_identical_at_the_default_thread_count(tmp_path):
+def test_two_varad_fits_are_bit_identical_at_the_default_thread_count(tmp_path, monkeypatch):
     """Two VarAD fits of the same seed, in two processes running at the same time at the default thread
     count (a fresh one with perturbed scan-thread timing, and this one), give the same state dict, bit for bit."""
     import numpy as np
@@ -111,8 +113,10 @@ def test_two_varad_fits_are_bit_identical_at_the_default_thread_count(tmp_path):
     (tmp_path / "data" / "widget" / "test" / "good").mkdir(parents=True)
     for i in range(6):
         Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(good / f"{i}.png")
+    monkeypatch.setattr(ssm, "PARALLEL_MIN_WORK", 0)  # both fits share their (small) scans among threads
     child = subprocess.Popen([sys.executable, "-c", CHILD, str(tmp_path / "data"), str(tmp_path / "child.pt"),
-                              str(Path(__file__).parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              str(Path(__file__).parent)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env={**os.environ, "ADLIB_SCAN_PARALLEL_MIN": "0"})
     try:
         here = _fit_varad(tmp_path / "data", tmp_path / "here.pt")
     finally:

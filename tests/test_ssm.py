@@ -380,3 +380,10 @@ def test_causal_depthwise_conv1d_matches_a_padded_conv1d(kernel, length, with_bi
     torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
     for g, e in zip(grads_got, grads_expected):
         torch.testing.assert_close(g, e, atol=1e-4, rtol=1e-5)
+
+
+def test_small_scans_run_on_the_calling_thread(monkeypatch):
+    monkeypatch.setattr(ssm, "PARALLEL_MIN_WORK", 1000)
+    assert ssm._threads(64, work=999) == 1
+    assert ssm._threads(64, work=1000) == min(torch.get_num_threads(), 64)
+    assert ssm._threads(64) == min(torch.get_num_threads(), 64)  # no work given: the rows decide
