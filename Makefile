@@ -4,6 +4,9 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PROFILE ?= smoke
+# Notebooks executed at once; each kernel then gets cores // JOBS threads (the smoke models are small, so two
+# single-threaded notebooks on 2 cores finish sooner than one on both). JOBS=1 runs them one by one.
+JOBS ?= 2
 STAMP := $(VENV)/.adlib-installed
 
 .PHONY: install reproduce test test-slow clean
@@ -17,7 +20,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m adlib reproduce --profile $(PROFILE) $(ARGS)
+	$(PY) -m adlib reproduce --profile $(PROFILE) --jobs $(JOBS) $(ARGS)
 
 test: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)

@@ -127,6 +127,8 @@ class Job:
     data_fingerprint: str
     code_fingerprint: str = ""
     cell_timeout: float | None = None
+    # Threads each kernel's torch/OpenMP may use (OMP_NUM_THREADS); None: the library default (all cores).
+    threads: int | None = None
 
     @property
     def label(self) -> str:
@@ -282,8 +284,18 @@ def plan(config: ReproduceConfig, notebooks: list[Path]) -> list[Job]:
             record=str(folder / f"{name}.run.json"), title=title, outputs=outputs, parameters=dict(parameters),
             key=input_key(path, parameters, code, fingerprint), output_root=str(config.output_root.resolve()),
             data_fingerprint=fingerprint, code_fingerprint=code, cell_timeout=config.cell_timeout,
+            threads=kernel_threads(config.jobs),
         ))
     return jobs
+
+
+def kernel_threads(jobs: int, cores: int | None = None) -> int | None:
+    """Threads per kernel when ``jobs`` notebooks share this machine's cores: cores // jobs (at least 1); None
+    for one job at a time (the kernel uses every core). The smoke models are small: on 2 cores two
+    single-threaded notebooks at once finish sooner than one notebook on 2 threads."""
+    if jobs <= 1:
+        return None
+    return max(1, (cores or os.cpu_count() or 1) // jobs)
 
 
 # ----------------------------------------------------------------------------------------- resume index
@@ -416,6 +428,8 @@ def execute_job(job: Job) -> Outcome:
     work = Path(tempfile.mkdtemp(prefix=f"{os.getpid()}-{job.paper}-{job.name}-", dir=partial_dir))
     run_log, kernel_log = work / "written.jsonl", work / "kernel-stderr.txt"
     env = {results.RUN_LOG_ENV: str(run_log.resolve()), results.OUTPUT_ROOT_ENV: job.output_root, **KERNEL_ENV_DEFAULTS}
+    if job.threads is not None and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = str(job.threads)
     env.update({k: os.environ[k] for k in KERNEL_ENV_DEFAULTS if k in os.environ})  # the user's setting wins
     start = time.time()
     error = cell = None

@@ -261,3 +261,12 @@ def test_sweep_partial_keeps_a_concurrent_runs_folders(tmp_path):
     removed = sweep_partial(partial)
     assert sorted(removed) == sorted([gone, legacy])
     assert mine.is_dir() and (mine / "written.jsonl").exists()
+
+
+def test_parallel_notebooks_share_the_cores():
+    from adlib.reproduce import kernel_threads
+
+    assert kernel_threads(1, cores=2) is None  # one at a time: the kernel keeps every core
+    assert kernel_threads(2, cores=2) == 1
+    assert kernel_threads(3, cores=8) == 2
+    assert kernel_threads(4, cores=2) == 1  # never 0
