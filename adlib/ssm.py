@@ -11,7 +11,8 @@ with ``delta = softplus(delta + delta_bias)`` when asked. Implementations, picke
 - ``torch``: pure PyTorch, chunked, with a hand-written backward (no per-step autograd graph).
 - ``native``: a small C kernel compiled with the system compiler at first use (about a second, cached in
   ``$ADLIB_CACHE/ssm``, default ``~/.cache/adlib/ssm``; ``ADLIB_SCAN_NATIVE=0`` turns it off), forward
-  and backward as tight loops over time, (batch, channel) rows shared among torch.get_num_threads() threads.
+  and backward as tight loops over time, (batch, channel) rows shared among torch.get_num_threads() threads (calls
+  below ``PARALLEL_MIN_WORK`` state updates stay on the calling thread).
 - ``fast``: ``native`` on CPU tensors when it builds, else ``torch``.
 - ``cuda``: mamba_ssm's ``selective_scan_fn`` (CUDA tensors, mamba_ssm installed).
 - ``auto``: ``cuda`` when possible, else ``fast``. The environment variable ``ADLIB_SCAN_IMPL``
@@ -537,7 +538,15 @@ _POOLS: dict[tuple[int, int], ThreadPoolExecutor] = {}   # by (process id, size)
 # 262 s, the scan on 1 thread 13.3 s, everything on 1 thread 13.8 s. Pool threads that wake for a few
 # milliseconds of work compete with torch's OpenMP workers, which spin between operations; a larger scan
 # amortises that. ADLIB_SCAN_PARALLEL_MIN overrides the bound (0: always share the rows among threads).
-PARALLEL_MIN_WORK = int(os.environ.get("ADLIB_SCAN_PARALLEL_MIN", 1 << 24))
+def _parallel_min_work() -> int:
+    raw = os.environ.get("ADLIB_SCAN_PARALLEL_MIN", str(1 << 24))
+    try:
+        return int(raw)
+    except ValueError:
+        raise ValueError(f"ADLIB_SCAN_PARALLEL_MIN={raw!r}: expected a whole number of state updates") from None
+
+
+PARALLEL_MIN_WORK = _parallel_min_work()
 
 
 def _threads(rows: int, work: int | None = None) -> int:
