@@ -98,7 +98,11 @@ def run(dry_run: bool = False, images: int | None = None, device: str | None = N
     }
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, *, dry_run: bool | None = None, device: str | None = None):
+    """The command line (``argv``; returns the exit status), or, called with ``dry_run``/``device`` as a step of
+    ``gpu_check.py`` (its ``main(dry_run, device)`` convention), the record itself."""
+    if dry_run is not None:
+        return run(dry_run, None, device)
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes: checks the code path only")
     parser.add_argument("--images", type=int, default=None, help="images per epoch (default: 352, dry run 8)")

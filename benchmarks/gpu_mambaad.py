@@ -15,24 +15,14 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 
 import torch
 
+from gpu_common import cli, pick_device, run_checks, sync as _sync, rel as _rel  # noqa: E402
+
 MVTEC_TRAIN_IMAGES = 3629  # MVTec AD, all 15 categories (the multi-class training set)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a - b).abs().max() / b.abs().max().clamp_min(1e-12))
 
 
 def scan_check(device: torch.device, dry_run: bool) -> dict:
@@ -155,23 +145,9 @@ def train_step(device: torch.device, dry_run: bool) -> dict:
 
 def main(dry_run: bool = False, device: str | None = None) -> dict:
     """Both checks; ``device`` defaults to CUDA when present (the CPU for ``dry_run``)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not dry_run else "cpu"))
-    out = {}
-    for name, fn in (("scan", scan_check), ("train_step", train_step)):
-        start = time.perf_counter()
-        out[name] = fn(dev, dry_run)
-        out[name]["step_s"] = round(time.perf_counter() - start, 1)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    return out
+    dev = pick_device(device, dry_run)
+    return run_checks((("scan", scan_check), ("train_step", train_step)), dev, dry_run, out={})
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    if not args.dry_run and not torch.cuda.is_available() and args.device is None:
-        print("gpu_mambaad: no CUDA device here; use --dry-run to check the script on the CPU", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(main(dry_run=args.dry_run, device=args.device), indent=2, default=str))
+    cli("gpu_mambaad", __doc__, main)

@@ -14,22 +14,16 @@
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
-import sys
 import time
 
 import torch
 
+from gpu_common import cli, pick_device, run_checks, sync as _sync  # noqa: E402
+
 MVTEC_TRAIN_IMAGES = 3629  # MVTec AD, all 15 categories (the multi-class training set)
 PAPER = {"params_m": 38.6, "flops_g": 10.7, "train_memory_mb": 2300.0, "train_h": 1.1, "gpu": "one V100",
          "epochs": 100, "batch_size": 8}  # Table XIII, ViTAD row
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _build(device: torch.device, dry_run: bool):
@@ -118,23 +112,10 @@ def counts(device: torch.device, dry_run: bool) -> dict:
 
 def main(dry_run: bool = False, device: str | None = None) -> dict:
     """All checks; ``device`` defaults to CUDA when present (the CPU for ``dry_run``)."""
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() and not dry_run else "cpu"))
+    dev = pick_device(device, dry_run)
     out = {"device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu"}
-    for name, fn in (("train_step", train_step), ("inference", inference), ("counts", counts)):
-        start = time.perf_counter()
-        out[name] = fn(dev, dry_run)
-        out[name]["step_s"] = round(time.perf_counter() - start, 1)
-        if dev.type == "cuda":
-            torch.cuda.empty_cache()
-    return out
+    return run_checks((("train_step", train_step), ("inference", inference), ("counts", counts)), dev, dry_run, out)
 
 
 if __name__ == "__main__":
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    if not args.dry_run and not torch.cuda.is_available() and args.device is None:
-        print("gpu_vitad: no CUDA device here; use --dry-run to check the script on the CPU", file=sys.stderr)
-        sys.exit(2)
-    print(json.dumps(main(dry_run=args.dry_run, device=args.device), indent=2, default=str))
+    cli("gpu_vitad", __doc__, main)
