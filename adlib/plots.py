@@ -541,3 +541,37 @@ def score_scatter(x, y, groups: Sequence[str], xlabel: str, ylabel: str, title: 
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------------ structure diagrams
+
+
+def box_rows(rows: Mapping[str, Sequence[tuple[str, str]]], title: str | None = None, box_width: float = 3.0,
+             row_height: float = 1.6, fontsize: float = 7.0):
+    """A structure diagram: one labelled row per entry of ``rows``, each a chain of boxes joined by arrows;
+    a box is (heading, body text). Meant for schematics drawn from real objects (module names, shapes)."""
+    plt = _pyplot()
+    from matplotlib.patches import FancyBboxPatch
+
+    if not rows:
+        raise ValueError("box_rows: no rows given")
+    longest = max(len(boxes) for boxes in rows.values())
+    fig, ax = plt.subplots(figsize=(1.6 + box_width * longest, row_height * len(rows) + (0.4 if title else 0.1)))
+    gap = 0.35
+    for r, (label, boxes) in enumerate(rows.items()):
+        y = len(rows) - 1 - r
+        ax.text(-0.1, y + 0.45, label, ha="right", va="center", fontsize=fontsize + 1, weight="bold")
+        for i, (heading, body) in enumerate(boxes):
+            x = i * (1 + gap)
+            ax.add_patch(FancyBboxPatch((x, y + 0.05), 1, 0.8, boxstyle="round,pad=0.02", fc="#eceff1", ec="#455a64"))
+            ax.text(x + 0.5, y + 0.78, heading, ha="center", va="top", fontsize=fontsize + 0.5, weight="bold")
+            ax.text(x + 0.5, y + 0.62, body, ha="center", va="top", fontsize=fontsize, linespacing=1.25)
+            if i:
+                ax.annotate("", (x, y + 0.45), (x - gap, y + 0.45), arrowprops={"arrowstyle": "->", "color": "#455a64"})
+    ax.set_xlim(-1.3, longest * (1 + gap))
+    ax.set_ylim(-0.05, len(rows))
+    ax.axis("off")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    return fig
