@@ -488,3 +488,343 @@ def _timing_rows(config: dict, sizes, seeds, repeats: int) -> list[dict]:
             rows.append({**base, "method": method, "setting": "default", "metric": "exponent",
                          "value": fit_exponent(tokens, seconds)})
     return rows
+
+# ------------------------------------------------------------------------------------------- appendix tables
+# Tables A1-A12 print one dataset each, per category, at one level. They are filled from the runs of the main
+# table (01_main_results), never from new fits. A printed cell with no run behind it gets a NaN row whose note
+# says why (the dataset or category is not on this machine, the profile does not run it, or the method was not
+# run), so that the written table carries the paper's cells beside a plain statement instead of leaving them out.
+
+APPENDIX = {"tableA1": ("mvtec_ad", "image"), "tableA2": ("mvtec_ad", "pixel"), "tableA3": ("visa", "image"),
+            "tableA4": ("visa", "pixel"), "tableA5": ("mvtec_3d", "image"), "tableA6": ("mvtec_3d", "pixel"),
+            "tableA7": ("uni_medical", "image"), "tableA8": ("uni_medical", "pixel"),
+            "tableA9": ("coco_ad", "image"), "tableA10": ("coco_ad", "pixel"),
+            "tableA11": ("real_iad", "image"), "tableA12": ("real_iad", "pixel")}
+# The embedded multi-class set is in MVTec AD's layout and stands in for it: its per-category rows go with A1/A2
+# (marked synthetic, so never set against a printed cell).
+_APPENDIX_SYNTHETIC = ("mvtec_ad",)
+
+
+def _absent_reason(setting, folder: str, dataset: str, printed: str, ran: list[str], count: int) -> str:
+    """Why nothing of ours stands beside the printed row ``printed`` (a category, or ``dataset``'s mean over its
+    ``count`` printed categories) when ``ran`` (our categories of ``dataset`` with values) does not hold it. The
+    words name the dataset, not the row, so that one statement covers all the rows it explains."""
+    from pathlib import Path
+
+    from adlib.data import list_categories
+
+    root = Path(setting.real_root) / folder if setting.real_root is not None else None
+    if root is None:
+        where = f"{dataset} is not on this machine (no data root: data_root and $ADLIB_DATA unset)"
+    elif not root.is_dir():
+        where = f"{dataset} is not on this machine (no {folder}/ under {setting.real_root})"
+    elif "/" not in printed:  # the dataset's mean row
+        where = (f"the mean over the paper's {count} {dataset} categories: only {', '.join(ran)} ran here" if ran
+                 else f"no {dataset} category ran here")
+    else:
+        present = list_categories(root)
+        if printed.split("/", 1)[1] not in present:
+            where = f"not on this machine (its {folder}/ holds only {', '.join(present)})"
+        else:
+            runs = setting.spec.real_categories
+            where = (f"on this machine, but the {setting.profile} profile runs only "
+                     f"{', '.join(runs) if runs else 'other datasets'} (CPU budget)")
+    return where + ": the paper's number only"
+
+
+def appendix_tables(setting, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Tables A1-A12 (long rows, ready for ``setting.write_table``) from the main table's runs ``runs`` (rows of
+    ``study.run_grid``, every scope): per table, our category and dataset-mean rows of its dataset at its level
+    (both protocols), plus, for every printed row (category or mean) of a method we implement that has no row
+    of ours, NaN rows whose ``note`` says why. Methods the paper prints but adlib does not implement get no rows:
+    the report and ``study.paper_vs_ours`` show their printed cells as they are."""
+    import pandas as pd
+
+    from adlib import results
+    from adlib.study.grid import model_backbone
+
+    keys = {display: key for key, display in setting.paper.methods.items()}
+    runs = runs[runs["scope"].astype(str).isin(["category", "mean"])]
+    quality = runs["level"].isin(["image", "pixel"])
+    protocols = [p for p in dict.fromkeys(runs.loc[quality, "protocol"].astype(str)) if p] or [setting.protocol]
+    valued = runs[runs["value"].notna()]
+    out = {}
+    for name, (folder, level) in APPENDIX.items():
+        dataset = setting.dataset_name(folder)
+        paper = results.paper_table(setting.paper.name, name)
+        metrics = list(dict.fromkeys(paper.loc[paper["level"] == level, "metric"]))
+        names = runs["dataset"].astype(str)
+        mine = (names == dataset) | names.str.startswith(dataset + "/")
+        if folder in _APPENDIX_SYNTHETIC:
+            mine |= names.str.startswith("synthetic") & (runs["scope"] == "category")
+        ours = runs[mine & (runs["level"] == level) & runs["metric"].isin(metrics)]
+        ran = [d for d in dict.fromkeys(valued["dataset"].astype(str)) if d.startswith(dataset + "/")]
+        fill = [m for m in dict.fromkeys(runs["method"]) if m in set(paper["method"]) and m in keys]
+        count = sum("/" in d for d in dict.fromkeys(paper["dataset"]))
+        rows = []
+        for printed in dict.fromkeys(paper["dataset"]):
+            for method in fill:
+                if len(ours[(ours["dataset"] == printed) & (ours["method"] == method)]):
+                    continue
+                if printed in ran:  # the data ran here, this method did not: its own recorded reason
+                    notes = runs.loc[(runs["dataset"] == printed) & (runs["method"] == method), "note"]
+                    reason = next((n for n in notes.astype(str) if n), f"{method} was not run in this notebook")
+                else:
+                    reason = _absent_reason(setting, folder, dataset, printed, ran, count)
+                rows += [{"dataset": printed, "method": method, "setting": "default", "level": level, "metric": m,
+                          "value": float("nan"), "backbone": model_backbone(setting, keys[method]), "data": printed,
+                          "seed": setting.seed, "protocol": p, "class_setting": setting.class_setting,
+                          "image_size": setting.image_size, "scope": "category" if "/" in printed else "mean",
+                          "note": reason}
+                         for p in protocols for m in metrics]
+        out[name] = pd.concat([ours, pd.DataFrame(rows, columns=ours.columns)], ignore_index=True) if rows \
+            else ours.reset_index(drop=True)
+    return out
+
+
+def appendix_coverage(setting, tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    """One line per appendix table: its dataset, the printed rows (categories and the mean), which of them have
+    a value of ours, and why the others are the paper's only (the notes of ``appendix_tables``' NaN rows)."""
+    import pandas as pd
+
+    from adlib import results
+
+    lines = []
+    for name, df in tables.items():
+        folder, level = APPENDIX[name]
+        printed = list(dict.fromkeys(results.paper_table(setting.paper.name, name)["dataset"]))
+        valued = df[df["value"].notna()]
+        ours = [d for d in printed if d in set(valued["dataset"])]
+        other = sorted({d for d in valued["dataset"] if d not in printed})
+        reasons = dict.fromkeys(n for n in df.loc[df["value"].isna(), "note"].astype(str) if n)
+        lines.append({"table": name, "dataset": setting.dataset_name(folder), "level": level,
+                      "printed rows": len(printed), "with ours": ", ".join(ours) or "none",
+                      "paper only": len(printed) - len(ours),
+                      "ours, not printed": ", ".join(other) or "",
+                      "why paper only": " / ".join(reasons) if len(reasons) <= 3 else
+                      " / ".join(list(reasons)[:2]) + f" / ... ({len(reasons)} reasons, one per row, in the CSV)"})
+    return pd.DataFrame(lines)
+
+# ---------------------------------------------------------------------------------------- Figs. 1 and 2
+# The paper's Figs. 1 and 2 are schematics. They are redrawn here from built models: every label (module
+# names, block counts, kernel sizes, channels, map sizes, token counts) is read from the modules or from a
+# forward pass, none is typed, so that the drawing shows what adlib runs.
+
+
+def _box(ax, x, y, w, h, text, color, size=7):
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.005,rounding_size=0.01", fc=color, ec="0.25",
+                                lw=0.8))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+
+
+def _arrow(ax, a, b, style="-|>", color="0.2", ls="-"):
+    ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle=style, color=color, lw=0.8, ls=ls))
+
+
+def _blank(ax, title):
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9, loc="left")
+
+
+_LOCAL, _GLOBAL, _BOTH, _FROZEN = "#cfe2f3", "#f9cb9c", "#b6d7a8", "#eeeeee"
+
+
+def mambaad_structure(model, size: int) -> dict:
+    """What Fig. 2 draws, read from a built MambaAD and one forward pass at ``size`` px (random input): encoder
+    taps, H-FPN output, per decoder stage its map, channels and LSS modules, and the parts of one LSS and one
+    HSS block (names and sizes from the modules)."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        out = model.explain(torch.rand(1, 3, size, size))
+    stages = []
+    grid = out["bottleneck"].shape[-1]
+    for i, stage in enumerate(model.decoder.stages):
+        stages.append({"index": i, "channels": model.dims[i], "map": grid * 2 ** i,
+                       "hss": [len(lss.hss) for lss in stage],
+                       "upsample": type(model.decoder.upsample[i]).__name__})
+    lss = model.decoder.stages[-1][0]
+    ss2d = lss.hss[0].self_attention
+
+    def layers(seq):
+        names = []
+        for block in seq if isinstance(seq[0], nn.Sequential) else [seq]:
+            conv = block[0]
+            kind = "DWConv" if conv.groups > 1 else "Conv"
+            names.append(f"{kind}{conv.kernel_size[0]}x{conv.kernel_size[1]}+{type(block[1]).__name__}+"
+                         f"{type(block[2]).__name__}")
+        return names
+
+    return {"size": size, "backbone": model.config.backbone,
+            "encoder": [tuple(f.shape[1:]) for f in out["features"]], "bottleneck": tuple(out["bottleneck"].shape[1:]),
+            "reconstructions": [tuple(r.shape[1:]) for r in out["reconstructions"]], "stages": stages,
+            "lss": {"dim": lss.fuse.out_channels, "fuse_in": lss.fuse.in_channels, "residual": lss.residual,
+                    "branches": [layers(b) for b in lss.local], "kernels": list(model.config.kernel_sizes)},
+            "hss": {"dim": ss2d.in_proj.in_features, "d_inner": ss2d.d_inner, "d_state": ss2d.d_state,
+                    "dt_rank": ss2d.dt_rank, "directions": ss2d.count, "scan": ss2d.scan,
+                    "d_conv": ss2d.conv2d.kernel_size[0], "ln_eps": lss.hss[0].ln_1.eps,
+                    "drop_path": [round(blk.drop_path.p, 3) for st in model.decoder.stages for l in st for blk in l.hss]},
+            "sigma": model.config.smoothing_sigma, "score": model.config.score_rule,
+            "loss_weight": model.config.loss_weight}
+
+
+def figure2(structure: dict):
+    """Fig. 2 redrawn from ``mambaad_structure``: (a) the framework, (b) an LSS module, (c) an HSS block,
+    (d) ConvB."""
+    from adlib import plots
+
+    plt = plots._pyplot()
+    s = structure
+    fig = plt.figure(figsize=(13, 7.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.25, 1], width_ratios=[1.3, 1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    _blank(ax, f"(a) MambaAD framework ({s['backbone']}, {s['size']} px; shapes C x H x W from a forward pass)")
+    n = len(s["encoder"])
+    for i, shape in enumerate(s["encoder"]):  # encoder taps, shallow (top) to deep
+        y = 0.78 - i * 0.22
+        _box(ax, 0.01, y, 0.16, 0.14, f"encoder tap {i + 1} (frozen)\n{'x'.join(map(str, shape))}", _FROZEN)
+        _arrow(ax, (0.17, y + 0.07), (0.25, 0.45))
+    _box(ax, 0.25, 0.36, 0.12, 0.18, f"H-FPN\n(HalfFPN)\n{'x'.join(map(str, s['bottleneck']))}", _LOCAL)
+    x = 0.40
+    for st in s["stages"]:
+        lss = " + ".join(f"LSS({k} HSS)" for k in st["hss"])
+        head = "" if st["index"] == 0 else f"{st['upsample']}\n"
+        _box(ax, x, 0.36, 0.125, 0.18, f"stage {st['index']}\n{head}{lss}\n{st['channels']}x{st['map']}x{st['map']}",
+             _BOTH, size=6.5)
+        _arrow(ax, (x - 0.03, 0.45), (x, 0.45))
+        x += 0.145
+    for j, shape in enumerate(s["reconstructions"]):  # decoder stage j+1 reconstructs tap j+1 (stride 4 first)
+        sx = 0.40 + 0.145 * (3 - j) + 0.06
+        ty = 0.78 - j * 0.22 + 0.07
+        _arrow(ax, (sx, 0.54), (sx, 0.64 + 0.02 * j), color="#a61c00", ls="--")
+        ax.text(sx + 0.005, 0.60 + 0.02 * j, f"1 - cos vs tap {j + 1}", fontsize=6, color="#a61c00")
+    ax.text(0.40, 0.12, f"anomaly map = sum over the {n} scales of (1 - cos), upsampled to {s['size']} px, "
+                        f"Gaussian sigma {s['sigma']:g}; image score = {s['score']} of the map.  Training loss: "
+                        f"{s['loss_weight']:g} x sum of per-scale MSE.", fontsize=7)
+    ax.text(0.40, 0.04, "drop path over the HSS blocks (stage 0 first): "
+            + ", ".join(f"{p:.2f}" for p in s["hss"]["drop_path"]), fontsize=6.5, color="0.3")
+
+    ax = fig.add_subplot(grid[1, 0])
+    l = s["lss"]
+    _blank(ax, f"(b) LSS module (last stage: C = {l['dim']})")
+    _box(ax, 0.02, 0.42, 0.12, 0.16, "X_i", _FROZEN)
+    _box(ax, 0.18, 0.74, 0.38, 0.16, "HSS x M_i (cascaded)", _BOTH)
+    for i, (k, branch) in enumerate(zip(l["kernels"], l["branches"])):
+        y = 0.50 - i * 0.24
+        _box(ax, 0.18, y, 0.38, 0.16, "\n".join(b.split("+")[0] for b in branch), _LOCAL, size=6)
+        _arrow(ax, (0.14, 0.5), (0.18, y + 0.08))
+        _arrow(ax, (0.56, y + 0.08), (0.60, 0.5))
+    _arrow(ax, (0.14, 0.5), (0.18, 0.82))
+    _arrow(ax, (0.56, 0.82), (0.60, 0.5))
+    _box(ax, 0.60, 0.40, 0.18, 0.20, f"Concat\nConv1x1\n{l['fuse_in']} -> {l['dim']}", _LOCAL, size=6.5)
+    _box(ax, 0.84, 0.42, 0.14, 0.16, "+ X_i -> X_o" if l["residual"] else "X_o (no residual)", _FROZEN, size=6.5)
+    _arrow(ax, (0.78, 0.5), (0.84, 0.5))
+
+    ax = fig.add_subplot(grid[1, 1])
+    h = s["hss"]
+    _blank(ax, f"(c) HSS block (C = {h['dim']}, d_inner = {h['d_inner']})")
+    steps = [f"LN (eps {h['ln_eps']:g})", f"Linear {h['dim']} -> 2x{h['d_inner']}: x, z",
+             f"DWConv{h['d_conv']}x{h['d_conv']} + SiLU (x)",
+             f"HS encoder: {h['directions']} {h['scan']} orders",
+             f"selective scan: {h['directions']}x{h['d_inner']} ch.,\nN = {h['d_state']}, dt rank {h['dt_rank']}",
+             f"HS decoder: inverse orders, sum", f"LN x SiLU(z), Linear -> {h['dim']}", "+ input (DropPath)"]
+    for i, text in enumerate(steps):
+        y = 0.90 - i * 0.118
+        _box(ax, 0.12, y - 0.036, 0.76, 0.072, text, _BOTH if 3 <= i <= 5 else _LOCAL, size=6.5)
+        if i:
+            _arrow(ax, (0.5, y + 0.082), (0.5, y + 0.036))
+
+    ax = fig.add_subplot(grid[1, 2])
+    _blank(ax, "(d) ConvB (the local branches' unit)")
+    parts = l["branches"][0][0].split("+") if l["branches"] else []
+    for i, part in enumerate(parts):
+        _box(ax, 0.2, 0.72 - i * 0.22, 0.6, 0.14, part if i else "Conv2d (1x1, or depthwise k x k)", _LOCAL)
+        if i:
+            _arrow(ax, (0.5, 0.72 - (i - 1) * 0.22), (0.5, 0.86 - i * 0.22))
+    ax.text(0.05, 0.05, "branches: " + "; ".join(f"k = {k}: " + " -> ".join(b) for k, b in zip(l["kernels"], l["branches"])),
+            fontsize=5.5, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def peer_structures(models: dict, size: int) -> dict:
+    """What Fig. 1 draws, read from built models (``{"RD4AD": ..., "UniAD": ..., "MambaAD": ...}``): per method
+    the maps its decoder works on (side, tokens), the operator there, and the global operator's pair or state
+    count at ``size`` px."""
+    import torch
+    from torch import nn
+
+    out = {}
+    rd = models.get("RD4AD")
+    if rd is not None:
+        kernels = sorted({m.kernel_size[0] for st in rd.decoder.stages for m in st.modules() if isinstance(m, nn.Conv2d)})
+        out["RD4AD"] = {"maps": [(h, len(st)) for (h, _), st in zip(rd.grids[::-1], rd.decoder.stages)],
+                        "operator": f"residual conv blocks (k = {', '.join(map(str, kernels))}): local",
+                        "global": "none (receptive field grows with depth only)"}
+    uni = models.get("UniAD")
+    if uni is not None:
+        h, w = uni.grid
+        out["UniAD"] = {"maps": [(h, len(uni.encoder) + len(uni.decoder))],
+                        "operator": f"{len(uni.encoder)} + {len(uni.decoder)} attention layers on the stride-"
+                                    f"{uni.config.feature_stride} map only: global",
+                        "global": f"attention: L^2 = {(h * w) ** 2:,} pairs per layer (L = {h * w})"}
+    mam = models.get("MambaAD")
+    if mam is not None:
+        with torch.no_grad():
+            grid = mam.bottleneck(mam.extract(torch.rand(1, 3, size, size))).shape[-1]
+        ss2d = mam.decoder.stages[-1][0].hss[0].self_attention
+        finest = (grid * 2 ** (len(mam.decoder.stages) - 1)) ** 2
+        out["MambaAD"] = {"maps": [(grid * 2 ** i, sum(len(l.hss) for l in st)) for i, st in enumerate(mam.decoder.stages)],
+                          "operator": f"LSS: HSS ({ss2d.count} scan directions) + DWConv k = "
+                                      f"{', '.join(map(str, mam.config.kernel_sizes))}: global + local",
+                          "global": f"selective scan: K x L = {ss2d.count} x {finest:,} steps on the finest map: "
+                                    f"linear in L"}
+    return out
+
+
+def figure1(structures: dict, timing: pd.DataFrame | None = None, size: int = 256):
+    """Fig. 1 redrawn: one panel per method (``peer_structures``: the maps each decoder works on, coloured by
+    operator: local conv, global attention, global SSM + local conv), and, when ``timing`` is given
+    (``decoder_timing`` rows), the measured time against tokens of MambaAD's decoder and of self-attention."""
+    from adlib import plots
+
+    plt = plots._pyplot()
+    panels = [m for m in ("RD4AD", "UniAD", "MambaAD") if m in structures]
+    fig, axes = plt.subplots(1, len(panels) + (timing is not None), figsize=(4 * len(panels) + 4 * (timing is not None), 3.8))
+    colors = {"RD4AD": _LOCAL, "UniAD": _GLOBAL, "MambaAD": _BOTH}
+    letters = "abcd"
+    for i, (ax, method) in enumerate(zip(axes, panels)):
+        s = structures[method]
+        _blank(ax, f"({letters[i]}) {method}")
+        sides = [side for side, _ in s["maps"]]
+        for side in sorted({size // 4, size // 8, size // 16, size // 32} | set(sides), reverse=True):
+            if side < size // 32:
+                continue
+            y = 0.80 - 0.18 * int(round(__import__("math").log2(size // 4 / side)))
+            used = [blocks for sd, blocks in s["maps"] if sd == side]
+            text = f"{side} x {side} map, {side * side:,} tokens" + (f"\n{used[0]} blocks" if used else "\nnot decoded")
+            _box(ax, 0.08, y, 0.84, 0.13, text, colors[method] if used else "white", size=6.5)
+        ax.text(0.02, 0.06, s["operator"] + "\n" + s["global"], fontsize=6, wrap=True)
+    if timing is not None:
+        ax = axes[-1]
+        rows = timing[timing["metric"].isin(["seconds", "tokens"])].pivot_table(
+            index=["method", "seed", "setting"], columns="metric", values="value").reset_index()
+        for method, part in rows.groupby("method"):
+            mean = part.groupby("tokens")["seconds"].mean()
+            ax.loglog(mean.index, mean.values, "o-", label=method if method != "attention" else "self-attention")
+        exps = timing[timing["metric"] == "exponent"].groupby("method")["value"].mean()
+        ax.set_title(f"({letters[len(panels)]}) measured: time ~ tokens^p\n"
+                     + ", ".join(f"{m} p = {v:.2f}" for m, v in exps.items()), fontsize=9, loc="left")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("CPU s per forward (one thread)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig
