@@ -362,3 +362,106 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA"},
 )
+
+
+# ------------------------------------------------------------------------------------- Table IV (properties)
+
+# Table IV's columns, as the notebook shows them (repro_spec §1.7); the paper prints ticks, no numbers.
+PROPERTY_COLUMNS = {
+    "pyramidal_encoder": "pyramidal encoder", "heavy_fuser": "heavy fuser", "pyramidal_decoder": "pyramidal decoder",
+    "multi_resolution_features": "multi-resolution features", "image_feature_augmentation": "image/feature augmentation",
+    "category_aug": "augmentation-based", "category_emb": "embedding-based", "category_rec": "reconstruction-based",
+}
+# "Heavy": the trainable module between encoder and decoder holds more than this share of the trained parameters
+# (our definition; the paper gives none). ViTAD's Linear is under 1 %, RD's OCBE about half.
+HEAVY_FUSER_SHARE = 0.1
+
+
+def _count(module) -> int:
+    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+
+
+def _grids(tensors) -> set[tuple[int, ...]]:
+    """The spatial grids of a list of (B, C, h, w) maps or (B, L, C) token tensors."""
+    return {tuple(t.shape[-2:]) if t.dim() == 4 else (int(t.shape[1]),) for t in tensors}
+
+
+def _decoder_outputs(name: str, model, features):
+    """What each method's decoder gives from the encoder features (a registry, one probe per compared method)."""
+    probes = {
+        "vitad": lambda: model.forward_features(features)["reconstructions"],
+        "rd4ad": lambda: model.forward_features(features),
+        "uniad": lambda: [model.reconstruct(model.targets(features))],
+        "patchcore": lambda: [],  # no decoder: a memory bank of patch embeddings
+    }
+    return probes[name]()
+
+
+def _fuser_and_decoder(name: str, model) -> tuple[int, int]:
+    """Trainable parameters of the module between encoder and decoder (the fuser) and of the decoder."""
+    parts = {
+        "vitad": lambda: (_count(model.fuser), _count(model.decoder) + _count(model.readouts)),
+        "rd4ad": lambda: (_count(model.ocbe), _count(model.decoder)),
+        # UniAD's neck (resize and concatenate the taps) has no parameters; its input projection is one Linear.
+        "uniad": lambda: (_count(model.input_proj), sum(_count(m) for n, m in model.named_children()
+                                                         if n not in ("tokenizer", "input_proj"))),
+        "patchcore": lambda: (0, 0),
+    }
+    return parts[name]()
+
+
+def _augments(config) -> bool:
+    """Image or feature augmentation in training: ViTAD's ``augmentation``, UniAD's feature jitter."""
+    return getattr(config, "augmentation", "none") != "none" or (
+        getattr(config, "jitter_scale", 0) > 0 and getattr(config, "jitter_prob", 0) > 0)
+
+
+def property_rows(setting, methods=("vitad", "rd4ad", "uniad", "patchcore"), image_size: int = 128):
+    """Table IV derived from each method's *paper* architecture (its paper recipe, built with random weights at
+    ``image_size``: the structure does not depend on the weights or the size), as long-format model rows (1 yes,
+    0 no). How each cell is derived is in ``PROPERTY_RULES``; the methods the paper lists but adlib does not have
+    (DRAEM, DeSTSeg, SimpleNet) have the paper's cells only."""
+    import pandas as pd
+    import torch
+
+    from adlib.models import create_model
+
+    rows = []
+    for name in methods:
+        recipe = setting.paper.recipes.get((name, "paper"))
+        config = {**(recipe.model if recipe else {}), "pretrained": False, "image_size": image_size}
+        torch.manual_seed(0)
+        model = create_model(name, **config).eval()
+        encoder = model.tokenizer
+        with torch.no_grad():
+            features = model.extract(torch.zeros(1, 3, image_size, image_size))
+            decoded = _decoder_outputs(name, model, features)
+        fuser, decoder = _fuser_and_decoder(name, model)
+        cells = {
+            "pyramidal_encoder": encoder.kind == "cnn" and len(set(encoder.strides)) > 1,
+            "heavy_fuser": fuser > HEAVY_FUSER_SHARE * max(fuser + decoder, 1),
+            "pyramidal_decoder": len(_grids(decoded)) > 1,
+            "multi_resolution_features": len(set(encoder.strides)) > 1,
+            "image_feature_augmentation": _augments(model.config),
+            "category_aug": _augments(model.config),
+            "category_emb": not model.trainable,
+            "category_rec": model.trainable,
+        }
+        base = {"dataset": "", "method": setting.paper.methods.get(name, name), "setting": "default",
+                "level": "model", "backbone": config.get("backbone", ""), "data": "architecture only (random weights)",
+                "seed": setting.seed, "protocol": "", "class_setting": "", "image_size": image_size, "scope": "mean"}
+        rows += [{**base, "metric": metric, "value": float(value), "note": PROPERTY_RULES[metric]}
+                 for metric, value in cells.items()]
+    return pd.DataFrame(rows)
+
+
+PROPERTY_RULES = {
+    "pyramidal_encoder": "encoder is a CNN whose taps have more than one stride",
+    "heavy_fuser": f"fuser holds more than {HEAVY_FUSER_SHARE:.0%} of the trained parameters",
+    "pyramidal_decoder": "decoder outputs on more than one grid",
+    "multi_resolution_features": "encoder taps at more than one stride",
+    "image_feature_augmentation": "training augments images or features (config)",
+    "category_aug": "training augments images or features (config)",
+    "category_emb": "no gradient training (memory bank)",
+    "category_rec": "trained to reconstruct the encoder's features",
+}
