@@ -50,7 +50,9 @@ def test_every_appendix_table_is_mapped_and_valid(setting, runs):
     for name, df in tables.items():
         results.check_table(df, name)  # writable as a reproduced table
         folder, level = mambaad.APPENDIX[name]
-        assert set(df.level) == {level} and set(df.protocol) == {"ader", "exact"}
+        assert set(df.level) == {level}
+        # both protocols where ours exist; a table of the paper's numbers only is set out under the paper's
+        assert set(df.protocol) == ({"ader", "exact"} if folder == "mvtec_ad" else {"ader"})
         assert "pooled" not in set(df.scope)
 
 

@@ -536,7 +536,8 @@ def appendix_tables(setting, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
     """Tables A1-A12 (long rows, ready for ``setting.write_table``) from the main table's runs ``runs`` (rows of
     ``study.run_grid``, every scope): per table, our category and dataset-mean rows of its dataset at its level
     (both protocols), plus, for every printed row (category or mean) of a method we implement that has no row
-    of ours, NaN rows whose ``note`` says why. Methods the paper prints but adlib does not implement get no rows:
+    of ours, NaN rows whose ``note`` says why (under the protocols of the table's own values; with none, the
+    paper's only). Methods the paper prints but adlib does not implement get no rows:
     the report and ``study.paper_vs_ours`` show their printed cells as they are."""
     import pandas as pd
 
@@ -560,6 +561,9 @@ def appendix_tables(setting, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
         ours = runs[mine & (runs["level"] == level) & runs["metric"].isin(metrics)]
         ran = [d for d in dict.fromkeys(valued["dataset"].astype(str)) if d.startswith(dataset + "/")]
         fill = [m for m in dict.fromkeys(runs["method"]) if m in set(paper["method"]) and m in keys]
+        # the empty rows carry the protocols our rows of this table have; with none, only the paper's
+        present = [p for p in protocols if (ours.loc[ours["value"].notna(), "protocol"].astype(str) == p).any()]
+        present = present or [setting.protocol]
         count = sum("/" in d for d in dict.fromkeys(paper["dataset"]))
         rows = []
         for printed in dict.fromkeys(paper["dataset"]):
@@ -576,7 +580,7 @@ def appendix_tables(setting, runs: pd.DataFrame) -> dict[str, pd.DataFrame]:
                           "seed": setting.seed, "protocol": p, "class_setting": setting.class_setting,
                           "image_size": setting.image_size, "scope": "category" if "/" in printed else "mean",
                           "note": reason}
-                         for p in protocols for m in metrics]
+                         for p in present for m in metrics]
         out[name] = pd.concat([ours, pd.DataFrame(rows, columns=ours.columns)], ignore_index=True) if rows \
             else ours.reset_index(drop=True)
     return out
