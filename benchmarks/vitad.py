@@ -6,6 +6,7 @@ the smoke targets.
     python benchmarks/vitad.py arrangement     # how EfficientNet-Lite0 stages become ViTAD's columnar stages
     python benchmarks/vitad.py sizing          # the smoke decoder's width, depth and epochs against CPU time
     python benchmarks/vitad.py targets         # bottle one-class >= 95 pixel AUROC; multi-class vs PatchCore
+    python benchmarks/vitad.py bottle-recipes  # smoke-recipe changes against the bottle target (3 seeds, all images)
     python benchmarks/vitad.py all
 
 ``targets`` and ``arrangement`` read the real MVTec AD bottle from ``$ADLIB_DATA/mvtec_ad`` and the embedded
@@ -337,9 +338,57 @@ def targets(seeds=(0, 1, 2)) -> dict:
     return out
 
 
+# Smoke-recipe changes tried against the bottle target: (training-image cap, FitConfig overrides, model overrides).
+BOTTLE_RECIPES = {
+    "smoke recipe (3 epochs, batch 8)": (None, {}, {}),
+    "batch 4": (None, {"batch_size": 4}, {}),
+    "5 epochs": (None, {"epochs": 5}, {}),
+    "batch 4, 5 epochs": (None, {"batch_size": 4, "epochs": 5}, {}),
+    "batch 4, 10 epochs": (None, {"batch_size": 4, "epochs": 10}, {}),
+    "2 epochs": (None, {"epochs": 2}, {}),
+    "lr 1e-3": (None, {"lr": 1e-3}, {}),
+    "lr 2e-4": (None, {"lr": 2e-4}, {}),
+    "32 training images": (32, {}, {}),
+    "32 training images, batch 4": (32, {"batch_size": 4}, {}),
+    "stride-8 grid (16 x 16 tokens)": (None, {}, {"cnn_stride": 8}),
+    "restraint stages 2+3": (None, {}, {"restraint_stages": (2, 3), "decoder_divisions": (3, 3)}),
+    "CNN taps 0-3 (strides 2-16)": (None, {}, {"layers": (0, 1, 2, 3)}),
+    "decoder 192 wide, 3 heads": (None, {}, {"decoder_dim": 192, "decoder_heads": 3}),
+    "smoothing sigma 2": (None, {}, {"smoothing_sigma": 2.0}),
+    "smoothing sigma 8": (None, {}, {"smoothing_sigma": 8.0}),
+    "loss Cos_p": (None, {}, {"loss": "cos_pos"}),
+}
+
+
+def bottle_recipes(seeds=(0, 1, 2), only=None) -> dict:
+    """Each change of the smoke recipe on bottle one-class at the profile's size, all test images, exact protocol."""
+    from adlib import papers
+
+    smoke = papers.get("vitad").profile("smoke")
+    size = smoke.image_size
+    print(f"ViTAD bottle one-class, {size} px, all 83 test images, seeds {list(seeds)}; {SUBSTITUTION}")
+    out, data = {}, {}
+    for label, (cap, fit, model) in BOTTLE_RECIPES.items():
+        if only and label not in only:
+            continue
+        cap = cap or smoke.max_train
+        if cap not in data:
+            data[cap] = _bottle(size, cap)
+        train, test = data[cap]
+        runs = [_fit_eval("vitad", train, test, seed, fit_overrides=fit, image_size=size, **model) for seed in seeds]
+        px = [r["exact"]["pixel_auroc"] for r in runs]
+        out[label] = {"pixel_auroc": statistics.mean(px), "per_seed": px,
+                      "fit_alone_s": statistics.mean(r["fit_alone_s"] for r in runs)}
+        print(f"  {label:36s} pixel AUROC {out[label]['pixel_auroc']:5.1f} (seeds {', '.join(f'{v:.1f}' for v in px)})"
+              f"  fit {out[label]['fit_alone_s']:4.1f} s  target >= {BOTTLE_TARGET}: "
+              f"{'met' if out[label]['pixel_auroc'] >= BOTTLE_TARGET else 'not met'}", flush=True)
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("what", choices=["efficiency", "epoch-time", "arrangement", "sizing", "targets", "all"])
+    parser.add_argument("what", choices=["efficiency", "epoch-time", "arrangement", "sizing", "targets", "bottle-recipes",
+                                         "all"])
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
@@ -355,6 +404,8 @@ def main() -> None:
         out["sizing"] = sizing(tuple(args.seeds or (0,)))
     if args.what in ("targets", "all"):
         out["targets"] = targets(tuple(args.seeds or (0, 1, 2)))
+    if args.what == "bottle-recipes":
+        out["bottle_recipes"] = bottle_recipes(tuple(args.seeds or (0, 1, 2)))
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))
 

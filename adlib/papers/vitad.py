@@ -176,6 +176,12 @@ RECIPES = {
     # lr 5e-4 because a few dozen steps replace the paper's 45,000. Sized so that the ViTAD notebooks' 3-seed
     # claims fit the smoke budget (multi-class synthetic_multi at 128 px, 64 training images: mean pixel AUROC
     # 95.2 against 96.1 for width 192 / 5 epochs / 120 images at 256 px, at about a seventh of the CPU time).
+    # Bottle one-class (the issue's >= 95 pixel AUROC target) is NOT met at this size: 92.5 over seeds 0-2 on all
+    # 83 test images (benchmarks/vitad.py targets), and no cheap change lifts it beyond the seed noise (about +-1):
+    # batch 4 93.7, 5 epochs 93.5, batch 4 + 5 epochs 93.6, lr 1e-3 93.6, 32 training images 93.4, stride-8 grid
+    # 93.7, decoder 192 wide 93.7, restraint stages 2+3 93.5, smoothing sigma 8 93.2; more or fewer steps hurt
+    # (batch 4 + 10 epochs 89.5 on seed 0, 2 epochs 89.6, lr 2e-4 86.4), as do sigma 2 (92.1) and CNN taps 0-3
+    # (82.6) (benchmarks/vitad.py bottle-recipes). The earlier "about 95" was on a 24-image test subset.
     ("vitad", "smoke"): Recipe(
         model={"backbone": "efficientnet_lite0", "decoder_dim": 128, "decoder_heads": 2},
         fit=FitConfig(epochs=3, batch_size=8, lr=5e-4, weight_decay=1e-4, schedule="step", step_at=0.8,
@@ -183,7 +189,9 @@ RECIPES = {
         notes={"backbone": "offline ImageNet EfficientNet-Lite0 stages 1-4 resampled to the stride-16 grid "
                            "instead of DINO ViT-S/16 blocks 3/6/9/12 (no hub weights offline)",
                "decoder_dim": "128 wide, 2 heads instead of the encoder's 384 / 6 (CPU); a Linear read-out per stage",
-               "epochs": "3 instead of 100 (CPU)", "lr": "5e-4 instead of 1e-4: far fewer steps",
+               "epochs": "3 instead of 100 (CPU); bottle one-class pixel AUROC 92.5 (target 95 not met; more epochs, "
+                         "batch 4, 32 images or lr 1e-3 stay within 93.4-93.7)",
+               "lr": "5e-4 instead of 1e-4: far fewer steps",
                "image_size": "128 px instead of 256 (CPU budget)"},
     ),
     # The paper (Sec. 4.1) and ADer's configs/vitad/vitad_mvtec.py: AdamW lr 1e-4 (x batch / 8), wd 1e-4,
