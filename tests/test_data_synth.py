@@ -64,7 +64,7 @@ def test_every_defective_image_has_an_exact_nonempty_mask(generated: Path) -> No
     loco = AnomalyDataset(generated / "synthetic_loco", "tray", "test")
     assert {"logical", "structural"} <= set(loco.groups)
     multi_mask = [s for s in loco.samples if len(s.mask_paths) > 1]
-    assert multi_mask, "the swapped-parts anomaly has two mask files (one per moved part)"
+    assert multi_mask, "the unpaired anomaly has one mask file per square of the wrong colour pair"
     sample = multi_mask[0]
     item = loco[loco.samples.index(sample)]
     parts = [np.asarray(Image.open(p)) > 0 for p in sample.mask_paths]

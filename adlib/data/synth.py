@@ -27,7 +27,8 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageDraw
 
-GENERATOR_VERSION = 4  # 4: synthetic_loco with global logical anomalies, a validation split of 10
+GENERATOR_VERSION = 5  # 5: synthetic_loco rules tie parts in different places (counts, colour pairs, one
+# direction), so no compartment alone shows a logical anomaly; anomaly_kinds.json per category
 STAMP_NAME = "STAMP.json"
 DATASETS = ("synthetic_ad", "synthetic_hr", "synthetic_multi", "synthetic_loco")
 
@@ -404,13 +405,17 @@ def _footprint(item: Item, size: int, grow: float = 1.0) -> np.ndarray:
     return _item_sdf(item, yy, xx) < grow
 
 
-ORANGE, BLUE, GREEN = (0.95, 0.55, 0.12), (0.2, 0.35, 0.8), (0.2, 0.62, 0.3)
+ORANGE, YELLOW, BLUE, GREEN = (0.95, 0.55, 0.12), (0.93, 0.82, 0.2), (0.2, 0.35, 0.8), (0.2, 0.62, 0.3)
 SILVER, GOLD = (0.78, 0.78, 0.8), (0.88, 0.68, 0.22)
-# Parts lie anywhere in their compartment (no fixed slots), so a local neighbourhood of an image with a part
-# too many or too few also occurs in normal images: only the count over the whole compartment is wrong.
+# Every rule below ties parts that lie apart: a local neighbourhood of a logical anomaly (a compartment with
+# two parts, with three, a green square, a pin at some angle) also occurs in normal images, and only the
+# comparison with another part of the image shows what is wrong. Parts lie anywhere in their compartment (no
+# fixed slots), so an empty or a crowded stretch of a compartment is normal too.
 TRAY_LEFT, TRAY_RIGHT = (0.06, 0.06, 0.94, 0.5), (0.06, 0.52, 0.94, 0.96)  # (y0, x0, y1, x1) inside the walls
 DISC, SQUARE = 0.075, 0.065  # radius, half side (fractions of the image side)
 REACH = 0.085  # the farthest a part reaches from its centre (a square rotated by 15 degrees), plus a margin
+TRAY_COUNTS = (2, 3)  # parts per compartment in a normal tray: the same number on both sides
+TRAY_PAIRS = ((ORANGE, BLUE), (YELLOW, GREEN))  # (disc colour, square colour) of a normal tray
 
 
 def _free_spot(rng, size, box, taken, reach=REACH, gap=0.03) -> tuple[float, float]:
@@ -423,22 +428,23 @@ def _free_spot(rng, size, box, taken, reach=REACH, gap=0.03) -> tuple[float, flo
     raise RuntimeError("no free spot for a part (the compartment is full)")
 
 
-def _tray_part(rng, size, shape, box, items) -> Item:
+def _tray_part(rng, size, shape, box, items, colour) -> Item:
     cy, cx = _free_spot(rng, size, box, [(i.cy, i.cx) for i in items])
     if shape == "disc":
-        return Item("disc", cy, cx, DISC * size, 0.0, ORANGE)
-    return Item("square", cy, cx, SQUARE * size, np.deg2rad(rng.uniform(-15, 15)), BLUE)
+        return Item("disc", cy, cx, DISC * size, 0.0, colour)
+    return Item("square", cy, cx, SQUARE * size, np.deg2rad(rng.uniform(-15, 15)), colour)
 
 
-def _tray_items(rng, size):
-    """Three orange discs anywhere on the left; two squares of one colour (blue or green, per image) on the right."""
+def _tray_items(rng, size, count=None, pair=None):
+    """``count`` discs anywhere on the left and as many squares on the right (2 or 3, per image), in one of the
+    two colour pairs (orange discs with blue squares, yellow discs with green squares)."""
+    count = int(rng.choice(TRAY_COUNTS)) if count is None else count
+    discs, squares = TRAY_PAIRS[int(rng.integers(2))] if pair is None else pair
     items: list[Item] = []
-    for _ in range(3):
-        items.append(_tray_part(rng, size, "disc", TRAY_LEFT, items))
-    colour = BLUE if rng.random() < 0.5 else GREEN
-    for _ in range(2):
-        items.append(_tray_part(rng, size, "square", TRAY_RIGHT, items))
-        items[-1].colour = colour
+    for _ in range(count):
+        items.append(_tray_part(rng, size, "disc", TRAY_LEFT, items, discs))
+    for _ in range(count):
+        items.append(_tray_part(rng, size, "square", TRAY_RIGHT, items, squares))
     return items
 
 
@@ -448,33 +454,38 @@ def _tray_scene(rng, size, items):
 
 
 def _tray_logical(rng, size, kind):
-    """A normal tray made wrong as a whole; returns the items and the masks of what is wrong."""
-    items = _tray_items(rng, size)
-    discs, squares = items[:3], items[3:]
-    if kind == "missing":  # a disc or a square fewer; the mask is where it lay
+    """A normal tray made wrong as a whole; returns the items and the masks of what is wrong.
+
+    Each side on its own is a normal side (two or three parts of a normal colour); the two sides disagree."""
+    if kind == "missing":  # three parts a side, one taken away: three on one side, two on the other
+        items = _tray_items(rng, size, count=3)
         gone = items[int(rng.integers(len(items)))]
         items.remove(gone)
         return items, [_footprint(gone, size, grow=0.02 * size)]
-    if kind == "extra":  # a fourth disc or a third square, each a normal part
-        if rng.random() < 0.5:
-            extra = _tray_part(rng, size, "disc", TRAY_LEFT, items)
-        else:
-            extra = _tray_part(rng, size, "square", TRAY_RIGHT, items)
-            extra.colour = squares[0].colour
+    if kind == "extra":  # two parts a side and one more on one side
+        items = _tray_items(rng, size, count=2)
+        discs, squares = items[0].colour, items[-1].colour
+        extra = (_tray_part(rng, size, "disc", TRAY_LEFT, items, discs) if rng.random() < 0.5 else
+                 _tray_part(rng, size, "square", TRAY_RIGHT, items, squares))
         return items + [extra], [_footprint(extra, size)]
-    if kind == "swapped":  # a disc and a square trade places (and compartments)
-        disc, square = discs[int(rng.integers(3))], squares[int(rng.integers(2))]
-        (disc.cy, disc.cx), (square.cy, square.cx) = (square.cy, square.cx), (disc.cy, disc.cx)
-        return items, [_footprint(disc, size), _footprint(square, size)]
-    if kind == "mixed":  # one blue and one green square: each colour is normal, the pair is not
+    if kind == "mixed":  # one square of the other pair's colour: both colours are normal, a mix is not
+        items = _tray_items(rng, size)
+        squares = [i for i in items if i.shape == "square"]
+        odd = squares[int(rng.integers(len(squares)))]
+        odd.colour = GREEN if odd.colour == BLUE else BLUE
+        return items, [_footprint(odd, size)]
+    if kind == "unpaired":  # the discs of one pair with the squares of the other
         k = int(rng.integers(2))
-        squares[k].colour = GREEN if squares[k].colour == BLUE else BLUE
-        return items, [_footprint(squares[k], size)]
+        items = _tray_items(rng, size, pair=(TRAY_PAIRS[k][0], TRAY_PAIRS[1 - k][1]))
+        return items, [_footprint(i, size) for i in items if i.shape == "square"]
     raise ValueError(f"tray: unknown logical anomaly {kind!r}")
 
 
 PIN_ROWS, PIN_COLS = ((0.03, 0.49), (0.51, 0.97)), ((0.03, 0.33), (0.35, 0.65), (0.67, 0.97))
 PIN = 0.065  # half the rod length (fractions of the image side)
+PIN_COUNTS = (1, 2)  # pins per compartment in a normal box: the same number in all six
+PIN_JITTER = 10.0  # degrees: the pins of a normal box point the same way, give or take this
+PIN_TURN = (60.0, 120.0)  # degrees: how far the odd pin of a "turned" box is turned
 
 
 def _pin_cells():
@@ -482,16 +493,31 @@ def _pin_cells():
     return [(y0, x0, y1, x1) for y0, y1 in PIN_ROWS for x0, x1 in PIN_COLS]
 
 
-def _pin(rng, size, cell, colour, taken=()) -> Item:
-    """A pin anywhere in ``cell`` (its whole length inside), at a random angle, apart from ``taken`` pins."""
-    cy, cx = _free_spot(rng, size, cell, [(p.cy, p.cx) for p in taken], reach=1.35 * PIN, gap=-1.0 * PIN)
-    return Item("pin", cy, cx, PIN * size, rng.uniform(0, 2 * np.pi), colour)
+def _slots(cell, count):
+    """``cell`` cut into ``count`` equal stretches from top to bottom: one pin lies in each (so two pins never
+    touch, whichever way they point)."""
+    y0, x0, y1, x1 = cell
+    step = (y1 - y0) / count
+    return [(y0 + k * step, x0, y0 + (k + 1) * step, x1) for k in range(count)]
 
 
-def _pins_items(rng, size):
-    """One pin in each of six compartments, all of one colour (silver or gold, per image)."""
+def _pin(rng, size, slot, colour, angle) -> Item:
+    """A pin anywhere in ``slot`` (its whole length inside) pointing at ``angle``, give or take the jitter."""
+    cy, cx = _free_spot(rng, size, slot, [], reach=1.35 * PIN)
+    return Item("pin", cy, cx, PIN * size, angle + np.deg2rad(rng.uniform(-PIN_JITTER, PIN_JITTER)), colour)
+
+
+def _pins_items(rng, size, count=None, cells=None):
+    """``count`` pins (1 or 2, per image) in each of six compartments, all of one colour (silver or gold, per
+    image) and pointing one way (per image); ``cells`` gives another count to some compartments."""
+    count = int(rng.choice(PIN_COUNTS)) if count is None else count
     colour = SILVER if rng.random() < 0.5 else GOLD
-    return [_pin(rng, size, cell, colour) for cell in _pin_cells()]
+    angle = rng.uniform(0, 2 * np.pi)
+    items: list[Item] = []
+    for k, cell in enumerate(_pin_cells()):
+        n = (cells or {}).get(k, count)
+        items += [_pin(rng, size, slot, colour, angle) for slot in _slots(cell, n)]
+    return items
 
 
 def _pins_scene(rng, size, items):
@@ -499,30 +525,24 @@ def _pins_scene(rng, size, items):
     return _render_scene(rng, size, 0.3, items, walls)
 
 
-def _cell_mask(size, k):
-    y0, x0, y1, x1 = _pin_cells()[k]
-    yy, xx = _grid(size)
-    return (yy >= y0 * size) & (yy < y1 * size) & (xx >= x0 * size) & (xx < x1 * size)
-
-
 def _pins_logical(rng, size, kind):
+    """A normal box made wrong as a whole: each compartment on its own is a normal compartment."""
+    k = int(rng.integers(6))
+    if kind == "missing":  # two pins a compartment, one compartment with one
+        items = _pins_items(rng, size, count=2)
+        gone = items.pop(2 * k + int(rng.integers(2)))
+        return items, [_footprint(gone, size, grow=0.02 * size)]
+    if kind == "extra":  # one pin a compartment, one compartment with two (the mask: the lower of the two)
+        items = _pins_items(rng, size, count=1, cells={k: 2})
+        return items, [_footprint(items[k + 1], size)]
     items = _pins_items(rng, size)
-    k = int(rng.integers(len(items)))
-    cells = _pin_cells()
-    if kind == "missing":  # an empty compartment
-        items.pop(k)
-        return items, [_cell_mask(size, k)]
-    if kind == "double":  # two normal pins in one compartment
-        extra = _pin(rng, size, cells[k], items[k].colour, taken=[items[k]])
-        return items + [extra], [_footprint(extra, size)]
-    if kind == "moved":  # a pin taken from one compartment into its neighbour: one empty, one with two
-        r, c = divmod(k, 3)
-        target = r * 3 + (c + 1 if c < 2 else c - 1)
-        items[k] = _pin(rng, size, cells[target], items[k].colour, taken=[items[target]])
-        return items, [_cell_mask(size, k), _footprint(items[k], size)]
+    odd = items[int(rng.integers(len(items)))]
     if kind == "mixed":  # one pin of the other colour: both colours are normal, a mix is not
-        items[k].colour = GOLD if items[k].colour == SILVER else SILVER
-        return items, [_footprint(items[k], size)]
+        odd.colour = GOLD if odd.colour == SILVER else SILVER
+        return items, [_footprint(odd, size)]
+    if kind == "turned":  # one pin pointing another way: every direction is normal, a disagreement is not
+        odd.angle += np.deg2rad(rng.uniform(*PIN_TURN)) * (1 if rng.random() < 0.5 else -1)
+        return items, [_footprint(odd, size)]
     raise ValueError(f"pins: unknown logical anomaly {kind!r}")
 
 
@@ -535,8 +555,8 @@ class LocoCategory:
 
 
 LOCO_CATEGORIES = {
-    "tray": LocoCategory(_tray_items, _tray_scene, _tray_logical, ("missing", "extra", "swapped", "mixed")),
-    "pins": LocoCategory(_pins_items, _pins_scene, _pins_logical, ("missing", "double", "moved", "mixed")),
+    "tray": LocoCategory(_tray_items, _tray_scene, _tray_logical, ("missing", "extra", "mixed", "unpaired")),
+    "pins": LocoCategory(_pins_items, _pins_scene, _pins_logical, ("missing", "extra", "mixed", "turned")),
 }
 # DEFECTS: a bite out of a part, a stain at a part, a scratch or crack anywhere on the tray
 LOCO_STRUCTURAL = ("scratch", "spot", "missing", "crack")
@@ -560,7 +580,12 @@ def _structural(spec: LocoCategory, rng, size, defect):
     return img, _apply_defect(defect, rng, img, allowed, LOCO_DEFECT_SCALE, bare)
 
 
+KINDS_FILE = "anomaly_kinds.json"  # per category: test image (relative to test/) -> the kind of anomaly it shows
+
+
 def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, size: int) -> None:
+    """One category in the MVTec LOCO layout, plus ``anomaly_kinds.json`` naming each anomalous test image's kind
+    (which rule a logical anomaly breaks, which defect a structural one has) for per-kind evaluations."""
     cat = out / name
     for split, folder, count in (("train", cat / "train" / "good", LOCO_COUNTS["train"]),
                                  ("validation", cat / "validation" / "good", LOCO_COUNTS["validation"]),
@@ -568,6 +593,7 @@ def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, siz
         for i in range(count):
             rng = _rng(seed, "synthetic_loco", name, split, i)
             _save_png(spec.scene(rng, size, spec.items(rng, size)), folder / f"{i:03d}.png")
+    kinds = {}
     index = 0
     for kind in spec.logical_kinds:
         for _ in range(LOCO_COUNTS["per_logical"]):
@@ -576,6 +602,7 @@ def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, siz
             _save_png(spec.scene(rng, size, items), cat / "test" / "logical_anomalies" / f"{index:03d}.png")
             for m, mask in enumerate(masks):
                 _save_png(mask, cat / "ground_truth" / "logical_anomalies" / f"{index:03d}" / f"{m:03d}.png")
+            kinds[f"logical_anomalies/{index:03d}.png"] = kind
             index += 1
     index = 0
     for defect in LOCO_STRUCTURAL:
@@ -584,7 +611,9 @@ def write_loco_category(out: Path, name: str, spec: LocoCategory, seed: int, siz
             img, mask = _structural(spec, rng, size, defect)
             _save_png(img, cat / "test" / "structural_anomalies" / f"{index:03d}.png")
             _save_png(mask, cat / "ground_truth" / "structural_anomalies" / f"{index:03d}" / "000.png")
+            kinds[f"structural_anomalies/{index:03d}.png"] = defect
             index += 1
+    (cat / KINDS_FILE).write_text(json.dumps(kinds, indent=1, sort_keys=True) + "\n")
 
 
 # ------------------------------------------------------------------------------------------ entry points
@@ -679,13 +708,15 @@ def synthetic_root(seed: int = 0, size: int = 256, hr_size: int | None = None) -
     try:
         generate(tmp, config.seed, config.size, config.hr_size, config.datasets)
         os.chmod(tmp, 0o755)  # mkdtemp made it private
+        stale = None
         if target.exists():
             if _stamp_matches(target, config):  # another process finished first
                 return target
             stale = parent / f".{target.name}.stale-{os.getpid()}-{time.time_ns()}"
             os.replace(target, stale)
+        os.replace(tmp, target)  # right after moving the old one away: readers miss the folder only briefly
+        if stale is not None:
             shutil.rmtree(stale, ignore_errors=True)
-        os.replace(tmp, target)
     except OSError:
         if _stamp_matches(target, config):
             return target
