@@ -203,7 +203,10 @@ def _run_categories(run: Any) -> list[str]:
     return [run.sources[0].category] * len(evaluation.scores)
 
 
-def runs_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
+CHANCE = "Chance (constant score)"
+
+
+def runs_table(runs: Mapping[Any, Any], scores: Any = None, chance: bool = False) -> "pd.DataFrame":
     """LOCO rows (the layout of ``LocoSummary.rows``, percent) from fitted study runs (``adlib.study.run_grid(...,
     keep=runs)`` or ``run_one``), with the study's run columns (backbone, data, seed, protocol, class_setting,
     image_size, scope, note), so that ``adlib.study.claims`` and ``paper_vs_ours`` read them.
@@ -213,15 +216,23 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
     ``dataset`` the dataset's name), where the (SA + LA) / 2 mean is written both as ``auroc_overall`` (Tabs. 2
     and 3) and ``auroc_avg`` (the "Avg." of Tabs. 5-8). ``scores(run)`` may return ``{label: per-image scores}``
     in the order of the run's evaluation, to read several scorers from one fit (e.g. S_HVQ and S_MIM alone);
-    by default each run gives its own evaluation's scores under its own label."""
+    by default each run gives its own evaluation's scores under its own label.
+
+    ``chance=True`` adds the method ``CHANCE``: the same evaluation of a detector that gives every image one
+    score (ties count half, so each AUROC is exactly 50), on the test images of the first method's runs, per
+    seed, so that a claim can ask whether a method sees anything at all."""
     import pandas as pd
 
     groups: dict[tuple, dict] = {}
+    first = next(iter(runs.values())).method if runs else None
     for run in runs.values():
         evaluation = run.evaluation
         per_label = scores(run) if scores is not None else {run.label: evaluation.scores}
-        for label, values in per_label.items():
-            key = (run.method, label, run.seed, run.dataset_name, run.class_setting, evaluation.protocol)
+        named = [(run.method, label, values) for label, values in per_label.items()]
+        if chance and run.method == first and run.label in per_label:
+            named.append((CHANCE, run.label, np.zeros(len(evaluation.scores))))
+        for method, label, values in named:
+            key = (method, label, run.seed, run.dataset_name, run.class_setting, evaluation.protocol)
             entry = groups.setdefault(key, {"categories": {}, "runs": []})
             summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run))
             entry["categories"].update(summary.categories)
@@ -229,7 +240,8 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
     rows = []
     for (method, label, seed, dataset, class_setting, protocol), entry in groups.items():
         summary = LocoSummary(entry["categories"])
-        extra = {"backbone": ", ".join(dict.fromkeys(r.backbone for r in entry["runs"])),
+        backbone = "none" if method == CHANCE else ", ".join(dict.fromkeys(r.backbone for r in entry["runs"]))
+        extra = {"backbone": backbone,
                  "data": ", ".join(dict.fromkeys(r.data for r in entry["runs"])), "seed": seed, "protocol": protocol,
                  "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": ""}
         for row in summary.rows(method, dataset, label):
@@ -238,3 +250,77 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
             if row["metric"] == "auroc_overall":
                 rows.append({**row, **extra, "scope": scope, "metric": "auroc_avg"})
     return pd.DataFrame(rows)
+
+
+def anomaly_kinds(dataset: Any) -> list[str] | None:
+    """Per test image of an ``AnomalyDataset`` (in its order): "good" or the kind of anomaly it shows, read from
+    the category folder's ``anomaly_kinds.json`` (the embedded set writes one; MVTec LOCO has none: None; a
+    dataset of several categories: None). A ``Subset`` of one gives its images' kinds."""
+    import json
+    from pathlib import Path
+
+    from adlib.data.synth import KINDS_FILE
+
+    if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # a Subset (e.g. a capped test set)
+        kinds = anomaly_kinds(dataset.dataset)
+        return None if kinds is None else [kinds[i] for i in dataset.indices]
+    if not hasattr(dataset, "category_dir"):  # e.g. a ConcatDataset of several categories (multi-class)
+        return None
+    folder = Path(dataset.category_dir)
+    path = folder / KINDS_FILE
+    if not path.is_file():
+        return None
+    try:
+        kinds = json.loads(path.read_text())
+    except ValueError as error:
+        raise ValueError(f"{path}: not valid JSON ({error}); expected {{\"<group folder>/<image>\": kind}}") from None
+    test = folder / "test"
+    out = []
+    for sample in dataset.samples:
+        if sample.label == 0:
+            out.append(NORMAL)
+            continue
+        key = Path(sample.image_path).relative_to(test).as_posix()
+        if key not in kinds:
+            raise ValueError(f"{path}: no kind for test image {key}")
+        out.append(str(kinds[key]))
+    return out
+
+
+def per_kind(scores: Sequence[float], groups: Sequence[str], kinds: Sequence[str]) -> dict[tuple[str, str], float]:
+    """Image AUROC of the normal test images against each (group, kind) of anomaly alone, e.g. ("logical",
+    "missing"): which rules a detector sees. Fractions in [0, 1], in order of first appearance."""
+    scores = np.asarray(scores, dtype=np.float64)
+    groups = np.asarray([str(g) for g in groups])
+    kinds = np.asarray([str(k) for k in kinds])
+    if not (len(scores) == len(groups) == len(kinds)):
+        raise ValueError(f"scores, groups and kinds need one entry per image; got {len(scores)}, {len(groups)}, "
+                         f"{len(kinds)}")
+    normal = groups == NORMAL
+    out = {}
+    for group, kind in dict.fromkeys(zip(groups[~normal].tolist(), kinds[~normal].tolist())):
+        keep = normal | ((groups == group) & (kinds == kind))
+        out[(group, kind)] = auroc(scores[keep], (~normal[keep]).astype(int))
+    return out
+
+
+def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
+    """Per run (method, variant label, seed, category): the image AUROC of each kind of anomaly alone against the
+    normal test images (``per_kind``), in percent, as long rows (``metric`` "<group>: <kind>", ``dataset`` the
+    category). Needs test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows.
+    ``scores`` as in ``runs_table``."""
+    import pandas as pd
+
+    rows = []
+    for run in runs.values():
+        kinds = anomaly_kinds(run.test)
+        if kinds is None:
+            continue
+        evaluation = run.evaluation
+        per_label = scores(run) if scores is not None else {run.label: evaluation.scores}
+        for label, values in per_label.items():
+            for (group, kind), value in per_kind(values, evaluation.groups, kinds).items():
+                rows.append({"dataset": f"{run.dataset_name}/{run.sources[0].category}", "method": run.method,
+                             "setting": label, "level": "image", "metric": f"{group}: {kind}", "value": 100 * value,
+                             "seed": run.seed})
+    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "level", "metric", "value", "seed"])

@@ -67,13 +67,17 @@ def fit_ladmim(root: str, category: str, seed: int, overrides: dict, threads: in
                         callback=lambda epoch, m: {"usage": m.codebook_usage(reset=True)})
     fit_s = time.perf_counter() - start
     start = time.perf_counter()
-    parts = score_components(model, AnomalyDataset(root, category, "test", image_size=size), batch_size=8)
+    from adlib import loco
+
+    test = AnomalyDataset(root, category, "test", image_size=size)
+    parts = score_components(model, test, batch_size=8)
     tokenizer_epochs = fit.for_stage("tokenizer").epochs
     usage = result.history[tokenizer_epochs - 1]["usage"]
     return {"category": category, "seed": seed, "fit_s": fit_s, "score_s": time.perf_counter() - start,
             "load": (load + os.getloadavg()[0]) / 2, "losses": result.stage_losses,
             "perplexity": [round(u["perplexity"], 1) for u in usage],
             "stats": {k: float(getattr(model, k)) for k in ("hvq_mean", "hvq_std", "mim_mean", "mim_std")},
+            "kinds": loco.anomaly_kinds(test),
             **{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in parts.items()}}
 
 
@@ -92,10 +96,12 @@ def fit_patchcore(root: str, category: str, image_size: int, threads: int | None
     model = create_model("patchcore", **{**recipe.model, "image_size": image_size})
     start = time.perf_counter()
     engine.fit(model, AnomalyDataset(root, category, "train", image_size=image_size), replace(recipe.fit, progress=False))
-    result = engine.evaluate(model, AnomalyDataset(root, category, "test", image_size=image_size), progress=False,
-                             pixel=False)
+    from adlib import loco
+
+    test = AnomalyDataset(root, category, "test", image_size=image_size)
+    result = engine.evaluate(model, test, progress=False, pixel=False)
     return {"category": category, "scores": result.scores.tolist(), "labels": result.labels.tolist(),
-            "groups": result.groups, "seconds": time.perf_counter() - start}
+            "groups": result.groups, "kinds": loco.anomaly_kinds(test), "seconds": time.perf_counter() - start}
 
 
 def scorer_scores(run: dict, scorer: str) -> np.ndarray:
@@ -120,6 +126,19 @@ def summarise(runs: list[dict], scorer: str):
                for r in runs if r["seed"] == seed}
         out[seed] = loco.combine(per)
     return out
+
+
+def print_kinds(label: str, runs: list[dict], scores_of) -> None:
+    """Per category, the AUROC of each kind of anomaly alone (mean over the runs): which rules are seen."""
+    from adlib import loco
+
+    for category in dict.fromkeys(r["category"] for r in runs):
+        mine = [r for r in runs if r["category"] == category and r.get("kinds")]
+        if not mine:
+            continue
+        per = [loco.per_kind(scores_of(r), r["groups"], r["kinds"]) for r in mine]
+        cells = ", ".join(f"{g[0].upper()}A {k} {100 * np.mean([p[(g, k)] for p in per]):.0f}" for g, k in per[0])
+        print(f"  {label:<12} {category:<10} {cells}")
 
 
 def _fmt(values) -> str:
@@ -181,6 +200,11 @@ def main(argv: list[str] | None = None) -> int:
                 la, sa = [c.logical for c in cats], [c.structural for c in cats]
                 overall, whole = [(a + b) / 2 for a, b in zip(la, sa)], [c.whole for c in cats]
             print(f"  {scorer:<12} {category:<10} {_fmt(la):>13} {_fmt(sa):>13} {_fmt(overall):>13} {_fmt(whole):>13}")
+    print("\nper kind of anomaly (LA: logical, SA: structural; image AUROC against the normal test images, mean "
+          "over seeds, %):")
+    for scorer in ("sum", "hvq", "mim"):
+        print_kinds(scorer, runs, lambda r, scorer=scorer: scorer_scores(r, scorer))
+    print_kinds("PatchCore", patchcore, lambda r: np.asarray(r["scores"]))
     ok = True
     sums = list(results["sum"].values())
     overall = float(np.mean([s.overall for s in sums]))

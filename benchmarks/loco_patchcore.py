@@ -4,7 +4,8 @@
 
 A local method (nearest-neighbour patches) should do well on structural anomalies and poorly on logical
 ones (every part normal; their count, position or combination wrong): that is LADMIM's premise, and this
-prints whether the embedded ``synthetic_loco`` set has it. PatchCore runs with its smoke recipe
+prints whether the embedded ``synthetic_loco`` set has it, per kind of anomaly too (from the set's
+``anomaly_kinds.json``). PatchCore runs with its smoke recipe
 (``adlib.papers.peers``: EfficientNet-Lite0 strides 8+16, 1% coreset) through the engine. ``--generate OUT``
 first writes a fresh ``synthetic_loco`` with the generator in this checkout into OUT (to compare generator
 versions); the default is the cached ``adlib.data.synthetic_root()``.
@@ -36,7 +37,8 @@ def run(root: Path, image_size: int, categories: list[str] | None = None) -> dic
         test = AnomalyDataset(root, category, "test", image_size=image_size)
         engine.fit(model, train, fit)
         result = engine.evaluate(model, test, batch_size=8, progress=False, pixel=False)
-        out[category] = loco.from_eval(result)
+        kinds = loco.anomaly_kinds(test)
+        out[category] = (loco.from_eval(result), loco.per_kind(result.scores, result.groups, kinds) if kinds else {})
     return out
 
 
@@ -59,10 +61,13 @@ def main() -> int:
           f"{args.image_size} px; load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores")
     start = time.perf_counter()
     per_category = run(root, args.image_size)
-    summary = loco.combine(per_category)
+    summary = loco.combine({name: groups for name, (groups, _) in per_category.items()})
     for name, c in summary.categories.items():
         print(f"  {name:>8}: logical {100 * c.logical:5.1f}  structural {100 * c.structural:5.1f}  "
               f"all {100 * c.whole:5.1f}  (test images {c.counts})")
+        kinds = per_category[name][1]
+        if kinds:
+            print("            per kind: " + ", ".join(f"{g} {k} {100 * v:.0f}" for (g, k), v in kinds.items()))
     print(f"  {'mean':>8}: logical {100 * summary.logical:5.1f}  structural {100 * summary.structural:5.1f}  "
           f"overall {100 * summary.overall:5.1f}  ({time.perf_counter() - start:.0f} s)")
     return 0

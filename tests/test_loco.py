@@ -118,3 +118,41 @@ def test_runs_table_combines_categories_per_seed_and_reads_several_scorers():
     assert set(flipped["setting"]) == {"x", "y"}
     y = flipped[(flipped["setting"] == "y") & (flipped["seed"] == 1) & (flipped["metric"] == "auroc_logical")]
     assert (y["value"] == 0).all()
+    with_chance = loco.runs_table(runs, chance=True)
+    chance = with_chance[with_chance["method"] == loco.CHANCE]
+    assert set(chance["seed"]) == {0, 1} and set(chance["dataset"]) == {"set", "set/a", "set/b"}
+    assert (chance["value"] == 50).all() and (chance["backbone"] == "none").all()
+    assert len(with_chance) == 2 * len(table), "the chance rows mirror the method's, and nothing else changes"
+
+
+def test_per_kind_auroc_separates_the_kinds_of_one_group():
+    # normal 0..3; logical "a" scores above every normal image, logical "b" below, structural "a" in between
+    scores = [0.0, 1.0, 2.0, 3.0, 10.0, 11.0, -1.0, -2.0, 1.5]
+    groups = ["good"] * 4 + ["logical"] * 4 + ["structural"]
+    kinds = ["good"] * 4 + ["a", "a", "b", "b", "a"]
+    out = loco.per_kind(scores, groups, kinds)
+    assert list(out) == [("logical", "a"), ("logical", "b"), ("structural", "a")]
+    assert out[("logical", "a")] == 1.0 and out[("logical", "b")] == 0.0 and out[("structural", "a")] == 0.5
+    with pytest.raises(ValueError, match="one entry per image"):
+        loco.per_kind(scores, groups, kinds[:-1])
+
+
+def test_anomaly_kinds_read_the_embedded_sets_file_and_none_without_it(tmp_path):
+    from adlib.data import AnomalyDataset, synth
+
+    synth.write_loco_category(tmp_path, "tray", synth.LOCO_CATEGORIES["tray"], seed=0, size=48)
+    test = AnomalyDataset(tmp_path, "tray", "test", image_size=32)
+    kinds = loco.anomaly_kinds(test)
+    assert len(kinds) == len(test)
+    assert [k for k, s in zip(kinds, test.samples) if s.label == 0] == ["good"] * synth.LOCO_COUNTS["test_good"]
+    logical = [k for k, s in zip(kinds, test.samples) if s.group == "logical"]
+    assert logical == [k for k in synth.LOCO_CATEGORIES["tray"].logical_kinds for _ in range(synth.LOCO_COUNTS["per_logical"])]
+    import torch
+
+    part = torch.utils.data.Subset(test, [0, len(test) - 1])
+    assert loco.anomaly_kinds(part) == ["good", kinds[-1]] and kinds[-1] in synth.LOCO_STRUCTURAL
+    (tmp_path / "tray" / synth.KINDS_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="anomaly_kinds.json: not valid JSON"):
+        loco.anomaly_kinds(test)
+    (tmp_path / "tray" / synth.KINDS_FILE).unlink()
+    assert loco.anomaly_kinds(test) is None
