@@ -306,8 +306,8 @@ def per_kind(scores: Sequence[float], groups: Sequence[str], kinds: Sequence[str
 
 def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
     """Per run (method, variant label, seed, category): the image AUROC of each kind of anomaly alone against the
-    normal test images (``per_kind``), in percent, as long rows (``metric`` "<group>: <kind>", ``dataset`` the
-    category). Needs test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows.
+    normal test images (``per_kind``), in percent, as long rows (``metric`` "auroc_<group>_<kind>", e.g.
+    "auroc_logical_missing"; ``dataset`` the category). Needs test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows.
     ``scores`` as in ``runs_table``."""
     import pandas as pd
 
@@ -321,6 +321,9 @@ def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFra
         for label, values in per_label.items():
             for (group, kind), value in per_kind(values, evaluation.groups, kinds).items():
                 rows.append({"dataset": f"{run.dataset_name}/{run.sources[0].category}", "method": run.method,
-                             "setting": label, "level": "image", "metric": f"{group}: {kind}", "value": 100 * value,
-                             "seed": run.seed})
-    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "level", "metric", "value", "seed"])
+                             "setting": label, "level": "image", "metric": f"auroc_{group}_{kind}", "value": 100 * value,
+                             "backbone": run.backbone, "data": run.data, "seed": run.seed,
+                             "protocol": evaluation.protocol, "class_setting": run.class_setting,
+                             "image_size": run.image_size, "scope": "category", "note": ""})
+    return pd.DataFrame(rows, columns=["dataset", "method", "setting", "level", "metric", "value", "backbone", "data",
+                                       "seed", "protocol", "class_setting", "image_size", "scope", "note"])

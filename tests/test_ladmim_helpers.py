@@ -41,3 +41,17 @@ def test_stage_epochs_overrides_both_stages_only_when_asked():
     stages = paper.stage_epochs(dataclasses.replace(setting, epochs=2))["stages"]
     assert {s: v["epochs"] for s, v in stages.items()} == {"tokenizer": 2, "mim": 2}
     assert stages["mim"]["lr"] == PAPER.recipe("ladmim", "smoke").fit.stages["mim"]["lr"]
+
+
+def test_fig2_rows_are_read_from_the_built_model():
+    from adlib.models import create_model
+    from adlib.papers import ladmim as paper
+
+    model = create_model("ladmim", pretrained=False, image_size=64, grid=8, codebook_size=16, hvq_dim=16,
+                         hvq_dec_dim=32, hvq_ffn=32, hvq_heads=2, mim_dim=24, mim_heads=2, mim_layers=3,
+                         num_test_masks=2)
+    rows = paper.fig2_rows(model, "x")
+    hvq, mim = rows["x: HVQ-Trans (stage 1, S_HVQ)"], rows["x: MIM ViT (stage 2, S_MIM)"]
+    assert "x 8 x 8" in hvq[0][1] and "4 levels x 16 codes" in hvq[2][1] and "(4, 64)" in hvq[2][1]
+    assert "3 blocks, width 24" in mim[1][1] and "(24,)" in mim[2][1] and "2 test masks" in mim[3][1]
+    assert "of 64 tokens" in mim[0][1] and model.training, "the model's mode is restored"

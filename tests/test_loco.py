@@ -156,3 +156,22 @@ def test_anomaly_kinds_read_the_embedded_sets_file_and_none_without_it(tmp_path)
         loco.anomaly_kinds(test)
     (tmp_path / "tray" / synth.KINDS_FILE).unlink()
     assert loco.anomaly_kinds(test) is None
+
+
+def test_runs_kinds_table_gives_one_row_per_kind_and_run(tmp_path):
+    from types import SimpleNamespace
+
+    from adlib.data import AnomalyDataset, synth
+
+    synth.write_loco_category(tmp_path, "pins", synth.LOCO_CATEGORIES["pins"], seed=0, size=48)
+    test = AnomalyDataset(tmp_path, "pins", "test", image_size=32)
+    kinds = loco.anomaly_kinds(test)
+    scores = np.array([1.0 if k == "turned" else 0.0 for k in kinds])  # sees only the turned pins
+    evaluation = SimpleNamespace(scores=scores, groups=[s.group for s in test.samples])
+    evaluation.protocol = "exact"
+    run = SimpleNamespace(test=test, evaluation=evaluation, label="default", method="M", seed=0,
+                          dataset_name="set", sources=[SimpleNamespace(category="pins")], backbone="b", data="d",
+                          class_setting="one-class", image_size=32)
+    table = loco.runs_kinds_table({"r": run}).set_index("metric")["value"]
+    assert table["auroc_logical_turned"] == 100 and table["auroc_logical_missing"] == 50
+    assert len(table) == len(synth.LOCO_CATEGORIES["pins"].logical_kinds) + len(synth.LOCO_STRUCTURAL)

@@ -158,7 +158,7 @@ TABLES = {
     "table8": TableSpec("Table 8: MIM prediction target: pixel, feature, code, code histogram",
                         backbones={"LADMIM": "pdn"}, image_size=224, rows=("setting",), columns=("metric",)),
     "kinds": TableSpec("Per kind of anomaly: image AUROC of each rule the embedded set breaks (not a printed table)",
-                       rows=("dataset", "method"), columns=("metric",),
+                       rows=("dataset", "method", "setting"), columns=("metric",),
                        note="needs anomaly_kinds.json (the embedded set); four test images per kind"),
     "fig3": TableSpec("Fig. 3: image AUROC against the MIM model dimension (multi-class)", backbones={"LADMIM": "pdn"},
                       class_setting="multi-class", image_size=224, rows=("setting",), columns=("metric",),
@@ -341,3 +341,44 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_loco": "MVTec LOCO", "mvtec_ad": "MVTec AD", "synthetic_loco": "synthetic_loco"},
 )
+
+
+def fig2_rows(model, label: str) -> dict[str, list[tuple[str, str]]]:
+    """Fig. 2 (the two components) as rows of boxes for ``adlib.plots.box_rows``, every label read from a built
+    ``LADMIM`` and one forward pass of a blank image: module classes, layer counts, widths, codebook sizes and the
+    tensor shapes that flow between them."""
+    import torch
+
+    config, hvq, mim = model.config, model.hvq, model.mim
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        images = torch.zeros(1, 3, config.image_size, config.image_size, device=next(model.parameters()).device)
+        features = model.extract(images)
+        tokens = model.tokens_of(features)
+        out = hvq(tokens)
+        mask = model.test_masks()[:1].to(tokens.device)
+        p_out, _ = mim(tokens, mask)
+    model.train(was_training)
+    h0 = tuple(features["features"].shape[1:])
+    q = hvq.quantizers[0]
+    levels = len(model.levels)
+    return {
+        f"{label}: HVQ-Trans (stage 1, S_HVQ)": [
+            ("frozen backbone", f"{model.tokenizer.name}\nh^0 {h0[0]} x {h0[1]} x {h0[2]}"),
+            ("encoder", f"{len(hvq.encoder)} x {type(hvq.encoder[0]).__name__}\nwidth {hvq.embed.out_features}, "
+                        f"{tuple(out['h'][-1].shape[1:])}"),
+            ("quantisers (Eq. 3-4)", f"{len(hvq.quantizers)} levels x {q.size} codes of {q.dim}\ncode maps o^l "
+                                     f"{tuple(out['codes'].shape[1:])}"),
+            ("decoder (Eq. 5)", f"{len(hvq.decoder)} x self + cross attention\nwidth {hvq.dec_in.out_features}"),
+            ("Gamma (Eq. 6)", f"Linear -> {tuple(out['recon'].shape[1:])}\nS_HVQ: mean error"),
+        ],
+        f"{label}: MIM ViT (stage 2, S_MIM)": [
+            ("block-wise mask", f"{config.mask}, ratio {config.mask_ratio:g}\n{int(mask.sum())} of {mask.shape[1]} "
+                                f"tokens -> e"),
+            ("ViT (Eq. 8)", f"{len(mim.blocks)} blocks, width {mim.embed.out_features}\n+ prediction token p"),
+            ("MIMHeads (Eq. 9)", f"{levels} levels x softmax over {q.size}\np' {tuple(p_out.shape[1:])}"),
+            ("target (Eq. 11-12)", f"code histogram Q^l in the mask\nL1 error, averaged over\n{config.num_test_masks} "
+                                   f"test masks"),
+        ],
+    }
