@@ -7,6 +7,8 @@ the smoke targets.
     python benchmarks/vitad.py sizing          # the smoke decoder's width, depth and epochs against CPU time
     python benchmarks/vitad.py targets         # bottle one-class >= 95 pixel AUROC; multi-class vs PatchCore
     python benchmarks/vitad.py bottle-recipes  # smoke-recipe changes against the bottle target (3 seeds, all images)
+    python benchmarks/vitad.py bottle          # bottle one-class at the smoke profile's real-data setting (256 px)
+    python benchmarks/vitad.py bottle --image-size 128 192 256 --max-train 16 --epochs 3  # the plain recipe by size
     python benchmarks/vitad.py all
 
 ``targets`` and ``arrangement`` read the real MVTec AD bottle from ``$ADLIB_DATA/mvtec_ad`` and the embedded
@@ -207,9 +209,11 @@ def _fit_eval(model_name: str, train, test, seed: int, protocols=("exact",), rec
     start, cpu = time.perf_counter(), time.process_time()
     result = engine.fit(model, train, fit)
     seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
+    eval_cpu = time.process_time()
     evals = engine.evaluate_protocols(model, test, protocols, progress=False)
-    row = {"fit_s": seconds, "fit_alone_s": cpu_s / torch.get_num_threads(), "epochs": result.epochs,
-           "images": result.train_images, "losses": result.losses}
+    eval_cpu = time.process_time() - eval_cpu
+    row = {"fit_s": seconds, "fit_cpu_s": cpu_s, "fit_alone_s": cpu_s / torch.get_num_threads(), "eval_cpu_s": eval_cpu,
+           "epochs": result.epochs, "images": result.train_images, "losses": result.losses}
     for p, ev in evals.items():
         row[p] = {"image_auroc": 100 * ev.image.get("auroc", float("nan")),
                   "pixel_auroc": 100 * ev.pixel.get("auroc", float("nan")),
@@ -292,7 +296,8 @@ SUBSTITUTION = ("smoke recipe (adlib.papers.vitad): offline ImageNet EfficientNe
 
 
 def targets(seeds=(0, 1, 2)) -> dict:
-    """The targets at the smoke profile's size and training-image cap (adlib.papers.vitad SMOKE), all test images."""
+    """The targets at the smoke profile's size and training-image cap (adlib.papers.vitad SMOKE), all test images;
+    bottle at the profile's real-data setting."""
     from adlib import papers
 
     smoke = papers.get("vitad").profile("smoke")
@@ -322,10 +327,17 @@ def targets(seeds=(0, 1, 2)) -> dict:
               f"{'met' if v >= p - MULTI_TARGET else 'NOT met'}", flush=True)
     out["multi"] = {"summary": summary, "vitad": vitad, "patchcore": patchcore}
 
+    # the real category at the profile's real-data setting (grids["real_data"], as notebooks/vitad/01 runs it)
+    real = dict(smoke.grids.get("real_data", {}))
+    size, cap = real.get("image_size", size), real.get("max_train", cap)
+    fit = {"epochs": real["epochs"]} if "epochs" in real else {}
+    print(f"  bottle at the profile's real-data setting: {size} px, at most {cap} training images, all test images, "
+          f"epochs {fit.get('epochs', 'of the recipe')}")
     train, test = _bottle(size, cap)
     runs = []
     for seed in seeds:
-        runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), image_size=size))
+        runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), fit_overrides=fit,
+                              image_size=size))
         r = runs[-1]
         print(f"  bottle one-class seed {seed}: pixel AUROC {r['exact']['pixel_auroc']:.1f} (ader "
               f"{r['ader']['pixel_auroc']:.1f}), image AUROC {r['exact']['image_auroc']:.1f}, fit {r['fit_s']:.0f} s "
@@ -357,15 +369,19 @@ BOTTLE_RECIPES = {
     "smoothing sigma 2": (None, {}, {"smoothing_sigma": 2.0}),
     "smoothing sigma 8": (None, {}, {"smoothing_sigma": 8.0}),
     "loss Cos_p": (None, {}, {"loss": "cos_pos"}),
+    "40 training images": (40, {}, {}),
+    "40 training images, 5 epochs": (40, {"epochs": 5}, {}),
+    "40 training images, 5 epochs, decoder 192 wide": (40, {"epochs": 5}, {"decoder_dim": 192, "decoder_heads": 3}),
 }
 
 
-def bottle_recipes(seeds=(0, 1, 2), only=None) -> dict:
-    """Each change of the smoke recipe on bottle one-class at the profile's size, all test images, exact protocol."""
+def bottle_recipes(seeds=(0, 1, 2), only=None, image_size: int | None = None) -> dict:
+    """Each change of the smoke recipe on bottle one-class at the profile's size (or ``image_size``), all test
+    images, exact protocol."""
     from adlib import papers
 
     smoke = papers.get("vitad").profile("smoke")
-    size = smoke.image_size
+    size = image_size or smoke.image_size
     print(f"ViTAD bottle one-class, {size} px, all 83 test images, seeds {list(seeds)}; {SUBSTITUTION}")
     out, data = {}, {}
     for label, (cap, fit, model) in BOTTLE_RECIPES.items():
@@ -379,20 +395,67 @@ def bottle_recipes(seeds=(0, 1, 2), only=None) -> dict:
         px = [r["exact"]["pixel_auroc"] for r in runs]
         out[label] = {"pixel_auroc": statistics.mean(px), "per_seed": px,
                       "fit_alone_s": statistics.mean(r["fit_alone_s"] for r in runs)}
-        print(f"  {label:36s} pixel AUROC {out[label]['pixel_auroc']:5.1f} (seeds {', '.join(f'{v:.1f}' for v in px)})"
+        print(f"  {label:46s} pixel AUROC {out[label]['pixel_auroc']:5.1f} (seeds {', '.join(f'{v:.1f}' for v in px)})"
               f"  fit {out[label]['fit_alone_s']:4.1f} s  target >= {BOTTLE_TARGET}: "
               f"{'met' if out[label]['pixel_auroc'] >= BOTTLE_TARGET else 'not met'}", flush=True)
+    return out
+
+
+def bottle(sizes=None, seeds=(0, 1, 2), max_train: int | None = None, epochs: int | None = None) -> dict:
+    """The smoke recipe (adlib.papers.vitad) on bottle one-class at each size, all test images, exact and ader
+    protocols: pixel AUROC per seed and CPU seconds per fit and per evaluation (process CPU time; with
+    OMP_NUM_THREADS=1 that is the wall time of one idle core). Defaults: the smoke profile's setting for real
+    data (``grids["real_data"]``: what notebooks/vitad/01_main_results runs on bottle)."""
+    from adlib import papers
+
+    smoke = papers.get("vitad").profile("smoke")
+    real = dict(smoke.grids.get("real_data", {}))
+    sizes = sizes or (real.get("image_size", smoke.image_size),)
+    cap = max_train or real.get("max_train", smoke.max_train)
+    fit = {"epochs": epochs or real["epochs"]} if (epochs or "epochs" in real) else {}
+    threads = torch.get_num_threads()
+    epoch_note = f" with {fit['epochs']} epochs" if fit else ""
+    print(f"ViTAD bottle one-class, smoke recipe{epoch_note}, "
+          f"at most {cap} training images, all test images, seeds {list(seeds)}, {threads} torch thread(s); "
+          f"{SUBSTITUTION}")
+    out = {}
+    for size in sizes:
+        train, test = _bottle(size, cap)
+        runs = [_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), fit_overrides=fit, image_size=size)
+                for seed in seeds]
+        px = [r["exact"]["pixel_auroc"] for r in runs]
+        ader = [r["ader"]["pixel_auroc"] for r in runs]
+        grid = size // 16
+        row = {"pixel_auroc": statistics.mean(px), "per_seed": px, "ader_pixel_auroc": statistics.mean(ader),
+               "image_auroc": statistics.mean(r["exact"]["image_auroc"] for r in runs),
+               "pixel_aupro": statistics.mean(r["exact"]["pixel_aupro"] for r in runs),
+               "fit_cpu_s": statistics.mean(r["fit_cpu_s"] for r in runs),
+               "eval_cpu_s": statistics.mean(r["eval_cpu_s"] for r in runs)}
+        out[size] = row
+        print(f"  {size:3d} px ({grid} x {grid} tokens, {len(test)} test images): pixel AUROC {row['pixel_auroc']:5.1f} "
+              f"(seeds {', '.join(f'{v:.1f}' for v in px)}; ader {row['ader_pixel_auroc']:.1f}), AU-PRO "
+              f"{row['pixel_aupro']:.1f}, image AUROC {row['image_auroc']:.1f}; {row['fit_cpu_s']:.1f} CPU-s per fit "
+              f"({runs[0]['epochs']} epochs x {runs[0]['images']} images), {row['eval_cpu_s']:.1f} CPU-s per "
+              f"evaluation; target >= {BOTTLE_TARGET}: {'met' if row['pixel_auroc'] >= BOTTLE_TARGET else 'NOT met'}",
+              flush=True)
     return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("what", choices=["efficiency", "epoch-time", "arrangement", "sizing", "targets", "bottle-recipes",
-                                         "all"])
+                                         "bottle", "all"])
     parser.add_argument("--seeds", type=int, nargs="+", default=None)
+    parser.add_argument("--image-size", type=int, nargs="+", default=None,
+                        help="bottle: the sizes to run (default: the smoke profile's); bottle-recipes: the first one")
+    parser.add_argument("--only", nargs="+", default=None, help="bottle-recipes: run only these labels")
+    parser.add_argument("--max-train", type=int, default=None, help="bottle: training images (default: the profile's "
+                                                                     "real-data cap)")
+    parser.add_argument("--epochs", type=int, default=None, help="bottle: epochs (default: the profile's real-data epochs)")
     parser.add_argument("--json", type=Path, default=None, help="also write the numbers to this JSON file")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+    # OMP_NUM_THREADS when set (the timing rule: 1), else up to 2 threads
+    torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS") or max(1, min(2, os.cpu_count() or 1))))
     out = {}
     if args.what in ("efficiency", "all"):
         out["efficiency"] = efficiency()
@@ -405,7 +468,10 @@ def main() -> None:
     if args.what in ("targets", "all"):
         out["targets"] = targets(tuple(args.seeds or (0, 1, 2)))
     if args.what == "bottle-recipes":
-        out["bottle_recipes"] = bottle_recipes(tuple(args.seeds or (0, 1, 2)))
+        out["bottle_recipes"] = bottle_recipes(tuple(args.seeds or (0, 1, 2)), only=args.only,
+                                               image_size=(args.image_size or [None])[0])
+    if args.what == "bottle":
+        out["bottle"] = bottle(args.image_size, tuple(args.seeds or (0, 1, 2)), args.max_train, args.epochs)
     if args.json:
         args.json.write_text(json.dumps(out, indent=1, default=float))
 

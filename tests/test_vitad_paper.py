@@ -1,5 +1,6 @@
 """ViTAD paper helpers (adlib/papers/vitad.py): Table IV's properties derived from the built architectures agree
-with the paper's printed cells, and the rule of each cell is recorded; the structure diagram draws its boxes."""
+with the paper's printed cells, and the rule of each cell is recorded; the structure diagram draws its boxes;
+the real-data setting follows the profile's declaration."""
 from __future__ import annotations
 
 import pytest
@@ -36,3 +37,15 @@ def test_box_rows_draws_every_box():
     assert {"E", "F", "D", "only", "a", "b"} <= set(texts)
     with pytest.raises(ValueError, match="no rows"):
         plots.box_rows({})
+
+
+def test_real_data_setting_follows_the_profile_and_explicit_values(setting):
+    real = vitad_paper.real_data_setting(setting)
+    declared = setting.grids["real_data"]
+    assert (real.image_size, real.max_train, real.max_test, real.epochs) == (
+        declared["image_size"], declared["max_train"], declared["max_test"], declared["epochs"])
+    assert real.image_size != setting.image_size and real.seeds == setting.seeds  # only the declared fields move
+    explicit = vitad_paper.real_data_setting(setting, image_size=96, epochs=2)
+    assert (explicit.image_size, explicit.epochs) == (96, 2)
+    paper = study.resolve_setting(papers.get("vitad"), profile="paper", synthetic=False)
+    assert vitad_paper.real_data_setting(paper) == paper  # a profile without real_data keeps its setting

@@ -140,6 +140,14 @@ SMOKE = ProfileSpec(
         "table12": _TABLE12,
         "table12_epochs": _EPOCH_FRACTIONS,
         "resolutions": (64, 128, 256),  # Fig. 9 (paper: 64 to 512 in steps of 32, and 768)
+        # The real MVTec AD categories (bottle here) run at the paper's 256 px, 40 training images, all test
+        # images and 5 epochs (real_data_setting). At 128 px the stride-16 token grid is 8 x 8, too coarse for
+        # bottle's small defects: pixel AUROC 92.5 over seeds 0-2 on all 83 test images, and no cheap recipe
+        # change passes 93.7; at 256 px with 16 images and 3 epochs it is 93.9, with 40 images 95.9, with 40
+        # images and 5 epochs 97.2 (benchmarks/vitad.py bottle and bottle-recipes --image-size 256). The
+        # synthetic sets keep the profile's 128 px and caps: the claims' many fits are what the budget limits.
+        # "epochs" replaces every gradient-trained model's recipe epochs on the real data (PatchCore: one pass).
+        "real_data": {"image_size": 256, "max_train": 40, "max_test": None, "epochs": 5},
     },
 )
 
@@ -176,12 +184,15 @@ RECIPES = {
     # lr 5e-4 because a few dozen steps replace the paper's 45,000. Sized so that the ViTAD notebooks' 3-seed
     # claims fit the smoke budget (multi-class synthetic_multi at 128 px, 64 training images: mean pixel AUROC
     # 95.2 against 96.1 for width 192 / 5 epochs / 120 images at 256 px, at about a seventh of the CPU time).
-    # Bottle one-class (the issue's >= 95 pixel AUROC target) is NOT met at this size: 92.5 over seeds 0-2 on all
-    # 83 test images (benchmarks/vitad.py targets), and no cheap change lifts it beyond the seed noise (about +-1):
+    # Bottle one-class (the issue's >= 95 pixel AUROC target) is NOT met at 128 px: 92.5 over seeds 0-2 on all
+    # 83 test images (benchmarks/vitad.py bottle --image-size 128 --max-train 16 --epochs 3), and no cheap change
+    # lifts it beyond the seed noise (about +-1):
     # batch 4 93.7, 5 epochs 93.5, batch 4 + 5 epochs 93.6, lr 1e-3 93.6, 32 training images 93.4, stride-8 grid
     # 93.7, decoder 192 wide 93.7, restraint stages 2+3 93.5, smoothing sigma 8 93.2; more or fewer steps hurt
     # (batch 4 + 10 epochs 89.5 on seed 0, 2 epochs 89.6, lr 2e-4 86.4), as do sigma 2 (92.1) and CNN taps 0-3
-    # (82.6) (benchmarks/vitad.py bottle-recipes). The earlier "about 95" was on a 24-image test subset.
+    # (82.6) (benchmarks/vitad.py bottle-recipes). The earlier "about 95" was on a 24-image test subset. So the
+    # real category runs at the profile's real-data setting (SMOKE.grids["real_data"]: 256 px, 40 training images,
+    # all test images, 5 epochs): 97.2 over seeds 0-2 (benchmarks/vitad.py bottle).
     ("vitad", "smoke"): Recipe(
         model={"backbone": "efficientnet_lite0", "decoder_dim": 128, "decoder_heads": 2},
         fit=FitConfig(epochs=3, batch_size=8, lr=5e-4, weight_decay=1e-4, schedule="step", step_at=0.8,
@@ -189,10 +200,12 @@ RECIPES = {
         notes={"backbone": "offline ImageNet EfficientNet-Lite0 stages 1-4 resampled to the stride-16 grid "
                            "instead of DINO ViT-S/16 blocks 3/6/9/12 (no hub weights offline)",
                "decoder_dim": "128 wide, 2 heads instead of the encoder's 384 / 6 (CPU); a Linear read-out per stage",
-               "epochs": "3 instead of 100 (CPU); bottle one-class pixel AUROC 92.5 (target 95 not met; more epochs, "
-                         "batch 4, 32 images or lr 1e-3 stay within 93.4-93.7)",
+               "epochs": "3 instead of 100 (CPU); the real MVTec AD category gets 5 (the profile's real-data "
+                         "setting: 40 training images at 256 px)",
                "lr": "5e-4 instead of 1e-4: far fewer steps",
-               "image_size": "128 px instead of 256 (CPU budget)"},
+               "image_size": "128 px instead of 256 on the synthetic sets (CPU budget); the real MVTec AD category "
+                             "runs at the paper's 256 px: at 128 px the 8 x 8 stride-16 token grid is too coarse for "
+                             "bottle's defects (pixel AUROC 92.5 against 97.2)"},
     ),
     # The paper (Sec. 4.1) and ADer's configs/vitad/vitad_mvtec.py: AdamW lr 1e-4 (x batch / 8), wd 1e-4,
     # betas 0.9 / 0.999, batch 8, 100 epochs, lr x 0.1 after 80% of the steps, gradient norm clipped at 5.
@@ -206,6 +219,19 @@ RECIPES = {
     ),
     **peers.RECIPES,
 }
+
+
+def real_data_setting(setting, image_size: int | None = None, epochs: int | None = None):
+    """``setting`` for the real datasets' categories: the profile's ``grids["real_data"]`` image size, caps and
+    epochs where it declares them (the smoke profile: 256 px, 40 training images, all test images, 5 epochs),
+    else the setting's own. ``image_size`` / ``epochs`` a notebook sets explicitly win."""
+    from dataclasses import replace
+
+    real = dict(setting.grids.get("real_data", {}))
+    return replace(setting, image_size=int(image_size or real.get("image_size", setting.image_size)),
+                   max_train=real.get("max_train", setting.max_train), max_test=real.get("max_test", setting.max_test),
+                   epochs=epochs or real.get("epochs", setting.epochs))
+
 
 # -------------------------------------------------------------------------------------------------- tables
 
