@@ -307,8 +307,9 @@ def per_kind(scores: Sequence[float], groups: Sequence[str], kinds: Sequence[str
 def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
     """Per run (method, variant label, seed, category): the image AUROC of each kind of anomaly alone against the
     normal test images (``per_kind``), in percent, as long rows (``metric`` "auroc_<group>_<kind>", e.g.
-    "auroc_logical_missing"; ``dataset`` the category). Needs test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows.
-    ``scores`` as in ``runs_table``."""
+    "auroc_logical_missing"; ``dataset`` the category) with the study's run columns, as ``runs_table``. Needs
+    test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows. ``scores`` as in
+    ``runs_table``."""
     import pandas as pd
 
     rows = []
