@@ -105,15 +105,18 @@ def fit_patchcore(root: str, category: str, image_size: int, threads: int | None
 
 
 def scorer_scores(run: dict, scorer: str) -> np.ndarray:
+    import torch
+
+    from adlib.models.ladmim import standardisation, standardised_sum
+
     h, m = np.asarray(run["s_hvq"]), np.asarray(run["s_mim"])
-    st = run["stats"]
     if scorer == "hvq":
         return h
     if scorer == "mim":
         return m
     if scorer == "sum_test_z":  # the released code: mean and std of the category's whole test set
-        return (h - h.mean()) / h.std() + (m - m.mean()) / m.std()
-    return (h - st["hvq_mean"]) / st["hvq_std"] + (m - st["mim_mean"]) / st["mim_std"]
+        return standardised_sum(h, m, standardisation(torch.as_tensor(h), torch.as_tensor(m)))
+    return standardised_sum(h, m, run["stats"])
 
 
 def summarise(runs: list[dict], scorer: str):

@@ -471,7 +471,8 @@ class LADMIM(AnomalyModel):
             raise RuntimeError("LADMIM's scorer='sum' standardises S_HVQ and S_MIM with statistics of held-out "
                                "normal images: fit with adlib.engine.fit(..., calibration=<validation split>) or call "
                                "model.calibrate(batches) first (or use scorer='hvq' / 'mim')")
-        return (s_hvq - self.hvq_mean) / self.hvq_std + (s_mim - self.mim_mean) / self.mim_std
+        return standardised_sum(s_hvq, s_mim, {"hvq_mean": self.hvq_mean, "hvq_std": self.hvq_std,
+                                               "mim_mean": self.mim_mean, "mim_std": self.mim_std})
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
@@ -537,6 +538,12 @@ def standardisation(s_hvq: torch.Tensor, s_mim: torch.Tensor) -> dict[str, float
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = std if std > 0 and math.isfinite(std) else 1.0
     return out
+
+
+def standardised_sum(s_hvq, s_mim, stats: dict):
+    """S'_HVQ + S'_MIM: each raw score (tensors or arrays) standardised with ``stats`` (``standardisation``'s
+    keys: the held-out normal images' statistics, or the test set's own for the released code's reading)."""
+    return (s_hvq - stats["hvq_mean"]) / stats["hvq_std"] + (s_mim - stats["mim_mean"]) / stats["mim_std"]
 
 
 @torch.no_grad()

@@ -252,7 +252,7 @@ def scorers(run) -> dict:
     import numpy as np
     import torch
 
-    from adlib.models.ladmim import score_components
+    from adlib.models.ladmim import score_components, standardisation, standardised_sum
 
     if run.model_name != "ladmim":
         return {"default": run.evaluation.scores}
@@ -262,8 +262,7 @@ def scorers(run) -> dict:
         raise RuntimeError("scorers: the test images came in another order than in the run's evaluation")
     h, m = torch.as_tensor(parts["s_hvq"]), torch.as_tensor(parts["s_mim"])
     summed = run.model.combine(h.to(device), m.to(device), "sum").cpu().numpy()
-    test_z = (parts["s_hvq"] - parts["s_hvq"].mean()) / parts["s_hvq"].std() + \
-        (parts["s_mim"] - parts["s_mim"].mean()) / parts["s_mim"].std()
+    test_z = standardised_sum(parts["s_hvq"], parts["s_mim"], standardisation(h, m))
     return {"default": summed, "scorer=sum": summed, "scorer=hvq": parts["s_hvq"], "scorer=mim": parts["s_mim"],
             "scorer=sum, test z": test_z}
 

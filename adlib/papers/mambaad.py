@@ -795,6 +795,8 @@ def figure1(structures: dict, timing: pd.DataFrame | None = None, size: int = 25
     """Fig. 1 redrawn: one panel per method (``peer_structures``: the maps each decoder works on, coloured by
     operator: local conv, global attention, global SSM + local conv), and, when ``timing`` is given
     (``decoder_timing`` rows), the measured time against tokens of MambaAD's decoder and of self-attention."""
+    import math
+
     from adlib import plots
 
     plt = plots._pyplot()
@@ -809,7 +811,7 @@ def figure1(structures: dict, timing: pd.DataFrame | None = None, size: int = 25
         for side in sorted({size // 4, size // 8, size // 16, size // 32} | set(sides), reverse=True):
             if side < size // 32:
                 continue
-            y = 0.80 - 0.18 * int(round(__import__("math").log2(size // 4 / side)))
+            y = 0.80 - 0.18 * int(round(math.log2(size // 4 / side)))
             used = [blocks for sd, blocks in s["maps"] if sd == side]
             text = f"{side} x {side} map, {side * side:,} tokens" + (f"\n{used[0]} blocks" if used else "\nnot decoded")
             _box(ax, 0.08, y, 0.84, 0.13, text, colors[method] if used else "white", size=6.5)

@@ -412,7 +412,9 @@ HEAVY_FUSER_SHARE = 0.1
 
 
 def _count(module) -> int:
-    return sum(p.numel() for p in module.parameters()) if module is not None else 0
+    from adlib.study.cost import count_params
+
+    return count_params(module) if module is not None else 0
 
 
 def _grids(tensors) -> set[tuple[int, ...]]:
