@@ -291,20 +291,11 @@ _CPU_ATTENTION_NOTE = "FlopCounterMode, with PyTorch's CPU flash attention count
 
 
 def multiply_adds_g(model, image_size: int) -> float:
-    """G multiply-adds (fvcore's unit, Table XIII's) of one ``predict`` on one image. FlopCounterMode counts two
-    FLOPs per multiply-add and does not know the CPU attention kernel, which is registered with PyTorch's own
-    attention formula."""
-    import torch
-    import torch.utils.flop_counter as fc
+    """G multiply-adds (fvcore's unit, Table XIII's) of one ``predict`` on one image: ``study.cost.flops_g``
+    counts two FLOPs per multiply-add (attention included, by PyTorch's own formula on CPU)."""
+    from adlib.study.cost import flops_g
 
-    cpu_attention = torch.ops.aten._scaled_dot_product_flash_attention_for_cpu
-    if cpu_attention not in fc.flop_registry:
-        fc.register_flop_formula(cpu_attention, get_raw=True)(fc.sdpa_flop)
-    device = next(model.parameters()).device
-    counter = fc.FlopCounterMode(display=False)
-    with counter, torch.no_grad():
-        model.predict(torch.rand(1, 3, image_size, image_size, device=device))
-    return counter.get_total_flops() / 2e9
+    return flops_g(model, image_size, next(model.parameters()).device) / 2
 
 
 def efficiency_rows(setting) -> "pd.DataFrame":

@@ -16,17 +16,31 @@ def count_params(module, trainable_only: bool = False) -> int:
 def flops_g(model, image_size: int, device: str = "cpu") -> float:
     """GFLOPs of one ``predict`` on one image, counted by ``torch.utils.flop_counter.FlopCounterMode``.
 
-    It counts matrix multiplications and convolutions; element-wise work (a selective scan's recurrence,
-    normalisations) is not counted, so this is a lower bound for scan-based models.
+    It counts matrix multiplications, convolutions and attention; element-wise work (a selective scan's
+    recurrence, normalisations) is not counted, so this is a lower bound for scan-based models. PyTorch's CPU
+    flash-attention kernel has no formula in torch's registry, so it is given PyTorch's own attention formula
+    (``count_cpu_attention``); before, attention on CPU counted zero, or not, depending on whether another
+    counter had registered it earlier in the same process.
     """
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
+    count_cpu_attention()
     image = torch.rand(1, 3, image_size, image_size, device=device)
     counter = FlopCounterMode(display=False)
     with counter, torch.no_grad():
         model.predict(image)
     return counter.get_total_flops() / 1e9
+
+
+def count_cpu_attention() -> None:
+    """Register PyTorch's attention FLOP formula for its CPU flash-attention kernel (idempotent)."""
+    import torch
+    import torch.utils.flop_counter as fc
+
+    kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    if kernel is not None and kernel not in fc.flop_registry:
+        fc.register_flop_formula(kernel, get_raw=True)(fc.sdpa_flop)
 
 
 def backbone_params_m(name: str) -> float:
