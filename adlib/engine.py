@@ -147,6 +147,7 @@ class EvalResult:
     groups: list[str] = field(default_factory=list)  # per image: "good", "defect", LOCO "logical"/"structural"
     image_categories: list[str] = field(default_factory=list)  # per image: its category
     undefined: dict[str, str] = field(default_factory=dict)
+    parts: dict[str, np.ndarray] = field(default_factory=dict)  # per image: a model's named score parts (predict_parts)
 
 
 def seed_everything(seed: int) -> None:
@@ -344,7 +345,8 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
         for stage in model.training_stages():
             stage_config = config.for_stage(stage)
             model.start_stage(stage)
-            _train_stage(model, dataset, cache, stage, stage_config, device, result, callback, store)
+            _train_stage(model, dataset, _stage_cache(model, cache), stage, stage_config, device, result, callback,
+                         store)
         if store is not None and cache is None:
             result.disk_hits = store.hits
     if calibration is not None:
@@ -356,6 +358,22 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     if config.checkpoint and not model.trainable:
         save_checkpoint(model, config.checkpoint, epoch=1)
     return result
+
+
+def _stage_cache(model, cache):
+    """The cached features a stage trains on. A model whose stage reads a function of the features that is
+    frozen during that stage (e.g. the codes of a tokenizer trained in an earlier stage) may add it once, for the
+    whole cache, through the optional hook ``stage_features(features) -> features`` (no gradients, eval mode),
+    instead of computing it again in every step of every epoch."""
+    hook = getattr(model, "stage_features", None)
+    if cache is None or hook is None:
+        return cache
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        cache = hook(cache)
+    model.train(was_training)
+    return cache
 
 
 def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, result: FitResult, callback,
@@ -462,6 +480,11 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
     state = {p: {"pooled_acc": spec.pixel_accumulator() if (pixel and pooled) else None, "scores": [],
                  "labels": [], "categories": {}} for p, spec in specs.items()}
     paths, groups, cats, kept = [], [], [], {}
+    parts: dict[str, list[torch.Tensor]] = {}
+    # a model whose image score combines several per-image scores may return them on the way (``predict_parts``:
+    # (Prediction, {name: (B,) tensor})); they are kept in ``EvalResult.parts``, so that readings of the score's
+    # parts (e.g. each scorer alone) need no second pass over the test set
+    predict_parts = getattr(model, "predict_parts", None)
     seconds = 0.0
     for name, part in named.items():
         accumulators = {p: spec.pixel_accumulator() if pixel else None for p, spec in specs.items()}
@@ -472,7 +495,12 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
         for batch in _progress(loader, progress, desc=f"evaluate {name}".strip()):
             images = batch["image"].to(device)
             start = time.perf_counter()
-            maps, image_scores = model.predict(images)
+            if predict_parts is not None:
+                (maps, image_scores), named_parts = predict_parts(images)
+                for key, value in named_parts.items():
+                    parts.setdefault(key, []).append(value.float().cpu())
+            else:
+                maps, image_scores = model.predict(images)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             seconds += time.perf_counter() - start
@@ -506,7 +534,8 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
         n = len(scores_np)
         result = EvalResult(image={}, pixel={}, scores=scores_np, labels=labels_np, paths=list(paths), seconds=seconds,
                             fps=n / seconds if seconds > 0 else float("nan"), maps=kept, protocol=p,
-                            groups=[str(g) for g in groups], image_categories=list(cats))
+                            groups=[str(g) for g in groups], image_categories=list(cats),
+                            parts={k: torch.cat(v).numpy() for k, v in parts.items()})
         if pooled:
             result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"])
         per_category = state[p]["categories"]

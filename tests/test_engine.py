@@ -129,3 +129,24 @@ def test_max_train_images_and_bad_schedule():
 def test_cosine_schedule_runs():
     result = engine.fit(make_model(), Blobs(4), quick(epochs=2, schedule="cosine"))
     assert len(result.losses) == 2
+
+
+class _PartsModel(torch.nn.Module):
+    """Score = a + b, where a is the mean and b the max of the image; predict_parts also returns a and b."""
+
+    def predict_parts(self, images):
+        a, b = images.mean(dim=(1, 2, 3)), images.amax(dim=(1, 2, 3))
+        return (images[:, 0], a + b), {"a": a, "b": b}
+
+    def predict(self, images):
+        return self.predict_parts(images)[0]
+
+
+def test_evaluate_keeps_a_models_score_parts_per_image_in_order():
+    data = Blobs(6, seed=1)
+    result = engine.evaluate(_PartsModel(), data, batch_size=4, progress=False, pixel=False)
+    images = torch.stack([data[i]["image"] for i in range(len(data))])
+    assert result.parts["a"] == pytest.approx(images.mean(dim=(1, 2, 3)).numpy(), rel=1e-6)
+    assert result.scores == pytest.approx(result.parts["a"] + result.parts["b"], rel=1e-6)
+    plain = engine.evaluate(make_model(), data, batch_size=4, progress=False, pixel=False)
+    assert plain.parts == {}  # models without predict_parts keep nothing

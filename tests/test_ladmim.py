@@ -262,3 +262,38 @@ def test_registry_builds_the_offline_backbone_on_a_24_grid():
     model = create_model("ladmim", pretrained=False, codebook_size=8, hvq_dim=16, hvq_dec_dim=16, hvq_ffn=32,
                          hvq_heads=2, mim_dim=16, mim_heads=2)
     assert model.in_dim == 152 and model.tokens == 576 and model.feature_key() is None
+
+
+def test_evaluation_keeps_the_raw_scores_equal_to_a_second_pass():
+    """engine.evaluate keeps LADMIM's S_HVQ and S_MIM (predict_parts), so Tab. 5 needs no second pass."""
+    model = make()
+    engine.fit(model, Scenes(8, 2), FIT, calibration=Scenes(6, 3))
+    test = Scenes(6, 4, anomalous=3)
+    result = engine.evaluate(model, test, batch_size=4, progress=False, pixel=False)
+    again = ladmim.score_components(model, test, batch_size=3)
+    assert set(result.parts) == {"s_hvq", "s_mim"} and len(result.parts["s_mim"]) == len(test)
+    for key in ("s_hvq", "s_mim"):
+        assert result.parts[key] == pytest.approx(again[key], rel=1e-5)
+    combined = model.combine(torch.as_tensor(result.parts["s_hvq"]), torch.as_tensor(result.parts["s_mim"]))
+    assert result.scores == pytest.approx(combined.numpy(), rel=1e-5, abs=1e-6)
+
+
+def test_codes_precomputed_for_the_mim_stage_train_the_same_as_codes_per_step():
+    """engine's stage_features hook: the frozen HVQ-Trans' codes are computed once for the MIM stage; the losses
+    equal those of a fit that computes them in every step (feature cache off)."""
+    losses = {}
+    for cached in (True, False):
+        model = make()
+        config = engine.FitConfig(**{**FIT.__dict__, "cache_features": cached})
+        result = engine.fit(model, Scenes(8, 2), config)
+        losses[cached] = result.stage_losses
+    assert losses[True]["tokenizer"] == pytest.approx(losses[False]["tokenizer"], rel=1e-5)
+    assert losses[True]["mim"] == pytest.approx(losses[False]["mim"], rel=1e-4)
+    model = make()
+    engine.fit(model, Scenes(8, 2), FIT)
+    features = model.extract(torch.stack([Scenes(4, 5)[i]["image"] for i in range(4)]))
+    model.start_stage("mim")
+    added = model.stage_features(features, chunk=3)
+    assert torch.equal(added["codes"], model.hvq.codes(model.tokens_of(features))[:, model.levels])
+    model.start_stage("tokenizer")
+    assert "codes" not in model.stage_features(features)  # codes move while HVQ-Trans trains

@@ -399,19 +399,31 @@ class LADMIM(AnomalyModel):
         p_out, token_out = self.mim(tokens, masks)
         return TARGET_ERRORS[self.config.target](self, p_out, token_out, tokens, masks, features)
 
-    def _codes(self, tokens: torch.Tensor) -> torch.Tensor:
+    def _codes(self, tokens: torch.Tensor, features: dict[str, torch.Tensor] | None = None) -> torch.Tensor:
+        """The target levels' codes (B, levels, N): precomputed by ``stage_features`` when present."""
+        if features is not None and "codes" in features:
+            return features["codes"]
         with torch.no_grad():
-            return self.hvq.codes(tokens)[:, self.levels]  # (B, levels, N)
+            return self.hvq.codes(tokens)[:, self.levels]
+
+    def stage_features(self, features: dict[str, torch.Tensor], chunk: int = 64) -> dict[str, torch.Tensor]:
+        """The engine's hook, once per stage over the cached training features: in the MIM stage HVQ-Trans is
+        frozen, so the codes o^l of every training image are computed once here (``codes``), not in every step."""
+        if self.stage != "mim" or self.config.target not in ("histogram", "code"):
+            return features
+        tokens = self.tokens_of(features)
+        codes = torch.cat([self._codes(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)])
+        return {**features, "codes": codes}
 
     def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
-        codes = self._codes(tokens)
+        codes = self._codes(tokens, features)
         k = self.config.codebook_size
         predicted = self.head(p_out).view(len(p_out), len(self.levels), k).softmax(dim=-1)  # Eq. 9
         target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)  # Eq. 11
         return (predicted - target).abs().sum(dim=(1, 2))  # Eq. 12
 
     def _code_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
-        codes = self._codes(tokens)
+        codes = self._codes(tokens, features)
         logits = self.head(token_out).view(*token_out.shape[:2], len(self.levels), self.config.codebook_size)
         ce = F.cross_entropy(logits.permute(0, 3, 1, 2), codes.transpose(1, 2), reduction="none").sum(dim=2)
         return _masked_mean(ce, masks)
@@ -477,8 +489,15 @@ class LADMIM(AnomalyModel):
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
         """The image scores and the HVQ error maps (``explain`` adds the codes and histograms for drawing)."""
+        return self.predict_parts(images)[0]
+
+    @torch.no_grad()
+    def predict_parts(self, images: torch.Tensor) -> tuple[Prediction, dict[str, torch.Tensor]]:
+        """``predict`` and the raw S_HVQ and S_MIM of every image (``s_hvq``, ``s_mim``), which the engine's
+        evaluation keeps (``EvalResult.parts``), so that Tab. 5's scorers are read from the same pass."""
         parts = self.score_parts(self.extract(images))
-        return Prediction(self._map(parts["error_map"]), self.combine(parts["s_hvq"], parts["s_mim"]))
+        prediction = Prediction(self._map(parts["error_map"]), self.combine(parts["s_hvq"], parts["s_mim"]))
+        return prediction, {"s_hvq": parts["s_hvq"], "s_mim": parts["s_mim"]}
 
     def _map(self, error_map: torch.Tensor) -> torch.Tensor:
         """Per-token HVQ errors (B, grid, grid) -> smoothed per-pixel maps (B, H, W)."""
