@@ -4,6 +4,7 @@ import dataclasses
 import pandas as pd
 
 from adlib import papers, study
+from adlib.data import synth
 from adlib.papers import ladmim as paper
 from adlib.study import claims
 
@@ -14,10 +15,13 @@ def test_table1_counts_the_loco_groups_and_sums_them():
     setting = study.resolve_setting(PAPER, profile="smoke")
     sources = setting.synthetic_sources(limit=None)
     table = paper.table1(setting, sources).set_index(["dataset", "metric"])["value"]
+    counts = synth.LOCO_COUNTS
     for source in sources:
-        assert table[(source.name, "train_normal")] == 60 and table[(source.name, "validation_normal")] == 10
-        assert table[(source.name, "test_logical")] == 16 and table[(source.name, "test_structural")] == 16
-    assert table[("synthetic_loco", "test_normal")] == 20 * len(sources)
+        assert table[(source.name, "train_normal")] == counts["train"]
+        assert table[(source.name, "validation_normal")] == counts["validation"]
+        assert table[(source.name, "test_logical")] == 4 * counts["per_logical"]  # four rules per category
+        assert table[(source.name, "test_structural")] == 4 * counts["per_structural"]
+    assert table[("synthetic_loco", "test_normal")] == counts["test_good"] * len(sources)
 
 
 def test_not_run_rows_carry_the_reason_into_claims():

@@ -36,7 +36,7 @@ def _masks(ratios: tuple[float, ...]) -> dict[str, dict]:
 
 
 # The smoke profile's CPU sizes: image side, token grid, (tokenizer, MIM) epochs
-SMOKE_SIZE, SMOKE_GRID, SMOKE_EPOCHS = 128, 16, (4, 6)
+SMOKE_SIZE, SMOKE_GRID, SMOKE_EPOCHS = 128, 16, (3, 6)
 
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: the embedded logical-anomaly set synthetic_loco (tray, pins; MVTec LOCO "
