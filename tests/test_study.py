@@ -182,6 +182,10 @@ def test_multi_class_fits_one_model_and_reports_categories_mean_and_pooled(setti
         assert part[part["scope"] == "pooled"]["dataset"].iloc[0] == "toyset"
     with pytest.raises(ValueError, match="one-class"):
         study.run_one(setting, sources, "patchcore", class_setting="one-class")
+    alone = study.run_grid(setting, None, sources[:1], models=("patchcore",), class_setting="multi-class",
+                           log=lambda *_: None)
+    assert set(alone["class_setting"]) == {"one-class"}  # a multi-class group of one category is one-class
+    assert set(table["class_setting"]) == {"multi-class"}
 
 
 def test_same_seed_same_numbers(setting):

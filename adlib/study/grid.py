@@ -244,6 +244,10 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
     class_setting = class_setting or setting.class_setting
     if class_setting == "one-class" and len(sources) > 1:
         raise ValueError(f"run_one: the one-class setting fits one category at a time, got {len(sources)} sources")
+    if len(sources) == 1:
+        # a "multi-class" group of one category (e.g. a dataset of which only one category is on disk) fits a
+        # one-category model: the rows say so, and the tables do not pair it with a paper's multi-class number
+        class_setting = "one-class"
     protocols = list(protocols or [setting.protocol])
     seed = setting.seed if seed is None else int(seed)
     size = int(overrides.pop("image_size", None) or setting.image_size)
