@@ -1,6 +1,7 @@
 """Issue 14 targets: smoke-profile LADMIM on the embedded logical-anomaly set, mean of 3 seeds, against PatchCore.
 
     python benchmarks/ladmim.py [--seeds 0 1 2] [--categories tray pins] [--set KEY=VALUE ...] [--jobs 2]
+                                [--tokenizer-epochs N] [--mim-epochs N]
 
 For every category of ``synthetic_loco`` (or ``--root``: any folder in the MVTec LOCO layout) and seed, LADMIM is
 fitted with its smoke recipe (``adlib.papers.ladmim``: both stages) and standardised on the validation split's
@@ -156,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="LADMIM config or FitConfig field (repeatable)")
+    parser.add_argument("--tokenizer-epochs", type=int, default=None, help="HVQ-Trans epochs (default: the recipe's)")
+    parser.add_argument("--mim-epochs", type=int, default=None, help="MIM ViT epochs (default: the recipe's)")
     parser.add_argument("--jobs", type=int, default=1, help="parallel fits (processes)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads per fit (default: 1 with --jobs > 1)")
     parser.add_argument("--no-patchcore", action="store_true")
@@ -164,13 +167,18 @@ def main(argv: list[str] | None = None) -> int:
 
     from adlib import loco
     from adlib.data import list_categories, synth, synthetic_root
+    from adlib.papers.ladmim import RECIPES
 
     root = Path(args.root) if args.root else Path(synthetic_root()) / "synthetic_loco"
     categories = args.categories or list_categories(root)
     overrides = _overrides(args.overrides)
+    if args.tokenizer_epochs is not None or args.mim_epochs is not None:
+        stages = {k: dict(v) for k, v in overrides.get("stages", RECIPES[("ladmim", "smoke")].fit.stages).items()}
+        for stage, epochs in (("tokenizer", args.tokenizer_epochs), ("mim", args.mim_epochs)):
+            if epochs is not None:
+                stages[stage]["epochs"] = epochs
+        overrides["stages"] = stages
     threads = args.threads or (1 if args.jobs > 1 else None)
-    from adlib.papers.ladmim import RECIPES
-
     size = int(overrides.get("image_size", RECIPES[("ladmim", "smoke")].model["image_size"]))
     print(f"LADMIM smoke recipe on {root} (generator version {synth.GENERATOR_VERSION}), categories {categories}, "
           f"seeds {args.seeds}, overrides {overrides or 'none'}; {os.cpu_count()} cores, load "
