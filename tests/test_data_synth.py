@@ -46,7 +46,9 @@ def test_layouts_and_counts(generated: Path) -> None:
     weave = rows[("synthetic_ad", "weave")]
     assert (weave["train_normal"], weave["test_normal"], weave["test_abnormal"]) == (40, 10, 20)
     tray = rows[("synthetic_loco", "tray")]
-    assert tray["layout"] == "mvtec_loco" and tray["validation_normal"] == 10 and tray["test_abnormal"] == 32
+    counts = synth.LOCO_COUNTS  # four logical rules and four structural defects per category
+    assert tray["layout"] == "mvtec_loco" and tray["validation_normal"] == counts["validation"]
+    assert tray["test_abnormal"] == 4 * (counts["per_logical"] + counts["per_structural"])
     stamp = json.loads((generated / synth.STAMP_NAME).read_text())
     assert stamp == {"seed": 3, "size": SMALL, "hr_size": 48, "datasets": list(synth.DATASETS),
                      "version": synth.GENERATOR_VERSION}
