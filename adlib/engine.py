@@ -364,7 +364,8 @@ def _stage_cache(model, cache):
     """The cached features a stage trains on. A model whose stage reads a function of the features that is
     frozen during that stage (e.g. the codes of a tokenizer trained in an earlier stage) may add it once, for the
     whole cache, through the optional hook ``stage_features(features) -> features`` (no gradients, eval mode),
-    instead of computing it again in every step of every epoch."""
+    instead of computing it again in every step of every epoch. The cache is on the CPU (``extract_all``): the
+    hook computes on the model's device and returns CPU tensors; batches move to the device as they are drawn."""
     hook = getattr(model, "stage_features", None)
     if cache is None or hook is None:
         return cache

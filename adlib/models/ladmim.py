@@ -408,11 +408,14 @@ class LADMIM(AnomalyModel):
 
     def stage_features(self, features: dict[str, torch.Tensor], chunk: int = 64) -> dict[str, torch.Tensor]:
         """The engine's hook, once per stage over the cached training features: in the MIM stage HVQ-Trans is
-        frozen, so the codes o^l of every training image are computed once here (``codes``), not in every step."""
+        frozen, so the codes o^l of every training image are computed once here (``codes``), not in every step.
+        The cache lives on the CPU: each chunk is coded on the model's device and its codes come back."""
         if self.stage != "mim" or self.config.target not in ("histogram", "code"):
             return features
+        device = next(self.hvq.parameters()).device
         tokens = self.tokens_of(features)
-        codes = torch.cat([self._codes(tokens[i:i + chunk]) for i in range(0, len(tokens), chunk)])
+        codes = torch.cat([self._codes(tokens[i:i + chunk].to(device)).to(tokens.device)
+                           for i in range(0, len(tokens), chunk)])
         return {**features, "codes": codes}
 
     def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
