@@ -246,28 +246,20 @@ def table1(setting, sources) -> "pd.DataFrame":
 
 
 def scorers(run) -> dict:
-    """Tab. 5's scorers read from one fitted LADMIM run (the raw S_HVQ and S_MIM its evaluation kept, else one
-    more pass over its test images): "default" and "scorer=sum" (S'_HVQ + S'_MIM, standardised on the validation
-    split's normal images), "scorer=hvq", "scorer=mim", and "scorer=sum, test z" (the release's reading: z-scores
-    over the test set itself). Other methods' runs give their own scores as "default"."""
-    import numpy as np
+    """Tab. 5's scorers read from one fitted LADMIM run, from the raw S_HVQ and S_MIM its evaluation kept
+    (``LADMIM.predict_parts``): "default" and "scorer=sum" (the run's own scores, S'_HVQ + S'_MIM standardised on
+    the validation split's normal images), "scorer=hvq", "scorer=mim", and "scorer=sum, test z" (the release's
+    reading: z-scores over the test set itself). Other methods' runs give their own scores as "default"."""
     import torch
 
-    from adlib.models.ladmim import score_components, standardisation, standardised_sum
+    from adlib.models.ladmim import standardisation, standardised_sum
 
     if run.model_name != "ladmim":
         return {"default": run.evaluation.scores}
-    device = next(run.model.parameters()).device
-    parts = run.evaluation.parts  # kept by the evaluation (LADMIM.predict_parts): no second pass
-    if not {"s_hvq", "s_mim"} <= set(parts):
-        parts = score_components(run.model, run.test, batch_size=8, device=device)
-        if not np.array_equal(parts["labels"], np.asarray(run.evaluation.labels)):
-            raise RuntimeError("scorers: the test images came in another order than in the run's evaluation")
-    h, m = torch.as_tensor(parts["s_hvq"]), torch.as_tensor(parts["s_mim"])
-    summed = run.model.combine(h.to(device), m.to(device), "sum").cpu().numpy()
-    test_z = standardised_sum(parts["s_hvq"], parts["s_mim"], standardisation(h, m))
-    return {"default": summed, "scorer=sum": summed, "scorer=hvq": parts["s_hvq"], "scorer=mim": parts["s_mim"],
-            "scorer=sum, test z": test_z}
+    h, m = run.evaluation.parts["s_hvq"], run.evaluation.parts["s_mim"]
+    test_z = standardised_sum(h, m, standardisation(torch.as_tensor(h), torch.as_tensor(m)))
+    summed = run.evaluation.scores
+    return {"default": summed, "scorer=sum": summed, "scorer=hvq": h, "scorer=mim": m, "scorer=sum, test z": test_z}
 
 
 def not_run_rows(grid_table, backbone: str | None = None) -> "pd.DataFrame":
