@@ -1,3 +1,3 @@
-from adlib.cli import main
+from adlib.app.cli import main
 
 raise SystemExit(main())

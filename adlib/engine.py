@@ -567,7 +567,7 @@ def _category_means(result: EvalResult) -> None:
 
 def save_checkpoint(model, path: str | os.PathLike, epoch: int, extra: dict[str, Any] | None = None) -> Path:
     """Write the model's trainable state, config and epoch atomically (temp file + ``os.replace``)."""
-    from adlib.results import atomic_path
+    from adlib.io import atomic_path
 
     payload = {"model": model.name, "config": asdict(model.config), "epoch": epoch,
                "state": model.checkpoint_state(), "extra": extra or {}}

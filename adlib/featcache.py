@@ -78,7 +78,7 @@ class FeatureStore:
         return value
 
     def put(self, digest: str, features: Any) -> None:
-        from adlib.results import atomic_path
+        from adlib.io import atomic_path
 
         try:
             self.folder.mkdir(parents=True, exist_ok=True)

@@ -4,7 +4,7 @@
     ADLIB_DATA=/work/shared/data python benchmarks/peers.py --max-train-images 40  # the notebooks' cap
     python benchmarks/peers.py --quick --skip-bottle                             # fewer images, no real data
 
-Every run is exactly ``python -m adlib run MODEL --profile smoke --seed S ...`` (``adlib.run.execute``):
+Every run is exactly ``python -m adlib run MODEL --profile smoke --seed S ...`` (``adlib.app.run.execute``):
 
 - one-class on real MVTec AD bottle (``--data-root $ADLIB_DATA/mvtec_ad --category bottle``): targets
   pixel AUROC >= 95 (RD4AD) and >= 93 (UniAD), mean over the seeds;
@@ -36,7 +36,7 @@ FIT_CPU: list[float] = []  # CPU seconds of every engine.fit call, in order
 
 
 def _instrument_fit() -> None:
-    """Record the CPU seconds of every engine.fit (adlib.run calls it through the module attribute)."""
+    """Record the CPU seconds of every engine.fit (adlib.app.run calls it through the module attribute)."""
     from adlib import engine
 
     fit = engine.fit
@@ -51,8 +51,8 @@ def _instrument_fit() -> None:
 
 
 def run_one(model: str, setting: str, seed: int, args, data_root: Path | None) -> dict:
-    from adlib import cli
-    from adlib.run import execute
+    from adlib.app import cli
+    from adlib.app.run import execute
 
     argv = ["run", model, "--profile", "smoke", "--seed", str(seed), "--no-progress", "--protocol", args.protocol]
     if setting == "one-class":

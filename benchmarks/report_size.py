@@ -39,7 +39,7 @@ def main() -> int:
 
     import pandas as pd
 
-    from adlib import report
+    from adlib.app import report
 
     work = Path(tempfile.mkdtemp(prefix="adlib-report-"))
     if args.fixture:

@@ -13,7 +13,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from adlib import reproduce, results
+from adlib import results
+from adlib.app import reproduce
 
 
 def main() -> None:

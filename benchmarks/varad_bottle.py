@@ -29,8 +29,8 @@ def main() -> int:
         print(f"set ADLIB_DATA to a folder with mvtec_ad/{args.category}", file=sys.stderr)
         return 2
 
-    from adlib import cli
-    from adlib.run import _format, execute
+    from adlib.app import cli
+    from adlib.app.run import _format, execute
 
     records = []
     for model in args.models:

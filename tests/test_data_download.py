@@ -141,7 +141,7 @@ def test_download_dataset_end_to_end_btad_layout(tmp_path: Path, capsys) -> None
         ("BTech_Dataset_transformed/01/ground_truth/ko/0000.png", _png_bytes(255, "L")),
     ])
     payload = archive.read_bytes()
-    from adlib.cli import main as adlib_main
+    from adlib.app.cli import main as adlib_main
 
     with _Server(payload) as server:
         rc = adlib_main(["data", "download", "btad", "--root", str(tmp_path / "data"), "--url", server.url,
@@ -263,7 +263,7 @@ def test_short_reads_are_resumed_within_one_call(tmp_path: Path) -> None:
 
 
 def test_cli_short_download_is_an_error_not_a_broken_archive(tmp_path: Path, capsys) -> None:
-    from adlib.cli import main as adlib_main
+    from adlib.app.cli import main as adlib_main
 
     root = tmp_path / "R"
     with _Server(PAYLOAD, cut=0.5) as server:
@@ -284,7 +284,7 @@ def test_a_url_override_keeps_the_registry_checksum(tmp_path: Path) -> None:
 
 
 def test_corrupt_archive_is_one_line_and_stays_in_place(tmp_path: Path, capsys) -> None:
-    from adlib.cli import main as adlib_main
+    from adlib.app.cli import main as adlib_main
 
     good = _tar(tmp_path / "full.tar.gz", [(f"cat/train/good/{i}.png", bytes(np.random.default_rng(i).integers(
         0, 256, 50_000, dtype=np.uint8))) for i in range(4)]).read_bytes()

@@ -116,7 +116,7 @@ def test_synthetic_root_is_cached_and_regenerated_when_stale(tmp_path: Path, mon
 
 
 def test_synth_cli_and_bad_arguments(tmp_path: Path, capsys) -> None:
-    from adlib.cli import main
+    from adlib.app.cli import main
 
     assert main(["data", "synth", "--out", str(tmp_path / "s"), "--seed", "0", "--size", "32",
                  "--datasets", "synthetic_loco", "--workers", "1"]) == 0

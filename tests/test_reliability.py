@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adlib.cli import main
+from adlib.app.cli import main
 from adlib.data import AnomalyDataset, DatasetError
 
 ROOT_USER = os.geteuid() == 0

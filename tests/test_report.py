@@ -26,7 +26,8 @@ import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
 from nbformat.v4 import new_code_cell, new_notebook, new_output  # noqa: E402
 
-from adlib import report, results  # noqa: E402
+from adlib import results
+from adlib.app import report  # noqa: E402
 from adlib.study import claims, tables  # noqa: E402
 from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Side, TableSpec  # noqa: E402
 

@@ -15,8 +15,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from adlib import reproduce, results
-from adlib.reproduce import ReproduceConfig
+from adlib import results
+from adlib.app import reproduce
+from adlib.app.reproduce import ReproduceConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 
@@ -125,10 +126,11 @@ def test_missing_declared_output_fails(tmp_path):
 def test_code_fingerprint_follows_the_library_source(tmp_path):
     package = tmp_path / "adlib"
     package.mkdir()
+    (package / "app").mkdir()
     (package / "models.py").write_text("x = 1")
-    (package / "report.py").write_text("r = 1")
+    (package / "app" / "report.py").write_text("r = 1")
     before = reproduce.code_fingerprint(package)
-    (package / "report.py").write_text("r = 2")  # the runner itself does not change results
+    (package / "app" / "report.py").write_text("r = 2")  # the runner itself does not change results
     assert reproduce.code_fingerprint(package) == before
     (package / "models.py").write_text("x = 2")
     assert reproduce.code_fingerprint(package) != before
@@ -173,7 +175,7 @@ def test_resume_skips_unchanged_and_reruns_what_changed(tmp_path, monkeypatch):
 @pytest.mark.slow  # waits for a kernel to start and write, then kills it: ~10-25 s on a busy 2-core machine
 def test_killed_run_leaves_no_partial_files(tmp_path):
     config = _config(tmp_path, papers=["slow"])
-    code = ("import sys; from pathlib import Path; from adlib.reproduce import ReproduceConfig, reproduce; "
+    code = ("import sys; from pathlib import Path; from adlib.app.reproduce import ReproduceConfig, reproduce; "
             f"reproduce(ReproduceConfig(notebook_root=Path({str(config.notebook_root)!r}), "
             f"output_root=Path({str(config.output_root)!r}), data_root={config.data_root!r}, report=False))")
     proc = subprocess.Popen([sys.executable, "-c", code], start_new_session=True,
@@ -247,7 +249,7 @@ def test_sweep_partial_keeps_a_concurrent_runs_folders(tmp_path):
     import os
     import subprocess
 
-    from adlib.reproduce import sweep_partial
+    from adlib.app.reproduce import sweep_partial
 
     dead = subprocess.Popen(["true"])
     dead.wait()
@@ -264,7 +266,7 @@ def test_sweep_partial_keeps_a_concurrent_runs_folders(tmp_path):
 
 
 def test_parallel_notebooks_share_the_cores():
-    from adlib.reproduce import kernel_threads
+    from adlib.app.reproduce import kernel_threads
 
     assert kernel_threads(1, cores=2) is None  # one at a time: the kernel keeps every core
     assert kernel_threads(2, cores=2) == 1

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adlib import reproduce, results
-from adlib.reproduce import ReproduceConfig
+from adlib import results
+from adlib.app import reproduce
+from adlib.app.reproduce import ReproduceConfig
 
 FIXTURES = Path(__file__).parent / "fixtures" / "notebooks"
 

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from adlib.cli import main
+from adlib.app.cli import main
 
 
 @pytest.fixture(scope="module")

@@ -223,7 +223,7 @@ def test_bottle_smoke_target(tmp_path):
     data = os.environ.get("ADLIB_DATA")
     if not data or not (Path(data) / "mvtec_ad" / "bottle").is_dir():
         pytest.skip("needs ADLIB_DATA with mvtec_ad/bottle")
-    from adlib.cli import main
+    from adlib.app.cli import main
 
     out = tmp_path / "varad.json"
     rc = main(["run", "varad", "--data-root", str(Path(data) / "mvtec_ad"), "--category", "bottle",

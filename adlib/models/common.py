@@ -1,4 +1,4 @@
-"""Helpers shared by the models: Gaussian smoothing of anomaly maps and image-score rules."""
+"""Helpers shared by the models: Gaussian smoothing of anomaly maps, image-score rules, parameter counts."""
 from __future__ import annotations
 
 import math
@@ -54,3 +54,8 @@ def image_score(maps: torch.Tensor, rule: str = "max", topk_ratio: float = 0.01)
 def check_choice(parameter: str, value: str, choices) -> None:
     if value not in choices:
         raise ValueError(f"{parameter}={value!r} is not valid; expected one of {sorted(choices)}")
+
+
+def count_params(module, trainable_only: bool = False) -> int:
+    """Parameters of a module (only those that require gradients with ``trainable_only``)."""
+    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)

@@ -6,11 +6,8 @@ from typing import Any
 
 import pandas as pd
 
+from adlib.models.common import count_params  # noqa: F401 (part of this module's interface)
 from adlib.study.setting import Setting
-
-
-def count_params(module, trainable_only: bool = False) -> int:
-    return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
 def flops_g(model, image_size: int, device: str = "cpu") -> float:

@@ -147,7 +147,7 @@ class Run:
         return f"{names} ({synthetic}{self.train_images} train / {tests} test images, {self.image_size}px)"
 
     def rows(self, metrics: Sequence[str] = QUALITY_METRICS) -> list[dict]:
-        from adlib.study.cost import count_params
+        from adlib.models.common import count_params
 
         base = {"method": self.method, "setting": self.label, "backbone": self.backbone, "data": self.data,
                 "seed": self.seed, "class_setting": self.class_setting, "image_size": self.image_size}

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
-import fnmatch
 import hashlib
 import json
 import os
@@ -31,8 +30,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from adlib import results
+from adlib.app.notebooks import NOTEBOOK_NAME, discover, notebook_metadata  # noqa: F401 (re-exported)
 
-NOTEBOOK_NAME = re.compile(r"^\d\d_[\w-]+\.ipynb$")
 EXECUTED_DIR = "executed"
 # What every notebook's parameters cell declares (adlib reproduce passes them all).
 STANDARD_PARAMETERS = ("profile", "data_root", "device", "seed", "output_root")
@@ -147,59 +146,6 @@ class Outcome:
     key: str | None = None
 
 
-def discover(notebook_root: Path, papers: Iterable[str] | None = None, only: str | None = None) -> list[Path]:
-    """Notebooks `<root>/<paper>/NN_<topic>.ipynb`, sorted; `only` is a glob (or substring) on `paper/name`."""
-    notebook_root = Path(notebook_root)
-    if not notebook_root.is_dir():
-        return []
-    wanted = set(papers) if papers else None
-    found = []
-    for paper_dir in sorted(p for p in notebook_root.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        if wanted is not None and paper_dir.name not in wanted:
-            continue
-        for path in sorted(paper_dir.glob("*.ipynb")):
-            if not NOTEBOOK_NAME.match(path.name):
-                continue
-            label = f"{paper_dir.name}/{path.stem}"
-            if only and not _matches(label, only):
-                continue
-            found.append(path)
-    return found
-
-
-def _matches(label: str, pattern: str) -> bool:
-    if any(ch in pattern for ch in "*?["):
-        return fnmatch.fnmatch(label, pattern) or fnmatch.fnmatch(label + ".ipynb", pattern)
-    return pattern in label
-
-
-def notebook_metadata(path: Path, profile: str) -> tuple[str, list[str]]:
-    """(title, declared outputs with `{profile}` substituted) from the notebook's `metadata["adlib"]`."""
-    nb = json.loads(Path(path).read_text(encoding="utf-8"))
-    meta = nb.get("metadata", {}).get("adlib", {})
-    if not isinstance(meta, dict):
-        raise ValueError(f"{path}: metadata['adlib'] must be a dict with 'outputs' and 'title'")
-    outputs = meta.get("outputs", [])
-    if not isinstance(outputs, list) or not all(isinstance(o, str) for o in outputs):
-        raise ValueError(f"{path}: metadata['adlib']['outputs'] must be a list of relative paths")
-    declared = []
-    for template in outputs:
-        rel = template.format(profile=profile)
-        if Path(rel).is_absolute() or ".." in Path(rel).parts:
-            raise ValueError(f"{path}: declared output {template!r} must be relative to the output root")
-        declared.append(rel)
-    return meta.get("title") or _first_heading(nb) or Path(path).stem, declared
-
-
-def _first_heading(nb: dict) -> str | None:
-    for cell in nb.get("cells", []):
-        if cell.get("cell_type") == "markdown":
-            for line in "".join(cell.get("source", "")).splitlines():
-                if line.startswith("#"):
-                    return line.lstrip("#").strip()
-    return None
-
-
 # ----------------------------------------------------------------------------------------- fingerprints
 def data_roots(data_root: str | None) -> list[Path]:
     """The folders a run reads: `data_root`, or the embedded synthetic data; plus `$ADLIB_DATA` when set."""
@@ -242,7 +188,7 @@ def data_fingerprint(roots: Iterable[Path]) -> str:
 
 
 # Modules that run the collection but cannot change what a notebook computes.
-RUNNER_MODULES = {"reproduce.py", "report.py", "cli.py", "__main__.py"}
+RUNNER_MODULES = {"app/reproduce.py", "app/report.py", "app/cli.py", "app/notebooks.py", "__main__.py"}
 
 
 def code_fingerprint(package: Path | None = None) -> str:
@@ -253,7 +199,7 @@ def code_fingerprint(package: Path | None = None) -> str:
     package = Path(package) if package is not None else Path(results.__file__).parent
     digest = hashlib.sha256(__version__.encode())
     for path in sorted(package.rglob("*.py")):
-        if path.parent == package and path.name in RUNNER_MODULES:
+        if path.relative_to(package).as_posix() in RUNNER_MODULES:
             continue
         digest.update(str(path.relative_to(package)).encode())
         digest.update(path.read_bytes())
@@ -679,7 +625,7 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
         EXECUTORS[config.executor](config).run(todo, on_start, on_done)
     summary = Summary([outcomes[j.label] for j in jobs], time.time() - start)
     if config.report:
-        from adlib.report import build_report
+        from adlib.app.report import build_report
 
         summary.report = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
                                       paper_root=config.paper_root)
@@ -761,7 +707,7 @@ def main(args: argparse.Namespace) -> int:
 
 def _main(args: argparse.Namespace, config: ReproduceConfig) -> int:
     if args.report_only:
-        from adlib.report import build_report
+        from adlib.app.report import build_report
 
         path = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
                             paper_root=config.paper_root)

@@ -283,7 +283,7 @@ def collect(output_root: Path, profile: str, papers: list[str] | None = None,
 
 
 def _add_notebooks_not_run(entry: PaperEntry, notebook_root: Path, profile: str) -> None:
-    from adlib.reproduce import notebook_metadata
+    from adlib.app.notebooks import notebook_metadata
 
     recorded = {nb.name for nb in entry.notebooks}
     for path in sorted((notebook_root / entry.name).glob("[0-9][0-9]_*.ipynb")):

@@ -11,8 +11,8 @@ import sys
 
 COMMANDS = {
     "data": ("adlib.data.cli", "dataset statistics, the synthetic benchmark, downloads and converters"),
-    "run": ("adlib.run", "fit and evaluate one model on one category"),
-    "reproduce": ("adlib.reproduce", "execute the notebook collection and build the report"),
+    "run": ("adlib.app.run", "fit and evaluate one model on one category"),
+    "reproduce": ("adlib.app.reproduce", "execute the notebook collection and build the report"),
 }
 
 

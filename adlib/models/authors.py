@@ -1,0 +1,115 @@
+"""Checkpoints in the authors' key names, loaded into adlib's models: ``from_authors(name, state_dict, **config)``.
+
+A reviewer with the authors' released weights gets the paper's own model under adlib's checked protocols,
+without training. Each model module that has a reference implementation provides two functions:
+
+- ``authors_key_map(config) -> dict[str, str]``: adlib state-dict key -> the authors' key, for the model that
+  ``config`` builds (every key of ``checkpoint_state()`` that comes from the authors' model, none invented);
+- ``authors_config(state_dict, **config) -> config`` (optional): the config that matches a checkpoint's shapes
+  (depths, widths, a released variant's kernel size), so that a paper-size checkpoint loads without the user
+  knowing its hyper-parameters; ``config`` given by the caller wins;
+- ``authors_ignored(config) -> set[str]`` (optional): the authors' keys that carry nothing adlib's model holds
+  (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs.
+
+``AUTHORS`` names, per model, the reference code (repository, the files compared) that the key names come from;
+``benchmarks/parity/`` writes the fixtures and ``tests/test_parity.py`` checks each stage's output against them.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import torch
+
+
+@dataclass(frozen=True)
+class Reference:
+    """The authors' code a model's key names and outputs are checked against."""
+
+    repository: str  # owner/name on GitHub
+    files: tuple[str, ...]  # the files compared
+    note: str = ""
+
+
+# Model name -> its reference implementation. A model absent here has no released code to load from (VarAD).
+AUTHORS: dict[str, Reference] = {
+    "vitad": Reference("zhangzjn/ADer", ("model/vitad.py",)),
+    "mambaad": Reference("lewandofskee/MambaAD", ("models/mambaad.py",), "also ADer model/mambaad.py"),
+    "rd4ad": Reference("hq-deng/RD4AD", ("resnet.py", "de_resnet.py"), "also ADer model/rd.py"),
+    "uniad": Reference("zhiyuanyou/UniAD", ("models/reconstructions/uniad.py",), "also ADer model/uniad.py"),
+    "hvq": Reference("RuiyingLu/HVQ-Trans", ("models/HVQ_TR_switch.py",)),
+    "ladmim": Reference("SkyShunsuke/LADMIM", ("models/",)),
+    "patchcore": Reference("open-edge-platform/anomalib", ("src/anomalib/models/image/patchcore/torch_model.py",)),
+}
+
+
+class AuthorsCheckpointError(ValueError):
+    """A checkpoint in the authors' key names does not fit the model: keys missing, unexpected or of other shape."""
+
+
+def _module(name: str):
+    from adlib.models import MODELS
+
+    if name not in AUTHORS:
+        raise ValueError(f"model {name!r} has no authors' code to load from; models with one: {sorted(AUTHORS)}")
+    module_name = MODELS[name].module if name in MODELS else f"adlib.models.{name}"
+    module = importlib.import_module(module_name)
+    if not hasattr(module, "authors_key_map"):
+        raise NotImplementedError(f"{module_name} has no authors_key_map yet")
+    return module
+
+
+def unwrap(checkpoint: Any) -> dict[str, torch.Tensor]:
+    """The state dict inside a released checkpoint file's object: the dict itself, or what it holds under one
+    of the usual keys ("state_dict", "model", "net", "net_S"...), with a "module." prefix (DataParallel) removed."""
+    state = checkpoint
+    for _ in range(3):
+        if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+            break
+        if not isinstance(state, Mapping):
+            raise AuthorsCheckpointError(f"not a checkpoint: a {type(state).__name__}, expected a dict of tensors")
+        inner = [k for k in ("state_dict", "model", "net", "state") if isinstance(state.get(k), Mapping)]
+        if not inner:
+            raise AuthorsCheckpointError(f"no state dict in the checkpoint; its top-level keys: {sorted(state)[:10]}")
+        state = state[inner[0]]
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+
+
+def from_authors(name: str, state_dict: Mapping[str, torch.Tensor], strict: bool = True, **config: Any):
+    """An adlib model ``name`` holding the weights of ``state_dict`` (the authors' key names).
+
+    ``config`` overrides the model's config fields; the rest come from ``authors_config`` (the checkpoint's
+    shapes) when the module has it, else the config's defaults. With ``strict`` every adlib key must be found
+    with the same shape and every authors' key must be used, else ``AuthorsCheckpointError`` lists them.
+    """
+    from adlib.models import create_model, model_config
+
+    module = _module(name)
+    state = unwrap(state_dict)
+    if hasattr(module, "authors_config"):
+        cfg = module.authors_config(state, **config)
+    else:
+        cfg = model_config(name, None, **config)
+    model = create_model(name, cfg)
+    key_map = module.authors_key_map(cfg)
+    own = model.state_dict()
+    missing = [theirs for ours, theirs in key_map.items() if theirs not in state]
+    shapes = [f"{theirs} {tuple(state[theirs].shape)} for {ours} {tuple(own[ours].shape)}"
+              for ours, theirs in key_map.items() if theirs in state and ours in own
+              and tuple(state[theirs].shape) != tuple(own[ours].shape)]
+    unknown = [ours for ours in key_map if ours not in own]
+    ignored = set(module.authors_ignored(cfg)) if hasattr(module, "authors_ignored") else set()
+    unused = sorted(set(state) - set(key_map.values()) - ignored)
+    if unknown:
+        raise AuthorsCheckpointError(f"{name}: the key map names adlib keys the model lacks: {unknown[:5]}")
+    if missing or shapes or (strict and unused):
+        parts = [f"missing {missing[:5]}" if missing else "", f"other shapes {shapes[:3]}" if shapes else "",
+                 f"unexpected {unused[:5]}" if strict and unused else ""]
+        raise AuthorsCheckpointError(f"{name}: the checkpoint does not fit: " + "; ".join(p for p in parts if p))
+    with torch.no_grad():
+        for ours, theirs in key_map.items():
+            own[ours].copy_(state[theirs].to(own[ours].dtype))
+    model.load_state_dict(own)
+    model.eval()
+    return model
