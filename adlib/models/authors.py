@@ -9,7 +9,9 @@ without training. Each model module that has a reference implementation provides
   (depths, widths, a released variant's kernel size), so that a paper-size checkpoint loads without the user
   knowing its hyper-parameters; ``config`` given by the caller wins;
 - ``authors_ignored(config) -> set[str]`` (optional): the authors' keys that carry nothing adlib's model holds
-  (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs.
+  (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs;
+- ``authors_stages(model, images) -> dict[str, Tensor]``: the outputs of the stages the paper names (encoder
+  features, decoder or predictor output, anomaly map, image score), under the names the parity fixture uses.
 
 ``AUTHORS`` names, per model, the reference code (repository, the files compared) that the key names come from;
 ``benchmarks/parity/`` writes the fixtures and ``tests/test_parity.py`` checks each stage's output against them.
@@ -76,40 +78,67 @@ def unwrap(checkpoint: Any) -> dict[str, torch.Tensor]:
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
-def from_authors(name: str, state_dict: Mapping[str, torch.Tensor], strict: bool = True, **config: Any):
-    """An adlib model ``name`` holding the weights of ``state_dict`` (the authors' key names).
-
-    ``config`` overrides the model's config fields; the rest come from ``authors_config`` (the checkpoint's
-    shapes) when the module has it, else the config's defaults. With ``strict`` every adlib key must be found
-    with the same shape and every authors' key must be used, else ``AuthorsCheckpointError`` lists them.
-    """
+def check_keys(name: str, shapes: Mapping[str, tuple[int, ...]], strict: bool = True, **config: Any) -> tuple[Any, dict]:
+    """(config, key map) for a checkpoint whose keys have ``shapes`` (the authors' names -> shape); raises
+    ``AuthorsCheckpointError`` naming the keys that are missing, of another shape, or (``strict``) unused.
+    Needs no tensor: a paper-size checkpoint's listing is checked without building its weights."""
     from adlib.models import create_model, model_config
 
     module = _module(name)
-    state = unwrap(state_dict)
     if hasattr(module, "authors_config"):
-        cfg = module.authors_config(state, **config)
+        cfg = module.authors_config(dict(shapes), **config)
     else:
         cfg = model_config(name, None, **config)
-    model = create_model(name, cfg)
+    with torch.device("meta"):
+        own = {k: tuple(v.shape) for k, v in create_model(name, cfg).state_dict().items()}
     key_map = module.authors_key_map(cfg)
-    own = model.state_dict()
-    missing = [theirs for ours, theirs in key_map.items() if theirs not in state]
-    shapes = [f"{theirs} {tuple(state[theirs].shape)} for {ours} {tuple(own[ours].shape)}"
-              for ours, theirs in key_map.items() if theirs in state and ours in own
-              and tuple(state[theirs].shape) != tuple(own[ours].shape)]
     unknown = [ours for ours in key_map if ours not in own]
-    ignored = set(module.authors_ignored(cfg)) if hasattr(module, "authors_ignored") else set()
-    unused = sorted(set(state) - set(key_map.values()) - ignored)
     if unknown:
         raise AuthorsCheckpointError(f"{name}: the key map names adlib keys the model lacks: {unknown[:5]}")
-    if missing or shapes or (strict and unused):
-        parts = [f"missing {missing[:5]}" if missing else "", f"other shapes {shapes[:3]}" if shapes else "",
+    missing = [theirs for theirs in key_map.values() if theirs not in shapes]
+    other = [f"{theirs} {tuple(shapes[theirs])} for {ours} {own[ours]}" for ours, theirs in key_map.items()
+             if theirs in shapes and tuple(shapes[theirs]) != own[ours]]
+    ignored = set(module.authors_ignored(cfg)) if hasattr(module, "authors_ignored") else set()
+    unused = sorted(set(shapes) - set(key_map.values()) - ignored)
+    if missing or other or (strict and unused):
+        parts = [f"missing {missing[:5]}" if missing else "", f"other shapes {other[:3]}" if other else "",
                  f"unexpected {unused[:5]}" if strict and unused else ""]
         raise AuthorsCheckpointError(f"{name}: the checkpoint does not fit: " + "; ".join(p for p in parts if p))
+    return cfg, key_map
+
+
+def from_authors(name: str, state_dict: Mapping[str, torch.Tensor], strict: bool = True, **config: Any):
+    """An adlib model ``name`` holding the weights of ``state_dict`` (the authors' key names, or a released
+    checkpoint object that holds them, see ``unwrap``), in eval mode.
+
+    ``config`` overrides the model's config fields; the rest come from ``authors_config`` (the checkpoint's
+    shapes) when the module has it, else the config's defaults. Every adlib key the map names must be found with
+    the same shape and (``strict``) every authors' key used or declared ignored, else ``AuthorsCheckpointError``.
+    """
+    from adlib.models import create_model
+
+    state = unwrap(state_dict)
+    cfg, key_map = check_keys(name, {k: tuple(v.shape) for k, v in state.items()}, strict=strict, **config)
+    model = create_model(name, cfg)
+    own = model.state_dict()
     with torch.no_grad():
         for ours, theirs in key_map.items():
             own[ours].copy_(state[theirs].to(own[ours].dtype))
     model.load_state_dict(own)
     model.eval()
     return model
+
+
+def load(name: str, path: str, strict: bool = True, **config: Any):
+    """``from_authors`` on a checkpoint file (``torch.load`` on the CPU; the file's objects are only tensors and
+    plain containers, so ``weights_only`` loading is tried first)."""
+    from pathlib import Path
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # an authors' file pickling their own classes (an args namespace, an optimiser)
+        checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    return from_authors(name, checkpoint, strict=strict, **config)
