@@ -35,6 +35,7 @@ setting: one model per category, or one model on a ``ConcatDataset`` of all cate
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -44,13 +45,15 @@ from torch import nn
 
 from adlib.models.base import AnomalyModel, Prediction
 from adlib.models.common import check_choice, gaussian_blur
-from adlib.models.hvq import FeatureGrid, HVQTrans
+from adlib.models.hvq import FeatureGrid, HVQTrans, release_score
 
 TARGETS = ("histogram", "code", "feature", "pixel")
-HVQ_SCORES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "mean": lambda error, k: error.mean(dim=1),
-    "max": lambda error, k: error.amax(dim=1),
-    "topk": lambda error, k: error.topk(max(1, math.ceil(k * error.shape[1])), dim=1).values.mean(dim=1),
+# S_HVQ from HVQ-Trans' output (``error`` and ``distance``, (B, N)) and the hvq_topk fraction
+HVQ_SCORES: dict[str, Callable[[dict, float], torch.Tensor]] = {
+    "mean": lambda out, k: out["error"].mean(dim=1),
+    "max": lambda out, k: out["error"].amax(dim=1),
+    "topk": lambda out, k: out["error"].topk(max(1, math.ceil(k * out["error"].shape[1])), dim=1).values.mean(dim=1),
+    "release": lambda out, k: release_score(out["distance"], (math.isqrt(out["distance"].shape[1]),) * 2),
 }
 MASKS = ("block", "random", "checkerboard")
 SCORERS = ("sum", "hvq", "mim")
@@ -80,8 +83,12 @@ class LADMIMConfig:
     hvq_dropout: float = 0.1  # (HVQ-Trans code)
     commitment: float = 1.0  # beta of Eq. 7 (printed without a weight: 1; HVQ-Trans code: 0.25 with EMA)
     codebook_update: str = "loss"  # "loss" (Eq. 7's codebook term) or "ema" (HVQ-Trans code, decay 0.99)
-    codebook_init: str = "data"  # "data": first batch's vectors; "random" (paper silent)
+    codebook_init: str = "data"  # "data": first batch's vectors; "random"; "normal" (HVQ-Trans code) (paper silent)
     codebook_restart: bool = True  # move dead codes to current vectors (ours; without it the codebooks collapse)
+    # "paper": Eq. 3-7 as printed (psi^l, L codebooks of d_q); "code": HVQ-Trans' released HVQ_TR_switch (no psi,
+    # L + 1 codebooks, position embeddings in every attention; see adlib.models.hvq.HVQTrans). With "code" the
+    # MIM targets are its L lower levels and code_dim / hvq_dec_dim are unused (widths hvq_dim and 2 hvq_dim).
+    hvq_layout: str = "paper"
     # a trained HVQ-Trans saved by LADMIM.save_tokenizer: loaded, frozen, and the tokenizer stage is skipped
     # (ours: ablations of the MIM stage share one tokenizer per seed; the paper trains it once per category too)
     hvq_checkpoint: str | None = None
@@ -91,7 +98,12 @@ class LADMIMConfig:
     mim_heads: int = 8  # (release)
     mim_mlp_ratio: float = 4.0  # (release)
     mim_attn_dropout: float = 0.1  # (release)
-    layer_scale: float = 0.1  # layer-scale init (release); 0 disables
+    # layer-scale init; 0 disables. train.sh passes --layer_scale_init_value 0.1, but the released
+    # model.get_model_with_args ignores it and builds every block with 1e-4: the script's value is kept here
+    layer_scale: float = 0.1
+    # the released ViT also has a class token (trained by nothing in the histogram loss, but attended to);
+    # Eq. 8 has none (paper: False; the released code: True)
+    mim_cls_token: bool = False
     target: str = "histogram"  # Tab. 8: "histogram" (Eq. 11-12), "code" (per token), "feature", "pixel"
     mim_levels: tuple[int, ...] | None = None  # HVQ levels (1-based) whose codes are targets; None = all (Eq. 12)
     # --- masking (Tab. 7: BlockRandom-0.2 best; block aspect ratio in [0.3, 1/0.3], BEiT-style)
@@ -104,8 +116,10 @@ class LADMIMConfig:
     mask_seed: int = 0  # the test masks are fixed (the same for every image), drawn with this seed
     # --- scoring (Sec. 3.4)
     scorer: str = "sum"  # Tab. 5: "sum" = S'_HVQ + S'_MIM, "hvq" = S_HVQ alone, "mim" = S_MIM alone
-    # S_HVQ from the per-token errors: "mean" (paper), "max" (release's max_score) or "topk" (mean of the largest
-    # hvq_topk fraction, ours: robust to the high normal error of a briefly trained HVQ-Trans)
+    # S_HVQ from the per-token errors: "mean" (paper), "max" (the largest token error), "release" (the released
+    # code's HVQ-Trans max_score: the per-token L2 error map upsampled x16 bilinearly, a 16 x 16 box mean, its
+    # maximum; see release_score) or "topk" (mean of the largest hvq_topk fraction, ours: robust to the high
+    # normal error of a briefly trained HVQ-Trans)
     hvq_score: str = "mean"
     hvq_topk: float = 0.02
     # Which normal images the caller hands to calibrate() for the standardisation: "validation" (default,
@@ -196,17 +210,20 @@ class Block(nn.Module):
 
 class MIMViT(nn.Module):
     """Eq. 8-9: feature tokens (one per grid cell), masked ones replaced by e, plus the prediction token p,
-    learned absolute position embeddings, L' blocks; returns (p' (B, D), token outputs (B, N, D))."""
+    learned absolute position embeddings, L' blocks; returns (p' (B, D), token outputs (B, N, D)).
+    ``cls_token``: a class token after p (the released ViT's; its sequence is [cls, p, tokens], the same
+    computation, position embeddings permuted with the tokens)."""
 
     def __init__(self, in_dim: int, tokens: int, dim: int, layers: int, heads: int, mlp_ratio: float,
-                 attn_dropout: float, layer_scale: float) -> None:
+                 attn_dropout: float, layer_scale: float, cls_token: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"mim_dim={dim} must be a multiple of mim_heads={heads}")
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # e (zero-initialised, Sec. 3.3)
         self.pred_token = nn.Parameter(torch.zeros(1, 1, dim))  # p
-        self.pos = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        self.pos = nn.Parameter(torch.zeros(1, tokens + 1 + cls_token, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attn_dropout, layer_scale) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -214,11 +231,13 @@ class MIMViT(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embed(tokens)
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)  # Eq. 8
-        x = torch.cat([x, self.pred_token.expand(len(x), -1, -1)], dim=1) + self.pos
+        n = x.shape[1]
+        extra = [self.pred_token] + ([self.cls_token] if self.cls_token is not None else [])
+        x = torch.cat([x] + [t.expand(len(x), -1, -1) for t in extra], dim=1) + self.pos
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return x[:, -1], x[:, :-1]
+        return x[:, n], x[:, :n]
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -249,10 +268,10 @@ class LADMIM(AnomalyModel):
         self.hvq = HVQTrans(self.in_dim, self.tokens, config.hvq_dim, config.hvq_heads, config.hvq_ffn,
                             config.hvq_layers, config.hvq_dec_dim, config.codebook_size, config.code_dim,
                             config.hvq_dropout, config.commitment, config.codebook_update, 0.99, config.codebook_init,
-                            config.codebook_restart)
+                            config.codebook_restart, config.hvq_layout, grid)
         self.levels = [l - 1 for l in (config.mim_levels or range(1, config.hvq_layers + 1))]
         self.mim = MIMViT(self.in_dim, self.tokens, config.mim_dim, config.mim_layers, config.mim_heads,
-                          config.mim_mlp_ratio, config.mim_attn_dropout, config.layer_scale)
+                          config.mim_mlp_ratio, config.mim_attn_dropout, config.layer_scale, config.mim_cls_token)
         out = {"histogram": config.codebook_size * len(self.levels), "code": config.codebook_size * len(self.levels),
                "feature": self.in_dim, "pixel": 3 * self.patch ** 2}[config.target]
         self.head = nn.Linear(config.mim_dim, out)  # the MIMHeads (one Linear for all levels, split per level)
@@ -273,7 +292,8 @@ class LADMIM(AnomalyModel):
             raise ValueError(f"hvq_topk={config.hvq_topk}: expected a fraction in (0, 1]")
         check_choice("feature_norm", config.feature_norm, ("layernorm", "none"))
         check_choice("codebook_update", config.codebook_update, ("loss", "ema"))
-        check_choice("codebook_init", config.codebook_init, ("data", "random"))
+        check_choice("codebook_init", config.codebook_init, ("data", "random", "normal"))
+        check_choice("hvq_layout", config.hvq_layout, ("paper", "code"))
         check_choice("standardise_on", config.standardise_on, STANDARDISE_ON)
         for name in ("mask_ratio", "test_mask_ratio"):
             value = getattr(config, name)
@@ -293,7 +313,7 @@ class LADMIM(AnomalyModel):
     # The config fields that fix HVQ-Trans' weights: a saved tokenizer fits only a model that agrees on them.
     TOKENIZER_FIELDS = ("backbone", "layers", "weights", "image_size", "grid", "feature_norm", "hvq_layers",
                         "codebook_size", "code_dim", "hvq_dim", "hvq_dec_dim", "hvq_heads", "hvq_ffn", "hvq_dropout",
-                        "commitment", "codebook_update", "codebook_init", "codebook_restart")
+                        "commitment", "codebook_update", "codebook_init", "codebook_restart", "hvq_layout")
 
     def save_tokenizer(self, path) -> None:
         """Save the trained HVQ-Trans (its weights, codebooks and the config fields that made it) for
@@ -442,10 +462,16 @@ class LADMIM(AnomalyModel):
 
     @torch.no_grad()
     def score_parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Raw S_HVQ (B,), S_MIM (B,) (mean over the fixed test masks), the HVQ error map (B, grid, grid)."""
+        """Raw S_HVQ (B,), S_MIM (B,) (mean over the fixed test masks), the HVQ error map (B, grid, grid).
+        Always computed in eval mode (see ``inference``)."""
+        with inference(self):
+            return self._score_parts(features)
+
+    def _score_parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tokens = self.tokens_of(features)
-        error = self.hvq(tokens)["error"]
-        s_hvq = HVQ_SCORES[self.config.hvq_score](error, self.config.hvq_topk)
+        out = self.hvq(tokens)
+        error = out["error"]
+        s_hvq = HVQ_SCORES[self.config.hvq_score](out, self.config.hvq_topk)
         masks = self.test_masks().to(tokens.device)
         b, m = len(tokens), len(masks)
         repeated = {k: v.repeat_interleave(m, dim=0) for k, v in features.items()}
@@ -514,6 +540,10 @@ class LADMIM(AnomalyModel):
         (B, L, grid, grid), ``error_map`` (B, grid, grid), ``map`` (B, H, W), ``s_hvq``, ``s_mim``, ``scores``;
         and for test mask ``mask_index``: ``mask`` (grid, grid), ``predicted`` P^l and ``target`` Q^l (B, levels, K)
         (histogram target only)."""
+        with inference(self):
+            return self._explain(images, mask_index)
+
+    def _explain(self, images: torch.Tensor, mask_index: int) -> dict[str, Any]:
         features = self.extract(images)
         parts = self.score_parts(features)
         tokens = self.tokens_of(features)
@@ -538,6 +568,21 @@ class LADMIM(AnomalyModel):
         return self.hvq.usage(reset)
 
 
+@contextmanager
+def inference(model: nn.Module):
+    """Run ``model`` in eval mode and give every submodule its mode back afterwards. Scores never depend on
+    the mode: in training mode HVQ-Trans' quantisers would count usage, restart dead codes and move EMA
+    codebooks, dropout would be on, and torch's attention takes another kernel path in eval mode, so a model
+    fresh from its checkpoint (in training mode) scored other bits than the one saved (issue 23, item 7)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
+
+
 def _masked_mean(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     """Mean of (B, N) values over the masked positions, per image."""
     weights = masks.to(values.dtype)
@@ -553,10 +598,11 @@ TARGET_ERRORS: dict[str, Callable] = {
 
 
 def standardisation(s_hvq: torch.Tensor, s_mim: torch.Tensor) -> dict[str, float]:
-    """Mean and sample std of each raw score (std 1 when it is 0 or undefined, e.g. a single image)."""
+    """Mean and population std (``np.std``, as the released code's z-scores) of each raw score (std 1 when it
+    is 0 or undefined, e.g. a single image)."""
     out = {}
     for name, values in (("hvq", s_hvq.double()), ("mim", s_mim.double())):
-        std = float(values.std()) if len(values) > 1 else 0.0
+        std = float(values.std(correction=0)) if len(values) > 1 else 0.0
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = std if std > 0 and math.isfinite(std) else 1.0
     return out
