@@ -30,6 +30,7 @@ uses the offline EfficientNet-Lite0 instead (named as a substitution wherever it
 from __future__ import annotations
 
 import math
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -486,3 +487,142 @@ def release_score(distance: torch.Tensor, grid: tuple[int, int], scale: int = 16
     """HVQ-Trans' image score ("max" in its evaluator, the ``max_score`` LADMIM's release reads): the largest
     ``box`` x ``box`` mean (stride 1) of ``release_map``. (B, N) -> (B,)."""
     return F.avg_pool2d(release_map(distance, grid, scale)[:, None], box, stride=1).flatten(1).amax(dim=1)
+
+
+# ------------------------------------------------------------------------------------- the authors' checkpoints
+
+
+@dataclass
+class HVQConfig:
+    """``HVQTrans``' arguments, for loading HVQ-Trans' released checkpoints (``adlib.models.authors``: "hvq").
+    The defaults are the released ``HVQ_TR_switch`` (``hvq_layout="code"``, EMA codebooks initialised N(0, 1),
+    commitment weight 0.25, no restarts); ``switch_class`` is the class whose codebooks and output head load
+    (the release keeps ``classes`` sets, one per MVTec class, and picks one by the image's label; adlib's model
+    holds one)."""
+
+    in_dim: int = 272
+    tokens: int = 196
+    dim: int = 256
+    heads: int = 8  # not in a checkpoint's shapes: HVQ-Trans fixes 8
+    ffn: int = 1024
+    layers: int = 4
+    dec_dim: int = 512
+    codebook_size: int = 512
+    code_dim: int = 512
+    dropout: float = 0.1
+    commitment: float = 0.25
+    codebook_update: str = "ema"
+    ema_decay: float = 0.99
+    codebook_init: str = "normal"
+    codebook_restart: bool = False
+    layout: str = "code"
+    grid: tuple | None = (14, 14)
+    switch_class: int = 0
+    classes: int = 15
+
+
+def _count(shapes, pattern: str) -> int:
+    """How many consecutive indices i have ``pattern.format(i)`` in ``shapes``."""
+    n = 0
+    while pattern.format(n) in shapes:
+        n += 1
+    return n
+
+
+def hvq_authors_fields(shapes, prefix: str = "") -> dict[str, Any]:
+    """HVQTrans' widths, depth, grid and codebook size read from an ``HVQ_TR_switch`` state dict's shapes."""
+    dim, in_dim = shapes[f"{prefix}quantize_conv_t.weight"][:2]
+    grid = (shapes[f"{prefix}pos_embed.row_embed.weight"][0], shapes[f"{prefix}pos_embed.col_embed.weight"][0])
+    return {"in_dim": in_dim, "dim": dim, "grid": grid, "layers": _count(shapes, prefix + "encoder.layers.{}.norm1.weight"),
+            "ffn": shapes[f"{prefix}encoder.layers.0.linear1.weight"][0],
+            "codebook_size": shapes[f"{prefix}quantize_list_1.0.embed"][1],
+            "classes": max(_count(shapes, prefix + "output_proj_list.{}.weight"), 1)}
+
+
+def hvq_authors_key_map(layers: int, switch_class: int = 0, ours: str = "", theirs: str = "") -> dict[str, str]:
+    """adlib key -> ``HVQ_TR_switch`` key for the code layout; ``ours``/``theirs`` prefix the names."""
+    c = switch_class
+    pairs = {"embed.weight": "quantize_conv_t.weight", "embed.bias": "quantize_conv_t.bias",
+             "row_embed.weight": "pos_embed.row_embed.weight", "col_embed.weight": "pos_embed.col_embed.weight",
+             "dec_norm.weight": "decoder.norm.weight", "dec_norm.bias": "decoder.norm.bias",
+             "gamma.weight": f"output_proj_list.{c}.weight", "gamma.bias": f"output_proj_list.{c}.bias"}
+    attention = ("in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias")
+    for i in range(layers):
+        for name in ("linear1", "linear2", "norm1", "norm2"):
+            for part in ("weight", "bias"):
+                pairs[f"encoder.{i}.{name}.{part}"] = f"encoder.layers.{i}.{name}.{part}"
+        for part in attention:
+            pairs[f"encoder.{i}.self_attn.{part}"] = f"encoder.layers.{i}.self_attn.{part}"
+            pairs[f"decoder.{i}.self_attn.{part}"] = f"decoder.layers.{i}.self_attn.{part}"
+            pairs[f"decoder.{i}.cross_attn.{part}"] = f"decoder.layers.{i}.multihead_attn.{part}"
+        for mine, name in (("ffn.0", "linear1"), ("ffn.3", "linear2"), ("norm1", "norm1"), ("norm2", "norm2"),
+                           ("norm3", "norm3")):
+            for part in ("weight", "bias"):
+                pairs[f"decoder.{i}.{mine}.{part}"] = f"decoder.layers.{i}.{name}.{part}"
+    for level in range(layers + 1):  # quantize_list_{l} gives o^l; the last one is the top level
+        for mine, name in (("codebook", "embed"), ("ema_sum", "embed_avg"), ("ema_count", "cluster_size")):
+            pairs[f"quantizers.{level}.{mine}"] = f"quantize_list_{level + 1}.{c}.{name}"
+    return {ours + k: theirs + v for k, v in pairs.items()}
+
+
+def hvq_authors_ignored(layers: int, switch_class: int, classes: int, prefix: str = "") -> set[str]:
+    """What of an ``HVQ_TR_switch`` state dict adlib's model does not hold (names ending in "." are prefixes):
+    its EfficientNet-B4 (``enc.``; the feature map is HVQTrans' input), ``input_proj`` (built, never used by its
+    forward) and the codebooks and output heads of the ``classes`` other than ``switch_class``."""
+    lists = [f"quantize_list_{level + 1}" for level in range(layers + 1)] + ["output_proj_list"]
+    return {prefix + "enc.", prefix + "input_proj."} | {f"{prefix}{name}.{i}." for name in lists
+                                                        for i in range(classes) if i != switch_class}
+
+
+def hvq_authors_layout(state: dict, prefix: str = "") -> dict:
+    """The authors' tensors in adlib's layout: the 1 x 1 convolution ``quantize_conv_t`` as a Linear weight,
+    codebooks (dim, K) -> (K, dim)."""
+    out = dict(state)
+    for key, value in state.items():
+        name = key[len(prefix):] if key.startswith(prefix) else None
+        if name == "quantize_conv_t.weight":
+            out[key] = value.flatten(1)
+        elif name is not None and name.startswith("quantize_list_") and name.endswith((".embed", ".embed_avg")):
+            out[key] = value.t()
+    return out
+
+
+def authors_config(shapes, **config) -> HVQConfig:
+    fields = hvq_authors_fields(shapes)
+    fields["tokens"] = fields["grid"][0] * fields["grid"][1]
+    fields["dec_dim"] = fields["code_dim"] = 2 * fields["dim"]
+    unknown = sorted(set(config) - set(HVQConfig.__dataclass_fields__))
+    if unknown:
+        raise ValueError(f"hvq: unknown config field(s) {unknown}; valid: {sorted(HVQConfig.__dataclass_fields__)}")
+    return HVQConfig(**{**fields, **config})
+
+
+def authors_model(config: HVQConfig) -> HVQTrans:
+    args = {k: v for k, v in asdict(config).items() if k not in ("switch_class", "classes")}
+    return HVQTrans(**args)
+
+
+def authors_key_map(config: HVQConfig) -> dict[str, str]:
+    return hvq_authors_key_map(config.layers, config.switch_class)
+
+
+def authors_ignored(config: HVQConfig) -> set[str]:
+    return hvq_authors_ignored(config.layers, config.switch_class, config.classes)
+
+
+def authors_layout(state: dict, config: HVQConfig) -> dict:
+    return hvq_authors_layout(state)
+
+
+@torch.no_grad()
+def authors_stages(model: HVQTrans, features: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The stages of ``benchmarks/parity/hvq.py`` for a feature map (B, C, h, w)."""
+    model.eval()
+    b, c, h, w = features.shape
+    tokens = features.flatten(2).transpose(1, 2)
+    out = model(tokens)
+    levels = model.layers
+    return {"encoder": torch.stack(out["h"]), "codes": out["codes"].float(), "top_codes": out["top_codes"].float(),
+            "quantized": torch.stack(out["z"][:levels], dim=1), "quantized_top": out["z"][levels],
+            "reconstruction": out["recon"].transpose(1, 2).reshape(b, c, h, w),
+            "anomaly_map": release_map(out["distance"], (h, w)), "image_score": release_score(out["distance"], (h, w))}
