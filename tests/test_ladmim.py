@@ -89,8 +89,9 @@ def test_registered_and_shapes():
     assert out["codes"].shape == (2, 4, GRID, GRID) and int(out["codes"].max()) < 8
     assert out["error_map"].shape == (2, GRID, GRID) and out["mask"].shape == (GRID, GRID)
     assert out["predicted"].shape == out["target"].shape == (2, 4, 8)
-    assert torch.allclose(out["predicted"].sum(-1), torch.ones(2, 4))
-    assert torch.allclose(out["target"].sum(-1), torch.ones(2, 4))
+    assert out["predicted"].dtype == torch.float64  # as the released code's scoring
+    assert torch.allclose(out["predicted"].sum(-1), torch.ones(2, 4, dtype=torch.float64))
+    assert torch.allclose(out["target"].sum(-1), torch.ones(2, 4, dtype=torch.float64))
     assert torch.allclose(out["scores"], out["s_hvq"])
     assert torch.allclose(out["s_hvq"], out["error_map"].flatten(1).mean(1))  # S_HVQ = mean error (paper)
 
@@ -125,7 +126,7 @@ def test_histogram_loss_is_eq12():
     codes = model.hvq.codes(tokens)
     target = torch.stack([ladmim.histogram(codes[:, l], masks, 8) for l in range(4)], dim=1)
     expected = (predicted - target).abs().sum(dim=(1, 2))
-    assert torch.allclose(model.mim_errors(tokens, masks, {}), expected)
+    assert torch.allclose(model.mim_errors(tokens, masks, {}).float(), expected)
 
 
 def test_masks():
@@ -179,7 +180,7 @@ def test_standardisation_statistics_come_from_the_calibration_split():
     scores = model.predict(batch).scores
     z = (parts["s_hvq"] - parts["s_hvq"].mean()) / parts["s_hvq"].std(correction=0) + \
         (parts["s_mim"] - parts["s_mim"].mean()) / parts["s_mim"].std(correction=0)
-    assert torch.allclose(scores, z, atol=1e-4)
+    assert torch.allclose(scores, z.float(), atol=1e-4)
     assert abs(float(scores.mean())) < 1e-4  # standardised on these very images
     stats = ladmim.standardisation(torch.tensor([2.0]), torch.tensor([1.0, 1.0]))
     assert stats["hvq_std"] == 1.0 and stats["mim_std"] == 1.0  # degenerate spreads fall back to 1

@@ -89,6 +89,10 @@ class LADMIMConfig:
     # L + 1 codebooks, position embeddings in every attention; see adlib.models.hvq.HVQTrans). With "code" the
     # MIM targets are its L lower levels and code_dim / hvq_dec_dim are unused (widths hvq_dim and 2 hvq_dim).
     hvq_layout: str = "paper"
+    # HVQ-Trans' released checkpoints hold hvq_classes sets of codebooks and output heads, one per class; the
+    # set of class hvq_switch_class is loaded (adlib.models.authors; adlib's model holds one set)
+    hvq_switch_class: int = 0
+    hvq_classes: int = 1
     # a trained HVQ-Trans saved by LADMIM.save_tokenizer: loaded, frozen, and the tokenizer stage is skipped
     # (ours: ablations of the MIM stage share one tokenizer per seed; the paper trains it once per category too)
     hvq_checkpoint: str | None = None
@@ -275,8 +279,8 @@ class LADMIM(AnomalyModel):
         out = {"histogram": config.codebook_size * len(self.levels), "code": config.codebook_size * len(self.levels),
                "feature": self.in_dim, "pixel": 3 * self.patch ** 2}[config.target]
         self.head = nn.Linear(config.mim_dim, out)  # the MIMHeads (one Linear for all levels, split per level)
-        for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):
-            self.register_buffer(name, torch.tensor(float("nan")))
+        for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):  # float64: a z-score divides by a small std
+            self.register_buffer(name, torch.tensor(float("nan"), dtype=torch.float64))
         if config.hvq_checkpoint is not None:
             self.load_tokenizer(config.hvq_checkpoint)
         self.stage = "tokenizer"
@@ -438,11 +442,19 @@ class LADMIM(AnomalyModel):
                            for i in range(0, len(tokens), chunk)])
         return {**features, "codes": codes}
 
-    def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+    def histograms(self, p_out: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor,
+                   features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted P^l (Eq. 9) from the prediction token's outputs p' (B, D) and the target Q^l (Eq. 11)
+        under ``masks`` (B, N): both (B, levels, K), in float64 as the released code computes them (S_MIM's
+        spread over images is small beside its value, and the z-scores divide by it)."""
         codes = self._codes(tokens, features)
         k = self.config.codebook_size
-        predicted = self.head(p_out).view(len(p_out), len(self.levels), k).softmax(dim=-1)  # Eq. 9
-        target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)  # Eq. 11
+        predicted = self.head(p_out).view(len(p_out), len(self.levels), k).double().softmax(dim=-1)
+        target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1).double()
+        return predicted, target
+
+    def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        predicted, target = self.histograms(p_out, tokens, masks, features)
         return (predicted - target).abs().sum(dim=(1, 2))  # Eq. 12
 
     def _code_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
@@ -505,15 +517,15 @@ class LADMIM(AnomalyModel):
         scorer = scorer or self.config.scorer
         check_choice("scorer", scorer, SCORERS)
         if scorer == "hvq":
-            return s_hvq
+            return s_hvq.float()
         if scorer == "mim":
-            return s_mim
+            return s_mim.float()
         if not self.calibrated:
             raise RuntimeError("LADMIM's scorer='sum' standardises S_HVQ and S_MIM with statistics of held-out "
                                "normal images: fit with adlib.engine.fit(..., calibration=<validation split>) or call "
                                "model.calibrate(batches) first (or use scorer='hvq' / 'mim')")
-        return standardised_sum(s_hvq, s_mim, {"hvq_mean": self.hvq_mean, "hvq_std": self.hvq_std,
-                                               "mim_mean": self.mim_mean, "mim_std": self.mim_std})
+        return standardised_sum(s_hvq.double(), s_mim.double(), {
+            "hvq_mean": self.hvq_mean, "hvq_std": self.hvq_std, "mim_mean": self.mim_mean, "mim_std": self.mim_std}).float()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
@@ -555,11 +567,7 @@ class LADMIM(AnomalyModel):
         out["mask"] = mask.view(g, g)
         if self.config.target == "histogram":
             masks = mask.expand(len(images), -1)
-            p_out, _ = self.mim(tokens, masks)
-            k = self.config.codebook_size
-            out["predicted"] = self.head(p_out).view(len(images), len(self.levels), k).softmax(dim=-1)
-            codes = self._codes(tokens)
-            out["target"] = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)
+            out["predicted"], out["target"] = self.histograms(self.mim(tokens, masks)[0], tokens, masks)
         return out
 
     def codebook_usage(self, reset: bool = False) -> list[dict[str, float]]:
@@ -635,3 +643,120 @@ def score_components(model: LADMIM, dataset, batch_size: int = 8, device: str | 
         out[key] = torch.cat(out[key]).numpy()
     out["labels"] = out["labels"].astype(np.int64)
     return out
+
+
+# ------------------------------------------------------------------------------------- the authors' checkpoints
+#
+# LADMIM's release is two checkpoints: its tokenizer, HVQ-Trans (a fork that is not public; upstream's
+# HVQ_TR_switch keys, see adlib.models.hvq) and its MIM ViT (src/model.py, VisionTransformerMIM). from_authors
+# takes them as one dict: the tokenizer's keys under "hvq.", the ViT's under "mim.". The backbone (the PDN) is
+# in neither: give weights=<pretrained_teacher_small.pth>. The calibration statistics are computed by adlib.
+
+
+def _count(shapes, pattern: str) -> int:
+    n = 0
+    while pattern.format(n) in shapes:
+        n += 1
+    return n
+
+
+def authors_config(shapes, **config) -> LADMIMConfig:
+    """The released model's settings from its shapes: HVQ-Trans' code layout, the ViT's width, depth, MLP ratio,
+    class token and the code levels its head predicts (``--codebook_indices``, upstream's order o^L..o^1), and
+    the release's scoring (raw h^0, HVQ-Trans' max_score, z-scores over the test set)."""
+    from adlib.models import model_config
+    from adlib.models.hvq import hvq_authors_fields
+
+    hvq = hvq_authors_fields(shapes, "hvq.")
+    dim, in_dim = shapes["mim.patch_embed.proj.weight"][:2]
+    levels = shapes["mim.lm_head.weight"][0] // hvq["codebook_size"]
+    derived = dict(
+        backbone="pdn", pretrained=False, image_size=224, grid=hvq["grid"][0], feature_norm="none",
+        hvq_layout="code", hvq_layers=hvq["layers"], hvq_dim=hvq["dim"], hvq_ffn=hvq["ffn"],
+        codebook_size=hvq["codebook_size"], code_dim=2 * hvq["dim"], hvq_dec_dim=2 * hvq["dim"], hvq_heads=8,
+        hvq_dropout=0.1, commitment=0.25, codebook_update="ema", codebook_init="normal", codebook_restart=False,
+        hvq_classes=hvq["classes"], mim_dim=dim, mim_layers=_count(shapes, "mim.blocks.{}.norm1.weight"),
+        mim_mlp_ratio=shapes["mim.blocks.0.mlp.fc1.weight"][0] / dim, mim_cls_token="mim.cls_token" in shapes,
+        layer_scale=1e-4 if "mim.blocks.0.gamma_1" in shapes else 0.0,
+        mim_levels=tuple(range(hvq["layers"], hvq["layers"] - levels, -1)), hvq_score="release",
+        standardise_on="test")
+    if hvq["grid"][0] != hvq["grid"][1]:
+        raise AuthorsCheckpointShapeError(f"ladmim: a {hvq['grid']} token grid; LADMIM's grid is square")
+    config = model_config("ladmim", None, **{**derived, **config})
+    if in_dim != hvq["in_dim"]:
+        raise AuthorsCheckpointShapeError(f"ladmim: the ViT takes {in_dim} channels, HVQ-Trans {hvq['in_dim']}")
+    return config
+
+
+class AuthorsCheckpointShapeError(ValueError):
+    """The two released checkpoints do not describe one model."""
+
+
+def authors_key_map(config: LADMIMConfig) -> dict[str, str]:
+    from adlib.models.hvq import hvq_authors_key_map
+
+    pairs = {"embed.weight": "patch_embed.proj.weight", "embed.bias": "patch_embed.proj.bias",
+             "mask_token": "mask_token", "pred_token": "hist_token", "pos": "pos_embed",
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias"}
+    if config.mim_cls_token:
+        pairs["cls_token"] = "cls_token"
+    for i in range(config.mim_layers):
+        for mine, theirs in (("norm1", "norm1"), ("norm2", "norm2"), ("qkv", "attn.qkv"), ("proj", "attn.proj"),
+                             ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2")):
+            for part in ("weight", "bias"):
+                pairs[f"blocks.{i}.{mine}.{part}"] = f"blocks.{i}.{theirs}.{part}"
+        if config.layer_scale > 0:
+            pairs[f"blocks.{i}.gamma1"], pairs[f"blocks.{i}.gamma2"] = f"blocks.{i}.gamma_1", f"blocks.{i}.gamma_2"
+    out = {f"mim.{k}": f"mim.{v}" for k, v in pairs.items()}
+    out.update({"head.weight": "mim.lm_head.weight", "head.bias": "mim.lm_head.bias"})
+    if config.hvq_layout == "code":
+        out.update(hvq_authors_key_map(config.hvq_layers, config.hvq_switch_class, "hvq.", "hvq."))
+    return out
+
+
+def authors_ignored(config: LADMIMConfig) -> set[str]:
+    from adlib.models.hvq import hvq_authors_ignored
+
+    return hvq_authors_ignored(config.hvq_layers, config.hvq_switch_class, config.hvq_classes, "hvq.")
+
+
+def authors_layout(state: dict, config: LADMIMConfig) -> dict:
+    """HVQ-Trans' tensors as ``hvq_authors_layout``; the ViT's 1 x 1 patch convolution as a Linear, its
+    position table from [cls, p, tokens] to adlib's [tokens, p, cls] order, and its q and v biases (it has no
+    k bias) as one qkv bias with a zero k part."""
+    from adlib.models.hvq import hvq_authors_layout
+
+    out = hvq_authors_layout(state, "hvq.")
+    if "mim.patch_embed.proj.weight" in out:
+        out["mim.patch_embed.proj.weight"] = out["mim.patch_embed.proj.weight"].flatten(1)
+    if "mim.pos_embed" in out:
+        pos = out["mim.pos_embed"]
+        first = 2 if "mim.cls_token" in out else 1  # the tokens before the patches
+        out["mim.pos_embed"] = torch.cat([pos[:, first:], pos[:, first - 1:first], pos[:, :first - 1]], dim=1)
+    for i in range(_count(out, "mim.blocks.{}.norm1.weight")):
+        q, v = out.pop(f"mim.blocks.{i}.attn.q_bias", None), out.pop(f"mim.blocks.{i}.attn.v_bias", None)
+        if q is not None and v is not None:
+            out[f"mim.blocks.{i}.attn.qkv.bias"] = torch.cat([q, torch.zeros_like(v), v])
+    return out
+
+
+@torch.no_grad()
+def authors_stages(model: LADMIM, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stages of ``benchmarks/parity/ladmim.py`` for ``inputs``: the feature map h^0 (B, C, g, g) and the
+    masks (M, N), used as the test masks: the code maps, P^l and Q^l per image and mask (B, M, L, K), S_HVQ,
+    S_MIM and the standardised sum, its statistics taken over these images (the release's test-set z-scores)."""
+    features = {"features": inputs["features"]}
+    masks = inputs["masks"].bool()
+    model._test_masks = masks
+    with inference(model):
+        tokens = model.tokens_of(features)
+        b, m = len(tokens), len(masks)
+        repeated = tokens.repeat_interleave(m, dim=0)
+        tiled = masks.repeat(b, 1)
+        predicted, target = model.histograms(model.mim(repeated, tiled)[0], repeated, tiled)
+        parts = model.score_parts(features)
+        model.calibrate([features])
+        score = model.combine(parts["s_hvq"], parts["s_mim"], "sum")
+    shape = (b, m, len(model.levels), model.config.codebook_size)
+    return {"codes": model._codes(tokens).float(), "predicted": predicted.view(shape), "target": target.view(shape),
+            "s_hvq": parts["s_hvq"], "s_mim": parts["s_mim"], "score": score}
