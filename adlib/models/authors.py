@@ -168,3 +168,26 @@ def load(name: str, path: str, strict: bool = True, **config: Any):
     except Exception:  # an authors' file pickling their own classes (an args namespace, an optimiser)
         checkpoint = torch.load(path, map_location="cpu", weights_only=False)
     return from_authors(name, checkpoint, strict=strict, **config)
+
+
+def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
+    """max |ours - theirs| / max |theirs| (the absolute difference when ``theirs`` is all zero)."""
+    ours, theirs = ours.detach().double(), theirs.detach().double()
+    if ours.shape != theirs.shape:
+        raise AuthorsCheckpointError(f"shape {tuple(ours.shape)} != the authors' {tuple(theirs.shape)}")
+    scale = theirs.abs().max().item()
+    diff = (ours - theirs).abs().max().item()
+    return diff / scale if scale > 0 else diff
+
+
+def stage_differences(fixture: Mapping[str, Any]) -> tuple[Any, dict[str, float]]:
+    """(the model loaded from a parity fixture's state dict and config, {stage: relative_difference}) for every
+    stage the fixture holds (``benchmarks/parity/make_fixtures.py`` writes them)."""
+    model = from_authors(fixture["model"], fixture["state_dict"], **fixture["config"])
+    module = importlib.import_module(model.__module__)
+    with torch.no_grad():
+        ours = module.authors_stages(model, fixture["input"])
+    missing = sorted(set(fixture["stages"]) - set(ours))
+    if missing:
+        raise AuthorsCheckpointError(f"{fixture['model']}: stages adlib does not give: {missing}")
+    return model, {stage: relative_difference(ours[stage], theirs) for stage, theirs in fixture["stages"].items()}

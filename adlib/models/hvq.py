@@ -492,33 +492,37 @@ def release_score(distance: torch.Tensor, grid: tuple[int, int], scale: int = 16
 # ------------------------------------------------------------------------------------- the authors' checkpoints
 
 
+# The settings in which HVQ-Trans' released code differs from adlib's defaults (see HVQTrans, VectorQuantizer)
+AUTHORS_SWITCHES = ("layout", "codebook_update", "codebook_init", "codebook_restart", "commitment")
+
+
 @dataclass
 class HVQConfig:
-    """``HVQTrans``' arguments, for loading HVQ-Trans' released checkpoints (``adlib.models.authors``: "hvq").
-    The defaults are the released ``HVQ_TR_switch`` (``hvq_layout="code"``, EMA codebooks initialised N(0, 1),
-    commitment weight 0.25, no restarts); ``switch_class`` is the class whose codebooks and output head load
-    (the release keeps ``classes`` sets, one per MVTec class, and picks one by the image's label; adlib's model
-    holds one)."""
+    """``HVQTrans``' arguments and defaults (LADMIM's sizes), for loading HVQ-Trans' released checkpoints
+    (``adlib.models.authors``: "hvq"), whose ``authors_config`` sets the released ``HVQ_TR_switch``'s
+    behaviour (``layout="code"``, EMA codebooks initialised N(0, 1), commitment weight 0.25, no restarts).
+    ``switch_class`` is the class whose codebooks and output head load (the release keeps ``classes`` sets, one
+    per MVTec class, and picks one by the image's label; adlib's model holds one)."""
 
-    in_dim: int = 272
-    tokens: int = 196
-    dim: int = 256
+    in_dim: int = 384
+    tokens: int = 576
+    dim: int = 64
     heads: int = 8  # not in a checkpoint's shapes: HVQ-Trans fixes 8
     ffn: int = 1024
     layers: int = 4
-    dec_dim: int = 512
+    dec_dim: int = 128
     codebook_size: int = 512
-    code_dim: int = 512
+    code_dim: int = 64
     dropout: float = 0.1
-    commitment: float = 0.25
-    codebook_update: str = "ema"
+    commitment: float = 1.0
+    codebook_update: str = "loss"
     ema_decay: float = 0.99
-    codebook_init: str = "normal"
-    codebook_restart: bool = False
-    layout: str = "code"
-    grid: tuple | None = (14, 14)
+    codebook_init: str = "data"
+    codebook_restart: bool = True
+    layout: str = "paper"
+    grid: tuple | None = None
     switch_class: int = 0
-    classes: int = 15
+    classes: int = 1
 
 
 def _count(shapes, pattern: str) -> int:
@@ -591,6 +595,8 @@ def authors_config(shapes, **config) -> HVQConfig:
     fields = hvq_authors_fields(shapes)
     fields["tokens"] = fields["grid"][0] * fields["grid"][1]
     fields["dec_dim"] = fields["code_dim"] = 2 * fields["dim"]
+    fields.update(layout="code", codebook_update="ema", codebook_init="normal", codebook_restart=False,
+                  commitment=0.25)
     unknown = sorted(set(config) - set(HVQConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"hvq: unknown config field(s) {unknown}; valid: {sorted(HVQConfig.__dataclass_fields__)}")
@@ -599,7 +605,9 @@ def authors_config(shapes, **config) -> HVQConfig:
 
 def authors_model(config: HVQConfig) -> HVQTrans:
     args = {k: v for k, v in asdict(config).items() if k not in ("switch_class", "classes")}
-    return HVQTrans(**args)
+    model = HVQTrans(**args)
+    model.config = config
+    return model
 
 
 def authors_key_map(config: HVQConfig) -> dict[str, str]:

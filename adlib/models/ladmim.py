@@ -653,6 +653,11 @@ def score_components(model: LADMIM, dataset, batch_size: int = 8, device: str | 
 # in neither: give weights=<pretrained_teacher_small.pth>. The calibration statistics are computed by adlib.
 
 
+# The settings in which LADMIM's (and its HVQ-Trans') released code differs from adlib's defaults
+AUTHORS_SWITCHES = ("hvq_layout", "codebook_update", "codebook_init", "codebook_restart", "commitment",
+                    "feature_norm", "mim_cls_token", "mim_levels", "hvq_score", "standardise_on")
+
+
 def _count(shapes, pattern: str) -> int:
     n = 0
     while pattern.format(n) in shapes:

@@ -30,7 +30,7 @@ the coreset size was ``round(ratio * n)``, both references take ``int(ratio * n)
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
@@ -325,6 +325,8 @@ class PatchCore(AnomalyModel):
 # caller's (adlib's names: backbone="wide_resnet50", layers=(2, 3) for anomalib's default).
 
 THEIRS = "feature_extractor.feature_extractor."
+# The settings in which anomalib differs from adlib's defaults (see the module docstring)
+AUTHORS_SWITCHES = ("pool_include_pad", "map_upsample", "reweight")
 
 
 def authors_config(shapes, **config) -> PatchCoreConfig:
