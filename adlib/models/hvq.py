@@ -22,6 +22,16 @@ LADMIM Sec. 3.2, Eq. 2-7, with the readings of ``repro_spec.md`` §3.9:
 
 Codebook usage (fraction of the K codes hit, perplexity) is counted in training mode: ``usage()``.
 
+**Faithfulness** (``tests/test_parity.py``, fixture ``hvq`` from ``benchmarks/parity/hvq.py``): with
+``layout="code"`` HVQTrans loads RuiyingLu/HVQ-Trans' ``HVQ_TR_switch`` (12fbfa9; ``HVQConfig``,
+``authors_config``) and its encoder outputs, code maps, quantised levels, reconstruction, x16 anomaly map and
+``max_score`` (``release_map``, ``release_score``) match within 6e-7 relative. The default ``layout="paper"``
+follows LADMIM's Eq. 3-7 (psi^l, L codebooks of d_q, which the code does not have); the parts of it the paper
+leaves open are adlib's (see ``HVQTrans``). Not reproduced: the class switch (one codebook set per MVTec class,
+chosen by the label; a released checkpoint loads one class, ``switch_class``) and ``HVQ_TR_switch_OT``'s
+optimal-transport score, the variant HVQ-Trans' README says its paper's numbers come from. HVQ-Trans' released
+training script builds ``embed_dim=256`` (decoder 512), not the class's default 64.
+
 Also here: ``PDN``, EfficientAD's small patch description network, with ``load_pdn_weights`` for the
 ImageNet-distilled teacher file (``pretrained_teacher_small.pth`` from anomalib's
 ``efficientad_pretrained_weights.zip``, see ``PDN_WEIGHTS``). It cannot be downloaded here: the smoke profile

@@ -31,6 +31,34 @@ Ablations are config fields: ``scorer`` (Tab. 5), ``mask``/``mask_ratio`` (Tab. 
 "pixel", "feature", "code", "histogram"), ``mim_dim`` (Fig. 3). One-class vs multi-class (Tab. 3) is a data
 setting: one model per category, or one model on a ``ConcatDataset`` of all categories' training images
 (no class label; HVQ-Trans' per-class codebook switch is not used).
+
+**Faithfulness** (``tests/test_parity.py``, fixture ``ladmim`` from ``benchmarks/parity/ladmim.py``): the
+released ViT (SkyShunsuke/LADMIM 89ae156, ``src/model.py`` as ``get_model_with_args`` builds it for
+``scripts/train.sh``) and its scoring (``src/train_engine.py``: ``get_pred_dist``, ``get_target_dist``,
+``evaluate``'s z-scores), with upstream HVQ-Trans (RuiyingLu/HVQ-Trans 12fbfa9) standing in for the release's
+tokenizer, a fork that is not public: the code maps, P^l and Q^l per mask, S_HVQ, S_MIM and the summed score
+match within 1e-7 relative. Where adlib differs on purpose, a switch gives the release's behaviour:
+
+- ``hvq_layout="paper"``: Eq. 3-7 as printed (psi^l, L codebooks of d_q); the code has no psi and L + 1
+  codebooks (``"code"``; see ``adlib.models.hvq.HVQTrans``). Paper and code disagree: the paper by default;
+- ``mim_cls_token=False``: Eq. 8's sequence is the tokens and p; the released ViT also carries a class token;
+- ``feature_norm="layernorm"``: ours, for the substitute backbone's features; the release feeds raw h^0;
+- ``hvq_score="mean"``: the paper's S_HVQ; the release reads HVQ-Trans' ``max_score`` (``"release"``);
+- ``standardise_on="validation"``: the repro spec's reading; the release z-scores over the test set (``"test"``);
+- ``mim_levels=None`` (o^1..o^L): the release's head predicts upstream's order o^L..o^1 (``(4, 3, 2, 1)``);
+- ``mask_exact=False``: BEiT's block sampler; the release fills to exactly r N with single tokens;
+- HVQ-Trans' training (``codebook_update``, ``codebook_init``, ``codebook_restart``, ``commitment``): the
+  release's EMA codebooks, N(0, 1) init, no restarts, weight 0.25 are ``"ema"``, ``"normal"``, False, 0.25.
+
+Not switched, each for its reason: the test masks are drawn once (``mask_seed``) and shared by every image
+(the release draws new ones per image: adlib's scores are deterministic); the initialisation of e and p
+(zero, as the paper says; the release draws them trunc-normal) and of the Linear layers (torch's; the
+release's BEiT init), and the layer-scale value 0.1 (``train.sh``'s flag; ``get_model_with_args`` ignores it
+and uses 1e-4), act before training only; the MIM loss is the batch mean (the release sums over the batch:
+a learning-rate factor). Fixed by the parity check: the z-scores used the sample std (the release ``np.std``,
+the population std; a constant factor on the sum, the ranking unchanged); P^l, Q^l and the statistics were
+float32 (the release computes them in float64; the summed score was 1.3e-5 away, now 1e-7); and a model fresh
+from its checkpoint scored in training mode (``inference``).
 """
 from __future__ import annotations
 
@@ -115,6 +143,9 @@ class LADMIMConfig:
     mask_ratio: float = 0.2  # r for training (Tab. 7's best; release: 130 / 576 = 0.23)
     test_mask_ratio: float | None = None  # r for scoring; None = mask_ratio (release: 230 / 576 = 0.4)
     mask_min_block: int | None = None  # smallest block in tokens; None = a third of the masked tokens (release ~46)
+    # block masks stop when no block fits, short of r N tokens (BEiT's sampler); the release then masks random
+    # single tokens up to r N exactly (True)
+    mask_exact: bool = False
     checker_size: int = 3  # checkerboard square side in tokens (Tab. 7: 3 / 6 / 12)
     num_test_masks: int = 8  # masks averaged in S_MIM (paper and release: unstated)
     mask_seed: int = 0  # the test masks are fixed (the same for every image), drawn with this seed
@@ -137,9 +168,10 @@ class LADMIMConfig:
 
 
 def block_mask(h: int, w: int, count: int, min_block: int, generator: torch.Generator | None = None,
-               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
+               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10, exact: bool = False) -> torch.Tensor:
     """BEiT's block-wise masking: add random rectangles (area >= min_block, aspect ratio in ``aspect``) until
-    ``count`` of the h x w tokens are masked (never more; it stops early when no block fits). (h, w) bool."""
+    ``count`` of the h x w tokens are masked (never more; it stops early when no block fits). ``exact``: then
+    mask random single tokens up to ``count`` (LADMIM's released ``BlockMaskingSampler``). (h, w) bool."""
     mask = torch.zeros(h, w, dtype=torch.bool)
     low, high = math.log(aspect[0]), math.log(aspect[1])
     done = 0
@@ -164,6 +196,9 @@ def block_mask(h: int, w: int, count: int, min_block: int, generator: torch.Gene
         if added == 0:
             break
         done += added
+    if exact and done < count:
+        free = (~mask).flatten().nonzero().squeeze(1)
+        mask.view(-1)[free[torch.randperm(len(free), generator=generator)[:count - done]]] = True
     return mask
 
 
@@ -392,7 +427,7 @@ class LADMIM(AnomalyModel):
         g, count = self.config.grid, self._count(ratio)
         if self.config.mask == "block":
             min_block = self.config.mask_min_block or max(4, count // 3)
-            mask = block_mask(g, g, count, min(min_block, count), generator)
+            mask = block_mask(g, g, count, min(min_block, count), generator, exact=self.config.mask_exact)
         elif self.config.mask == "random":
             mask = random_mask(g, g, count, generator)
         else:
@@ -655,7 +690,7 @@ def score_components(model: LADMIM, dataset, batch_size: int = 8, device: str | 
 
 # The settings in which LADMIM's (and its HVQ-Trans') released code differs from adlib's defaults
 AUTHORS_SWITCHES = ("hvq_layout", "codebook_update", "codebook_init", "codebook_restart", "commitment",
-                    "feature_norm", "mim_cls_token", "mim_levels", "hvq_score", "standardise_on")
+                    "feature_norm", "mim_cls_token", "mim_levels", "hvq_score", "standardise_on", "mask_exact")
 
 
 def _count(shapes, pattern: str) -> int:
@@ -684,7 +719,7 @@ def authors_config(shapes, **config) -> LADMIMConfig:
         mim_mlp_ratio=shapes["mim.blocks.0.mlp.fc1.weight"][0] / dim, mim_cls_token="mim.cls_token" in shapes,
         layer_scale=1e-4 if "mim.blocks.0.gamma_1" in shapes else 0.0,
         mim_levels=tuple(range(hvq["layers"], hvq["layers"] - levels, -1)), hvq_score="release",
-        standardise_on="test")
+        standardise_on="test", mask_exact=True)
     if hvq["grid"][0] != hvq["grid"][1]:
         raise AuthorsCheckpointShapeError(f"ladmim: a {hvq['grid']} token grid; LADMIM's grid is square")
     config = model_config("ladmim", None, **{**derived, **config})
