@@ -170,7 +170,8 @@ def test_code_layout_is_hvq_trans_released_structure():
     assert out["codes"].shape == (2, 4, 16) and out["top_codes"].shape == (2, 16)
     assert torch.allclose(out["distance"].pow(2) / 12, out["error"], rtol=1e-5)
     # token (i, j) gets [col_j, row_i]
-    assert torch.equal(model.position()[0, 1 * 4 + 2], torch.cat([model.col_embed.weight[2], model.row_embed.weight[1]]))
+    expected = torch.cat([model.col_embed.weight[2], model.row_embed.weight[1]])
+    assert torch.equal(model.position()[0, 1 * 4 + 2], expected)
     with pytest.raises(ValueError, match="grid"):
         _model(layout="code", tokens=15)
 

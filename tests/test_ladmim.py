@@ -137,7 +137,8 @@ def test_masks():
     assert int(ladmim.random_mask(24, 24, 115, g).sum()) == 115
     # the release's sampler fills up with single tokens: exactly r N (here blocks alone stop short)
     short = [int(ladmim.block_mask(8, 8, 50, 30, torch.Generator().manual_seed(i)).sum()) for i in range(10)]
-    exact = [int(ladmim.block_mask(8, 8, 50, 30, torch.Generator().manual_seed(i), exact=True).sum()) for i in range(10)]
+    exact = [int(ladmim.block_mask(8, 8, 50, 30, torch.Generator().manual_seed(i), exact=True).sum())
+             for i in range(10)]
     assert min(short) < 50 and exact == [50] * 10
     board = ladmim.checkerboard_mask(24, 24, 3, g)
     assert int(board.sum()) == 288 and not torch.equal(board[:3, :3], board[:3, 3:6])

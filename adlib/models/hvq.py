@@ -535,7 +535,7 @@ class HVQConfig:
     classes: int = 1
 
 
-def _count(shapes, pattern: str) -> int:
+def count_indexed(shapes, pattern: str) -> int:
     """How many consecutive indices i have ``pattern.format(i)`` in ``shapes``."""
     n = 0
     while pattern.format(n) in shapes:
@@ -547,10 +547,11 @@ def hvq_authors_fields(shapes, prefix: str = "") -> dict[str, Any]:
     """HVQTrans' widths, depth, grid and codebook size read from an ``HVQ_TR_switch`` state dict's shapes."""
     dim, in_dim = shapes[f"{prefix}quantize_conv_t.weight"][:2]
     grid = (shapes[f"{prefix}pos_embed.row_embed.weight"][0], shapes[f"{prefix}pos_embed.col_embed.weight"][0])
-    return {"in_dim": in_dim, "dim": dim, "grid": grid, "layers": _count(shapes, prefix + "encoder.layers.{}.norm1.weight"),
+    return {"in_dim": in_dim, "dim": dim, "grid": grid,
+            "layers": count_indexed(shapes, prefix + "encoder.layers.{}.norm1.weight"),
             "ffn": shapes[f"{prefix}encoder.layers.0.linear1.weight"][0],
             "codebook_size": shapes[f"{prefix}quantize_list_1.0.embed"][1],
-            "classes": max(_count(shapes, prefix + "output_proj_list.{}.weight"), 1)}
+            "classes": max(count_indexed(shapes, prefix + "output_proj_list.{}.weight"), 1)}
 
 
 def hvq_authors_key_map(layers: int, switch_class: int = 0, ours: str = "", theirs: str = "") -> dict[str, str]:

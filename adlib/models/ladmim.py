@@ -37,7 +37,8 @@ released ViT (SkyShunsuke/LADMIM 89ae156, ``src/model.py`` as ``get_model_with_a
 ``scripts/train.sh``) and its scoring (``src/train_engine.py``: ``get_pred_dist``, ``get_target_dist``,
 ``evaluate``'s z-scores), with upstream HVQ-Trans (RuiyingLu/HVQ-Trans 12fbfa9) standing in for the release's
 tokenizer, a fork that is not public: the code maps, P^l and Q^l per mask, S_HVQ, S_MIM and the summed score
-match within the test's 1e-5 relative (``benchmarks/parity/faithfulness.py`` prints each difference). Where adlib differs on purpose, a switch gives the release's behaviour:
+match within the test's 1e-5 relative (``benchmarks/parity/faithfulness.py`` prints each difference).
+Where adlib differs on purpose, a switch gives the release's behaviour:
 
 - ``hvq_layout="paper"``: Eq. 3-7 as printed (psi^l, L codebooks of d_q); the code has no psi and L + 1
   codebooks (``"code"``; see ``adlib.models.hvq.HVQTrans``). Paper and code disagree: the paper by default;
@@ -693,19 +694,12 @@ AUTHORS_SWITCHES = ("hvq_layout", "codebook_update", "codebook_init", "codebook_
                     "feature_norm", "mim_cls_token", "mim_levels", "hvq_score", "standardise_on", "mask_exact")
 
 
-def _count(shapes, pattern: str) -> int:
-    n = 0
-    while pattern.format(n) in shapes:
-        n += 1
-    return n
-
-
 def authors_config(shapes, **config) -> LADMIMConfig:
     """The released model's settings from its shapes: HVQ-Trans' code layout, the ViT's width, depth, MLP ratio,
     class token and the code levels its head predicts (``--codebook_indices``, upstream's order o^L..o^1), and
     the release's scoring (raw h^0, HVQ-Trans' max_score, z-scores over the test set)."""
     from adlib.models import model_config
-    from adlib.models.hvq import hvq_authors_fields
+    from adlib.models.hvq import count_indexed, hvq_authors_fields
 
     hvq = hvq_authors_fields(shapes, "hvq.")
     dim, in_dim = shapes["mim.patch_embed.proj.weight"][:2]
@@ -715,7 +709,7 @@ def authors_config(shapes, **config) -> LADMIMConfig:
         hvq_layout="code", hvq_layers=hvq["layers"], hvq_dim=hvq["dim"], hvq_ffn=hvq["ffn"],
         codebook_size=hvq["codebook_size"], code_dim=2 * hvq["dim"], hvq_dec_dim=2 * hvq["dim"], hvq_heads=8,
         hvq_dropout=0.1, commitment=0.25, codebook_update="ema", codebook_init="normal", codebook_restart=False,
-        hvq_classes=hvq["classes"], mim_dim=dim, mim_layers=_count(shapes, "mim.blocks.{}.norm1.weight"),
+        hvq_classes=hvq["classes"], mim_dim=dim, mim_layers=count_indexed(shapes, "mim.blocks.{}.norm1.weight"),
         mim_mlp_ratio=shapes["mim.blocks.0.mlp.fc1.weight"][0] / dim, mim_cls_token="mim.cls_token" in shapes,
         layer_scale=1e-4 if "mim.blocks.0.gamma_1" in shapes else 0.0,
         mim_levels=tuple(range(hvq["layers"], hvq["layers"] - levels, -1)), hvq_score="release",
@@ -764,7 +758,7 @@ def authors_layout(state: dict, config: LADMIMConfig) -> dict:
     """HVQ-Trans' tensors as ``hvq_authors_layout``; the ViT's 1 x 1 patch convolution as a Linear, its
     position table from [cls, p, tokens] to adlib's [tokens, p, cls] order, and its q and v biases (it has no
     k bias) as one qkv bias with a zero k part."""
-    from adlib.models.hvq import hvq_authors_layout
+    from adlib.models.hvq import count_indexed, hvq_authors_layout
 
     out = hvq_authors_layout(state, "hvq.")
     if "mim.patch_embed.proj.weight" in out:
@@ -773,7 +767,7 @@ def authors_layout(state: dict, config: LADMIMConfig) -> dict:
         pos = out["mim.pos_embed"]
         first = 2 if "mim.cls_token" in out else 1  # the tokens before the patches
         out["mim.pos_embed"] = torch.cat([pos[:, first:], pos[:, first - 1:first], pos[:, :first - 1]], dim=1)
-    for i in range(_count(out, "mim.blocks.{}.norm1.weight")):
+    for i in range(count_indexed(out, "mim.blocks.{}.norm1.weight")):
         q, v = out.pop(f"mim.blocks.{i}.attn.q_bias", None), out.pop(f"mim.blocks.{i}.attn.v_bias", None)
         if q is not None and v is not None:
             out[f"mim.blocks.{i}.attn.qkv.bias"] = torch.cat([q, torch.zeros_like(v), v])

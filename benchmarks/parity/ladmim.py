@@ -142,7 +142,7 @@ def make(root: Path) -> dict:
     loss = importlib.import_module("loss")
     tokenizer = Tokenizer(hvq, features)
     args = Namespace(tokenizer="hvq", codebook_size=K, device="cpu")
-    predicted, target, s_mim = torch.zeros(IMAGES, MASKS, len(LEVELS), K), torch.zeros(IMAGES, MASKS, len(LEVELS), K), []
+    (predicted, target), s_mim = (torch.zeros(IMAGES, MASKS, len(LEVELS), K) for _ in range(2)), []
     for i in range(IMAGES):
         image = features[i:i + 1]
         distances = []
