@@ -3,14 +3,16 @@
 - ``fit(model, dataset, config)``: gradient models (``model.trainable``) get AdamW or Adam with a constant,
   cosine or step learning rate, stage by stage; one-pass models (memory banks) get ``fit_memory`` over all
   training batches. When the model's feature extractor is frozen (``model.cacheable``) its features are
-  computed once and reused every epoch, unless they would exceed ``cache_budget_mb``; with a
-  ``feature_key()`` they are also kept on disk across runs (``adlib.featcache``).
+  computed once, one image at a time (``extract_frozen``: the same bits whatever batch an image is in), and
+  reused every epoch, unless they would exceed ``cache_budget_mb``; with a ``feature_key()`` they are also
+  kept on disk across runs (``adlib.featcache``).
 - ``evaluate(model, dataset, protocol=...)``: streams maps batch by batch into the named protocol's
   accumulators (``adlib.metrics.PROTOCOLS``), one category at a time for a multi-class test set; keeps
   image scores and, on request, a few downsampled maps for figures.
 
 The engine knows no paper and no model by name: recipes come from ``adlib.papers``.
-- ``save_checkpoint`` / ``load_checkpoint``, ``seed_everything``.
+- ``save_checkpoint`` / ``load_checkpoint`` (a fit's checkpoints carry its ``FitResult.run_id`` in
+  ``extra["run_id"]``), ``seed_everything``.
 """
 from __future__ import annotations
 
@@ -367,10 +369,6 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
         result.disk_hits = store.hits if store is not None else 0
     else:
         cache = None
-        unknown = sorted(set(config.stages) - set(model.training_stages()))
-        if unknown:
-            raise ValueError(f"stages={config.stages!r}: {model.name} has no stage {', '.join(map(repr, unknown))}; "
-                             f"its stages: {', '.join(model.training_stages())}")
         total_epochs = sum(config.for_stage(s).epochs for s in model.training_stages())
         if total_epochs < 1:
             raise ValueError(f"epochs={config.epochs}: need at least one epoch")

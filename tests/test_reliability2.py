@@ -153,14 +153,6 @@ def test_study_configs_and_model_config_share_the_typed_check():
     assert fit.betas == (0.5, 0.9) and config.m == 2
 
 
-def test_an_unknown_stage_is_refused_before_training(tmp_path):
-    from adlib import engine
-    from test_engine import Blobs, make_model
-
-    with pytest.raises(ValueError, match="has no stage 'nosuch'"):
-        engine.fit(make_model(), Blobs(4), engine.FitConfig(epochs=1, progress=False, stages={"nosuch": {"lr": 1e-3}}))
-
-
 @pytest.mark.parametrize("hint, text, value", [
     ("int | tuple[int, int]", "64", 64), ("int | tuple[int, int]", "(64, 96)", (64, 96)),
     ("tuple | None", "layer2,layer3", ("layer2", "layer3")), ("tuple | None", "None", None),
