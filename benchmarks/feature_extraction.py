@@ -1,7 +1,7 @@
 """What extracting frozen features one image at a time costs against batched extraction (issue 25, case 3).
 
     python benchmarks/feature_extraction.py [--sizes 64 256] [--batch 8] [--images 16] [--repeats 3]
-                                            [--model varad] [--device cpu] [--threads N]
+                                            [--model patchcore] [--device cpu] [--threads N]
 
 The engine extracts frozen features image by image (``engine.extract_frozen``), so that a cached image's
 features have the bits they would have in any batch. This times, per input size, ``model.extract`` on batches
@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--images", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--model", default="varad")
+    parser.add_argument("--model", default="patchcore")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     args = parser.parse_args()
