@@ -258,3 +258,31 @@ def test_dataset_means_average_the_resamples_too():
     mean = out[out["dataset"] == "D"].iloc[0]
     assert mean["value"] == 15.0 and mean["chance"] == 2.0 and np.allclose(mean["boot"], 15.0)
     assert mean["test_id"] == metrics.test_identity(["a", "b"])
+
+
+def test_loco_rows_carry_each_group_auroc_on_the_resamples():
+    from types import SimpleNamespace
+
+    from adlib import loco
+
+    groups = ["good"] * 4 + ["logical"] * 2 + ["structural"] * 2
+    labels = np.array([0] * 4 + [1] * 4)
+
+    def run(category, scores):
+        keys = _keys(8, f"set/{category}/test")
+        evaluation = SimpleNamespace(scores=np.asarray(scores, float), labels=labels, groups=groups, image_categories=[],
+                                     protocol="exact", resample=metrics.resample_counts(keys, groups, 100),
+                                     test_id=metrics.test_identity(keys))
+        return SimpleNamespace(method="M", label="default", seed=0, dataset_name="set", class_setting="one-class",
+                               evaluation=evaluation, sources=[SimpleNamespace(category=category)], backbone="b",
+                               data=f"set/{category}", image_size=64)
+
+    runs = {"a": run("a", [0, 0.2, 0.1, 0.3, 0.25, 0.9, 1, 1]), "b": run("b", [0, 0.1, 0.2, 0.3, 0, 0.5, 1, 1])}
+    table = loco.runs_table(runs, chance=True)
+    ours = table[table["method"] == "M"].set_index(["dataset", "metric"])
+    assert all(isinstance(b, np.ndarray) and b.shape == (100,) for b in ours["boot"])
+    cats = [ours.loc[(f"set/{c}", "auroc_logical"), "boot"] for c in "ab"]
+    assert np.allclose(ours.loc[("set", "auroc_logical"), "boot"], np.mean(cats, axis=0))
+    assert ours.loc[("set", "auroc_logical"), "boot"].std() > 0 and (ours["chance"] == 50.0).all()
+    chance = table[table["method"] == loco.CHANCE]
+    assert all(np.all(b == 50.0) for b in chance["boot"])

@@ -251,6 +251,20 @@ def _is_count(metric: str, level: str | None) -> bool:
     return metric in COUNT_METRICS or level == "data"
 
 
+CELL_KINDS = ("quality", "cost", "property")
+
+
+def cell_kind(metric: str, level: str | None) -> str:
+    """What a printed cell measures: "quality" (image, pixel or summary metrics, in percent), "cost" (costs with a
+    unit and counts: parameters, FLOPs, speed, time, epochs, images), or "property" (a model-level value with no
+    unit, such as a table's 0/1 ticks for an architecture's properties)."""
+    if level in PERCENT_LEVELS:
+        return "quality"
+    if _is_count(metric, level) or unit(metric, level):
+        return "cost"
+    return "property"
+
+
 def format_value(value, metric: str, level: str | None = None, signed: bool = False) -> str:
     """A number as the papers print it: percent with one decimal, counts as integers, costs with enough
     digits to be read (0.052 M, 4.31 M, 22.7 M; 389 s, 2.5 s). NaN gives ""."""
