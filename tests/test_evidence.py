@@ -286,3 +286,12 @@ def test_loco_rows_carry_each_group_auroc_on_the_resamples():
     assert ours.loc[("set", "auroc_logical"), "boot"].std() > 0 and (ours["chance"] == 50.0).all()
     chance = table[table["method"] == loco.CHANCE]
     assert all(np.all(b == 50.0) for b in chance["boot"])
+
+
+def test_map_examples_cover_every_category_of_a_multi_class_run(setting):  # noqa: F811
+    sources = setting.synthetic_sources("toyset", limit=None)
+    runs = {}
+    study.run_grid(setting, None, sources, models=("patchcore",), class_setting="multi-class", keep=runs,
+                   log=lambda *_: None)
+    images, masks, maps, labels = study.examples_by_source(runs, k=1)
+    assert labels == ["toyset/other", "toyset/toy"] and len(images) == len(maps["PatchCore"]) == 2
