@@ -330,6 +330,9 @@ def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max
         for c, metric in enumerate(metrics):
             ax = axes[r, c]
             chances = []
+            if part[part["metric"] == metric].empty:  # e.g. AU-PRO at image level: say so, not an empty frame
+                ax.text(0.5, 0.5, f"no {METRIC_LABELS.get(metric, metric)} rows here", ha="center", va="center",
+                        fontsize=8, color="0.4", transform=ax.transAxes)
             for method, rows in part[part["metric"] == metric].groupby("method", sort=False):
                 stats = _seed_stats(rows, ["resolution"]).sort_index()
                 ax.errorbar(stats.index, stats["mean"].values, yerr=stats["std"].values, marker="o", capsize=3,

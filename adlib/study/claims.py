@@ -199,8 +199,11 @@ def combine(by_seeds: str, by_images: str | None) -> str:
     return "inconclusive"
 
 
-def _fmt_num(value: float, digits: int = 1) -> str:
-    return "–" if value is None or not np.isfinite(value) else f"{value:.{digits}f}"
+def _fmt_num(value: float) -> str:
+    """One decimal, or two significant digits below 1 (a chance level of 0.016 is not 0.0)."""
+    if value is None or not np.isfinite(value):
+        return "–"
+    return f"{value:.1f}" if abs(value) >= 1 or value == 0 else f"{value:.2g}"
 
 
 def _peer_best(tables: Sequence[pd.DataFrame], claim: Claim, protocol: str | None, exclude: set[str],
@@ -240,7 +243,7 @@ def _floor(claim: Claim, label: str, fav: pd.DataFrame, fav_rows: pd.DataFrame, 
             parts.append("chance level unknown for this metric (rows without a positive rate)")
         else:
             needed = chance
-            low = min(v for v in (mean - Z * se if np.isfinite(se) else mean, lo if np.isfinite(lo) else mean))
+            low = min(mean - Z * se if np.isfinite(se) else mean, lo if np.isfinite(lo) else mean)
             ok = low > chance
             works &= ok
             parts.append(f"chance {_fmt_num(chance)}" + ("" if ok else " (not cleared beyond the noise)"))
@@ -454,9 +457,9 @@ def floor_text(row) -> str:
     """The floor the favoured side had to clear, with the chance level beside it."""
     if not _finite(row.get("floor")):
         return "–"
-    text = f"{float(row['floor']):.1f}"
+    text = _fmt_num(float(row["floor"]))
     if _finite(row.get("chance")) and abs(float(row["chance"]) - float(row["floor"])) > 1e-9:
-        text += f" (chance {float(row['chance']):.1f})"
+        text += f" (chance {_fmt_num(float(row['chance']))})"
     return text
 
 
