@@ -44,7 +44,7 @@ REFERENCE_BEFORE = re.compile(r"(?:Sec\.|Section|Sections|§|Eqs?\.|Equations?|T
                               r"Appendix|rows?|stages?|blocks?|layers?|steps?|v|version|Lemma|Theorem|arXiv)"
                               r"\s*(?:[\w.]+\s*(?:[-–]|,|and|to)\s*)*$", re.IGNORECASE)  # "Sec. 4.2-4.4", "rows 5-7"
 CONSTANT_BEFORE = re.compile(r"(?:chance|random guess|constant score|same score)[^.;]{0,40}$", re.IGNORECASE)  # AUROC 50 at chance
-UNIT_AFTER = re.compile(r"^\s*(?:px|pixels?|[×x]\s*\d|epochs?|(?:training |test |normal |defective |anomalous )?"
+UNIT_AFTER = re.compile(r"^\s*(?:px|pixels\b|[×x]\s*\d|epochs?|(?:training |test |normal |defective |anomalous )?"
                         r"images?|seeds?|categor(?:y|ies)|channels?|tokens?|directions?|heads?|bits?|threads?|cores?|"
                         r"workers?|batch|classes|regions?|defects?|-?d\b|-?dim)", re.IGNORECASE)
 COST_AFTER = re.compile(r"^\s*(?:M|G|GB|MB|h|s|ms|min)\b")
