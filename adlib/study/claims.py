@@ -313,6 +313,7 @@ def _compare(claim: Claim, favoured: Side, other: Side, table: pd.DataFrame, pro
         out.update(chance=chance, floor=floor, floor_note=floor_note)
         if not works:
             out["verdict"] = "not testable here"
+            out["floor_note"] += f" ({claim.floor.why})" if claim.floor.why else ""
     return out
 
 
