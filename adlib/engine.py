@@ -123,12 +123,17 @@ class Metrics:
     """Image and pixel metrics of one group of test images (a category, or all categories pooled).
 
     A metric that is undefined for the data (pixel metrics without an anomalous pixel, image metrics with
-    one class only) is absent, and ``undefined`` says why."""
+    one class only) is absent, and ``undefined`` says why. ``replicates`` holds, per level and metric, the
+    values on the test-image resamples (``adlib.metrics.resample_counts``; empty when not requested) and
+    ``chance`` what a detector that sees nothing scores on these images (``adlib.metrics.chance_level``)."""
 
     image: dict[str, float] = field(default_factory=dict)
     pixel: dict[str, float] = field(default_factory=dict)
     images: int = 0
     undefined: dict[str, str] = field(default_factory=dict)  # level -> reason
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # level -> metric -> (B,) fractions
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> metric -> fraction
+    test_id: str = ""  # adlib.metrics.test_identity of the images: equal for evaluations of the same images
 
     @property
     def mad(self) -> float:
@@ -161,6 +166,11 @@ class EvalResult:
     image_categories: list[str] = field(default_factory=list)  # per image: its category
     undefined: dict[str, str] = field(default_factory=dict)
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # per image: a model's named score parts (predict_parts)
+    # test-image noise (see ``Metrics``): of ``image``/``pixel`` (the category means for several categories)
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_id: str = ""
+    resample: np.ndarray | None = None  # (B, images) counts per resample, stratified per category and image group
 
 
 def seed_everything(seed: int) -> None:
@@ -453,11 +463,12 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def _compute(accumulator, scores: list, labels: list) -> Metrics:
-    """Metrics of one group; a metric undefined for this data is left out with the reason."""
+def _compute(accumulator, scores: list, labels: list, resample: np.ndarray | None = None, test_id: str = "") -> Metrics:
+    """Metrics of one group; a metric undefined for this data is left out with the reason. With ``resample``
+    ((B, images) counts), each metric's values on the B test-image resamples too."""
     from adlib import metrics
 
-    out = Metrics(images=int(sum(len(s) for s in scores)))
+    out = Metrics(images=int(sum(len(s) for s in scores)), test_id=test_id)
     s = torch.cat(scores).numpy() if scores else np.zeros(0)
     y = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
     if len(np.unique(y)) < 2:
@@ -465,9 +476,15 @@ def _compute(accumulator, scores: list, labels: list) -> Metrics:
                                   f"{'anomalous' if len(y) and y.all() else 'good'} ones")
     else:
         out.image = {k: float(v) for k, v in metrics.image_metrics(s, y).items()}
+        out.chance["image"] = {k: metrics.chance_level(k, float(np.mean(y))) for k in out.image}
+        if resample is not None:
+            out.replicates["image"] = metrics.image_replicates(s, y, resample)
     if accumulator is not None:
         try:
-            out.pixel = {k: float(v) for k, v in accumulator.compute().items()}
+            out.pixel = {k: float(v) for k, v in accumulator.compute(resample=resample).items()}
+            out.chance["pixel"] = {k: metrics.chance_level(k, accumulator.prevalence) for k in out.pixel}
+            if resample is not None:
+                out.replicates["pixel"] = dict(accumulator.replicates)
         except ValueError as error:
             out.undefined["pixel"] = str(error)
     return out
@@ -498,9 +515,16 @@ def evaluate(model, dataset: Dataset | Mapping[str, Dataset], batch_size: int = 
 def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocols: Sequence[str] = ("exact",),
                        batch_size: int = 8, device: str | torch.device = "cpu", keep_maps: int = 0,
                        map_size: int = 128, progress: bool = True, num_workers: int = 0, pixel: bool = True,
-                       pooled: bool | None = None) -> dict[str, EvalResult]:
-    """``evaluate`` under several protocols at once: one prediction pass, one result per protocol."""
+                       pooled: bool | None = None, bootstrap: int | None = None) -> dict[str, EvalResult]:
+    """``evaluate`` under several protocols at once: one prediction pass, one result per protocol.
+
+    ``bootstrap`` (default ``adlib.metrics.BOOTSTRAP``; 0: none) test-image resamples per category, drawn from
+    the images' identity (``adlib.metrics.resample_counts``, stratified by image group), give every metric its
+    values on each resample (``Metrics.replicates``): the same resamples for both protocols and for any other
+    evaluation of the same images, so that two sides of a comparison are resampled in pairs."""
     from adlib import metrics
+
+    bootstrap = metrics.BOOTSTRAP if bootstrap is None else int(bootstrap)
 
     specs = {name: metrics.protocol(name) for name in dict.fromkeys(protocols)}
     if not specs:
@@ -520,7 +544,9 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
     # parts (e.g. each scorer alone) need no second pass over the test set
     predict_parts = getattr(model, "predict_parts", None)
     seconds = 0.0
+    resamples, identities = [], []
     for name, part in named.items():
+        first = len(paths)
         accumulators = {p: spec.pixel_accumulator() if pixel else None for p, spec in specs.items()}
         scores: list[torch.Tensor] = []
         labels = {p: [] for p in specs}
@@ -556,11 +582,17 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
                     kept_counts[int(label)] += 1
                     small = F.interpolate(maps[i][None, None], size=(map_size, map_size), mode="bilinear", align_corners=False)
                     kept[batch_paths[i]] = small[0, 0].numpy()
+        keys = metrics.image_keys(paths[first:])
+        identities.append(metrics.test_identity(keys))
+        resample = metrics.resample_counts(keys, groups[first:], bootstrap) if bootstrap and keys else None
+        resamples.append(resample)
         for p in specs:
-            state[p]["categories"][name] = _compute(accumulators[p], scores, labels[p])
+            state[p]["categories"][name] = _compute(accumulators[p], scores, labels[p], resample, identities[-1])
             state[p]["scores"] += scores
             state[p]["labels"] += labels[p]
         del accumulators
+    everything = np.concatenate(resamples, axis=1) if resamples and all(r is not None for r in resamples) else None
+    test_id = identities[0] if len(identities) == 1 else metrics.test_identity(identities)
     out = {}
     for p in specs:
         scores_np = torch.cat(state[p]["scores"]).numpy()
@@ -569,13 +601,15 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
         result = EvalResult(image={}, pixel={}, scores=scores_np, labels=labels_np, paths=list(paths), seconds=seconds,
                             fps=n / seconds if seconds > 0 else float("nan"), maps=kept, protocol=p,
                             groups=[str(g) for g in groups], image_categories=list(cats),
-                            parts={k: torch.cat(v).numpy() for k, v in parts.items()})
+                            parts={k: torch.cat(v).numpy() for k, v in parts.items()}, test_id=test_id,
+                            resample=everything)
         if pooled:
-            result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"])
+            result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"], everything, test_id)
         per_category = state[p]["categories"]
         if list(named) == [""]:
             only = per_category[""]
             result.image, result.pixel, result.undefined = only.image, only.pixel, dict(only.undefined)
+            result.replicates, result.chance = only.replicates, only.chance
         else:
             result.categories = per_category
             _category_means(result)
@@ -593,6 +627,12 @@ def _category_means(result: EvalResult) -> None:
             continue
         keys = [k for k in values[0] if all(k in v for v in values)]
         setattr(result, level, {k: float(np.mean([v[k] for v in values])) for k in keys})
+        categories = list(result.categories.values())  # each category resampled on its own: mean per resample
+        result.chance[level] = {k: float(np.mean([m.chance.get(level, {}).get(k, np.nan) for m in categories]))
+                                for k in keys}
+        if all(level in m.replicates for m in categories):
+            result.replicates[level] = {k: np.mean([m.replicates[level][k] for m in categories], axis=0)
+                                        for k in keys if all(k in m.replicates[level] for m in categories)}
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

@@ -6,8 +6,9 @@
 - ``parameters``: a notebook's parameters checked against those it declares (names, types, registries);
 - ``grid``: fit and evaluate (model, variant, seed, data) combinations through the one engine, one-class
   or multi-class, under one or both metric protocols, as long-format rows;
-- ``tables``: seed summaries and wide views; ``cost``: parameters, FLOPs, speed; ``claims``: verdicts
-  over seeds by a stated rule; ``examples``: maps for figures; ``choices``: what the paper leaves open;
+- ``tables``: seed summaries and wide views (never averaging scopes or protocols); ``cost``: parameters,
+  FLOPs, speed; ``claims``: verdicts against the seeds' and the test images' noise by one stated rule, floors,
+  a chapter's closing section; ``examples``: maps for figures; ``choices``: what the paper leaves open;
   ``explorer``: an interactive widget.
 
 Nothing here knows a paper or a model by name: the paper comes in as a ``PaperSpec`` from ``adlib.papers``.
