@@ -30,6 +30,12 @@ def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
     return diff / scale if scale > 0 else diff
 
 
+def fixture_images(fixture: dict) -> torch.Tensor:
+    """The fixture's input images in [0, 1] (an 8-bit input is stored as uint8, as an image file holds it)."""
+    images = fixture["input"]
+    return images.float() / 255 if images.dtype == torch.uint8 else images
+
+
 def load_fixture(name: str) -> dict:
     path = FIXTURES / f"{name}.pt"
     if not path.is_file():
@@ -44,7 +50,7 @@ def test_every_stage_matches_the_authors_code(name):
     model = authors.from_authors(name, fixture["state_dict"], **fixture["config"])
     module = importlib.import_module(model.__module__)
     with torch.no_grad():
-        ours = module.authors_stages(model, fixture["input"])
+        ours = module.authors_stages(model, fixture_images(fixture))
     assert set(fixture["stages"]) <= set(ours), f"stages adlib does not give: {set(fixture['stages']) - set(ours)}"
     differences = {stage: relative_difference(ours[stage], theirs) for stage, theirs in fixture["stages"].items()}
     assert max(differences.values()) <= RTOL, differences

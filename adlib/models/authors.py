@@ -11,7 +11,12 @@ without training. Each model module that has a reference implementation provides
 - ``authors_ignored(config) -> set[str]`` (optional): the authors' keys that carry nothing adlib's model holds
   (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs;
 - ``authors_stages(model, images) -> dict[str, Tensor]``: the outputs of the stages the paper names (encoder
-  features, decoder or predictor output, anomaly map, image score), under the names the parity fixture uses.
+  features, decoder or predictor output, anomaly map, image score), under the names the parity fixture uses;
+- ``authors_canonical(names: dict) -> dict`` (optional): a released checkpoint's keys renamed to the names the
+  reference code gives them, where a release was written by another version of the code (MambaAD's released
+  weights carry ADer's names); the values (tensors or shapes) pass through untouched;
+- ``authors_transform(config, ours, tensor) -> tensor`` (optional): the authors' tensor for adlib key ``ours``
+  in adlib's layout, where the two store the same parameter in another order (same shape).
 
 ``AUTHORS`` names, per model, the reference code (repository, the files compared) that the key names come from;
 ``benchmarks/parity/`` writes the fixtures and ``tests/test_parity.py`` checks each stage's output against them.
@@ -62,19 +67,28 @@ def _module(name: str):
     return module
 
 
+def _tensors(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def unwrap(checkpoint: Any) -> dict[str, torch.Tensor]:
     """The state dict inside a released checkpoint file's object: the dict itself, or what it holds under one
-    of the usual keys ("state_dict", "model", "net", "net_S"...), with a "module." prefix (DataParallel) removed."""
+    of the usual keys ("state_dict", "model", "net", "net_S"...), with a "module." prefix (DataParallel) removed.
+    A file that holds only state dicts of sub-modules (RD4AD's ``{"bn": ..., "decoder": ...}``) gives their
+    union under "<name>." prefixes."""
     state = checkpoint
     for _ in range(3):
-        if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if _tensors(state):
             break
         if not isinstance(state, Mapping):
             raise AuthorsCheckpointError(f"not a checkpoint: a {type(state).__name__}, expected a dict of tensors")
         inner = [k for k in ("state_dict", "model", "net", "state") if isinstance(state.get(k), Mapping)]
-        if not inner:
+        if inner:
+            state = state[inner[0]]
+        elif state and all(_tensors(v) for v in state.values()):
+            state = {f"{name}.{k}": v for name, part in state.items() for k, v in part.items()}
+        else:
             raise AuthorsCheckpointError(f"no state dict in the checkpoint; its top-level keys: {sorted(state)[:10]}")
-        state = state[inner[0]]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -85,6 +99,8 @@ def check_keys(name: str, shapes: Mapping[str, tuple[int, ...]], strict: bool = 
     from adlib.models import create_model, model_config
 
     module = _module(name)
+    if hasattr(module, "authors_canonical"):
+        shapes = module.authors_canonical(dict(shapes))
     if hasattr(module, "authors_config"):
         cfg = module.authors_config(dict(shapes), **config)
     else:
@@ -117,13 +133,17 @@ def from_authors(name: str, state_dict: Mapping[str, torch.Tensor], strict: bool
     """
     from adlib.models import create_model
 
+    module = _module(name)
     state = unwrap(state_dict)
+    if hasattr(module, "authors_canonical"):
+        state = module.authors_canonical(state)
     cfg, key_map = check_keys(name, {k: tuple(v.shape) for k, v in state.items()}, strict=strict, **config)
     model = create_model(name, cfg)
     own = model.state_dict()
+    transform = getattr(module, "authors_transform", lambda _cfg, _ours, tensor: tensor)
     with torch.no_grad():
         for ours, theirs in key_map.items():
-            own[ours].copy_(state[theirs].to(own[ours].dtype))
+            own[ours].copy_(transform(cfg, ours, state[theirs]).to(own[ours].dtype))
     model.load_state_dict(own)
     model.eval()
     return model
