@@ -23,6 +23,7 @@ without training. Each model module that has a reference implementation provides
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -105,8 +106,10 @@ def check_keys(name: str, shapes: Mapping[str, tuple[int, ...]], strict: bool = 
         cfg = module.authors_config(dict(shapes), **config)
     else:
         cfg = model_config(name, None, **config)
+    # shapes only: the encoder's pretrained weights (which may not be had here) change no shape
+    shape_cfg = dataclasses.replace(cfg, pretrained=False) if getattr(cfg, "pretrained", False) else cfg
     with torch.device("meta"):
-        own = {k: tuple(v.shape) for k, v in create_model(name, cfg).state_dict().items()}
+        own = {k: tuple(v.shape) for k, v in create_model(name, shape_cfg).state_dict().items()}
     key_map = module.authors_key_map(cfg)
     unknown = [ours for ours in key_map if ours not in own]
     if unknown:

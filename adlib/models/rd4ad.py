@@ -21,6 +21,7 @@ the part of WideResNet's unused layer4 and is not tapped.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +42,9 @@ class RD4ADConfig:
     layers: tuple | None = None
     pretrained: bool = True
     image_size: int | tuple[int, int] = 256  # paper: 256 x 256
+    # timm keyword arguments that change the teacher's shape (a ResNet's ``channels``), with pretrained=False
+    # and the teacher's weights from a checkpoint (``authors_config`` sets them). None: timm's own.
+    backbone_kwargs: dict | None = None
     ocbe_blocks: int = 3  # bottleneck blocks in the OCBE's residual stage (official: 3, the first with stride 2)
     decoder_blocks: tuple[int, ...] = (3, 4, 6)  # blocks per decoder stage, deepest first (official: 3, 4, 6)
     # Inner width of a bottleneck block / its output width: 0.5 in Wide-ResNet-50-2 (official), 0.25 in ResNet-50.
@@ -171,7 +175,8 @@ class RD4AD(AnomalyModel):
             from adlib import backbones
 
             layers = config.layers if config.layers is not None else _default_layers(config.backbone)
-            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained)
+            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained,
+                                         timm_kwargs=config.backbone_kwargs)
         self.tokenizer = tokenizer
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
@@ -241,7 +246,8 @@ class RD4AD(AnomalyModel):
         level_maps = [1 - F.cosine_similarity(t, s, dim=1) for t, s in zip(teacher, student)]
         up = [F.interpolate(m[:, None], size=self.image_hw, mode="bilinear", align_corners=self.config.align_corners)[:, 0]
               for m in level_maps]
-        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma)
+        # scipy.ndimage.gaussian_filter's border rule (what the official test.py calls), not PyTorch's reflect
+        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma, padding="symmetric")
         scores = image_score(amap, self.config.score_rule, self.config.topk_ratio)
         return {"teacher": teacher, "student": student, "level_maps": level_maps, "map": amap, "scores": scores}
 
@@ -259,3 +265,90 @@ def _default_layers(backbone: str) -> tuple[int, ...]:
         raise ValueError(f"RD4AD mirrors a CNN teacher's stages; backbone {backbone!r} is a {spec.kind}: "
                          f"give a CNN backbone or explicit layers")
     return (1, 2, 3)
+
+
+# ------------------------------------------------------------------------- the authors' checkpoints (official)
+# hq-deng/RD4AD main.py saves {'bn': BN_layer.state_dict(), 'decoder': de_resnet.ResNet.state_dict()}; the
+# teacher is torchvision's ImageNet Wide-ResNet-50-2 (timm's wide_resnet50_2.tv_in1k is that file), not saved.
+# ``authors.unwrap`` reads the two parts as "bn.*" and "decoder.*"; a state dict that also holds the teacher
+# under "encoder.*" (the parity fixture's reduced one) loads it too.
+
+_OCBE_FUSE = {"fuse.0.0.": "conv1.", "fuse.0.1.": "bn1.", "fuse.0.3.": "conv2.", "fuse.0.4.": "bn2.",
+              "fuse.1.0.": "conv3.", "fuse.1.1.": "bn3."}
+
+
+def _authors_key(ours: str) -> str | None:
+    parts = ours.split(".")
+    if ours.startswith("tokenizer.model."):
+        return "encoder." + ours[len("tokenizer.model."):]
+    if ours.startswith("ocbe.fuse."):
+        rest = ours[len("ocbe."):]
+        return next(("bn." + new + rest[len(old):] for old, new in _OCBE_FUSE.items() if rest.startswith(old)), None)
+    if ours.startswith("ocbe.stage."):
+        return "bn.bn_layer." + ".".join(parts[2:]).replace(".shortcut.", ".downsample.")
+    if ours.startswith("decoder.stages."):
+        return f"decoder.layer{int(parts[2]) + 1}." + ".".join(parts[3:]).replace(".shortcut.", ".upsample.")
+    return None
+
+
+def authors_key_map(config: RD4ADConfig) -> dict[str, str]:
+    """adlib key -> the official key: OCBE <- ``bn.*`` (BN_layer), decoder <- ``decoder.layer1-3.*``, and the
+    teacher <- ``encoder.*`` when it comes from the checkpoint (``pretrained=False``)."""
+    from dataclasses import replace
+
+    with torch.device("meta"):
+        own = RD4AD(replace(config, pretrained=False)).state_dict()
+    key_map = {ours: _authors_key(ours) for ours in own if config.pretrained is False or not ours.startswith("tokenizer.")}
+    if any(v is None for v in key_map.values()):
+        raise ValueError(f"adlib keys without an official counterpart: {[k for k, v in key_map.items() if v is None][:5]}")
+    return key_map
+
+
+def authors_ignored(config: RD4ADConfig) -> set[str]:
+    """Official keys adlib does not hold: BN_layer's ``conv4``/``bn4`` (built, never called in its forward) and,
+    with a teacher in the checkpoint, its ``layer4`` and ``fc`` (the teacher is tapped at layer1-3)."""
+    ignored = {"bn.conv4.weight"} | {f"bn.bn4.{k}" for k in ("weight", "bias", "running_mean", "running_var",
+                                                              "num_batches_tracked")}
+    if not config.pretrained:
+        import timm
+
+        from adlib import backbones
+
+        with torch.device("meta"):
+            full = timm.create_model(backbones.SPECS[config.backbone].timm_id, pretrained=False,
+                                     **(config.backbone_kwargs or {}))
+        ignored |= {f"encoder.{k}" for k in full.state_dict() if k.startswith(("layer4.", "fc."))}
+    return ignored
+
+
+def authors_config(shapes, **config) -> RD4ADConfig:
+    """Blocks, inner width ratio and teacher of an official checkpoint (Wide-ResNet-50-2 when the decoder's
+    inner width is half its output, ResNet-50 when a quarter); ``pretrained=False`` when it holds the teacher."""
+    from adlib.models import model_config
+
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    derived: dict[str, Any] = {"ocbe_blocks": count("bn.bn_layer."),
+                               "decoder_blocks": tuple(count(f"decoder.layer{i}.") for i in (1, 2, 3))}
+    if "decoder.layer1.0.conv3.weight" in shapes:
+        derived["width_ratio"] = shapes["decoder.layer1.0.conv1.weight"][0] / shapes["decoder.layer1.0.conv3.weight"][0]
+        derived["embedding_channels"] = shapes["bn.bn_layer.0.conv3.weight"][0]
+        derived["backbone"] = "wide_resnet50" if derived["width_ratio"] == 0.5 else "resnet50"
+    if "encoder.layer1.0.conv3.weight" in shapes:
+        outs = tuple(shapes[f"encoder.layer{i}.0.conv3.weight"][0] for i in (1, 2, 3))
+        derived["pretrained"] = False
+        if outs != (256, 512, 1024):
+            derived["backbone_kwargs"] = {"channels": tuple(c // 4 for c in outs) + (outs[-1] // 2,)}
+    derived.update(config)
+    return model_config("rd4ad", None, **derived)
+
+
+def authors_stages(model: RD4AD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher features, the OCBE embedding, the student features, the map and the image score."""
+    out = model.explain(images)
+    stages = {f"encoder_{i + 1}": f for i, f in enumerate(out["teacher"])}
+    stages["bottleneck"] = model.ocbe(out["teacher"])
+    stages.update({f"decoder_{i + 1}": f for i, f in enumerate(out["student"])})
+    stages["map"], stages["score"] = out["map"], out["scores"]
+    return stages
