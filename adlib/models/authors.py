@@ -9,7 +9,8 @@ without training. Each model module that has a reference implementation provides
   (depths, widths, a released variant's kernel size), so that a paper-size checkpoint loads without the user
   knowing its hyper-parameters; ``config`` given by the caller wins;
 - ``authors_ignored(config) -> set[str]`` (optional): the authors' keys that carry nothing adlib's model holds
-  (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs;
+  (an optimiser's step counter, a buffer recomputed at load), each with its reason in the module's docs; an
+  entry ending in "." stands for every key under that prefix;
 - ``authors_stages(model, images) -> dict[str, Tensor]``: the outputs of the stages the paper names (encoder
   features, decoder or predictor output, anomaly map, image score), under the names the parity fixture uses;
 - ``authors_canonical(names: dict) -> dict`` (optional): a released checkpoint's keys renamed to the names the
@@ -118,7 +119,8 @@ def check_keys(name: str, shapes: Mapping[str, tuple[int, ...]], strict: bool = 
     other = [f"{theirs} {tuple(shapes[theirs])} for {ours} {own[ours]}" for ours, theirs in key_map.items()
              if theirs in shapes and tuple(shapes[theirs]) != own[ours]]
     ignored = set(module.authors_ignored(cfg)) if hasattr(module, "authors_ignored") else set()
-    unused = sorted(set(shapes) - set(key_map.values()) - ignored)
+    prefixes = tuple(k for k in ignored if k.endswith("."))  # "backbone.": every key under it
+    unused = sorted(k for k in set(shapes) - set(key_map.values()) - ignored if not k.startswith(prefixes))
     if missing or other or (strict and unused):
         parts = [f"missing {missing[:5]}" if missing else "", f"other shapes {other[:3]}" if other else "",
                  f"unexpected {unused[:5]}" if strict and unused else ""]

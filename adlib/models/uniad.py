@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +39,9 @@ class UniADConfig:
     layers: tuple | None = None
     pretrained: bool = True
     image_size: int | tuple[int, int] = 224  # paper: 224 x 224
+    # timm keyword arguments that change the encoder's shape (a ResNet's ``channels``), with pretrained=False
+    # and the encoder's weights from a checkpoint (``authors_config`` sets them). None: timm's own.
+    backbone_kwargs: dict | None = None
     feature_stride: int = 16  # the neck resizes every tap to this stride (paper: 16)
     hidden_dim: int = 256  # transformer width (paper: 256)
     num_heads: int = 8  # (paper: 8)
@@ -187,7 +191,8 @@ class UniAD(AnomalyModel):
             from adlib import backbones
 
             layers = config.layers if config.layers is not None else (0, 1, 2, 3)
-            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained)
+            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained,
+                                         timm_kwargs=config.backbone_kwargs)
         self.tokenizer = tokenizer
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
@@ -210,7 +215,8 @@ class UniAD(AnomalyModel):
         for module in (self.input_proj, self.output_proj, self.encoder, self.decoder):  # not the backbone
             _init_weights(module)
         self.pos_embed = POSITION_EMBEDDINGS[config.pos_embed](h, w, dim)
-        mask = window_mask(h, w, tuple(config.neighbor_size))
+        with torch.device("cpu"):  # a model may be built on the meta device (shapes only)
+            mask = window_mask(h, w, tuple(config.neighbor_size))
         if any(config.neighbor_mask) and bool(mask.all(dim=1).any()):
             raise ValueError(f"neighbor_size={tuple(config.neighbor_size)} hides every position of the {h} x {w} "
                              f"feature grid from some query; use a smaller window or a larger image_size")
@@ -290,3 +296,106 @@ class UniAD(AnomalyModel):
     def predict(self, images: torch.Tensor) -> Prediction:
         out = self.explain(images)
         return Prediction(out["map"], out["scores"])
+
+
+# ------------------------------------------------------------------------- the authors' checkpoints (official)
+# zhiyuanyou/UniAD saves the whole ModelHelper (backbone, neck, reconstruction) under "state_dict". Its MVTec
+# backbone is lukemelas' EfficientNet-B4 port holding TensorFlow's AutoAugment ImageNet weights (frozen), which
+# adlib takes from timm (tf_efficientnet_b4.aa_in1k, the same weights, pretrained=True): the checkpoint's
+# "backbone." keys are then ignored. Their ResNet backbone (same names as timm's) loads from the checkpoint.
+
+_DECODER_NAMES = {"query.": "learned_embed.", "attn_memory.": "self_attn.", "attn_previous.": "multihead_attn.",
+                  "ffn.0.": "linear1.", "ffn.3.": "linear2."}
+_ENCODER_NAMES = {"attn.": "self_attn.", "ffn.0.": "linear1.", "ffn.3.": "linear2."}
+
+
+def _rename(rest: str, table: dict[str, str]) -> str:
+    return next((new + rest[len(old):] for old, new in table.items() if rest.startswith(old)), rest)
+
+
+def _authors_key(ours: str) -> str | None:
+    parts = ours.split(".")
+    if ours.startswith("tokenizer.model."):
+        return "backbone." + ours[len("tokenizer.model."):]
+    if parts[0] in ("input_proj", "output_proj"):
+        return "reconstruction." + ours
+    if ours.startswith("pos_embed."):
+        return {"pos_embed.row.weight": "reconstruction.pos_embed.row_embed.weight",
+                "pos_embed.col.weight": "reconstruction.pos_embed.col_embed.weight"}.get(ours)
+    if parts[0] == "encoder":
+        return f"reconstruction.transformer.encoder.layers.{parts[1]}." + _rename(".".join(parts[2:]), _ENCODER_NAMES)
+    if parts[0] == "decoder":
+        return f"reconstruction.transformer.decoder.layers.{parts[1]}." + _rename(".".join(parts[2:]), _DECODER_NAMES)
+    if parts[0] == "decoder_norm":
+        return "reconstruction.transformer.decoder.norm." + parts[1]
+    return None
+
+
+def authors_key_map(config: UniADConfig) -> dict[str, str]:
+    """adlib key -> the official key (``reconstruction.*``; ``backbone.*`` when the encoder comes from the
+    checkpoint, ``pretrained=False``)."""
+    from dataclasses import replace
+
+    with torch.device("meta"):
+        own = UniAD(replace(config, pretrained=False)).state_dict()
+    key_map = {ours: _authors_key(ours) for ours in own if not config.pretrained or not ours.startswith("tokenizer.")}
+    unknown = [k for k, v in key_map.items() if v is None]
+    if unknown:
+        raise ValueError(f"adlib keys without an official counterpart: {unknown[:5]}")
+    return key_map
+
+
+def authors_ignored(config: UniADConfig) -> set[str]:
+    """Official keys adlib does not hold: with ``pretrained=True`` the whole ``backbone.`` (a prefix: the
+    frozen ImageNet encoder, loaded from timm); else the encoder's stages after the last tap (their ResNet
+    runs layer4, MFCN never reads it) and its classifier."""
+    if config.pretrained:
+        return {"backbone."}
+    import timm
+
+    from adlib import backbones
+
+    with torch.device("meta"):
+        full = timm.create_model(backbones.SPECS[config.backbone].timm_id, pretrained=False,
+                                 **(config.backbone_kwargs or {}))
+        own = UniAD(config).tokenizer.model.state_dict()
+    return {f"backbone.{k}" for k in full.state_dict() if k not in own}
+
+
+def authors_config(shapes, **config) -> UniADConfig:
+    """Transformer sizes, grid (hence image size) and position embedding of an official checkpoint; a ResNet
+    backbone in it (their ``models/backbones/resnet.py``) is loaded from it (``pretrained=False``)."""
+    from adlib.models import model_config
+
+    prefix = "reconstruction.transformer."
+
+    def count(part: str) -> int:
+        return len({k[len(prefix + part):].split(".")[0] for k in shapes if k.startswith(prefix + part)})
+
+    derived: dict[str, Any] = {}
+    if "reconstruction.input_proj.weight" in shapes:
+        derived["hidden_dim"] = shapes["reconstruction.input_proj.weight"][0]
+        derived["num_encoder_layers"] = count("encoder.layers.")
+        derived["num_decoder_layers"] = count("decoder.layers.")
+        derived["dim_feedforward"] = shapes[prefix + "encoder.layers.0.linear1.weight"][0]
+    if "reconstruction.pos_embed.row_embed.weight" in shapes:
+        h = shapes["reconstruction.pos_embed.row_embed.weight"][0]
+        w = shapes["reconstruction.pos_embed.col_embed.weight"][0]
+        derived.update(pos_embed="learned", image_size=(16 * h, 16 * w) if h != w else 16 * h)
+    if "backbone.layer1.0.conv3.weight" in shapes:  # their ResNet (Bottleneck) backbone
+        outs = tuple(shapes[f"backbone.layer{i}.0.conv3.weight"][0] for i in (1, 2, 3))
+        ratio = shapes["backbone.layer1.0.conv1.weight"][0] / outs[0]
+        derived.update(backbone="wide_resnet50" if ratio == 0.5 else "resnet50", pretrained=False)
+        if outs != (256, 512, 1024):
+            derived["backbone_kwargs"] = {"channels": tuple(c // 4 for c in outs) + (outs[-1] // 2,)}
+    derived.update(config)
+    return model_config("uniad", None, **derived)
+
+
+def authors_stages(model: UniAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Encoder features, the MFCN output, the reconstruction, the map (the official ``pred``) and the score."""
+    feats = list(model.tokenizer(images))
+    out = model.explain(images)
+    stages = {f"encoder_{i + 1}": f for i, f in enumerate(feats)}
+    stages.update(neck=out["features"], reconstruction=out["reconstruction"], map=out["map"], score=out["scores"])
+    return stages
