@@ -45,6 +45,20 @@ Use: ``create_model("mambaad", scan="zigzag+hilbert", directions=8)`` (Tab. 3 ro
 ``local_conv="dw"``, ``kernel_sizes=(3, 5, 7)``, ``residual=False`` (Tab. 4), ``depths=(2, 2, 2, 2)``,
 ``backbone="resnet18"`` (Tab. 2). ``explain(images)`` returns every intermediate map; an HSS core's
 ``forward_core(x, trace={})`` fills ``trace`` with the sequences of each direction before and after the scan.
+
+Checked against the release's code (lewandofskee/MambaAD 0434452 on zhangzjn/ADer 902937a; issue 22):
+``tests/fixtures/parity/mambaad.pt`` holds the release's MAMBAAD at a reduced width (their classes and init,
+mamba_ssm replaced by a reference selective-scan loop) and its outputs; with its weights loaded through
+``authors.from_authors`` (the release's stacked directions permuted into adlib's order) every stage (encoder
+maps, H-FPN, decoder maps, map, score) equals the release's within 1e-5 (``results/faithfulness/``). Deviations:
+
+- on purpose, ``map_divisor``: ADer's ``cal_anomaly_map`` divides the scale sum by n_scales ** 2; adlib sums,
+  as the paper; "ader" gives the code's scale;
+- a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer's evaluator calls scipy's
+  (edge sample repeated), which changes the map near its borders;
+- released weights (MambaAD issues #30/#31) carry ADer's copy's names: its 7x7 branch's 1x1 convs are
+  ``conv1b3``/``conv1a3`` and it builds a 3x3 ``conv33`` its forward never calls; they load renamed, with
+  conv33 ignored (``authors_canonical``), and compute what the release's 7x7 branch computes.
 """
 from __future__ import annotations
 
@@ -654,16 +668,17 @@ def authors_config(shapes, **config) -> MambaADConfig:
         bottleneck = "net_t.layer1.0.conv3.weight" in shapes
         out = "conv3" if bottleneck else "conv2"
         widths = tuple(shapes[f"net_t.layer{i}.0.{out}.weight"][0] for i in (1, 2, 3))
-        inner = shapes["net_t.layer1.0.conv1.weight"][0]
-        name = {((2, 2, 2), False): "resnet18", ((3, 4, 6), False): "resnet34",
-                ((3, 4, 6), True): "wide_resnet50" if bottleneck and inner == 128 else "resnet50"}.get((blocks, bottleneck))
+        wide = bottleneck and shapes["net_t.layer1.0.conv1.weight"][0] * 2 == widths[0]  # inner width / output
+        names = {((2, 2, 2), False): "resnet18", ((3, 4, 6), False): "resnet34",
+                 ((3, 4, 6), True): "wide_resnet50" if wide else "resnet50"}
+        name = names.get((blocks, bottleneck))
         if name is None:
             raise ValueError(f"net_t: a ResNet with blocks {blocks} is none of resnet18/34/50, wide_resnet50")
         standard = (256, 512, 1024) if bottleneck else (64, 128, 256)
         derived.update(backbone=name, pretrained=False, layers=(1, 2, 3))
         if widths != standard:
-            expansion = 4 if bottleneck else 1
-            derived["backbone_kwargs"] = {"channels": tuple(w // expansion for w in widths) + (2 * widths[-1] // expansion,)}
+            planes = tuple(w // (4 if bottleneck else 1) for w in widths)
+            derived["backbone_kwargs"] = {"channels": planes + (2 * planes[-1],)}
     depths = []
     for stage in range(4):
         prefix = f"net_s.layers_up.{stage}.blocks."

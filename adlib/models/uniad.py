@@ -14,10 +14,19 @@
 5. the reconstruction is projected back to the feature width; training minimises the MSE to the clean
    (un-jittered) features; the map is the per-position L2 reconstruction error, upsampled bilinearly to the
    image; the image score is the maximum of the map average-pooled over 16 x 16 windows (stride 1).
-"""
+
+Checked against the official code (zhiyuanyou/UniAD a5b9d9d: ``models/reconstructions/uniad.py``,
+``models/necks/mfcn.py``, ``utils/eval_helper.py``; issue 22): ``tests/fixtures/parity/uniad.pt`` holds their
+ResNet backbone (at 1/64 width), MFCN and UniAD (hidden 16, 2 + 2 layers) with their init and outputs; every stage
+(encoder, neck, reconstruction, map, score) equals theirs within 1e-5 (``results/faithfulness/``). One bug, fixed:
+their EfficientNet-B4 port computes its TF "same" padding for 380 px and keeps it at 224 px (one stride-2 5 x 5
+conv pads (2, 2), timm's per-input SAME (1, 2)); ``static_padding_size="auto"`` now pads as theirs for
+efficientnet_b4 (``tests/test_parity_uniad.py`` compares the padding table of their code; the B4 features
+themselves cannot be compared: B4 does not shrink to a fixture and its weights cannot be had here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -42,6 +51,12 @@ class UniADConfig:
     # timm keyword arguments that change the encoder's shape (a ResNet's ``channels``), with pretrained=False
     # and the encoder's weights from a checkpoint (``authors_config`` sets them). None: timm's own.
     backbone_kwargs: dict | None = None
+    # The encoder's TensorFlow "same" padding of its stride-2 convs. UniAD's EfficientNet (lukemelas' port,
+    # Conv2dStaticSamePadding) computes it once for the network's default resolution, 380 px for B4, and keeps
+    # it at 224 px: one 5 x 5 stride-2 conv (56 -> 28 px) then pads (2, 2) where TF SAME at 224 px pads (1, 2).
+    # "auto": 380 for efficientnet_b4 (UniAD's code), else the input's size (timm); an int: padding computed
+    # for that size; None: the input's size (TF SAME, timm).
+    static_padding_size: int | str | None = "auto"
     feature_stride: int = 16  # the neck resizes every tap to this stride (paper: 16)
     hidden_dim: int = 256  # transformer width (paper: 256)
     num_heads: int = 8  # (paper: 8)
@@ -165,6 +180,49 @@ def _init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _static_size(config: UniADConfig) -> int | None:
+    size = config.static_padding_size
+    if size == "auto":
+        return 380 if config.backbone == "efficientnet_b4" else None
+    if size is not None and (isinstance(size, str) or size < 1):
+        raise ValueError(f"static_padding_size={size!r}: expected 'auto', None or a size in pixels")
+    return size
+
+
+def _static_forward(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def _fix_same_padding(encoder: nn.Module, size: int | None) -> list[tuple]:
+    """Give every TF-"same" conv of ``encoder`` that pads at run time (timm's Conv2dSame: the stride-2 ones) the
+    fixed padding it gets at a ``size`` x ``size`` input, as lukemelas' Conv2dStaticSamePadding does; returns
+    (module name, input size at ``size``, padding) per conv. None: nothing changes (padding per input)."""
+    if size is None:
+        return []
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    convs = {name: m for name, m in encoder.named_modules() if isinstance(m, Conv2dSame)}
+    seen: dict[str, tuple[int, int]] = {}
+    def record(name: str, args) -> None:  # a pre-hook must return None (a value would replace the input)
+        seen.setdefault(name, tuple(args[0].shape[-2:]))
+
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: record(name, args)) for name, m in convs.items()]
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(1, 3, size, size, device=next(encoder.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    table = []
+    for name, hw in seen.items():
+        conv = convs[name]
+        pads = tuple(pad_same_arg(list(hw), list(conv.kernel_size), list(conv.stride), list(conv.dilation)))
+        conv.forward = partial(_static_forward, conv, pads)
+        table.append((name, hw, pads))
+    return table
+
+
 def _image_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -198,6 +256,7 @@ class UniAD(AnomalyModel):
             p.requires_grad_(False)
         self.tokenizer.eval()
         self.image_hw = _image_hw(config.image_size)
+        self.static_paddings = _fix_same_padding(self.tokenizer, _static_size(config))
         stride = config.feature_stride
         if self.image_hw[0] % stride or self.image_hw[1] % stride:
             raise ValueError(f"image_size={config.image_size} must be a multiple of feature_stride={stride}")

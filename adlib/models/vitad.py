@@ -26,6 +26,21 @@ CNN encoders (the offline smoke profile, EfficientNet-Lite0): a CNN is pyramidal
 resampled to one common grid (stride ``cnn_stride``) to make it columnar, and decoder outputs pass through a
 per-stage Linear read-out where a stage's width differs from the decoder's. Both are additions for
 non-ViT encoders; a ViT encoder runs exactly the paper's architecture (no resampling, no read-out).
+
+Checked against ADer's code (zhangzjn/ADer 902937a: ``model/vitad.py``, ``util/metric.py``; issue 22):
+``tests/fixtures/parity/vitad.pt`` holds ADer's ViTAD at a reduced size (their classes and init) and its outputs;
+with its weights loaded through ``authors.from_authors`` every stage (teacher taps, fuser input and output,
+decoder taps, each stage's upsampled map, the map, the score) equals theirs within 1e-5
+(``results/faithfulness/``). Deviations:
+
+- on purpose, ``map_divisor``: ADer's ``cal_anomaly_map(amap_mode='add')`` divides the stage sum by
+  n_stages ** 2; adlib sums, as the paper's map (a constant: no metric changes); "ader" gives the code's scale;
+- a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer calls
+  ``scipy.ndimage.gaussian_filter`` (its "reflect" repeats the edge sample), which changes the map near its
+  borders (``benchmarks/parity/faithfulness.py`` prints the difference before and after);
+- a released ADer checkpoint (``ckpt.pth``/``net.pth``) holds the encoder (``net_t``): ``authors_config``
+  reads its width, depth and image size and loads it (``pretrained=False``); only its head count, which no
+  shape shows, is width / 64 unless given.
 """
 from __future__ import annotations
 

@@ -65,7 +65,10 @@ def _torch_reflect_blur(module_name: str) -> Iterator[None]:
     from adlib.models import common
 
     module = importlib.import_module(module_name)
-    with mock.patch.object(module, "gaussian_blur", lambda maps, sigma, padding="reflect": common.gaussian_blur(maps, sigma)):
+    def before(maps, sigma, padding="reflect"):
+        return common.gaussian_blur(maps, sigma)
+
+    with mock.patch.object(module, "gaussian_blur", before):
         yield
 
 
@@ -86,11 +89,12 @@ NOTES: dict[str, list[tuple[str, str, str, str]]] = {
                  "MambaAD #30/#31: the released weights name the 7x7 branch's 1x1 convs conv1b3/conv1a3 and hold "
                  "an unused conv33, ADer's copy of the model; its forward is the release's 7x7 branch, so they load "
                  "renamed (authors_canonical) with conv33 ignored; key listing variant 'ader_layout' checks it")],
-    "uniad": [("encoder EfficientNet-B4 padding", "models/backbones/efficientnet/model.py", "deviates",
-               "their EfficientNet computes static 'same' padding for its 380 px default while UniAD runs at 224 "
-               "px: one conv (stride-2 5x5 depthwise, 56 -> 28 px) pads (2, 2) where TF SAME at 224 (timm, "
-               "adlib) pads (1, 2); the fixture uses their ResNet backbone, so this is compared by reading "
-               "(benchmarks/parity/uniad.py docs) and not measured")],
+    "uniad": [("bug fixed: encoder EfficientNet-B4 padding", "models/backbones/efficientnet/model.py", "matches",
+               "their EfficientNet (lukemelas' port) computes static 'same' padding for B4's 380 px default and "
+               "keeps it at the config's 224 px: one stride-2 5x5 depthwise conv (56 -> 28 px) pads (2, 2) where "
+               "timm's TF SAME at 224 px padded (1, 2); fixed: UniADConfig.static_padding_size='auto' (380 for "
+               "efficientnet_b4); the padding table of their code is compared in tests/test_parity_uniad.py, the "
+               "features are not (the fixture's encoder is their ResNet: B4 does not shrink to a fixture)")],
 }
 
 
@@ -150,8 +154,8 @@ def record(name: str, fixture: dict) -> tuple[list[dict], float, float]:
         with undo():
             diffs = stage_differences(name, fixture)
         worst = max(diffs, key=diffs.get)
-        rows.append({"component": f"bug fixed: {fix_name}", "reference_file": f"{repository}:{_file_of(name, worst, fixture)}",
-                     "commit": commit, "largest_difference": f"{diffs[worst]:.3g} before, {after[worst]:.3g} after",
+        rows.append({"component": f"bug fixed: {fix_name}",
+                     "reference_file": f"{repository}:{_file_of(name, worst, fixture)}", "commit": commit, "largest_difference": f"{diffs[worst]:.3g} before, {after[worst]:.3g} after",
                      "status": "matches", "reason": description})
     for component, reference_file, status, reason in NOTES.get(name, []):
         rows.append({"component": component, "reference_file": reference_file, "commit": commit,

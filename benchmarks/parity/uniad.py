@@ -15,8 +15,10 @@ layers, learned position embedding, 7 x 7 neighbour mask in all three attentions
 a 128 px input (8 x 8 tokens). Map: their ``pred`` (L2 error upsampled x16, align_corners=True); score: their
 ``EvalImageMax.encode_pred(preds, [16, 16])``. Their ``.cuda()`` calls (mask, evaluator) are made no-ops.
 
-The EfficientNet-B4 backbone is compared by key listing only (the paper listing maps it as ignored: adlib
-loads the same TF AutoAugment ImageNet weights from timm, see ``adlib.models.uniad``).
+The EfficientNet-B4 backbone is compared by key listing (the paper listing maps it as ignored: adlib loads the
+same TF AutoAugment ImageNet weights from timm, see ``adlib.models.uniad``) and by the padding of its stride-2
+convs at 224 px, written into the listing (``efficientnet_b4_stride2_padding_at_224``): their port computes it
+for 380 px.
 """
 from __future__ import annotations
 
@@ -126,4 +128,25 @@ def full_keys(root: Path) -> dict:
         backbone, _, reconstruction = _build(reduced=False)
     listing = {f"backbone.{k}": list(v.shape) for k, v in backbone.state_dict().items()}
     listing.update({f"reconstruction.{k}": list(v.shape) for k, v in reconstruction.state_dict().items()})
-    return {"paper": listing, "variants": {}, "config": {"backbone": "efficientnet_b4"}}
+    return {"paper": listing, "variants": {}, "config": {"backbone": "efficientnet_b4"},
+            "efficientnet_b4_stride2_padding_at_224": _stride2_padding(224)}
+
+
+def _stride2_padding(size: int) -> list[dict]:
+    """Their EfficientNet-B4's stride-2 convs as the MVTec config runs them (224 px): the input size each sees
+    and the fixed padding (left, right, top, bottom) its Conv2dStaticSamePadding applies (computed at build
+    time for B4's default image size, 380 px)."""
+    import torch
+
+    efficientnet = importlib.import_module("models.backbones.efficientnet")
+    backbone = efficientnet.efficientnet_b4(pretrained=False, outblocks=[1, 5, 9, 21], outstrides=[2, 4, 8, 16])
+    table, hooks = [], []
+    for module in backbone.modules():
+        if type(module).__name__ == "Conv2dStaticSamePadding" and module.stride[0] == 2:
+            def record(m, args):
+                pad = m.static_padding.padding if hasattr(m.static_padding, "padding") else (0, 0, 0, 0)
+                table.append({"input": list(args[0].shape[-2:]), "kernel": list(m.kernel_size), "padding": list(pad)})
+            hooks.append(module.register_forward_pre_hook(record))
+    with torch.no_grad():
+        backbone.extract_features(torch.zeros(1, 3, size, size))
+    return table
