@@ -702,4 +702,5 @@ def authors_stages(model: MambaAD, images: torch.Tensor) -> dict[str, torch.Tens
     stages["bottleneck"] = out["bottleneck"]
     stages.update({f"decoder_{i + 1}": r for i, r in enumerate(out["reconstructions"])})
     stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(out["features"]).reshape(1)  # 5 x sum of MSEs, eval mode (ADer's L2Loss)
     return stages

@@ -359,4 +359,5 @@ def authors_stages(model: RD4AD, images: torch.Tensor) -> dict[str, torch.Tensor
     stages["bottleneck"] = model.ocbe(out["teacher"])
     stages.update({f"decoder_{i + 1}": f for i, f in enumerate(out["student"])})
     stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(out["teacher"]).reshape(1)  # main.py's loss_fucntion, eval mode
     return stages

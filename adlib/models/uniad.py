@@ -457,4 +457,5 @@ def authors_stages(model: UniAD, images: torch.Tensor) -> dict[str, torch.Tensor
     out = model.explain(images)
     stages = {f"encoder_{i + 1}": f for i, f in enumerate(feats)}
     stages.update(neck=out["features"], reconstruction=out["reconstruction"], map=out["map"], score=out["scores"])
+    stages["loss"] = model.loss(model.extract(images)).reshape(1)  # FeatureMSELoss, eval mode (no jitter)
     return stages

@@ -674,6 +674,7 @@ def authors_stages(model: "ViTAD", images: torch.Tensor) -> dict[str, torch.Tens
     stages.update({f"decoder_{i + 1}": grid(r) for i, r in enumerate(out["reconstructions"])})
     stages.update({f"stage_map_{i + 1}": m for i, m in enumerate(out["upsampled"])})
     stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(model.extract(images)).reshape(1)  # Cos_f, eval mode (ADer's CosLoss)
     return stages
 
 

@@ -1,9 +1,9 @@
 """Shims that let ADer-based reference code (zhangzjn/ADer, lewandofskee/MambaAD) import on a CPU without its
 CUDA-only or unused dependencies. Written for the parity fixtures; nothing here is the authors' code.
 
-- ``model/__init__.py`` imports every model file it finds (``glob.glob('model/[!_]*.py')``), so any model needs
-  the imports of all (mamba_ssm, faiss, compiled CUDA ops...): ``import_models`` narrows that glob to the
-  files named;
+- ``model/__init__.py`` (and ``loss/__init__.py``) import every file they find (``glob.glob('model/[!_]*.py')``),
+  so any model needs the imports of all (mamba_ssm, faiss, compiled CUDA ops...): ``import_globbed`` narrows
+  that glob to the files named;
 - ``util/metric.py`` imports ``adeval`` (a CUDA accumulator) at the top; only its ``cal_anomaly_map`` is
   used here, so ``adeval`` is a stub module;
 - ``mamba_ssm``'s ``selective_scan_fn`` is a CUDA kernel: ``reference_selective_scan`` is a plain loop over
@@ -44,21 +44,32 @@ def stub(name: str, **attrs) -> types.ModuleType:
     return module
 
 
-def import_models(root: Path, files: list[str]):
-    """The reference's ``model`` package with only ``files`` (e.g. ["model/vitad.py"]) imported by its glob."""
+def import_globbed(package: str, files: list[str]):
+    """ADer's ``package`` (``model``, ``loss``) whose ``__init__`` imports every file its glob finds
+    (``glob.glob('<package>/[!_]*.py')``), with the glob narrowed to ``files`` (e.g. ["model/vitad.py"])."""
     real_glob = glob.glob
 
     def narrowed(pattern, *args, **kwargs):
-        if pattern == "model/[!_]*.py":
+        if pattern == f"{package}/[!_]*.py":
             return list(files)
         return real_glob(pattern, *args, **kwargs)
 
     glob.glob = narrowed
     try:
-        package = importlib.import_module("model")
+        return importlib.import_module(package)
     finally:
         glob.glob = real_glob
-    return package
+
+
+def import_models(root: Path, files: list[str]):
+    """The reference's ``model`` package with only ``files`` imported by its glob."""
+    return import_globbed("model", files)
+
+
+def ader_loss(name: str, **kwargs):
+    """An ADer loss term (``loss/base_loss.py``) by its registry name, built as ``get_loss_terms`` builds it."""
+    loss = import_globbed("loss", ["loss/base_loss.py"])
+    return loss.LOSS.get_module(name)(**kwargs).eval()
 
 
 def import_metric():

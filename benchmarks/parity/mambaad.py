@@ -36,7 +36,7 @@ from pathlib import Path
 
 REPOSITORY = "lewandofskee/MambaAD"
 FILES = ("model/mambaad.py", "trainer/mambaad_trainer.py", "configs/mambaad/mambaad_mvtec.py")
-ADER_FILES = ("model/__init__.py", "model/ad_factory.py", "model/mambaad.py", "util/metric.py")
+ADER_FILES = ("model/__init__.py", "model/ad_factory.py", "model/mambaad.py", "util/metric.py", "loss/base_loss.py")
 ADER_REFERENCE = os.environ.get("ADER_REFERENCE", "/work/.mirror/zhangzjn+ADer/repo")
 
 IMAGE = 256  # the release's scans are built for 8, 16, 32, 64 px maps: a 256 px input
@@ -127,12 +127,14 @@ def make(root: Path) -> dict:
         bottleneck = net.mff_oce(feats_t)
         anomaly_map, _ = metric.Evaluator.cal_anomaly_map(feats_t, feats_s, [IMAGE, IMAGE], uni_am=False,
                                                           amap_mode="add", gaussian_sigma=4)
+        loss = _shims().ader_loss("L2Loss", lam=5.0)(feats_t, feats_s)  # configs/mambaad/mambaad_mvtec.py
     anomaly_map = torch.from_numpy(anomaly_map)
     stages = {f"encoder_{i + 1}": f for i, f in enumerate(feats_t)}
     stages["bottleneck"] = bottleneck
     stages.update({f"decoder_{i + 1}": f for i, f in enumerate(feats_s)})
     stages["map"] = anomaly_map
     stages["score"] = anomaly_map.flatten(1).amax(dim=1)  # Evaluator.run with pooling_ks=None
+    stages["loss"] = loss.reshape(1)
     state = {k: v.clone() for k, v in net.state_dict().items() if ".scans.index_flat" not in k}
     return {
         "config": {"backbone": "resnet34", "pretrained": False, "image_size": IMAGE,
@@ -150,7 +152,8 @@ def make(root: Path) -> dict:
                   "at a quarter width (expansion 4/4, width_per_group 4), MambaUPNet dims [32, 16, 8, 4] depths "
                   "[2, 2, 2, 2], Hilbert, 8 directions, d_state 16; seed 0; mamba_ssm replaced by a reference "
                   "selective-scan loop; input: one uniform 8-bit 256 px image, ImageNet-normalised; map: "
-                  "Evaluator.cal_anomaly_map(amap_mode='add', gaussian_sigma=4); score: max. Scan index buffers "
+                  "Evaluator.cal_anomaly_map(amap_mode='add', gaussian_sigma=4); score: max; loss: L2Loss(lam=5) on "
+                  "the eval-mode features. Scan index buffers "
                   "left out of the state dict."),
     }
 

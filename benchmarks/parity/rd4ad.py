@@ -72,6 +72,7 @@ def make(root: Path) -> dict:
         inputs = encoder(normalize(images))
         embedding = bn(inputs)
         outputs = decoder(embedding)
+        loss = _load_main().loss_fucntion(inputs, outputs)  # main.py's training loss (their spelling)
         for i in range(images.shape[0]):  # their evaluation: batch size 1
             anomaly_map, _ = test.cal_anomaly_map([f[i:i + 1] for f in inputs], [f[i:i + 1] for f in outputs],
                                                   IMAGE, amap_mode="a")
@@ -82,6 +83,7 @@ def make(root: Path) -> dict:
     stages.update({f"decoder_{i + 1}": f for i, f in enumerate(outputs)})
     stages["map"] = anomaly_map
     stages["score"] = anomaly_map.flatten(1).amax(dim=1)  # np.max(anomaly_map)
+    stages["loss"] = loss.reshape(1)
     state = {f"encoder.{k}": v for k, v in encoder.state_dict().items()}
     state.update({f"bn.{k}": v for k, v in bn.state_dict().items()})
     state.update({f"decoder.{k}": v for k, v in decoder.state_dict().items()})
@@ -96,7 +98,8 @@ def make(root: Path) -> dict:
         "stages": {k: v.detach().float().clone() for k, v in stages.items()},
         "notes": ("RD4AD's classes at 1/64 of Wide-ResNet-50-2's widths (block expansion 4/64, width_per_group 2), "
                   "their init (seed 0), two uniform 8-bit 64 px images, ImageNet-normalised; map: test.py "
-                  "cal_anomaly_map(amap_mode='a') + scipy gaussian_filter(sigma=4) per image; score: max."),
+                  "cal_anomaly_map(amap_mode='a') + scipy gaussian_filter(sigma=4) per image; score: max; loss: "
+                  "main.py loss_fucntion on the eval-mode features."),
     }
 
 
@@ -112,6 +115,12 @@ def _load_test(root: Path):
     sys.modules.setdefault("dataset", shims.stub("dataset", get_data_transforms=None, load_data=None,
                                                  MVTecDataset=None))
     return importlib.import_module("test")
+
+
+def _load_main():
+    """main.py (its loss_fucntion); it imports dataset.py, whose classes are not used here."""
+    _load_test(None)
+    return importlib.import_module("main")
 
 
 def full_keys(root: Path) -> dict:

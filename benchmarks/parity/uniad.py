@@ -29,7 +29,7 @@ from types import SimpleNamespace
 
 REPOSITORY = "zhiyuanyou/UniAD"
 FILES = ("models/reconstructions/uniad.py", "models/necks/mfcn.py", "models/backbones/resnet.py",
-         "models/initializer.py", "utils/eval_helper.py", "experiments/MVTec-AD/config.yaml")
+         "models/initializer.py", "utils/eval_helper.py", "utils/criterion_helper.py", "experiments/MVTec-AD/config.yaml")
 
 IMAGE = 128
 SEED = 0
@@ -96,10 +96,13 @@ def make(root: Path) -> dict:
         batch.update(backbone(batch))
         batch.update(neck(batch))
         batch.update(reconstruction(batch))
+    criterion = importlib.import_module("utils.criterion_helper")
+    loss = criterion.FeatureMSELoss(weight=1.0)(batch)  # the MVTec config's criterion, eval mode (no jitter)
     preds = batch["pred"][:, 0]
     score = torch.from_numpy(eval_helper.EvalImageMax.encode_pred(preds.numpy(), [16, 16]))
     stages = {f"encoder_{i + 1}": f for i, f in enumerate(batch["features"])}
-    stages.update(neck=batch["feature_align"], reconstruction=batch["feature_rec"], map=preds, score=score)
+    stages.update(neck=batch["feature_align"], reconstruction=batch["feature_rec"], map=preds, score=score,
+                  loss=loss.reshape(1))
     state = {f"backbone.{k}": v for k, v in backbone.state_dict().items()}
     state.update({f"reconstruction.{k}": v for k, v in reconstruction.state_dict().items()})
     return {
@@ -116,7 +119,8 @@ def make(root: Path) -> dict:
         "stages": {k: v.detach().float().clone() for k, v in stages.items()},
         "notes": ("UniAD's ResNet backbone at 1/64 of Wide-ResNet-50-2's widths, MFCN to stride 16, UniAD "
                   "reconstruction at hidden 16 / 2 heads / FFN 32 / 2+2 layers, 128 px, seed 0, ImageNet-normalised "
-                  "8-bit input; map: pred; score: EvalImageMax.encode_pred(avgpool 16)."),
+                  "8-bit input; map: pred; score: EvalImageMax.encode_pred(avgpool 16); loss: FeatureMSELoss in eval "
+                  "mode (no jitter, no dropout)."),
     }
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 REPOSITORY = "zhangzjn/ADer"
 FILES = ("model/vitad.py", "util/metric.py", "trainer/vitad_trainer.py", "configs/vitad/vitad_mvtec.py",
-         "configs/__base__/cfg_model_vitad.py")
+         "configs/__base__/cfg_model_vitad.py", "loss/base_loss.py")
 
 IMAGE = 96  # 6 x 6 tokens of 16 px
 DIM, HEADS, DEPTH, DECODER_DEPTH = 32, 2, 4, 3
@@ -83,6 +83,7 @@ def make(root: Path) -> dict:
         feats_s = net.net_s(fused)
         anomaly_map, stage_maps = metric.Evaluator.cal_anomaly_map(
             feats_t, feats_s, [IMAGE, IMAGE], uni_am=False, amap_mode="add", gaussian_sigma=4)
+        loss = _shims().ader_loss("CosLoss", avg=False, flat=True, lam=1.0)(feats_t, feats_s)  # vitad_mvtec.py
     anomaly_map = torch.from_numpy(anomaly_map)
     score = F.avg_pool2d(anomaly_map.unsqueeze(1), [16, 16], stride=1).squeeze(1).amax(dim=(1, 2))
     stages = {f"encoder_{i + 1}": f for i, f in enumerate(feats_t)}
@@ -92,6 +93,7 @@ def make(root: Path) -> dict:
     stages.update({f"stage_map_{i + 1}": torch.from_numpy(m) for i, m in enumerate(stage_maps)})
     stages["map"] = anomaly_map
     stages["score"] = score
+    stages["loss"] = loss.reshape(1)
     state = {k: v.clone() for k, v in net.state_dict().items()}
     return {
         "config": {"backbone": "dino_vits16", "pretrained": False, "image_size": IMAGE,
@@ -109,7 +111,8 @@ def make(root: Path) -> dict:
         "notes": ("ADer ViTAD at embed 32, 2 heads, encoder depth 4 (teachers 1-3, neck 4), decoder depth 3, "
                   "96 px, random timm init (seed 0); input: uniform images in [0, 1], ImageNet-normalised by "
                   "their transform; map: Evaluator.cal_anomaly_map(amap_mode='add', gaussian_sigma=4); "
-                  "score: avg_pool 16x16 stride 1 then max (Evaluator.run with pooling_ks=[16, 16]). "
+                  "score: avg_pool 16x16 stride 1 then max (Evaluator.run with pooling_ks=[16, 16]); loss: "
+                  "CosLoss(avg=False, flat=True) on the eval-mode features. "
                   "Checkpoint written alongside: tests/fixtures/parity/vitad_checkpoint.pth"),
     }
 
