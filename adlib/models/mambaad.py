@@ -58,7 +58,7 @@ maps, H-FPN, decoder maps, map, score) equals the release's within 1e-5 (``resul
   (edge sample repeated), which changes the map near its borders;
 - released weights (MambaAD issues #30/#31) carry ADer's copy's names: its 7x7 branch's 1x1 convs are
   ``conv1b3``/``conv1a3`` and it builds a 3x3 ``conv33`` its forward never calls; they load renamed, with
-  conv33 ignored (``authors_canonical``), and compute what the release's 7x7 branch computes.
+  conv33 ignored (``authors_layout``), and compute what the release's 7x7 branch computes.
 """
 from __future__ import annotations
 
@@ -114,6 +114,9 @@ class MambaADConfig:
     # The scale maps are summed (the paper: "sum of cosine similarities"); "ader" divides the sum by
     # n_scales ** 2 as ADer's ``cal_anomaly_map(amap_mode='add')`` does: a constant that changes no metric.
     map_divisor: str = "none"
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # ADer's evaluator calls; "reflect" (PyTorch's) is what adlib used before the parity check found it.
+    smoothing_padding: str = "symmetric"
     score_rule: str = "max"  # image score: plain max of the map (release: pooling_ks=None; paper silent)
     topk_ratio: float = 0.01  # for score_rule="topk_mean"
     scan_impl: str = "auto"  # adlib.ssm.selective_scan implementation ("auto": mamba_ssm on CUDA if present)
@@ -500,6 +503,7 @@ class MambaAD(AnomalyModel):
     def _validate(config: MambaADConfig) -> None:
         check_choice("local_conv", config.local_conv, LOCAL_CONVS)
         check_choice("map_divisor", config.map_divisor, ("none", "ader"))
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)
         if len(config.depths) != 4:
             raise ValueError(f"depths={config.depths!r}: expected 4 stage depths (the bottleneck stage and three "
@@ -546,8 +550,7 @@ class MambaAD(AnomalyModel):
         total = torch.stack(up).sum(dim=0)
         if self.config.map_divisor == "ader":
             total = total / len(up) ** 2
-        # scipy.ndimage.gaussian_filter's border rule (what ADer's evaluator calls), not PyTorch's reflect
-        return up, gaussian_blur(total, self.config.smoothing_sigma, padding="symmetric")
+        return up, gaussian_blur(total, self.config.smoothing_sigma, padding=self.config.smoothing_padding)
 
     def predict(self, images: torch.Tensor) -> Prediction:
         out = self.explain(images)
@@ -575,7 +578,12 @@ class MambaAD(AnomalyModel):
 # ResNet), mff_oce (the H-FPN) and net_s (MambaUPNet: layers_up.i.upsample / .blocks.j.smm_blocks.k). A released
 # checkpoint keeps them under "net", the encoder's weights included. The released weights (MambaAD issues #30,
 # #31) carry ADer's copy's names: the 7x7 branch's 1x1 convs are conv1b3/conv1a3 and an unused 3x3 conv33 is
-# built; ``authors_canonical`` renames the former, ``authors_ignored`` lists the latter.
+# built; ``authors_layout`` renames the former, ``authors_ignored`` lists the latter.
+
+# Config fields whose fixture value is the release's behaviour where adlib's default differs on purpose, and the
+# values that give adlib's behaviour before the bug fixes the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_SWITCHES = ("map_divisor",)
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
 
 _RELEASE_HFPN = {"down1.0.": "conv1.", "down1.1.": "bn1.", "lateral2.0.": "conv21.", "lateral2.1.": "bn21.",
                  "down2.0.": "conv2.", "down2.1.": "bn2.", "lateral3.0.": "conv31.", "lateral3.1.": "bn31.",
@@ -626,22 +634,24 @@ def authors_key_map(config: MambaADConfig) -> dict[str, str]:
     return key_map
 
 
-def authors_transform(config: MambaADConfig, ours: str, value: torch.Tensor) -> torch.Tensor:
-    """The release's stacked per-direction parameters permuted into adlib's direction order."""
+_DIRECTION_PARAMETERS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", ".Ds")
+
+
+def authors_layout(state: dict, config: MambaADConfig) -> dict:
+    """A release checkpoint in adlib's layout: the stacked per-direction parameters permuted into adlib's
+    direction order (release: x, x^T, rot, rot^T, then the four reversed); a checkpoint in ADer's layout (the 7x7
+    branch's 1x1 convs named conv1b3/conv1a3: the released weights, MambaAD issues #30/#31) renamed to the
+    release's conv1b7/conv1a7, the same computation (ADer's forward runs conv1a3(conv77(conv1b3(x))))."""
     k = len(RELEASE_ORDER)
-    if ours.endswith(("x_proj_weight", "dt_projs_weight", "dt_projs_bias")):
-        return value[list(RELEASE_ORDER)]
-    if ours.endswith(("A_logs", ".Ds")):
-        return value.reshape(k, -1, *value.shape[1:])[list(RELEASE_ORDER)].reshape(value.shape)
-    return value
-
-
-def authors_canonical(names: dict) -> dict:
-    """A checkpoint in ADer's layout (its 7x7 branch's 1x1 convs named conv1b3/conv1a3) renamed to the
-    release's (conv1b7/conv1a7); the same computation: ADer's forward runs conv1a3(conv77(conv1b3(x)))."""
-    if not any(".conv1b3." in k for k in names) or any(".conv1b7." in k for k in names):
-        return names
-    return {k.replace(".conv1b3.", ".conv1b7.").replace(".conv1a3.", ".conv1a7."): v for k, v in names.items()}
+    ader = any(".conv1b3." in name for name in state) and not any(".conv1b7." in name for name in state)
+    out = {}
+    for name, value in state.items():
+        if ader:
+            name = name.replace(".conv1b3.", ".conv1b7.").replace(".conv1a3.", ".conv1a7.")
+        if name.startswith("net_s.") and name.endswith(_DIRECTION_PARAMETERS):
+            value = value.reshape(k, -1, *value.shape[1:])[list(RELEASE_ORDER)].reshape(value.shape)
+        out[name] = value
+    return out
 
 
 def authors_ignored(config: MambaADConfig) -> set[str]:

@@ -62,6 +62,9 @@ class RD4ADConfig:
     # "per_position": mean over positions of the per-position 1 - cos, as the paper's Eq. 3 writes it.
     loss: str = "flattened"
     smoothing_sigma: float = 4.0  # Gaussian sigma of the map in image pixels (official: 4, scipy truncate 4)
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # test.py calls; "reflect" (PyTorch's) is what adlib used before the parity check found it (issue 22).
+    smoothing_padding: str = "symmetric"
     align_corners: bool = True  # the map's bilinear upsampling (official: align_corners=True)
     score_rule: str = "max"  # image score from the map (official: max)
     topk_ratio: float = 0.01  # fraction of pixels for score_rule "topk_mean"
@@ -173,6 +176,7 @@ class RD4AD(AnomalyModel):
     def __init__(self, config: RD4ADConfig | None = None, tokenizer: nn.Module | None = None) -> None:
         config = config or RD4ADConfig()
         check_choice("loss", config.loss, ("flattened", "per_position"))
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)
         if config.ocbe_blocks < 1 or any(b < 1 for b in config.decoder_blocks):
             raise ValueError(f"ocbe_blocks={config.ocbe_blocks}, decoder_blocks={config.decoder_blocks}: "
@@ -253,8 +257,8 @@ class RD4AD(AnomalyModel):
         level_maps = [1 - F.cosine_similarity(t, s, dim=1) for t, s in zip(teacher, student)]
         up = [F.interpolate(m[:, None], size=self.image_hw, mode="bilinear", align_corners=self.config.align_corners)[:, 0]
               for m in level_maps]
-        # scipy.ndimage.gaussian_filter's border rule (what the official test.py calls), not PyTorch's reflect
-        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma, padding="symmetric")
+        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma,
+                             padding=self.config.smoothing_padding)
         scores = image_score(amap, self.config.score_rule, self.config.topk_ratio)
         return {"teacher": teacher, "student": student, "level_maps": level_maps, "map": amap, "scores": scores}
 
@@ -279,6 +283,9 @@ def _default_layers(backbone: str) -> tuple[int, ...]:
 # teacher is torchvision's ImageNet Wide-ResNet-50-2 (timm's wide_resnet50_2.tv_in1k is that file), not saved.
 # ``authors.unwrap`` reads the two parts as "bn.*" and "decoder.*"; a state dict that also holds the teacher
 # under "encoder.*" (the parity fixture's reduced one) loads it too.
+
+# The value that gives adlib's behaviour before the bug fix the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
 
 _OCBE_FUSE = {"fuse.0.0.": "conv1.", "fuse.0.1.": "bn1.", "fuse.0.3.": "conv2.", "fuse.0.4.": "bn2.",
               "fuse.1.0.": "conv3.", "fuse.1.1.": "bn3."}

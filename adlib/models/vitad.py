@@ -101,6 +101,9 @@ class ViTADConfig:
     # The stage maps are summed (the paper); "ader" divides the sum by n_stages ** 2 as ADer's
     # ``cal_anomaly_map(amap_mode='add')`` does (len(maps) * sum(weights)): a constant that changes no metric.
     map_divisor: str = "none"
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # ADer calls; "reflect" (PyTorch's) is what adlib used before the parity check found it (issue 22).
+    smoothing_padding: str = "symmetric"
     score_pool: int = 16  # image score: max after a k x k stride-1 average pooling (ADer); 0: plain max
     # --- training data
     # Tab. XII: "none" (paper), "cc+cj", "cc+rhf", "cc+rr", "rrc", "all"; applied to training images only, so
@@ -349,6 +352,7 @@ class ViTAD(AnomalyModel):
         check_choice("loss", config.loss, LOSSES)
         check_choice("augmentation", config.augmentation, AUGMENTATIONS)
         check_choice("map_divisor", config.map_divisor, MAP_DIVISORS)
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         if not config.restraint_stages:
             raise ValueError("restraint_stages: need at least one stage to reconstruct")
         if len(set(config.restraint_stages)) != len(config.restraint_stages):
@@ -524,8 +528,7 @@ class ViTAD(AnomalyModel):
         total = torch.stack(up).sum(0)
         if self.config.map_divisor == "ader":
             total = total / len(up) ** 2
-        # scipy.ndimage.gaussian_filter's border rule (what ADer calls), not PyTorch's reflect
-        return up, gaussian_blur(total, self.config.smoothing_sigma, padding="symmetric")
+        return up, gaussian_blur(total, self.config.smoothing_sigma, padding=self.config.smoothing_padding)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         k = min(self.config.score_pool, *maps.shape[-2:])
@@ -676,6 +679,12 @@ def authors_stages(model: "ViTAD", images: torch.Tensor) -> dict[str, torch.Tens
     stages["map"], stages["score"] = out["map"], out["scores"]
     stages["loss"] = model.loss(model.extract(images)).reshape(1)  # Cos_f, eval mode (ADer's CosLoss)
     return stages
+
+
+# Config fields whose fixture value is the authors' behaviour where adlib's default differs on purpose, and the
+# values that give adlib's behaviour before the bug fixes the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_SWITCHES = ("map_divisor",)
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
 
 
 __all__ = ["ViTAD", "ViTADConfig", "FUSERS", "LOSSES", "AUGMENTATIONS", "MAP_DIVISORS", "parameter_groups",

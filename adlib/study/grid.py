@@ -60,7 +60,7 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
     ``layers`` is given.
     """
     from adlib.engine import FitConfig
-    from adlib.models import config_class, model_config
+    from adlib.models import config_class, model_config, typed_overrides
 
     base = recipe(setting, model)
     fit = base.fit or FitConfig()
@@ -70,6 +70,8 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
     if unknown:
         raise ValueError(f"{model}: unknown setting(s) {unknown}; expected fields of "
                          f"{config_class(model).__name__} or FitConfig")
+    model_values, fit_values = typed_overrides(model, overrides, FitConfig)  # each value of its field's type
+    overrides = {**fit_values, **model_values}
     values = dict(base.model)
     backbone = model_backbone(setting, model, overrides)
     if "backbone" in model_fields:

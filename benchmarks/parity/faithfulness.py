@@ -1,191 +1,145 @@
-"""Faithfulness records: how far adlib's models are from the authors' code, stage by stage (issue 22).
+"""Faithfulness tables: each parity fixture's stages, the authors' outputs against adlib's, one CSV per model.
 
-    PYTHONPATH=. python benchmarks/parity/faithfulness.py [--models vitad mambaad ...] [--out results/faithfulness]
+    python benchmarks/parity/faithfulness.py [--model NAME ...] [--out results/faithfulness]
 
-For every parity fixture present (``tests/fixtures/parity/<model>.pt``, written from the authors' code by
-``benchmarks/parity/make_fixtures.py``) the authors' weights are loaded through ``adlib.models.authors`` and
-every stage is compared with the authors' output (largest |ours - theirs| / max |theirs|, float64):
+For every ``tests/fixtures/parity/<model>.pt`` (written from the authors' code by ``make_fixtures.py``) the
+authors' state dict is loaded by ``adlib.models.authors.from_authors`` under the fixture's config and every
+stage is computed again by adlib. ``results/faithfulness/<model>.csv`` has one row per stage: ``component``,
+``reference_file`` (the repository and the files compared), ``commit``, ``largest_difference`` (max |adlib -
+authors| / max |authors|), ``status`` ("matches" within 1e-5 relative, else "deviates") and ``reason``: the
+config switches the fixture needs that differ from adlib's defaults (a model module's ``AUTHORS_SWITCHES``;
+each is a deviation documented in its docstring), or the difference that makes it deviate.
 
-- with the fixture's config (the authors' behaviour, switches included): one row per stage, "matches" when the
-  difference is within 1e-5 (the parity test's tolerance);
-- with each documented switch back at adlib's default (``SWITCHES``): one "deviates" row per switch with the
-  difference it makes and why adlib's default differs;
-- ``BUG_FIXES``: each bug found by the parity work, undone in-process, gives the "before" difference printed
-  beside the "after" one (the fix stays recorded even though the code no longer has the bug).
-
-Writes ``<out>/<model>.csv`` (columns component, reference_file, commit, largest_difference, status, reason)
-and prints, per model, the largest difference before and after the fixes.
+``--switches`` also prints, for each of those switches set back to adlib's default alone, the largest
+difference it makes (or why the authors' checkpoint then does not load): what each deviation amounts to.
+A model module's ``AUTHORS_FIXES`` ({config field: its value before a bug fix the parity work made}) makes the
+summary line print the largest difference before those fixes and after.
+``--config KEY=VALUE`` loads with that config field changed and only prints the differences (no CSV):
+adlib's behaviour before a fix, e.g. ``--model patchcore --config pool_include_pad=False``.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
+import ast
 import csv
-import importlib
 import sys
+from dataclasses import fields, is_dataclass
 from pathlib import Path
-from typing import Callable, Iterator
-from unittest import mock
 
 import torch
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = ROOT / "tests" / "fixtures" / "parity"
 RTOL = 1e-5
-COLUMNS = ("component", "reference_file", "commit", "largest_difference", "status", "reason")
-
-# Which of the authors' files computes each stage (by the stage name's prefix); the fixture names them all.
-STAGE_FILES: dict[str, dict[str, str]] = {
-    "vitad": {"encoder": "model/vitad.py", "fuser": "model/vitad.py", "decoder": "model/vitad.py",
-              "stage_map": "util/metric.py", "map": "util/metric.py", "score": "util/metric.py"},
-    "mambaad": {"encoder": "model/mambaad.py", "bottleneck": "model/mambaad.py", "decoder": "model/mambaad.py",
-                "map": "trainer/mambaad_trainer.py", "score": "trainer/mambaad_trainer.py"},
-    "rd4ad": {"encoder": "resnet.py", "bottleneck": "resnet.py", "decoder": "de_resnet.py", "map": "test.py",
-              "score": "test.py"},
-    "uniad": {"encoder": "models/backbones/resnet.py", "neck": "models/necks/mfcn.py",
-              "reconstruction": "models/reconstructions/uniad.py", "map": "models/reconstructions/uniad.py",
-              "score": "utils/eval_helper.py"},
-}
-
-# Documented choices: config field -> why adlib's default differs from the authors' code (the fixture's config
-# holds the authors' value; the row measures the default's difference).
-SWITCHES: dict[str, dict[str, str]] = {
-    "vitad": {"map_divisor": "ADer's cal_anomaly_map(amap_mode='add') divides the stage sum by n_stages**2 "
-                             "(len(maps) * sum(weights)); adlib sums as the paper's map does: a constant factor, "
-                             "no metric changes; map_divisor='ader' gives the code's scale"},
-    "mambaad": {"map_divisor": "ADer's cal_anomaly_map, called by the release's trainer, divides the scale sum "
-                               "by n_scales**2; adlib sums as the paper ('sum of cosine similarities'): a "
-                               "constant factor, no metric changes; map_divisor='ader' gives the code's scale"},
-}
 
 
-@contextlib.contextmanager
-def _torch_reflect_blur(module_name: str) -> Iterator[None]:
-    """The maps' Gaussian as it was before the fix: PyTorch's reflect border (edge sample not repeated)."""
-    from adlib.models import common
+def switches(model) -> dict:
+    """The model's ``AUTHORS_SWITCHES`` whose value differs from its config class's default: {name: value}."""
+    import importlib
 
-    module = importlib.import_module(module_name)
-    def before(maps, sigma, padding="reflect"):
-        return common.gaussian_blur(maps, sigma)
-
-    with mock.patch.object(module, "gaussian_blur", before):
-        yield
-
-
-_BLUR_FIX = ("gaussian border", "the map's Gaussian padded with PyTorch's reflect (d c b | a b c d) where the "
-             "reference calls scipy.ndimage.gaussian_filter, whose 'reflect' repeats the edge sample "
-             "(c b a | a b c); fixed: gaussian_blur(padding='symmetric')")
-
-# Bugs found by the parity work: (name, what was wrong and the fix, a context that undoes the fix in-process).
-BUG_FIXES: dict[str, list[tuple[str, str, Callable[[], contextlib.AbstractContextManager]]]] = {
-    "vitad": [(*_BLUR_FIX, lambda: _torch_reflect_blur("adlib.models.vitad"))],
-    "mambaad": [(*_BLUR_FIX, lambda: _torch_reflect_blur("adlib.models.mambaad"))],
-    "rd4ad": [(*_BLUR_FIX, lambda: _torch_reflect_blur("adlib.models.rd4ad"))],
-}
-
-# What the fixture cannot show, recorded with the comparison that stands for it (not measured: no number).
-NOTES: dict[str, list[tuple[str, str, str, str]]] = {
-    "mambaad": [("released checkpoint layout", "model/mambaad.py (zhangzjn/ADer)", "matches",
-                 "MambaAD #30/#31: the released weights name the 7x7 branch's 1x1 convs conv1b3/conv1a3 and hold "
-                 "an unused conv33, ADer's copy of the model; its forward is the release's 7x7 branch, so they load "
-                 "renamed (authors_canonical) with conv33 ignored; key listing variant 'ader_layout' checks it")],
-    "uniad": [("bug fixed: encoder EfficientNet-B4 padding", "models/backbones/efficientnet/model.py", "matches",
-               "their EfficientNet (lukemelas' port) computes static 'same' padding for B4's 380 px default and "
-               "keeps it at the config's 224 px: one stride-2 5x5 depthwise conv (56 -> 28 px) pads (2, 2) where "
-               "timm's TF SAME at 224 px padded (1, 2); fixed: UniADConfig.static_padding_size='auto' (380 for "
-               "efficientnet_b4); the padding table of their code is compared in tests/test_parity_uniad.py, the "
-               "features are not (the fixture's encoder is their ResNet: B4 does not shrink to a fixture)")],
-}
+    names = getattr(importlib.import_module(model.__module__), "AUTHORS_SWITCHES", ())
+    config = getattr(model, "config", None)
+    if not is_dataclass(config):
+        return {}
+    default = type(config)()
+    known = {f.name for f in fields(config)}
+    return {n: getattr(config, n) for n in names if n in known and getattr(config, n) != getattr(default, n)}
 
 
-def relative_difference(ours: torch.Tensor, theirs: torch.Tensor) -> float:
-    ours, theirs = ours.detach().double(), theirs.detach().double()
-    if ours.shape != theirs.shape:
-        return float("inf")
-    scale = theirs.abs().max().item()
-    diff = (ours - theirs).abs().max().item()
-    return diff / scale if scale > 0 else diff
-
-
-def _images(fixture: dict) -> torch.Tensor:
-    images = fixture["input"]
-    return images.float() / 255 if images.dtype == torch.uint8 else images
-
-
-def stage_differences(name: str, fixture: dict, **overrides) -> dict[str, float]:
+def rows(fixture: dict) -> list[dict]:
     from adlib.models import authors
 
-    model = authors.from_authors(name, fixture["state_dict"], **{**fixture["config"], **overrides})
-    module = importlib.import_module(model.__module__)
-    with torch.no_grad():
-        ours = module.authors_stages(model, _images(fixture))
-    return {stage: relative_difference(ours[stage], theirs) for stage, theirs in fixture["stages"].items()}
+    model, differences = authors.stage_differences(fixture)
+    reference = fixture["reference"]
+    files = "; ".join(f"{reference['repository']}/{f}" for f in reference["files"])
+    also = "; ".join(f"{a['repository']}@{a['commit'][:7]}" for a in reference.get("also", []))
+    used = ", ".join(f"{name}={value!r}" for name, value in switches(model).items())
+    out = []
+    for stage, difference in differences.items():
+        ok = difference <= RTOL
+        reason = (f"with {used} (adlib's defaults differ on purpose: see the model's docstring)" if used else
+                  "with adlib's defaults") if ok else f"largest relative difference {difference:.2e} > {RTOL:g}"
+        out.append({"component": stage, "reference_file": files + (f" (with {also})" if also else ""),
+                    "commit": reference["commit"], "largest_difference": f"{difference:.3g}",
+                    "status": "matches" if ok else "deviates", "reason": reason})
+    return out
 
 
-def _file_of(name: str, stage: str, fixture: dict) -> str:
-    files = STAGE_FILES.get(name, {})
-    match = max((p for p in files if stage.startswith(p)), key=len, default=None)
-    return files[match] if match else " ".join(fixture["reference"]["files"])
+def before_fixes(fixture: dict) -> tuple[dict, float | None]:
+    """(the model module's ``AUTHORS_FIXES``, the largest stage difference with them undone; None: no fixes)."""
+    import importlib
+
+    from adlib.models import MODELS, authors
+
+    module = MODELS[fixture["model"]].module if fixture["model"] in MODELS else f"adlib.models.{fixture['model']}"
+    fixes = getattr(importlib.import_module(module), "AUTHORS_FIXES", {})
+    if not fixes:
+        return {}, None
+    _, differences = authors.stage_differences({**fixture, "config": {**fixture["config"], **fixes}})
+    return fixes, max(differences.values())
 
 
-def record(name: str, fixture: dict) -> tuple[list[dict], float, float]:
-    """(CSV rows, largest difference before the fixes, after)."""
-    from adlib.models import model_config
+def switch_effects(fixture: dict) -> dict[str, str]:
+    """{switch: the largest stage difference with that switch at adlib's default, or the load error}."""
+    from adlib.models import authors
 
-    commit = fixture["reference"]["commit"]
-    repository = fixture["reference"]["repository"]
-    after = stage_differences(name, fixture)
-    rows = [{"component": stage, "reference_file": f"{repository}:{_file_of(name, stage, fixture)}", "commit": commit,
-             "largest_difference": f"{diff:.3g}", "status": "matches" if diff <= RTOL else "deviates",
-             "reason": "" if diff <= RTOL else "over the 1e-5 tolerance: see tests/test_parity.py"}
-            for stage, diff in after.items()]
-    defaults = model_config(name)
-    for field, reason in SWITCHES.get(name, {}).items():
-        diffs = stage_differences(name, fixture, **{field: getattr(defaults, field)})
-        worst = max(diffs, key=diffs.get)
-        rows.append({"component": f"switch {field}={fixture['config'][field]!r} (default {getattr(defaults, field)!r})",
-                     "reference_file": f"{repository}:{_file_of(name, worst, fixture)}", "commit": commit,
-                     "largest_difference": f"{diffs[worst]:.3g}", "status": "deviates", "reason": reason})
-    with contextlib.ExitStack() as stack:
-        for fix_name, description, undo in BUG_FIXES.get(name, []):
-            stack.enter_context(undo())
-        before = stage_differences(name, fixture)
-    for fix_name, description, undo in BUG_FIXES.get(name, []):
-        with undo():
-            diffs = stage_differences(name, fixture)
-        worst = max(diffs, key=diffs.get)
-        rows.append({"component": f"bug fixed: {fix_name}",
-                     "reference_file": f"{repository}:{_file_of(name, worst, fixture)}", "commit": commit, "largest_difference": f"{diffs[worst]:.3g} before, {after[worst]:.3g} after",
-                     "status": "matches", "reason": description})
-    for component, reference_file, status, reason in NOTES.get(name, []):
-        rows.append({"component": component, "reference_file": reference_file, "commit": commit,
-                     "largest_difference": "not measured", "status": status, "reason": reason})
-    return rows, max(before.values()), max(after.values())
+    model, _ = authors.stage_differences(fixture)
+    default = type(model.config)()
+    out = {}
+    for name in switches(model):
+        try:
+            _, differences = authors.stage_differences(
+                {**fixture, "config": {**fixture["config"], name: getattr(default, name)}})
+            stage = max(differences, key=differences.get)
+            out[name] = f"{differences[stage]:.3g} ({stage})" + (" (no effect on these stages)" if
+                                                                  differences[stage] <= RTOL else "")
+        except Exception as error:  # the checkpoint no longer fits, or a stage cannot be computed
+            out[name] = f"does not load: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="*", help="models to record (default: every fixture present)")
-    parser.add_argument("--out", type=Path, default=ROOT / "results" / "faithfulness")
-    args = parser.parse_args(argv)
     from adlib.io import atomic_path
+    from adlib.models import authors
 
-    names = args.models or sorted(p.stem for p in FIXTURES.glob("*.pt"))
-    args.out.mkdir(parents=True, exist_ok=True)
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", action="append", help="a fixture's model name (default: every fixture)")
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "faithfulness")
+    parser.add_argument("--switches", action="store_true", help="print what each switch back to a default changes")
+    parser.add_argument("--config", action="append", default=[], metavar="KEY=VALUE",
+                        help="load with a config field changed (a Python literal); print only")
+    args = parser.parse_args(argv)
+    try:
+        changed = {k: ast.literal_eval(v) for k, v in (item.split("=", 1) for item in args.config)}
+    except (ValueError, SyntaxError) as error:
+        raise SystemExit(f"--config {args.config}: expected KEY=VALUE with a Python literal value ({error})")
+    names = args.model or sorted(p.stem for p in FIXTURES.glob("*.pt"))
+    status = 0
     for name in names:
         path = FIXTURES / f"{name}.pt"
         if not path.is_file():
-            raise SystemExit(f"--models {name}: no fixture {path}; write it with benchmarks/parity/make_fixtures.py")
+            raise SystemExit(f"--model {name}: no fixture {path} (benchmarks/parity/make_fixtures.py writes it)")
         fixture = torch.load(path, map_location="cpu", weights_only=False)
-        rows, before, after = record(name, fixture)
-        with atomic_path(args.out / f"{name}.csv") as tmp, open(tmp, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=COLUMNS)
+        if changed:
+            _, differences = authors.stage_differences({**fixture, "config": {**fixture["config"], **changed}})
+            print(f"{name} with {changed}: " + ", ".join(f"{k} {v:.3g}" for k, v in differences.items()))
+            continue
+        table = rows(fixture)
+        target = args.out / f"{name}.csv"
+        with atomic_path(target) as tmp, open(tmp, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=list(table[0]))
             writer.writeheader()
-            writer.writerows(rows)
-        print(f"{name}: largest relative difference before the fixes {before:.3g}, after {after:.3g} "
-              f"({fixture['reference']['repository']}@{fixture['reference']['commit'][:7]}; "
-              f"{sum(r['status'] == 'deviates' for r in rows)} documented deviation(s)) -> {args.out / f'{name}.csv'}")
-    return 0
+            writer.writerows(table)
+        worst = max(table, key=lambda r: float(r["largest_difference"]))
+        fixes, before = before_fixes(fixture)
+        print(f"{name}: {len(table)} stages, largest difference {worst['largest_difference']} ({worst['component']}), "
+              f"{sum(r['status'] == 'matches' for r in table)} match -> {target}"
+              + (f"; before the parity fixes ({fixes}): {before:.3g}" if fixes else ""))
+        status |= any(r["status"] != "matches" for r in table)
+        if args.switches:
+            for switch, effect in switch_effects(fixture).items():
+                print(f"  {switch} at adlib's default: {effect}")
+    return status
 
 
 if __name__ == "__main__":

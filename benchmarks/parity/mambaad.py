@@ -1,10 +1,11 @@
 """MambaAD parity fixture from the authors' own classes (lewandofskee/MambaAD ``model/mambaad.py`` on ADer).
 
-    python benchmarks/parity/make_fixtures.py --reference /work/.mirror/lewandofskee+MambaAD/repo --model mambaad
+    python benchmarks/parity/make_fixtures.py --reference /work/.mirror/lewandofskee+MambaAD/repo --model mambaad \
+        --also ader=/work/.mirror/zhangzjn+ADer/repo
 
 MambaAD's release is three files to be dropped into ADer (its README: "Clone this repo to ADer"): the ADer
-snapshot (``ADER_REFERENCE``, default the fetched mirror) is exported, the release's files are laid over it,
-and the model is built from the release's classes at a reduced size:
+snapshot (``--also ader=``, exported into ``root/ader`` and recorded with its commit) gets the release's files
+laid over it, and the model is built from the release's classes at a reduced size:
 
 - encoder: ADer's ``timm_resnet34`` entry (their ``get_model``: timm ``resnet34``, ``features_only``,
   ``out_indices=[1, 2, 3]``) with ``channels=(4, 8, 16, 32)`` passed through its kwargs (timm's argument), random
@@ -30,20 +31,19 @@ import importlib
 import importlib.util
 import os
 import shutil
-import subprocess
 from argparse import Namespace
 from pathlib import Path
 
 REPOSITORY = "lewandofskee/MambaAD"
 FILES = ("model/mambaad.py", "trainer/mambaad_trainer.py", "configs/mambaad/mambaad_mvtec.py")
-ADER_FILES = ("model/__init__.py", "model/ad_factory.py", "model/mambaad.py", "util/metric.py", "loss/base_loss.py")
-ADER_REFERENCE = os.environ.get("ADER_REFERENCE", "/work/.mirror/zhangzjn+ADer/repo")
+ALSO = {"ader": "zhangzjn/ADer"}  # its model/__init__.py, model/ad_factory.py, model/mambaad.py, util/metric.py,
+# loss/base_loss.py run with the release's files
 
 IMAGE = 256  # the release's scans are built for 8, 16, 32, 64 px maps: a 256 px input
 CHANNELS = (4, 8, 16, 32)
 DIMS, DEPTHS = [32, 16, 8, 4], [2, 2, 2, 2]
 SEED = 0
-_ader_commit = None
+_laid = []
 
 
 def _shims():
@@ -54,16 +54,12 @@ def _shims():
 
 
 def _lay_over_ader(root: Path) -> Path:
-    """ADer's tree with the release's files laid over it, first on sys.path (once per process)."""
+    """ADer's tree (``root/ader``) with the release's files laid over it, first on sys.path (once)."""
     import sys
 
-    global _ader_commit
-    if _ader_commit is not None:
-        return Path(sys.path[0])
-    spec = importlib.util.spec_from_file_location("parity_make", Path(__file__).with_name("make_fixtures.py"))
-    make_fixtures = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(make_fixtures)
-    ader, _ader_commit = make_fixtures.export(Path(ADER_REFERENCE), "HEAD")
+    ader = root / "ader"
+    if _laid:
+        return ader
     shutil.copy(ader / "model" / "mambaad.py", ader / "model" / "ader_mambaad.py")  # ADer's own, for its keys
     for name in FILES:
         (ader / name).parent.mkdir(parents=True, exist_ok=True)
@@ -76,6 +72,7 @@ def _lay_over_ader(root: Path) -> Path:
     shims.stub("mamba_ssm.ops")
     shims.stub("mamba_ssm.ops.selective_scan_interface", selective_scan_fn=scan, selective_scan_ref=scan)
     shims.import_models(ader, ["model/ad_factory.py", "model/mambaad.py", "model/ader_mambaad.py"])
+    _laid.append(ader)
     return ader
 
 
@@ -143,7 +140,6 @@ def make(root: Path) -> dict:
                            "mff_oce": dict(block="timm Bottleneck, expansion 4 / 4", layers=3, width_per_group=4),
                            "model_s": dict(dims_decoder=DIMS, depths_decoder=DEPTHS, scan_type="hilbert",
                                            num_direction=8)},
-        "also": {"repository": "zhangzjn/ADer", "commit": _ader_commit, "files": list(ADER_FILES)},
         "state_dict": state,
         "files": {"mambaad_checkpoint.pth": {"net": state, "epoch": 0, "iter": 0}},
         "input": pixels,
