@@ -56,6 +56,7 @@ maps, H-FPN, decoder maps, map, score) equals the release's within 1e-5 (``resul
   as the paper; "ader" gives the code's scale;
 - a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer's evaluator calls scipy's
   (edge sample repeated), which changes the map near its borders;
+  ``smoothing_padding='reflect'`` restores it (``benchmarks/parity/faithfulness.py``: before and after);
 - released weights (MambaAD issues #30/#31) carry ADer's copy's names: its 7x7 branch's 1x1 convs are
   ``conv1b3``/``conv1a3`` and it builds a 3x3 ``conv33`` its forward never calls; they load renamed, with
   conv33 ignored (``authors_layout``), and compute what the release's 7x7 branch computes.

@@ -23,7 +23,8 @@ Checked against the official code (hq-deng/RD4AD 6554076: ``resnet.py``, ``de_re
 widths (their classes and init) and their outputs; every stage (teacher, embedding, student, map, score) equals
 theirs within 1e-5 (``results/faithfulness/``). One bug, fixed: the Gaussian padded maps with PyTorch's reflect
 border where ``test.py`` calls ``scipy.ndimage.gaussian_filter`` (edge sample repeated), which changes the map
-near its borders. Their checkpoint (``{'bn': ..., 'decoder': ...}``) loads through ``authors.load``; BN_layer's
+near its borders (``smoothing_padding='reflect'`` restores it; ``benchmarks/parity/faithfulness.py`` prints the
+difference before and after). Their checkpoint (``{'bn': ..., 'decoder': ...}``) loads through ``authors.load``; BN_layer's
 ``conv4``/``bn4`` are built but never called and are ignored."""
 from __future__ import annotations
 

@@ -37,7 +37,8 @@ decoder taps, each stage's upsampled map, the map, the score) equals theirs with
   n_stages ** 2; adlib sums, as the paper's map (a constant: no metric changes); "ader" gives the code's scale;
 - a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer calls
   ``scipy.ndimage.gaussian_filter`` (its "reflect" repeats the edge sample), which changes the map near its
-  borders (``benchmarks/parity/faithfulness.py`` prints the difference before and after);
+  borders; ``smoothing_padding='reflect'`` restores it (``benchmarks/parity/faithfulness.py`` prints the
+  difference before and after);
 - a released ADer checkpoint (``ckpt.pth``/``net.pth``) holds the encoder (``net_t``): ``authors_config``
   reads its width, depth and image size and loads it (``pretrained=False``); only its head count, which no
   shape shows, is width / 64 unless given.
