@@ -27,6 +27,7 @@ names come from;
 """
 from __future__ import annotations
 
+import dataclasses
 import importlib
 from dataclasses import dataclass
 from typing import Any, Mapping
@@ -71,19 +72,28 @@ def _module(name: str):
     return module
 
 
+def _tensors(value: Any) -> bool:
+    return isinstance(value, Mapping) and bool(value) and all(isinstance(v, torch.Tensor) for v in value.values())
+
+
 def unwrap(checkpoint: Any) -> dict[str, torch.Tensor]:
     """The state dict inside a released checkpoint file's object: the dict itself, or what it holds under one
-    of the usual keys ("state_dict", "model", "net", "net_S"...), with a "module." prefix (DataParallel) removed."""
+    of the usual keys ("state_dict", "model", "net", "net_S"...), with a "module." prefix (DataParallel) removed.
+    A file that holds only state dicts of sub-modules (RD4AD's ``{"bn": ..., "decoder": ...}``) gives their
+    union under "<name>." prefixes."""
     state = checkpoint
     for _ in range(3):
-        if isinstance(state, Mapping) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if _tensors(state):
             break
         if not isinstance(state, Mapping):
             raise AuthorsCheckpointError(f"not a checkpoint: a {type(state).__name__}, expected a dict of tensors")
         inner = [k for k in ("state_dict", "model", "net", "state") if isinstance(state.get(k), Mapping)]
-        if not inner:
+        if inner:
+            state = state[inner[0]]
+        elif state and all(_tensors(v) for v in state.values()):
+            state = {f"{name}.{k}": v for name, part in state.items() for k, v in part.items()}
+        else:
             raise AuthorsCheckpointError(f"no state dict in the checkpoint; its top-level keys: {sorted(state)[:10]}")
-        state = state[inner[0]]
     return {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
 
 
@@ -114,8 +124,10 @@ def check_keys(name: str, shapes: Mapping[str, tuple[int, ...]], strict: bool = 
         cfg = module.authors_config(dict(shapes), **config)
     else:
         cfg = model_config(name, None, **config)
+    # shapes only: the encoder's pretrained weights (which may not be had here) change no shape
+    shape_cfg = dataclasses.replace(cfg, pretrained=False) if getattr(cfg, "pretrained", False) else cfg
     with torch.device("meta"):
-        own = {k: tuple(v.shape) for k, v in _build(name, module, cfg).state_dict().items()}
+        own = {k: tuple(v.shape) for k, v in _build(name, module, shape_cfg).state_dict().items()}
         shapes = {k: tuple(v.shape) for k, v in _layout(module, {k: torch.empty(s) for k, s in shapes.items()},
                                                           cfg).items()}
     key_map = module.authors_key_map(cfg)
@@ -185,8 +197,11 @@ def stage_differences(fixture: Mapping[str, Any]) -> tuple[Any, dict[str, float]
     stage the fixture holds (``benchmarks/parity/make_fixtures.py`` writes them)."""
     model = from_authors(fixture["model"], fixture["state_dict"], **fixture["config"])
     module = importlib.import_module(model.__module__)
+    images = fixture["input"]  # an 8-bit input is stored as uint8, as an image file holds it
+    if isinstance(images, torch.Tensor) and images.dtype == torch.uint8:
+        images = images.float() / 255
     with torch.no_grad():
-        ours = module.authors_stages(model, fixture["input"])
+        ours = module.authors_stages(model, images)
     missing = sorted(set(fixture["stages"]) - set(ours))
     if missing:
         raise AuthorsCheckpointError(f"{fixture['model']}: stages adlib does not give: {missing}")

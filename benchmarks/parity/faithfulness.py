@@ -12,6 +12,8 @@ each is a deviation documented in its docstring), or the difference that makes i
 
 ``--switches`` also prints, for each of those switches set back to adlib's default alone, the largest
 difference it makes (or why the authors' checkpoint then does not load): what each deviation amounts to.
+A model module's ``AUTHORS_FIXES`` ({config field: its value before a bug fix the parity work made}) makes the
+summary line print the largest difference before those fixes and after.
 ``--config KEY=VALUE`` loads with that config field changed and only prints the differences (no CSV):
 adlib's behaviour before a fix, e.g. ``--model patchcore --config pool_include_pad=False``.
 """
@@ -61,6 +63,20 @@ def rows(fixture: dict) -> list[dict]:
                     "commit": reference["commit"], "largest_difference": f"{difference:.3g}",
                     "status": "matches" if ok else "deviates", "reason": reason})
     return out
+
+
+def before_fixes(fixture: dict) -> tuple[dict, float | None]:
+    """(the model module's ``AUTHORS_FIXES``, the largest stage difference with them undone; None: no fixes)."""
+    import importlib
+
+    from adlib.models import MODELS, authors
+
+    module = MODELS[fixture["model"]].module if fixture["model"] in MODELS else f"adlib.models.{fixture['model']}"
+    fixes = getattr(importlib.import_module(module), "AUTHORS_FIXES", {})
+    if not fixes:
+        return {}, None
+    _, differences = authors.stage_differences({**fixture, "config": {**fixture["config"], **fixes}})
+    return fixes, max(differences.values())
 
 
 def switch_effects(fixture: dict) -> dict[str, str]:
@@ -115,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
             writer.writeheader()
             writer.writerows(table)
         worst = max(table, key=lambda r: float(r["largest_difference"]))
+        fixes, before = before_fixes(fixture)
         print(f"{name}: {len(table)} stages, largest difference {worst['largest_difference']} ({worst['component']}), "
-              f"{sum(r['status'] == 'matches' for r in table)} match -> {target}")
+              f"{sum(r['status'] == 'matches' for r in table)} match -> {target}"
+              + (f"; before the parity fixes ({fixes}): {before:.3g}" if fixes else ""))
         status |= any(r["status"] != "matches" for r in table)
         if args.switches:
             for switch, effect in switch_effects(fixture).items():

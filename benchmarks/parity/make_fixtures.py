@@ -19,6 +19,7 @@ paper-size state dict's names and shapes, and those of any released-checkpoint v
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import io
 import json
@@ -41,7 +42,9 @@ CONTRACT = """benchmarks/parity/<model>.py defines:
                                         {"config": {adlib config fields for from_authors},
                                          "authors_config": {what their constructor got},
                                          "state_dict": {their key: tensor}, "input": tensor,
-                                         "stages": {stage name: tensor}, "notes": "..."}
+                                         "stages": {stage name: tensor}, "notes": "...",
+                                         optional "files": {file name: object}: other files (a checkpoint
+                                         in the authors' format) torch.save'd next to the fixture}
   def full_keys(root: Path) -> dict     {"paper": {key: shape}, "variants": {name: {key: shape}}, "config": {...}}
                                         (shapes of the paper-size model, built on the meta device or from a
                                         released checkpoint's listing; a variant is a released checkpoint whose
@@ -108,8 +111,22 @@ def main(argv: list[str] | None = None) -> int:
         os.chdir(cwd)
     reference = {"repository": module.REPOSITORY, "commit": commit, "files": list(module.FILES),
                  **({"also": also} if also else {})}
-    fixture = {"model": args.model, "reference": reference, "torch": torch.__version__, **fixture}
+    extra_files = fixture.pop("files", {})
+    versions = {"torch": torch.__version__}
+    for package in ("timm", "numpy"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except ImportError:
+            pass
+    fixture = {"model": args.model, "reference": reference, **versions, **fixture}
     args.out.mkdir(parents=True, exist_ok=True)
+    for file_name, content in extra_files.items():
+        extra = io.BytesIO()
+        torch.save(content, extra)
+        if extra.tell() > MAX_BYTES:
+            raise SystemExit(f"{args.model}: {file_name} is {extra.tell() / 2**20:.1f} MB > 2 MB")
+        (args.out / f"{file_name}.tmp").write_bytes(extra.getvalue())
+        os.replace(args.out / f"{file_name}.tmp", args.out / file_name)
     buffer = io.BytesIO()
     torch.save(fixture, buffer)
     if buffer.tell() > MAX_BYTES:
