@@ -33,7 +33,9 @@ from pathlib import Path
 
 import numpy as np
 
-SCORERS = {"scorer=sum": "S'_HVQ + S'_MIM", "scorer=hvq": "S_HVQ", "scorer=mim": "S_MIM", "default": "PatchCore"}
+# (method, setting label) -> column name: LADMIM's scorers read from one fit (paper.scorers), PatchCore's score
+COLUMNS = {("LADMIM", "scorer=sum"): "S'_HVQ + S'_MIM", ("LADMIM", "scorer=hvq"): "S_HVQ",
+           ("LADMIM", "scorer=mim"): "S_MIM", ("PatchCore", "default"): "PatchCore"}
 
 
 def _overrides(pairs: list[str]) -> dict:
@@ -93,45 +95,47 @@ def main(argv: list[str] | None = None) -> int:
     cpu = {"last": time.process_time()}
     seconds = []
 
-    def log(line: str) -> None:  # run_grid logs once per fit: the CPU seconds since the last one are that fit's
+    def log(line: str) -> None:  # run_grid logs once per run: the CPU seconds since the last line are that fit's
         now = time.process_time()
-        seconds.append(now - cpu["last"])
-        cpu["last"] = now
-        print(f"  {line} [{seconds[-1]:.0f} CPU-s]", flush=True)
+        spent, cpu["last"] = now - cpu["last"], now
+        if "image AUROC" in line:  # a fitted run (not a run recorded as not run)
+            seconds.append(spent)
+        print(f"  {line} [{spent:.0f} CPU-s]", flush=True)
 
     start = time.perf_counter()
     runs: dict = {}
-    models = ("ladmim",) if args.no_patchcore else ("ladmim", "patchcore")
-    study.run_grid(setting, {"default": overrides}, sources, models=models, seeds=setting.seeds, keep=runs, log=log)
+    study.run_grid(setting, {"default": overrides}, sources, models=("ladmim",), seeds=setting.seeds, keep=runs, log=log)
+    if not args.no_patchcore:  # its own recipe at the same image size, on the same (capped) images
+        study.run_grid(setting, {"default": {}}, sources, models=("patchcore",), seeds=setting.seeds, keep=runs, log=log)
     wall = time.perf_counter() - start
     if not runs:
         raise SystemExit("no run finished (see the log above)")
 
-    scored = {id(run): paper.scorers(run) for run in runs.values()}
-    scorers = lambda run: {k: v for k, v in scored[id(run)].items() if k in SCORERS}
+    labels = {label for _, label in COLUMNS}
+    scorers = lambda run: {k: v for k, v in paper.scorers(run).items() if k in labels}
     table = loco.runs_table(runs, scorers)
     kinds = loco.runs_kinds_table(runs, scorers)
     logical = table[(table["metric"] == "auroc_logical") & (table["scope"] == "mean")]
+    shown = [(key, name) for key, name in COLUMNS.items()
+             if ((logical["method"] == key[0]) & (logical["setting"] == key[1])).any()]
+
+    def cells(rows, key):
+        return rows[(rows["method"] == key[0]) & (rows["setting"] == key[1])].sort_values("seed")["value"]
 
     print("\nlogical-anomaly image AUROC, mean ± std over seeds (%):")
-    for label, name in SCORERS.items():
-        part = logical[logical["setting"] == label]
-        if len(part):
-            print(f"  {name:<16} {_fmt(part.sort_values('seed')['value'])}   per seed "
-                  f"{[round(v, 1) for v in part.sort_values('seed')['value']]}")
+    for key, name in shown:
+        print(f"  {name:<16} {_fmt(cells(logical, key))}   per seed {[round(v, 1) for v in cells(logical, key)]}")
     if len(kinds):
-        print(f"\nper kind of logical anomaly (image AUROC against the {sum(k == 'good' for k in loco.anomaly_kinds(next(iter(runs.values())).test))} "
-              f"normal test images; mean ± std over seeds, %):")
-        print(f"  kinds: {kinds['note'].iloc[0]}")
         test = next(iter(runs.values())).test
-        counts = {k: n for k, n in zip(*np.unique(loco.anomaly_kinds(test), return_counts=True))}
-        header = "".join(f"{SCORERS[label]:>18}" for label in SCORERS if (kinds["setting"] == label).any())
-        print(f"  {'kind (images)':<46}{header}")
+        counts = dict(zip(*np.unique(loco.anomaly_kinds(test), return_counts=True)))
+        print(f"\nper kind of logical anomaly: image AUROC against the {counts.get('good', 0)} normal test images, "
+              f"mean ± std over seeds (%); {kinds['note'].iloc[0]}")
+        print(f"  {'kind (images)':<46}" + "".join(f"{name:>18}" for _, name in shown))
         for metric in dict.fromkeys(kinds["metric"]):
             kind = metric.removeprefix("auroc_logical_")
-            cells = "".join(f"{_fmt(kinds[(kinds['metric'] == metric) & (kinds['setting'] == label)]['value']):>18}"
-                            for label in SCORERS if (kinds["setting"] == label).any())
-            print(f"  {kind + f' ({counts.get(kind, 0)})':<46}{cells}")
+            part = kinds[kinds["metric"] == metric]
+            print(f"  {kind + f' ({counts.get(kind, 0)})':<46}" + "".join(f"{_fmt(cells(part, key)):>18}"
+                                                                        for key, _ in shown))
 
     print("\nper LADMIM fit: validation (normal) mean S_HVQ / S_MIM, final training losses")
     for run in runs.values():
@@ -140,9 +144,8 @@ def main(argv: list[str] | None = None) -> int:
         losses = {stage: round(values[-1], 3) for stage, values in run.fit.stage_losses.items()}
         print(f"  seed {run.seed}: S_HVQ {float(run.model.hvq_mean):.4f}  S_MIM {float(run.model.mim_mean):.4f}  "
               f"losses {losses}  train {run.fit.train_seconds:.0f} s wall, {run.train_images} images")
-    fits = [s for s, run in zip(seconds, runs.values())]
     by_model: dict[str, list[float]] = {}
-    for s, run in zip(fits, runs.values()):
+    for s, run in zip(seconds, runs.values()):  # run_grid fits in the order it keeps the runs
         by_model.setdefault(run.method, []).append(s)
     print(f"\nCPU seconds per fit: " + ", ".join(f"{m} {np.mean(v):.0f} (x{len(v)})" for m, v in by_model.items())
           + f"; all {sum(seconds):.0f} CPU-s, wall {wall:.0f} s (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
