@@ -93,6 +93,16 @@ class LocoSummary:
         return {"logical": self.logical, "structural": self.structural, "overall": self.overall,
                 "avg_mean": self.avg_mean, "avg_whole": self.avg_whole}
 
+    def describe(self) -> str:
+        """One line for a command's output: each group's image AUROC (mean over categories, percent) with its
+        image counts, a group with no test image said as such, and Overall when both groups are there."""
+        counts = {g: sum(c.counts.get(g, 0) for c in self.categories.values()) for g in (NORMAL, *GROUPS)}
+        parts = [f"{g} anomalies: image AUROC {100 * getattr(self, g):.1f} ({counts[g]} vs {counts[NORMAL]} normal "
+                 f"test images)" if counts[g] else f"{g} anomalies: none in the test set" for g in GROUPS]
+        if all(counts[g] for g in GROUPS):
+            parts.append(f"Overall {100 * self.overall:.1f}")
+        return "; ".join(parts)
+
     def rows(self, method: str, dataset: str, setting: str = "default", ablation: bool = False) -> list[dict[str, Any]]:
         """Long-format rows (percent) in the layout of ``results/paper/ladmim`` (see ``METRIC_NAMES``):
         per category ``<dataset>/<category>`` and the average ``<dataset>``. ``ablation``: name the

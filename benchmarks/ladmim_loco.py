@@ -1,8 +1,8 @@
 """LADMIM against PatchCore on real logical anomalies: the derived MVTec LOCO subset (juice_bottle), smoke profile.
 
-    ADLIB_DATA=/work/shared/data OMP_NUM_THREADS=1 python benchmarks/ladmim_loco.py [--seeds 0 1 2]
-        [--image-size N] [--max-train N] [--tokenizer-epochs N] [--mim-epochs N] [--set KEY=VALUE ...]
-        [--no-patchcore] [--json FILE]
+    ADLIB_DATA=/work/shared/data OMP_NUM_THREADS=1 python benchmarks/ladmim_loco.py [targets|context]
+        [--seeds 0 1 2] [--image-size N] [--max-train N] [--tokenizer-epochs N] [--mim-epochs N]
+        [--set KEY=VALUE ...] [--no-patchcore] [--json FILE]
 
 The data is ``$ADLIB_DATA/mvtec_loco_subset`` (read its SOURCE.md: a derived split, not the official one; its
 numbers are never the paper's official-split cells). Every number comes from ``adlib.study.run_grid``: LADMIM
@@ -16,6 +16,16 @@ recipe at the same image size) on the same images, over the seeds. Printed, mean
 - the validation split's mean S_HVQ and S_MIM (the standardisation's statistics: how well the fitted model
   reconstructs and predicts held-out normal images, which needs no anomaly: the criterion settings are chosen
   by), the training losses, and wall and CPU seconds per fit.
+
+``context`` (LADMIM only) asks where S_MIM's logical signal is lost. On each fitted model it compares the ViT's
+Eq. 12 error (S_MIM) with two predictors of the masked region's code histogram that need no ViT, under the same
+fixed test masks: "position only" (the mean histogram of the training images under that mask: what a ViT that
+ignores the visible context can do) and "5 nearest by visible codes" (the histograms of the five training images
+whose codes outside the mask agree most: a plain use of the context). Printed: their mean error on the
+validation split's normal images and their logical AUROC, overall and per kind. Then whether the codes keep what
+tells the fruit types apart: the training images' juice type (three colour clusters) predicted (5-fold logistic
+regression) from the codes of each level, and from the features, at the tokens where the fruit icon lies (the
+masks of the test images annotated ``missing_fruit_icon``).
 
 The options override the profile's setting (to measure training length and image size); without them it is the
 setting the LADMIM chapter runs. On a shared machine wall times are upper bounds; the CPU seconds of this process
@@ -60,6 +70,7 @@ def _fmt(values) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("mode", nargs="?", default="targets", choices=("targets", "context"))
     parser.add_argument("--seeds", nargs="+", type=int, default=None, help="default: the profile's (0 1 2)")
     parser.add_argument("--image-size", type=int, default=None, help="default: the profile's subset setting")
     parser.add_argument("--max-train", type=int, default=None, help="training images (spread evenly); default: "
@@ -71,8 +82,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-patchcore", action="store_true")
     parser.add_argument("--json", default=None, help="write the LOCO rows and per-kind rows here")
     args = parser.parse_args(argv)
+    setting, runs, seconds, wall = fit(args)
+    if args.mode == "context":
+        for run in runs.values():
+            context(setting, run)
+    else:
+        targets(runs, args.json)
+    by_model: dict[str, list[float]] = {}
+    for spent, run in zip(seconds, runs.values()):  # run_grid fits in the order it keeps the runs
+        by_model.setdefault(run.method, []).append(spent)
+    print("\nCPU seconds per fit: " + ", ".join(f"{m} {np.mean(v):.0f} (x{len(v)})" for m, v in by_model.items())
+          + f"; all {sum(seconds):.0f} CPU-s, wall {wall:.0f} s (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
+    return 0
 
-    from adlib import loco, papers, study
+
+def fit(args):
+    """The runs: LADMIM (and PatchCore unless left out) over the seeds, through run_grid."""
+    from adlib import papers, study
     from adlib.papers import ladmim as paper
 
     if not os.environ.get("ADLIB_DATA"):
@@ -105,11 +131,17 @@ def main(argv: list[str] | None = None) -> int:
     start = time.perf_counter()
     runs: dict = {}
     study.run_grid(setting, {"default": overrides}, sources, models=("ladmim",), seeds=setting.seeds, keep=runs, log=log)
-    if not args.no_patchcore:  # its own recipe at the same image size, on the same (capped) images
+    if not args.no_patchcore and args.mode == "targets":  # its own recipe, same image size, same (capped) images
         study.run_grid(setting, {"default": {}}, sources, models=("patchcore",), seeds=setting.seeds, keep=runs, log=log)
-    wall = time.perf_counter() - start
     if not runs:
         raise SystemExit("no run finished (see the log above)")
+    return setting, runs, seconds, time.perf_counter() - start
+
+
+def targets(runs, json_path) -> None:
+    """LA per scorer and per kind, mean ± std over seeds, and each LADMIM fit's validation errors."""
+    from adlib import loco
+    from adlib.papers import ladmim as paper
 
     labels = {label for _, label in COLUMNS}
     scorers = lambda run: {k: v for k, v in paper.scorers(run).items() if k in labels}
@@ -144,15 +176,110 @@ def main(argv: list[str] | None = None) -> int:
         losses = {stage: round(values[-1], 3) for stage, values in run.fit.stage_losses.items()}
         print(f"  seed {run.seed}: S_HVQ {float(run.model.hvq_mean):.4f}  S_MIM {float(run.model.mim_mean):.4f}  "
               f"losses {losses}  train {run.fit.train_seconds:.0f} s wall, {run.train_images} images")
-    by_model: dict[str, list[float]] = {}
-    for s, run in zip(seconds, runs.values()):  # run_grid fits in the order it keeps the runs
-        by_model.setdefault(run.method, []).append(s)
-    print(f"\nCPU seconds per fit: " + ", ".join(f"{m} {np.mean(v):.0f} (x{len(v)})" for m, v in by_model.items())
-          + f"; all {sum(seconds):.0f} CPU-s, wall {wall:.0f} s (load {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores)")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"loco": table.to_dict("records"), "kinds": kinds.to_dict("records")},
+    if json_path:
+        Path(json_path).write_text(json.dumps({"loco": table.to_dict("records"), "kinds": kinds.to_dict("records")},
                                               default=str))
-    return 0
+
+
+def _codes(model, dataset, batch: int = 16):
+    """HVQ-Trans' code maps of the MIM's target levels (B, levels, N) for every image of ``dataset`` (Eq. 10)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for first in range(0, len(dataset), batch):
+            images = torch.stack([dataset[i]["image"] for i in range(first, min(first + batch, len(dataset)))])
+            out.append(model.hvq.codes(model.tokens_of(model.extract(images)))[:, model.levels])
+    return torch.cat(out)
+
+
+def _features(model, dataset, batch: int = 16):
+    """The tokens HVQ-Trans and the ViT read (B, N, d_0)."""
+    import torch
+
+    with torch.no_grad():
+        return torch.cat([model.tokens_of(model.extract(torch.stack([dataset[i]["image"] for i in
+                                                                     range(first, min(first + batch, len(dataset)))])))
+                          for first in range(0, len(dataset), batch)])
+
+
+def no_vit_errors(train_codes, codes, masks, size: int, neighbours: int = 5) -> dict:
+    """Eq. 12's error per image (mean over ``masks``) of two predictors of the masked region's code histogram that
+    need no ViT: the mean training histogram under the mask ("position only") and the mean histogram of the
+    ``neighbours`` training images whose codes outside the mask agree most ("5 nearest by visible codes")."""
+    import torch
+
+    from adlib.models.ladmim import histogram
+
+    def hists(c, mask):
+        return torch.stack([histogram(c[:, level], mask.expand(len(c), -1), size) for level in range(c.shape[1])], 1)
+
+    position, nearest = [], []
+    for mask in masks:
+        train_h, h = hists(train_codes, mask), hists(codes, mask)
+        position.append((train_h.mean(0, keepdim=True) - h).abs().sum((1, 2)))
+        visible_train = train_codes[:, :, ~mask]
+        distance = torch.stack([(c[None, :, ~mask] != visible_train).float().mean((1, 2)) for c in codes])
+        near = distance.topk(neighbours, dim=1, largest=False).indices
+        nearest.append((train_h[near].mean(1) - h).abs().sum((1, 2)))
+    return {"position only": torch.stack(position, 1).mean(1).numpy(),
+            f"{neighbours} nearest by visible codes": torch.stack(nearest, 1).mean(1).numpy()}
+
+
+def context(setting, run) -> None:
+    """S_MIM against the no-ViT predictors, then what the codes keep of the fruit icon (see the docstring)."""
+    import torch
+    from sklearn.cluster import KMeans
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import cross_val_score
+    from sklearn.preprocessing import OneHotEncoder
+
+    from adlib import loco, study
+    from adlib.data import AnomalyDataset
+    from adlib.models.ladmim import score_components
+
+    model, source = run.model.eval(), run.source
+    train = study.datasets_for(source, setting, run.image_size)[0]  # the run's (capped) training images
+    validation = AnomalyDataset(source.root, source.category, "validation", image_size=run.image_size)
+    train_codes, val_codes, test_codes = _codes(model, train), _codes(model, validation), _codes(model, run.test)
+    masks = model.test_masks()
+    size = model.config.codebook_size
+    errors = {"ViT (S_MIM)": (score_components(model, validation)["s_mim"], run.evaluation.parts["s_mim"])}
+    val, test = no_vit_errors(train_codes, val_codes, masks, size), no_vit_errors(train_codes, test_codes, masks, size)
+    errors.update({name: (val[name], test[name]) for name in val})
+    groups, kinds = run.evaluation.groups, loco.anomaly_kinds(run.test)
+    names = list(dict.fromkeys(k for k in kinds if k != loco.NORMAL))
+    print(f"\nseed {run.seed}: Eq. 12's error under the model's {len(masks)} fixed test masks, on the validation "
+          f"split's normal images and as the logical AUROC on the test set (%), overall and per kind")
+    print(f"  {'predictor':<28}{'val error':>10}{'LA':>7}" + "".join(f"{n[:12]:>13}" for n in names))
+    for name, (val_err, test_err) in errors.items():
+        per = loco.per_kind(test_err, groups, kinds)
+        la = loco.evaluate_groups(test_err, run.evaluation.labels, groups).logical
+        print(f"  {name:<28}{np.mean(val_err):10.3f}{100 * la:7.1f}"
+              + "".join(f"{100 * per[('logical', n)]:13.1f}" for n in names))
+
+    # where the icon lies: the masks of the test images annotated missing_fruit_icon, on the token grid
+    icon = [i for i, k in enumerate(kinds) if k == "missing_fruit_icon"]
+    if not icon:
+        print("  (no test image annotated missing_fruit_icon: the icon test is skipped)")
+        return
+    grid = model.config.grid
+    region = torch.stack([run.test[i]["mask"] for i in icon]).amax(0)[None]
+    cover = torch.nn.functional.adaptive_avg_pool2d(region, grid)[0, 0].flatten()
+    tokens = cover >= 0.5 * cover.max()  # the tokens at least half as covered as the most covered one
+    images = torch.stack([train[i]["image"] for i in range(len(train))])
+    colour = images.mean((2, 3)).numpy()
+    juice = KMeans(3, n_init=10, random_state=0).fit_predict(colour)
+    counts = np.bincount(juice)
+    print(f"  juice types of the {len(train)} training images (mean colour clusters): "
+          + ", ".join(f"{n} images at RGB {np.round(colour[juice == t].mean(0), 2).tolist()}" for t, n in enumerate(counts)))
+    accuracy = lambda x: cross_val_score(LogisticRegression(max_iter=3000), x, juice, cv=5).mean()
+    codes = [OneHotEncoder(handle_unknown="ignore").fit_transform(train_codes[:, level, tokens].numpy())
+             for level in range(train_codes.shape[1])]
+    features = _features(model, train)[:, tokens].flatten(1).numpy()
+    print(f"  juice type from the {int(tokens.sum())} icon tokens (5-fold logistic regression, chance "
+          f"{counts.max() / counts.sum():.2f}): codes per level "
+          f"{[round(float(accuracy(c)), 2) for c in codes]}, features {accuracy(features):.2f}")
 
 
 if __name__ == "__main__":

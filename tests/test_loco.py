@@ -250,3 +250,14 @@ def test_the_loco_subsets_kinds_are_our_annotation():
     assert kinds["good"] == 56 and sum(kinds.values()) == 198 and len(kinds) == 13
     assert kinds["wrong_juice_type"] == 22 and kinds["wrong_fill_level_not_enough"] == 24
     assert "flattened" in loco.kinds_source(test)
+
+
+def test_describe_says_each_group_and_a_missing_one():
+    scores, labels, groups = _data()
+    both = loco.evaluate_groups(scores, labels, groups)
+    line = both.describe()
+    assert f"logical anomalies: image AUROC {100 * both.logical:.1f} (7 vs 12 normal test images)" in line
+    assert f"Overall {100 * both.overall:.1f}" in line
+    keep = [g != "structural" for g in groups]
+    only = loco.evaluate_groups(scores[keep], labels[keep], [g for g in groups if g != "structural"])
+    assert "structural anomalies: none in the test set" in only.describe() and "Overall" not in only.describe()
