@@ -108,11 +108,13 @@ def fit(args):
     sources = setting.real_sources([paper.LOCO_SUBSET_FOLDER])
     if not sources:
         raise SystemExit(f"no {paper.LOCO_SUBSET_FOLDER}/ under ADLIB_DATA={os.environ['ADLIB_DATA']}")
-    stages = {k: dict(v) for k, v in overrides.get("stages", {}).items()}
-    for stage, epochs in (("tokenizer", args.tokenizer_epochs), ("mim", args.mim_epochs)):
-        if epochs is not None:
-            stages.setdefault(stage, {})["epochs"] = epochs
-    overrides = {**overrides, **({"stages": stages} if stages else {}), **_overrides(args.overrides)}
+    if args.tokenizer_epochs is not None or args.mim_epochs is not None:  # "stages" replaces the recipe's: start from it
+        stages = {k: dict(v) for k, v in overrides.get("stages", setting.paper.recipe("ladmim", "smoke").fit.stages).items()}
+        for stage, epochs in (("tokenizer", args.tokenizer_epochs), ("mim", args.mim_epochs)):
+            if epochs is not None:
+                stages[stage]["epochs"] = epochs
+        overrides = {**overrides, "stages": stages}
+    overrides = {**overrides, **_overrides(args.overrides)}
     print(f"{paper.LOCO_SUBSET}: {', '.join(s.name for s in sources)}, {setting.image_size} px, "
           f"{setting.caps}, seeds {list(setting.seeds)}; LADMIM overrides {overrides or 'none'}; "
           f"{os.cpu_count()} cores, load {os.getloadavg()[0]:.1f}, torch threads "

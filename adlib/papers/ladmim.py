@@ -177,9 +177,12 @@ TABLES = {
                              "(repro_spec §3.6)"),
     "table8": TableSpec("Table 8: MIM prediction target: pixel, feature, code, code histogram",
                         backbones={"LADMIM": "pdn"}, image_size=224, rows=("setting",), columns=("metric",)),
-    "kinds": TableSpec("Per kind of anomaly: image AUROC of each rule the embedded set breaks (not a printed table)",
+    "kinds": TableSpec("Per kind of anomaly: image AUROC of each rule the embedded set breaks, and of each kind of "
+                       "logical anomaly of the LOCO subset (not a printed table)",
                        rows=("dataset", "method", "setting"), columns=("metric",),
-                       note="needs anomaly_kinds.json (the embedded set); eight test images per kind"),
+                       note="kinds from the embedded set's anomaly_kinds.json (eight test images per kind) and, for "
+                            "the LOCO subset, from adlib's annotation (adlib.loco.kinds_source; 4 to 24 images per "
+                            "kind)"),
     "fig3": TableSpec("Fig. 3: image AUROC against the MIM model dimension (multi-class)", backbones={"LADMIM": "pdn"},
                       class_setting="multi-class", image_size=224, rows=("setting",), columns=("metric",),
                       note="the paper prints no numbers or dimension values"),
