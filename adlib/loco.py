@@ -19,6 +19,11 @@ and Tab. 3's "Overall" and every row of Tab. 7 are ``avg_mean``; Tab. 2's per-ca
 exactly (e.g. 90.3 / 83.1 -> 86.6, where ``avg_mean`` is 86.7; ``avg_whole`` cannot be recomputed from their
 averages alone).
 
+Which rules a detector sees: ``per_kind`` / ``runs_kinds_table`` give the AUROC of each kind of anomaly alone,
+with the kinds per test image from ``anomaly_kinds``: the embedded set's ``anomaly_kinds.json``, MVTec LOCO's
+mask ids named by its ``defects_config.json``, or, for the derived LOCO subset whose masks lost those ids, our
+annotation of its files (``ANNOTATIONS``); ``kinds_source`` says which.
+
 Input is plain arrays (scores, labels, groups, categories), e.g. from ``adlib.engine.EvalResult``
 (``scores``, ``labels``, ``groups``, ``image_categories``); ``from_eval`` reads one. Values are fractions in
 [0, 1]; ``rows`` gives long-format rows in percent. Needs numpy only (the AUROC is ``adlib.metrics``').
