@@ -48,16 +48,22 @@ SMOKE_STAGES = {"tokenizer": {"epochs": SMOKE_EPOCHS[0], "lr": 2e-3, "weight_dec
 LOCO_SUBSET_FOLDER = "mvtec_loco_subset"
 LOCO_SUBSET = "MVTec LOCO subset (derived split, not the official one)"
 
-# The subset in the smoke profile: 120 of its 279 training images (spread evenly; the synthetic categories' size),
-# all 198 test images, 128 px, PatchCore on the same images at the same size, and LADMIM's recipe with 6 tokenizer
-# epochs instead of 3 (MIM 6 as in the recipe): about 43 CPU-seconds per fit at one thread, so that the subset's 3
-# seeds of LADMIM and PatchCore take about 2.3 of the chapter's 8 CPU-minutes. Chosen without the test set: the
-# budget fixed the size of a fit, and among three fits of about that size (seed 0) the one whose HVQ-Trans
-# reconstructs the validation split's normal images best: mean S_HVQ 0.22 with 120 images and 6 + 6 epochs,
-# 0.27 with 180 images and 3 + 6, 0.36 with 120 images and 3 + 6 (benchmarks/ladmim_loco.py --seeds 0
-# --no-patchcore with --tokenizer-epochs 6, --max-train 180, and neither). S_MIM's validation error is no
-# criterion across tokenizers: each tokenizer gives the MIM other targets. The images are squashed to a square,
-# as the paper's ("uniformly set to 224 x 224"), so vertical detail (the fill level) is halved against horizontal.
+# The subset in the smoke profile, and how it differs from the paper's juice_bottle runs:
+# - data: the derived split (its SOURCE.md), 279 training images of the official 335 (the rest are its 56 normal
+#   test images; the paper tests on 94 official ones), no structural anomalies, so only LA is measured;
+# - 120 of the 279 training images (spread evenly; the synthetic categories' size), all 198 test images;
+# - 128 px on a 16 x 16 grid, the offline EfficientNet-Lite0 for the PDN, the smoke recipe's small HVQ-Trans and
+#   ViT, with 6 tokenizer epochs instead of the recipe's 3 (MIM 6) against the paper's 1000 and 500;
+# - squashed to a square as the paper's ("uniformly set to 224 x 224"): vertical detail (the fill level) is halved
+#   against horizontal;
+# - PatchCore (its smoke recipe) on the same images at the same size.
+# About 45 CPU-seconds per LADMIM fit at one thread, so that the subset's 3 seeds of LADMIM and PatchCore take
+# about 2.5 of the chapter's 8 CPU-minutes (benchmarks/ladmim_loco.py). Chosen without the test set: the budget
+# fixed the size of a fit, and among three fits of about that size (seed 0) the one whose HVQ-Trans reconstructs
+# the validation split's normal images best: mean S_HVQ 0.22 with 120 images and 6 + 6 epochs, 0.27 with 180
+# images and 3 + 6, 0.36 with 120 images and 3 + 6 (benchmarks/ladmim_loco.py --seeds 0 --no-patchcore, then
+# with --max-train 180 --tokenizer-epochs 3, and with --tokenizer-epochs 3). S_MIM's validation error is no
+# criterion across tokenizers: each tokenizer gives the MIM other targets.
 LOCO_SUBSET_SETTING = {"image_size": SMOKE_SIZE, "max_train": 120, "max_test": None,
                        "overrides": {"stages": {**SMOKE_STAGES, "tokenizer": {**SMOKE_STAGES["tokenizer"], "epochs": 6}}}}
 
