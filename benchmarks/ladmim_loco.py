@@ -28,7 +28,13 @@ regression) from the codes of each level, and from the features, at the tokens w
 masks of the test images annotated ``missing_fruit_icon``).
 
 The options override the profile's setting (to measure training length and image size); without them it is the
-setting the LADMIM chapter runs. On a shared machine wall times are upper bounds; the CPU seconds of this process
+setting the LADMIM chapter runs. The measurements behind the chapter's reading of its verdict:
+
+    python benchmarks/ladmim_loco.py                                        # 3 seeds, per scorer and kind
+    python benchmarks/ladmim_loco.py context --seeds 0                      # S_MIM against the no-ViT predictors
+    python benchmarks/ladmim_loco.py context --seeds 0 --mim-epochs 60      # ten times the MIM epochs
+    python benchmarks/ladmim_loco.py --seeds 0 --image-size 192 --set grid=24  # the paper's grid, 3x the CPU
+    python benchmarks/ladmim_loco.py --seeds 0 --max-train 279              # every training image On a shared machine wall times are upper bounds; the CPU seconds of this process
 (one thread) are the budget's measure.
 """
 from __future__ import annotations
