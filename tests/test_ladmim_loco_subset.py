@@ -13,10 +13,14 @@ PAPER = papers.get("ladmim")
 
 
 def _rows(dataset: str, values: dict[str, list[float]]) -> pd.DataFrame:
-    """LOCO mean rows (as ``loco.runs_table`` writes them) of one dataset: method -> value per seed."""
+    """LOCO mean rows (as ``loco.runs_table`` writes them) of one dataset: method -> value per seed, each with
+    test-image resamples (one shared noise draw per dataset: the same images for every method) and chance 50."""
+    noise = np.random.default_rng(len(dataset)).normal(0.0, 0.5, 200)
     return pd.DataFrame([{"dataset": dataset, "method": method, "setting": "default", "level": "image",
                           "metric": "auroc_logical", "value": v, "seed": seed, "scope": "mean", "protocol": "exact",
-                          "class_setting": "one-class", "image_size": 128, "backbone": "b", "data": dataset, "note": ""}
+                          "class_setting": "one-class", "image_size": 128, "backbone": "b", "data": dataset, "note": "",
+                          "boot": (v + (0 * noise if method == loco.CHANCE else noise)).astype(np.float32),
+                          "chance": 50.0, "test_id": dataset}
                          for method, per_seed in values.items() for seed, v in enumerate(per_seed)])
 
 
@@ -38,13 +42,18 @@ def test_the_subset_is_the_smoke_profiles_real_source_named_as_not_the_official_
 def test_the_main_claim_gets_one_verdict_per_source():
     chance = [50.0, 50.0, 50.0]
     table = pd.concat([
-        _rows("synthetic_loco", {"LADMIM": [50.0, 52.0, 51.0], "PatchCore": [56.0, 57.0, 58.0], loco.CHANCE: chance}),
+        _rows("synthetic_loco", {"LADMIM": [60.0, 62.0, 61.0], "PatchCore": [66.0, 67.0, 68.0], loco.CHANCE: chance}),
         _rows(paper.LOCO_SUBSET, {"LADMIM": [99.0, 98.0, 99.5], "PatchCore": [90.0, 90.5, 91.0], loco.CHANCE: chance}),
     ], ignore_index=True)
     ids = ["mim_catches_logical", "mim_catches_logical_loco_subset", "mim_catches_logical_mvtec_loco"]
     verdicts = {i: claims.evaluate(PAPER.claim(i), table) for i in ids}
     final = {i: v.iloc[-1] for i, v in verdicts.items()}
     assert final["mim_catches_logical"]["verdict"] == "failed"  # the synthetic set alone: PatchCore is ahead
+    # at chance on one source, the claim is not testable there, whatever the other source says
+    at_chance = table.assign(value=np.where((table["dataset"] == "synthetic_loco") & (table["method"] == "LADMIM"),
+                                            50.0, table["value"]))
+    at_chance["boot"] = [b - v + a for b, v, a in zip(table["boot"], table["value"], at_chance["value"])]
+    assert claims.evaluate(PAPER.claim("mim_catches_logical"), at_chance).iloc[-1]["verdict"] == "not testable here"
     assert final["mim_catches_logical_loco_subset"]["verdict"] == "held"  # the subset alone
     first = verdicts["mim_catches_logical_loco_subset"].iloc[0]
     assert first["favoured_mean"] == np.mean([99.0, 98.0, 99.5]) and first["data"] == paper.LOCO_SUBSET
