@@ -287,3 +287,18 @@ def test_run_evaluates_a_checkpoint_in_the_authors_key_names_without_training(ti
     monkeypatch.setattr(rd4ad, "authors_key_map", lambda cfg: {**key_map(cfg), "extra.weight": "net_t.extra"})
     assert main(argv) == 2  # a key map the model does not fit: one line, before any work
     assert "the key map names adlib keys the model lacks" in capsys.readouterr().err
+
+
+def test_the_runtime_report_counts_fits_trained_and_read(tiny_root, cache_dir):
+    """A notebook's kernel reports its fits through ``results.runtime()``; the run record merges the reports."""
+    from adlib import results
+    from adlib.app.reproduce import merge_runtime
+
+    before = runcache.counts()
+    _run("patchcore", tiny_root)
+    _run("patchcore", tiny_root)
+    fits = results.runtime()["fits"]
+    assert fits["trained"] - before["trained"] == 1 and fits["cache"] - before["cache"] == 1
+    lines = [{"time": 1, "runtime": {"fits": {"trained": 1, "cache": 0}}},
+             {"time": 2, "runtime": {"fits": {"trained": 2, "cache": 3}}}]
+    assert merge_runtime(lines)["fits"] == {"trained": 2, "cache": 3}
