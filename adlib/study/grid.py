@@ -439,7 +439,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
              seeds: Sequence[int] | None = None, class_setting: str | None = None,
              protocols: Sequence[str] | None = None, skip: Mapping[str, str] | None = None,
              keep: dict | None = None, cache: dict | None = None, metrics: Sequence[str] = QUALITY_METRICS,
-             keep_maps: int = 0, log=print) -> pd.DataFrame:
+             keep_maps: int = 0, log=print, fit_cache: bool | None = None) -> pd.DataFrame:
     """Fit and evaluate every (model, variant, seed, source group); one long table (see the module docstring).
 
     ``variants`` maps a label (the table's ``setting``, e.g. "m=2") to overrides for ``configs`` (model or
@@ -450,7 +450,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
     (model, label, group name, seed); ``cache`` (a dict) lets a notebook reuse the rows of the same resolved
     configuration under another label (their ``fit`` column says "reused"). Fits are shared across notebooks
     and commands by the run cache on disk anyway (``adlib.study.runcache``): the ``fit`` column says whether
-    each was "trained" or read from the "cache".
+    each was "trained" or read from the "cache" (``fit_cache``: ``run_one``'s ``cache``).
     """
     variants = dict(variants or {"default": {}})
     sources = list(sources if sources is not None else setting.sources())
@@ -484,7 +484,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                     if reason is None:
                         try:
                             run = run_one(setting, group, model, label, seed=seed, class_setting=class_setting,
-                                          protocols=protocols, keep_maps=keep_maps, **dict(overrides))
+                                          protocols=protocols, keep_maps=keep_maps, cache=fit_cache,
+                                          **dict(overrides))
                         except (ValueError, _weights_error()) as error:
                             if "unknown setting" in str(error):
                                 raise
