@@ -16,7 +16,7 @@ from PIL import Image
 
 from adlib import engine
 from adlib.app.cli import main
-from adlib.app.run import home_setting
+from adlib.app.run import recipe_setting
 from adlib.models import available_models, create_model
 from adlib.study import DataSource, run_grid, run_one, runcache
 
@@ -39,8 +39,10 @@ def test_every_registered_model_has_a_tiny_config():
     assert set(TINY) == set(available_models())
 
 
-def _category(root: Path, name: str = "widget", train: int = 6, validation: int = 0, seed: int = 0) -> Path:
-    """<root>/<name>/{train/good, test/good, test/spot, ground_truth/spot[, validation/good]}: textures, red spots."""
+def _category(root: Path, name: str = "widget", train: int = 6, validation: int = 0, seed: int = 0,
+              defect: str = "spot") -> Path:
+    """<root>/<name>/{train/good, test/good, test/<defect>, ground_truth/<defect>[, validation/good]}: textures,
+    red spots as defects."""
     rng = np.random.default_rng(seed)
     cat = root / name
 
@@ -48,16 +50,17 @@ def _category(root: Path, name: str = "widget", train: int = 6, validation: int 
         small = rng.uniform(90, 160, size=(4, 4, 3))
         return np.kron(small, np.ones((16, 16, 1))).astype(np.uint8)
 
-    for split, count in [("train/good", train), ("validation/good", validation), ("test/good", 2), ("test/spot", 2)]:
+    for split, count in [("train/good", train), ("validation/good", validation), ("test/good", 2),
+                         (f"test/{defect}", 2)]:
         for i in range(count):
             (cat / split).mkdir(parents=True, exist_ok=True)
             img = texture()
-            if split == "test/spot":
+            if split == f"test/{defect}":
                 img[20:36, 24:40] = (255, 20, 20)
                 mask = np.zeros((64, 64), np.uint8)
                 mask[20:36, 24:40] = 255
                 # a validation split makes it the MVTec LOCO layout: a folder of masks per image
-                where = cat / "ground_truth/spot" / (f"{i:03d}" if validation else "")
+                where = cat / "ground_truth" / defect / (f"{i:03d}" if validation else "")
                 where.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(mask).save(where / ("000.png" if validation else f"{i:03d}_mask.png"))
             Image.fromarray(img).save(cat / split / f"{i:03d}.png")
@@ -80,7 +83,7 @@ def cache_dir(tmp_path, monkeypatch) -> Path:
 
 
 def _setting(model: str):
-    return home_setting(model, "smoke", image_size=SIZE, backbone=TINY[model].get("backbone"))
+    return recipe_setting(model, "smoke", image_size=SIZE, backbone=TINY[model].get("backbone"))
 
 
 def _run(model: str, root: Path, category: str = "widget", **kwargs):
@@ -302,3 +305,19 @@ def test_the_runtime_report_counts_fits_trained_and_read(tiny_root, cache_dir):
     lines = [{"time": 1, "runtime": {"fits": {"trained": 1, "cache": 0}}},
              {"time": 2, "runtime": {"fits": {"trained": 2, "cache": 3}}}]
     assert merge_runtime(lines)["fits"] == {"trained": 2, "cache": 3}
+
+
+def test_adlib_run_on_the_loco_layout_prints_the_group_aurocs_and_the_calibration(tmp_path, capsys):
+    """MVTec LOCO's layout: the logical AUROC (adlib.loco) printed and in --json; LADMIM on its validation split."""
+    _category(tmp_path / "loco", "box", train=6, validation=3, defect="logical_anomalies")
+    out = tmp_path / "r.json"
+    options = [f"--set={k}={v!r}" for k, v in TINY["ladmim"].items()]
+    assert main(["run", "ladmim", "--data-root", str(tmp_path / "loco"), "--category", "box", "--image-size", "64",
+                 "--epochs", "1", "--no-progress", "--set", "pretrained=False", *options, "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    record = json.loads(out.read_text())
+    assert record["loco"]["logical"] == record["image"]["auroc"]  # good against logical anomalies only
+    assert f"logical {100 * record['loco']['logical']:.1f}" in printed
+    assert "overall" not in record["loco"]  # no structural anomaly here: no (LA + SA) / 2
+    assert record["calibration"] == "the validation split (3 normal images)" and "calibration: the validation" in printed
+    assert all(s["epochs"] == 1 for s in record["config"]["fit"]["stages"].values())  # --epochs: every stage
