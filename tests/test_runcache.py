@@ -136,7 +136,7 @@ def test_a_cached_fit_gives_the_fresh_fits_numbers_bit_for_bit(model, tiny_root,
     assert {r["fit"] for r in cached.rows()} == {"cache"} and {r["fit"] for r in fresh.rows()} == {"trained"}
 
 
-def test_the_key_holds_what_determines_the_fit_and_not_the_protocol(tiny_root, tmp_path, cache_dir):
+def test_the_key_holds_what_determines_the_fit_and_not_the_protocol(tiny_root, tmp_path, cache_dir, monkeypatch):
     first = _run("patchcore", tiny_root, protocols=("exact",))
     assert first.fit_from == "trained" and first.evaluation_from == "computed"
     again = _run("patchcore", tiny_root, protocols=("exact",))
@@ -155,8 +155,16 @@ def test_the_key_holds_what_determines_the_fit_and_not_the_protocol(tiny_root, t
     image = changed / "tinyset/widget/train/good/003.png"
     Image.fromarray(255 - np.asarray(Image.open(image))).save(image)
     assert _run("patchcore", changed / "tinyset").fit_from == "trained"
+    monkeypatch.setattr(runcache, "_SOURCE_HASH", "another adlib")  # an edited source file
+    assert _run("patchcore", tiny_root).fit_from == "trained"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(threads + 1)  # another thread count may change the last bits: another fit
+    try:
+        assert _run("patchcore", tiny_root).fit_from == "trained"
+    finally:
+        torch.set_num_threads(threads)
     entries = runcache.RunCache(cache_dir).entries()
-    assert len(entries) == 5  # the first fit, and one per change that must train
+    assert len(entries) == 7  # the first fit, and one per change that must train
     key = json.loads((entries[0][3] / "key.json").read_text())
     assert {"model", "config", "fit", "train", "source", "runtime"} <= set(key) and "protocol" not in json.dumps(key)
 

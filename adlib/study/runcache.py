@@ -8,8 +8,9 @@ nothing else:
   change the weights), which holds the seed;
 - the content of the training images, in the order the engine sees them (``dataset_fingerprint``: every
   file's bytes and the size it is read at), and of the calibration images when the model uses them;
-- a hash of adlib's source files that a fit runs (``source_hash``: everything but the app, paper and study
-  layers, ``plots`` and ``results``, whose effect enters the key through the resolved config and the data);
+- a hash of adlib's source files that a fit runs (``source_hash``: everything but the app and paper layers, the
+  study layer apart from the run path itself (``grid``, ``setting``, ``runcache``), ``plots`` and ``results``,
+  whose effect enters the key through the resolved config and the data);
 - where it runs: torch's version and thread count, the device, and the selective-scan settings
   (``ADLIB_SCAN_IMPL``, ``ADLIB_SCAN_NATIVE``), so that a cached fit is the fit this process would make,
   bit for bit.
@@ -42,7 +43,6 @@ import json
 import os
 import pickle
 import shutil
-import time
 from contextlib import contextmanager
 from dataclasses import asdict, fields
 from pathlib import Path
@@ -55,8 +55,10 @@ DEFAULT_MB = 2048.0
 FOLDER = "runs-v1"  # a new format gets a new folder name
 # FitConfig fields that do not change the fitted weights
 NOT_IN_KEY = ("progress", "checkpoint", "num_workers")
-# what a fit does not run: the layers above the engine (their effect enters the key as config and data)
+# what a fit does not run: the layers above the engine (their effect enters the key as config and data), but for
+# the run path itself (which seeds, builds and hands data to the engine)
 SOURCE_EXCLUDED = ("app", "papers", "study", "plots.py", "results.py")
+SOURCE_INCLUDED = ("study/grid.py", "study/setting.py", "study/runcache.py")
 SOURCE_SUFFIXES = (".py", ".c", ".cc", ".cpp", ".h", ".cu")
 SCAN_ENV = ("ADLIB_SCAN_IMPL", "ADLIB_SCAN_NATIVE")
 
@@ -163,7 +165,9 @@ def source_hash() -> str:
         digest = hashlib.sha256()
         for path in sorted(package.rglob("*")):
             rel = path.relative_to(package)
-            if path.suffix not in SOURCE_SUFFIXES or not path.is_file() or rel.parts[0] in SOURCE_EXCLUDED:
+            if path.suffix not in SOURCE_SUFFIXES or not path.is_file():
+                continue
+            if rel.parts[0] in SOURCE_EXCLUDED and rel.as_posix() not in SOURCE_INCLUDED:
                 continue
             if "__pycache__" in rel.parts:
                 continue
