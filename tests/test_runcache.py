@@ -329,3 +329,22 @@ def test_adlib_run_on_the_loco_layout_prints_the_group_aurocs_and_the_calibratio
     assert "overall" not in record["loco"]  # no structural anomaly here: no (LA + SA) / 2
     assert record["calibration"] == "the validation split (3 normal images)" and "calibration: the validation" in printed
     assert all(s["epochs"] == 1 for s in record["config"]["fit"]["stages"].values())  # --epochs: every stage
+
+
+def test_a_config_field_naming_a_file_enters_the_key_by_its_content(tmp_path):
+    """LADMIM's ablations point ``hvq_checkpoint`` at a tokenizer written under each run's output folder: the same
+    tokenizer elsewhere is the same fit, another tokenizer at the same path is not."""
+    from adlib.models import model_config
+
+    layer = torch.nn.Linear(3, 4)
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        torch.save({"state": {k: v.clone() for k, v in layer.state_dict().items()}}, tmp_path / folder / "t.pt")
+    config = lambda path: model_config("ladmim", None, hvq_checkpoint=str(path))
+    digest = lambda path: runcache._config(config(path))["hvq_checkpoint"]
+    assert digest(tmp_path / "a/t.pt") == digest(tmp_path / "b/t.pt") and digest(tmp_path / "a/t.pt").startswith("file")
+    with torch.no_grad():
+        layer.weight[0, 0] += 1
+    torch.save({"state": layer.state_dict()}, tmp_path / "c.pt")
+    assert digest(tmp_path / "c.pt") != digest(tmp_path / "a/t.pt")
+    assert runcache._config(model_config("ladmim"))["hvq_checkpoint"] is None

@@ -3,7 +3,8 @@
 ``study.run_one`` asks this cache before it trains. A fit is keyed on what determines the fitted model and
 nothing else:
 
-- the model's name and resolved config, and the identity of its frozen tokenizer (backbone, weights hash);
+- the model's name and resolved config (a field that names a file, such as a tokenizer checkpoint, by the
+  file's content), and the identity of its frozen tokenizer (backbone, weights hash);
 - the engine's ``FitConfig`` (all fields but ``progress``, ``checkpoint`` and ``num_workers``, which do not
   change the weights), which holds the seed;
 - the content of the training images, in the order the engine sees them (``dataset_fingerprint``: every
@@ -114,6 +115,63 @@ def file_digest(path: str | os.PathLike) -> str:
     return _FILE_DIGESTS[key]
 
 
+TORCH_SUFFIXES = (".pt", ".pth", ".ckpt", ".bin")
+_CONTENT_DIGESTS: dict[tuple[str, int, int], str] = {}
+
+
+def _feed(digest, obj: Any) -> None:
+    """Hash a loaded object: tensors by dtype, shape and values; mappings by sorted key; the rest by repr."""
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").contiguous()
+        digest.update(f"T{t.dtype}{tuple(t.shape)}".encode())
+        digest.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    elif isinstance(obj, Mapping):
+        for key in sorted(obj, key=str):
+            digest.update(f"K{key!s}".encode())
+            _feed(digest, obj[key])
+    elif isinstance(obj, (list, tuple)):
+        digest.update(f"L{len(obj)}".encode())
+        for item in obj:
+            _feed(digest, item)
+    else:
+        digest.update(f"V{obj!r}".encode())
+
+
+def content_digest(path: str | os.PathLike) -> str:
+    """sha256 of what a file a config names holds (a checkpoint the model loads, a weights file): a torch file's
+    loaded tensors and values (``torch.save`` writes other bytes for the same tensors each time), else its
+    bytes. Kept per path, size and modification time for this process."""
+    stat = os.stat(path)
+    key = (str(path), stat.st_size, stat.st_mtime_ns)
+    if key not in _CONTENT_DIGESTS:
+        if Path(path).suffix in TORCH_SUFFIXES:
+            import torch
+
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True)
+            except Exception:  # a file of plain containers and config values only, written by adlib itself
+                obj = torch.load(path, map_location="cpu", weights_only=False)
+            digest = hashlib.sha256()
+            _feed(digest, obj)
+            _CONTENT_DIGESTS[key] = digest.hexdigest()
+        else:
+            _CONTENT_DIGESTS[key] = file_digest(path)
+    return _CONTENT_DIGESTS[key]
+
+
+def _config(config) -> dict:
+    """The model config as plain values; a field naming a file (``hvq_checkpoint``, ``weights``) enters by the
+    file's content, not its path (the same tokenizer saved under another output folder is the same fit)."""
+    out = {}
+    for name, value in asdict(config).items():
+        if isinstance(value, str) and value and os.path.isfile(value):
+            value = f"file with sha256 {content_digest(value)}"
+        out[name] = value
+    return out
+
+
 def _items(dataset) -> list[tuple[Any, Any]] | None:
     """(sample, how it is read) per item in the order the dataset gives them; None for a dataset that is not
     made of ``AnomalyDataset`` files (its content cannot be told without reading every item)."""
@@ -213,7 +271,7 @@ def fit_key(model, fit_config, train, calibration=None, device: Any = "cpu") -> 
     parts = {
         "format": FOLDER,
         "model": model.name,
-        "config": asdict(model.config),
+        "config": _config(model.config),
         "tokenizer": getattr(tokenizer, "identity", None) if tokenizer is not None else None,
         "fit": {f.name: getattr(fit_config, f.name) for f in fields(fit_config) if f.name not in NOT_IN_KEY},
         "train": train_print,
