@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from adlib.app.run import (UsageError, _apply, _categories, _data_root, _device, _epochs_per_stage, _overrides,
-                           home_setting)
+                           recipe_setting)
 
 # (level, metric) columns of the summary, in order
 COLUMNS = (("image", "auroc"), ("image", "ap"), ("pixel", "auroc"), ("pixel", "aupro"), ("pixel", "f1max"))
@@ -158,9 +158,9 @@ def run_models(args: argparse.Namespace) -> dict:
             recipe = papers.home_recipe(model, args.profile)
             chosen = _epochs_per_stage(recipe, per_model[model])
             preset = _apply(model, recipe, chosen, args)
-            setting = home_setting(model, args.profile, image_size=getattr(preset.model, "image_size", None),
-                                   backbone=getattr(preset.model, "backbone", None), device=str(device),
-                                   class_setting=args.setting, protocol=args.protocol)
+            setting = recipe_setting(model, args.profile, image_size=getattr(preset.model, "image_size", None),
+                                     backbone=getattr(preset.model, "backbone", None), device=str(device),
+                                     class_setting=args.setting, protocol=args.protocol)
             table = run_grid(setting, {"default": chosen}, sources, models=(model,), seeds=seeds,
                              class_setting=args.setting, protocols=(args.protocol,), keep=keep,
                              keep_maps=args.examples, log=bar.log, fit_cache=False if args.no_cache else None)

@@ -13,7 +13,7 @@ rows, their mean (the papers' "m" metrics) and, for several categories, the pool
 pooled. ``--protocol exact|ader|both`` names the metric protocol (``adlib.metrics.PROTOCOLS``).
 
 A thin command line over ``adlib.study.run_one``, the one run path the notebooks take: the Setting is the
-model's home paper's recipe for the profile (``home_setting``), on every image of the data unless capped. A
+model's home paper's recipe for the profile (``recipe_setting``), on every image of the data unless capped. A
 model that calibrates on held-out normal images (LADMIM) gets the data's validation split, or a held-out tenth
 of train/good when there is none; the output says which. Fits are read from the run cache on disk when it holds
 them (``adlib.study.runcache``; ``--no-cache`` fits afresh); the output says whether the fit was trained or
@@ -252,24 +252,33 @@ def _metrics_record(evaluation) -> dict:
     return out
 
 
-def home_setting(model: str, profile: str = "smoke", *, image_size: int | None = None, backbone: str | None = None,
-                 seed: int = 0, device: str = "cpu", class_setting: str = "one-class", protocol: str = "exact",
-                 max_train: int | None = None, max_test: int | None = None):
-    """The ``Setting`` in which ``adlib run MODEL`` (and ``adlib compare``) runs a model: its home paper
-    (``adlib.papers.home``; a baseline's own recipes, ``adlib.papers.peers``, as a paper of its own) with the
-    recipe's image size and backbone (or ``image_size``/``backbone``), on every image of the data unless
-    capped. Data sources are given to ``run_one`` by the caller."""
+def recipe_setting(model: str, profile: str = "smoke", paper: str | None = None, *, image_size: int | None = None,
+                   backbone: str | None = None, seed: int = 0, device: str = "cpu", class_setting: str = "one-class",
+                   protocol: str = "exact", max_train: int | None = None, max_test: int | None = None):
+    """The ``Setting`` in which ``adlib run MODEL`` (and ``adlib compare``, and the benchmarks) run a model: the
+    recipe of ``paper`` for (model, profile) (default: the model's home paper, ``adlib.papers.home``; a
+    baseline's own recipes, ``adlib.papers.peers``, as a paper of its own) at the recipe's image size and
+    backbone (or ``image_size``/``backbone``), on every image of the data unless capped (``max_train``,
+    ``max_test``: per category, as the notebooks cap). Data sources are given to ``run_one`` by the caller."""
     from adlib import papers
     from adlib.models import config_class
     from adlib.study import resolve_setting
 
-    recipe = papers.home_recipe(model, profile)  # a ValueError naming the profiles that exist
+    if paper is None:
+        recipe = papers.home_recipe(model, profile)  # a ValueError naming the profiles that exist
+        spec = None
+    else:
+        spec = papers.get(paper)
+        recipe = spec.recipe(model, profile)
+        if recipe is None:
+            raise ValueError(f"{model}: paper {paper} has no {profile!r} recipe for it")
     defaults = config_class(model)()
     size = image_size or recipe.model.get("image_size") or getattr(defaults, "image_size", None)
     backbone = backbone or recipe.model.get("backbone") or getattr(defaults, "backbone", None)
-    return resolve_setting(_home_paper(model, profile, size, backbone), profile, synthetic=False, image_size=size,
-                           backbone=backbone, seed=seed, device=device, class_setting=class_setting,
-                           protocol=protocol, max_train=max_train, max_test=max_test)
+    spec = spec or _home_paper(model, profile, size, backbone)
+    return resolve_setting(spec, profile, synthetic=False, image_size=size, backbone=backbone, seed=seed,
+                           device=device, class_setting=class_setting, protocol=protocol, max_train=max_train,
+                           max_test=max_test)
 
 
 def _home_paper(model: str, profile: str, size: int | None, backbone: str | None):
@@ -349,9 +358,9 @@ def execute(args: argparse.Namespace) -> dict:
             results.check_writable(path, option)
     device = _device(args.device)
     seed = overrides.pop("seed")
-    setting = home_setting(args.model, args.profile, image_size=getattr(preset.model, "image_size", None),
-                           backbone=getattr(preset.model, "backbone", None), seed=seed, device=str(device),
-                           class_setting=args.setting, protocol=protocols[0])
+    setting = recipe_setting(args.model, args.profile, image_size=getattr(preset.model, "image_size", None),
+                             backbone=getattr(preset.model, "backbone", None), seed=seed, device=str(device),
+                             class_setting=args.setting, protocol=protocols[0])
     sources = _sources(root, data_name, categories, synthetic=args.data_root is None)
     size = getattr(preset.model, "image_size", None)
     checks = {s.category: split_check(s, size) for s in sources}  # unreadable files, bad masks: before training
