@@ -109,6 +109,7 @@ class FitResult:
     stage_losses: dict[str, list[float]] = field(default_factory=dict)  # the same, per training stage
     epochs: int = 0
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time during the fit (all threads together)
     cached: bool = False  # frozen features were held in memory for the epochs
     disk_hits: int = 0  # training images whose frozen features came from the on-disk cache
     train_images: int = 0
@@ -367,7 +368,7 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     model.to(device)
     dataset = _train_subset(dataset, config)
     result = FitResult(train_images=len(dataset))
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     store = _disk_store(model, config, device)
 
     if not model.trainable:  # one pass: memory-bank models
@@ -393,14 +394,24 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
         if store is not None and cache is None:
             result.disk_hits = store.hits
     if calibration is not None:
-        model.eval()
-        with torch.no_grad():
-            model.calibrate(_feature_batches(model, calibration, None, config, 0, device, shuffle=False, store=store))
+        calibrate(model, calibration, config, device, store)
     model.eval()
     result.train_seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu
     if config.checkpoint and not model.trainable:
         save_checkpoint(model, config.checkpoint, epoch=1, extra={"run_id": result.run_id})
     return result
+
+
+def calibrate(model, calibration: Dataset, config: FitConfig | None = None, device: str | torch.device = "cpu",
+              store=None) -> None:
+    """``model.calibrate`` on the feature batches of ``calibration`` (normal held-out images), in eval mode;
+    ``fit`` calls it after training, and a model loaded from weights gets it alone."""
+    config = config or FitConfig(progress=False)
+    device = torch.device(device)
+    model.to(device).eval()
+    with torch.no_grad():
+        model.calibrate(_feature_batches(model, calibration, None, config, 0, device, shuffle=False, store=store))
 
 
 def _stage_cache(model, cache):

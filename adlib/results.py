@@ -157,7 +157,8 @@ def runtime() -> dict:
     """What this process ran on and with, as far as it is known now: CPU model and counts, thread settings
     (torch's when torch is imported, and the environment), the selective-scan backends that ran
     (``adlib.ssm.backends_used``), the weights files loaded (``adlib.backbones.LOADED_WEIGHTS``, path ->
-    sha256) and a content fingerprint per data source read (``adlib.data.data_sources_read``). Modules
+    sha256), a content fingerprint per data source read (``adlib.data.data_sources_read``) and the fits
+    trained and read from the run cache (``adlib.study.runcache.counts``). Modules
     not imported yet are not imported: what they would report did not happen."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads: dict[str, Any] = {"env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
@@ -165,13 +166,15 @@ def runtime() -> dict:
     if torch is not None and hasattr(torch, "get_num_threads"):
         threads["torch"] = torch.get_num_threads()
         threads["torch_interop"] = torch.get_num_interop_threads()
-    ssm, backbones, folder = (sys.modules.get(f"adlib.{m}") for m in ("ssm", "backbones", "data.folder"))
+    ssm, backbones, folder, runs = (sys.modules.get(f"adlib.{m}") for m in ("ssm", "backbones", "data.folder",
+                                                                              "study.runcache"))
     return {
         "cpu": {"model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable},
         "threads": threads,
         "scan_backends": ssm.backends_used() if ssm is not None and hasattr(ssm, "backends_used") else {},
         "weights": dict(getattr(backbones, "LOADED_WEIGHTS", {})) if backbones is not None else {},
         "data_sources": folder.data_sources_read() if folder is not None and hasattr(folder, "data_sources_read") else {},
+        "fits": runs.counts() if runs is not None else {},  # fits trained / read from the run cache
     }
 
 

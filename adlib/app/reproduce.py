@@ -366,8 +366,9 @@ def _check_setting(paper: str, values: dict) -> None:
 
 def merge_runtime(lines: Iterable[dict]) -> dict:
     """The kernel's ``results.runtime()`` reports (one per table/figure written and one at exit) as one:
-    the latest CPU and thread settings; the union of scan backends (largest count), weights and data."""
-    merged: dict[str, Any] = {"scan_backends": {}, "weights": {}, "data_sources": {}}
+    the latest CPU and thread settings; the union of scan backends (largest count), weights and data; the
+    fits trained and read from the run cache (counts so far: the largest)."""
+    merged: dict[str, Any] = {"scan_backends": {}, "weights": {}, "data_sources": {}, "fits": {}}
     for line in sorted(lines, key=lambda entry: entry.get("time", 0)):
         runtime = line.get("runtime") or {}
         for key in ("cpu", "threads"):
@@ -377,6 +378,8 @@ def merge_runtime(lines: Iterable[dict]) -> dict:
             merged["scan_backends"][name] = max(count, merged["scan_backends"].get(name, 0))
         merged["weights"].update(runtime.get("weights") or {})
         merged["data_sources"].update(runtime.get("data_sources") or {})
+        for name, count in (runtime.get("fits") or {}).items():
+            merged["fits"][name] = max(count, merged["fits"].get(name, 0))
     return merged
 
 

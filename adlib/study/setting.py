@@ -29,6 +29,9 @@ class DataSource:
     root: Path  # the dataset folder (MVTec layout)
     category: str
     synthetic: bool = False
+    # masks read as "defect wherever the value is above T" (antialiased or JPEG-saved masks); None: the layout's
+    # own encoding, and a non-binary mask is refused (``adlib.data.AnomalyDataset(mask_threshold=)``)
+    mask_threshold: float | None = None
 
     @property
     def name(self) -> str:
@@ -303,8 +306,8 @@ def datasets_for(source: DataSource, setting: Setting, image_size: int | None = 
     from adlib.data import AnomalyDataset
 
     size = int(image_size or setting.image_size)
-    train = AnomalyDataset(source.root, source.category, "train", image_size=size)
-    test = AnomalyDataset(source.root, source.category, "test", image_size=size)
+    train = AnomalyDataset(source.root, source.category, "train", image_size=size, mask_threshold=source.mask_threshold)
+    test = AnomalyDataset(source.root, source.category, "test", image_size=size, mask_threshold=source.mask_threshold)
     train = torch.utils.data.Subset(train, spread(len(train), setting.max_train))
     test = torch.utils.data.Subset(test, test_indices(test.labels, setting.max_test))
     return train, test
