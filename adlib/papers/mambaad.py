@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -138,6 +138,17 @@ PAPER_PROFILE = ProfileSpec(
         "non_power_of_two_size": 224,
     },
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Sec. 4.1 states 500 epochs on one V100 32GB and no
+# duration; it prints no training time for any method.
+TRAIN_TIMES = {model: TrainTime(None, "dataset", "one V100 32GB", "Sec. 4.1", "not stated: 500 epochs on one V100, "
+                                "no duration given") for model in ("mambaad", "patchcore", "rd4ad", "uniad")}
+NOTEBOOK_RUNS = {
+    "00_method": NotebookRuns(note="architecture, parameters and decoder timing on random inputs: no fit"),
+    "01_main_results": NotebookRuns(("mambaad", "patchcore", "rd4ad", "uniad")),
+    "02_ablations": NotebookRuns(("mambaad",), ("table3", "table4", "table2_cost"),
+                                 weights=("resnet18", "resnet50", "wide_resnet50")),
+}
 
 # ------------------------------------------------------------------------------------------------ recipes
 
@@ -303,6 +314,8 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "real_iad": "Real-IAD", "uni_medical": "Uni-Medical",
               "mvtec_3d": "MVTec 3D-AD", "coco_ad": "COCO-AD"},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
 )
 
 # ------------------------------------------------------------------------------------------- measurements

@@ -83,6 +83,8 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
         values["seed"] = run_seed
     values.update({k: v for k, v in overrides.items() if k in model_fields})
     engine_values = {"seed": run_seed, "progress": False}
+    if setting.check is not None:  # a path check: one optimiser step per training stage, whatever the recipe
+        engine_values["max_steps"] = setting.check.max_steps
     if setting.epochs is not None:
         engine_values["epochs"] = setting.epochs
     if setting.batch_size is not None:
@@ -143,7 +145,8 @@ class Run:
         tests = sum(len(t) for t in self.test.values()) if isinstance(self.test, dict) else len(self.test)
         names = self.sources[0].name if len(self.sources) == 1 else \
             f"{self.dataset_name} ({len(self.sources)} categories, {self.class_setting})"
-        synthetic = "synthetic, " if self.sources[0].synthetic else ""
+        synthetic = "synthetic, " if self.sources[0].synthetic else \
+            "synthetic stand-in for a missing dataset (path check), " if self.sources[0].standin else ""
         return f"{names} ({synthetic}{self.train_images} train / {tests} test images, {self.image_size}px)"
 
     def rows(self, metrics: Sequence[str] = QUALITY_METRICS) -> list[dict]:
@@ -265,7 +268,7 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
                                             progress=False, keep_maps=keep_maps)
     backbone = getattr(net.config, "backbone", "")
     label_backbone = setting.backbone_label(backbone) if model == setting.paper.method or backbone == setting.backbone \
-        else backbone
+        or setting.check is not None else backbone
     return Run(model, method_name(setting, model), label, sources, size, seed, class_setting, net, fitted,
                evaluations, test, len(train), label_backbone, time.perf_counter() - start)
 
@@ -299,6 +302,34 @@ def not_run_rows(setting: Setting, model: str, label: str, group: Sequence[DataS
             for p in protocols for m in metrics]
 
 
+# A path check runs every variant of a grid on the first data source (group) and every other source with the grid's
+# first variant only: every variant's code and every dataset's reader run, the grid's repetition does not.
+COVERING = ("path check: every variant runs on the grid's first data source and every data source with its first "
+            "variant; this combination is left out to fit the CPU budget (a real run has it)")
+
+
+def _absent(setting: Setting, models, variants, seeds, class_setting, protocols, missing, metrics, log) -> pd.DataFrame:
+    """Not-run rows for a grid given no data source: one set per missing dataset (its reason) or, with none
+    named, one saying that no data source was given."""
+    from adlib.study.setting import MissingData
+
+    missing = missing or [MissingData("", "no data", "no data source given: the notebook selected none "
+                                                     "(see the setting's description for what is here)")]
+    rows = []
+    for item in missing:
+        log(f"not run on {item.dataset}: {item.reason}")
+        for model in models:
+            for label, overrides in variants.items():
+                backbone = model_backbone(setting, model, overrides)
+                size = int(overrides.get("image_size") or setting.image_size)
+                rows += [{"dataset": item.dataset, "method": method_name(setting, model), "setting": label,
+                          "level": "pixel", "metric": m, "value": float("nan"), "backbone": backbone,
+                          "data": item.dataset, "seed": seed, "protocol": p, "class_setting": class_setting,
+                          "image_size": size, "scope": "mean", "note": f"not run: {item.reason}"}
+                         for seed in seeds for p in protocols for m in metrics]
+    return pd.DataFrame(rows)
+
+
 def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None = None,
              sources: Sequence[DataSource] | None = None, models: Sequence[str] | None = None,
              seeds: Sequence[int] | None = None, class_setting: str | None = None,
@@ -313,23 +344,28 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
     with NaN values and the reason in ``note``, as is a variant that cannot be built here (an m too large for
     the token grid, weights that cannot be had). ``keep`` (a dict) receives the ``Run`` objects keyed by
     (model, label, group name, seed); ``cache`` (a dict) lets a notebook fit the same resolved configuration
-    once whatever its labels.
+    once whatever its labels. Given no data source (the data is not here), every row is not run, with the
+    reason of each missing dataset (``Setting.real_sources(...).missing``). In a path check, ``COVERING``.
     """
     variants = dict(variants or {"default": {}})
-    sources = list(sources if sources is not None else setting.sources())
-    if not sources:
-        raise ValueError("run_grid: no data sources; expected the synthetic data or a data_root with datasets")
+    given = sources if sources is not None else setting.sources()
+    sources = list(given)
     models = list(models or [setting.paper.method])
     seeds = list(seeds if seeds is not None else [setting.seed])
     class_setting = class_setting or setting.class_setting
     protocols = list(protocols or [setting.protocol])
     skip = dict(skip or {})
+    if not sources:
+        missing = list(getattr(given, "missing", [])) or setting.missing_sources()
+        return _absent(setting, models, variants, seeds, class_setting, protocols, missing, metrics, log)
     rows: list[dict] = []
+    groups = _groups(sources, class_setting)
+    first_variant = next(iter(variants))
     for model in models:
         method = method_name(setting, model)
         for label, overrides in variants.items():
             for seed in seeds:
-                for group in _groups(sources, class_setting):
+                for index, group in enumerate(groups):
                     name = group[0].name if len(group) == 1 else f"{group[0].dataset} ({len(group)} categories)"
                     try:  # the same resolved configuration under another label is fitted once
                         resolved = repr(configs(setting, model, seed=seed, **dict(overrides)))
@@ -343,6 +379,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         log(f"{method:9s} {label:18s} seed {seed} {name}: same configuration as an earlier run, reused")
                         continue
                     reason = skip.get(label)
+                    if reason is None and setting.check is not None and index > 0 and label != first_variant:
+                        reason = COVERING
                     run = None
                     if reason is None:
                         try:

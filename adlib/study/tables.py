@@ -7,6 +7,7 @@ from typing import Mapping, Sequence
 import pandas as pd
 
 from adlib.study.setting import Setting
+from adlib.study.spec import PATH_CHECK, is_check
 
 QUALITY_METRICS = ("auroc", "ap", "f1max", "aupro")
 GROUP_KEYS = ("dataset", "method", "setting", "level", "metric", "protocol", "class_setting", "scope", "image_size")
@@ -361,6 +362,8 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
             reasons.append(not_run)
         else:
             reasons.append(f"{not_run}; not in the paper")
+    if _path_check(ours):  # a path check's numbers are never set against a paper's
+        reasons = [f"{PATH_CHECK}; {r}" if r else PATH_CHECK for r in reasons]
     table["not_comparable"] = reasons
     comparable = table["ours"].notna() & table["paper"].notna() & (table["not_comparable"] == "")
     table["diff"] = (table["ours"] - table["paper"]).where(comparable)
@@ -369,6 +372,13 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
     out = table[columns].reset_index(drop=True)
     out.attrs["left_out"] = left_out
     return out
+
+
+def _path_check(ours: pd.DataFrame) -> bool:
+    """True for rows of a path check (their ``profile`` ends in "-check", or a ``path_check`` column is set)."""
+    if "path_check" in ours.columns and ours["path_check"].map(_text).astype(bool).any():
+        return True
+    return "profile" in ours.columns and ours["profile"].map(_text).map(is_check).any()
 
 
 def _join_printed(summary: pd.DataFrame, paper: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -426,6 +436,8 @@ def paper_vs_ours(setting: Setting, name: str, ours: pd.DataFrame, methods: Sequ
 
     spec = setting.paper.tables.get(name)
     paper = results.paper_table(setting.paper.name, name)
+    if getattr(setting, "check", None) is not None:
+        ours = ours.assign(path_check=setting.check.label)
     if methods is not None:
         paper = paper[paper["method"].isin(methods)]
         ours = ours[ours["method"].isin(methods)]
