@@ -32,7 +32,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-STANDIN_VERSION = 1
+STANDIN_VERSION = 2
 STAMP_NAME = "STANDIN.json"
 SIZE = 256  # stand-in image side (px); the readers resize to the profile's size as they do for real data
 COUNTS = {"train": 3, "test_good": 3, "per_defect": 3, "validation": 2}  # a little above the path check's caps
@@ -139,11 +139,11 @@ def _images(dataset: str, category: str, seed: int, size: int = SIZE):
         for i in range(count):
             image, _, _ = synth._render_normal(spec, synth._rng(seed, "standin", dataset, category, split, i), size)
             yield split, i, image, None
-    defect = spec.defects[0]
+    defect = "spot"  # a blob, twice the synthetic sets' scale: it survives resizing to any profile's size
     for i in range(COUNTS["per_defect"]):
         rng = synth._rng(seed, "standin", dataset, category, "defect", i)
         image, allowed, background = synth._render_normal(spec, rng, size)
-        mask = synth._apply_defect(defect, rng, image, allowed, 1.0, background)
+        mask = synth._apply_defect(defect, rng, image, allowed, 2.0, background)
         yield "defect", i, image, mask
 
 

@@ -295,17 +295,37 @@ def not_run_rows(setting: Setting, model: str, label: str, group: Sequence[DataS
     backbone = model_backbone(setting, model, overrides)
     where = group[0].name if len(group) == 1 else group[0].dataset
     size = int(overrides.get("image_size") or setting.image_size)
-    return [{"dataset": where, "method": method_name(setting, model), "setting": label, "level": "pixel",
+    return [{"dataset": where, "method": method_name(setting, model), "setting": label, "level": level,
              "metric": m, "value": float("nan"), "backbone": backbone, "data": where, "seed": seed,
              "protocol": p, "class_setting": class_setting, "image_size": size,
              "scope": "category" if len(group) == 1 else "mean", "note": reason}
-            for p in protocols for m in metrics]
+            for p in protocols for level, m in _levels(metrics)]
+
+
+def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
+    """(level, metric) of the rows a run would have written: every metric at pixel level, all but AU-PRO at
+    image level."""
+    return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"]
 
 
 # A path check runs every variant of a grid on the first data source (group) and every other source with the grid's
 # first variant only: every variant's code and every dataset's reader run, the grid's repetition does not.
 COVERING = ("path check: every variant runs on the grid's first data source and every data source with its first "
             "variant; this combination is left out to fit the CPU budget (a real run has it)")
+# and, in the one-class setting, one category per dataset: the others are read and fitted through the same code
+ONE_CATEGORY = ("path check: one category per dataset runs in the one-class setting (the others go through the same "
+                "reader and code); left out to fit the CPU budget (a real run has it)")
+
+
+def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first_variant: bool) -> str | None:
+    """Why a path check leaves (variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or None."""
+    if setting.check is None:
+        return None
+    if not first_of_dataset[index]:
+        return ONE_CATEGORY
+    if index > 0 and not first_variant:
+        return COVERING
+    return None
 
 
 def _absent(setting: Setting, models, variants, seeds, class_setting, protocols, missing, metrics, log) -> pd.DataFrame:
@@ -323,10 +343,10 @@ def _absent(setting: Setting, models, variants, seeds, class_setting, protocols,
                 backbone = model_backbone(setting, model, overrides)
                 size = int(overrides.get("image_size") or setting.image_size)
                 rows += [{"dataset": item.dataset, "method": method_name(setting, model), "setting": label,
-                          "level": "pixel", "metric": m, "value": float("nan"), "backbone": backbone,
+                          "level": level, "metric": m, "value": float("nan"), "backbone": backbone,
                           "data": item.dataset, "seed": seed, "protocol": p, "class_setting": class_setting,
                           "image_size": size, "scope": "mean", "note": f"not run: {item.reason}"}
-                         for seed in seeds for p in protocols for m in metrics]
+                         for seed in seeds for p in protocols for level, m in _levels(metrics)]
     return pd.DataFrame(rows)
 
 
@@ -361,6 +381,11 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
     rows: list[dict] = []
     groups = _groups(sources, class_setting)
     first_variant = next(iter(variants))
+    seen: set = set()
+    first_of_dataset = []  # per group: the first group of its dataset (path checks run only those one-class)
+    for group in groups:
+        first_of_dataset.append((group[0].dataset, str(group[0].root)) not in seen)
+        seen.add((group[0].dataset, str(group[0].root)))
     for model in models:
         method = method_name(setting, model)
         for label, overrides in variants.items():
@@ -378,9 +403,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         rows += [{**row, "setting": label} for row in cache[key]]
                         log(f"{method:9s} {label:18s} seed {seed} {name}: same configuration as an earlier run, reused")
                         continue
-                    reason = skip.get(label)
-                    if reason is None and setting.check is not None and index > 0 and label != first_variant:
-                        reason = COVERING
+                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset, label == first_variant)
                     run = None
                     if reason is None:
                         try:
