@@ -177,7 +177,7 @@ def path_check(device: torch.device, dry_run: bool, only: str | None = None,
         output = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
         code = "timeout"
     times = {label: {"status": status, "seconds": float(seconds)}
-             for seconds, status, label in re.findall(r"^\s+([\d.]+) s\s+(\w+)\s+(\S+)$", output, re.M)}
+             for seconds, status, label in re.findall(r"^\s+([\d.]+) s\s+(\w+)\s+(\S+)", output, re.M)}
     out = {"command": " ".join(command), "returncode": code, "seconds": round(time.perf_counter() - start, 1),
            "notebooks": times, "output_root": str(root),
            "note": "path check: not results (cut scale, random weights, stand-in data)"}

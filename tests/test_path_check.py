@@ -222,7 +222,7 @@ def test_run_grid_without_sources_writes_not_run_rows_with_the_reasons(data_root
     table = study.run_grid(setting, {"default": {}, "m=2": {}}, sources, models=("ladmim", "patchcore"),
                            seeds=(0, 1), log=lambda *a: None)
     assert table["value"].isna().all() and set(table["dataset"]) == {"MVTec LOCO"}
-    assert set(table["setting"]) == {"default", "m=2"} and set(table["level"]) == {"image", "pixel"}
+    assert set(table["setting"]) == {"default", "m=2"} and set(table["level"]) == {"image", "pixel", "summary"}
     assert table["note"].str.contains("no mvtec_loco/ under").all()
     assert table["note"].str.contains("adlib data download mvtec_loco").all()
     verdicts = claims.check(setting, table.assign(method="LADMIM"), ["mim_catches_logical"], save=False)
@@ -240,14 +240,19 @@ def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, st
 
     monkeypatch.setattr(grid, "run_one", fake_run_one)
     sources = setting.real_sources()
-    table = study.run_grid(setting, {"a": {}, "b": {}}, sources, log=lambda *a: None)
+    variants = {"a": {}, "b": {"adapter": "lora"}, "m=2": {"m": 2}, "m=3": {"m": 3}}
+    table = study.run_grid(setting, variants, sources, log=lambda *a: None)
     first = sources[0].name
-    assert ("b", (first,)) in tried and ("a", (first,)) in tried
+    assert {label for label, names in tried if names == (first,)} == {"a", "b", "m=2"}
     ran_with_a = {names[0] for label, names in tried if label == "a"}
     assert ran_with_a == {"MVTec AD/bottle", "VisA/candle", "BTAD/01", "DTD-Synthetic/Blotchy_099"}
-    assert not any(label == "b" and names[0] != first for label, names in tried)
+    assert not any(label != "a" and names[0] != first for label, names in tried)
     notes = table.drop_duplicates(["dataset", "setting"]).set_index(["dataset", "setting"])["note"]
     assert notes[("VisA/capsules", "a")] == grid.ONE_CATEGORY and notes[("VisA/candle", "b")] == grid.COVERING
+    assert notes[(first, "m=3")] == grid.SAME_CODE.format(label="m=2")  # same code, other numbers (CPU)
+    tried.clear()
+    study.run_grid(dataclasses.replace(setting, device="cuda"), variants, sources[:1], log=lambda *a: None)
+    assert {label for label, _ in tried} == set(variants)  # a GPU check runs every variant
 
 
 # ------------------------------------------------------------------------------------------------ labels
@@ -316,3 +321,13 @@ def test_reproduce_check_mode_names_and_guards(tmp_path):
                                 check=reproduce.path_check_label("paper-check"))
     assert summary.text().startswith(PATH_CHECK.upper()) and "12.5 s  ok       varad/00" in summary.text()
     assert reproduce.path_check_label("paper") is None
+
+
+def test_report_of_a_check_opens_with_the_warning(tmp_path):
+    from adlib.app import report
+
+    text = "\n".join(report.render_markdown(report._intro_blocks([], "paper-check")))
+    assert PATH_CHECK.upper() in text and "none is a measurement" in text
+    assert PATH_CHECK.upper() not in "\n".join(report.render_markdown(report._intro_blocks([], "paper")))
+    path = report.build_report(tmp_path, "paper-check", notebook_root=tmp_path / "none", papers=[])
+    assert PATH_CHECK.upper() in path.read_text()

@@ -166,6 +166,7 @@ class Outcome:
     missing: list[str] = field(default_factory=list)
     record: str | None = None
     key: str | None = None
+    cpu_seconds: float | None = None  # the kernel's CPU time (user + system), when notebooks ran one at a time
 
 
 # ----------------------------------------------------------------------------------------- fingerprints
@@ -400,6 +401,7 @@ def execute_job(job: Job) -> Outcome:
         env["OMP_NUM_THREADS"] = str(job.threads)
     env.update({k: os.environ[k] for k in KERNEL_ENV_DEFAULTS if k in os.environ})  # the user's setting wins
     start = time.time()
+    cpu_before = _children_cpu()
     error = cell = None
     try:
         error = check_parameters(job.notebook, job.parameters)
@@ -419,6 +421,9 @@ def execute_job(job: Job) -> Outcome:
     except Exception as exc:  # a kernel that dies or cannot start is a notebook failure too
         error = f"{type(exc).__name__}: {exc}"
     end = time.time()
+    # the kernel is a child of this process: its CPU time is that of the children reaped meanwhile (exact when
+    # notebooks run one at a time; with several at once the others' would mix in, so it is left out)
+    cpu = round(_children_cpu() - cpu_before, 1) if job.threads is None else None
 
     log = _run_log(run_log)
     written = sorted({entry["path"] for entry in log if "path" in entry})
@@ -445,7 +450,7 @@ def execute_job(job: Job) -> Outcome:
         "parameters": job.parameters, "seed": job.parameters.get("seed"), "device": job.parameters.get("device"),
         "profile": job.parameters.get("profile"), "data_fingerprint": job.data_fingerprint,
         "code_fingerprint": job.code_fingerprint, "input_key": job.key,
-        "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3),
+        "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3), "kernel_cpu_seconds": cpu,
         "declared_outputs": job.outputs,
         "written_files": [_relative(p, root) for p in written],
         "kernel_python": sys.executable,
@@ -456,7 +461,14 @@ def execute_job(job: Job) -> Outcome:
     }
     results.atomic_write_json(record_path, record)
     shutil.rmtree(work, ignore_errors=True)
-    return Outcome(job.label, status, end - start, error, cell, missing, str(record_path), job.key)
+    return Outcome(job.label, status, end - start, error, cell, missing, str(record_path), job.key, cpu)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def path_check_label(profile: str | None) -> str | None:
@@ -607,7 +619,9 @@ class Summary:
         if self.check:
             lines.insert(0, self.check)
             lines.append("time per notebook (path check):")
-            lines += [f"  {o.seconds:8.1f} s  {o.status:8s} {o.label}" for o in self.outcomes]
+            lines += [f"  {o.seconds:8.1f} s  {o.status:8s} {o.label}"
+                      + (f"  (kernel CPU {o.cpu_seconds:.0f} s)" if o.cpu_seconds is not None else "")
+                      for o in self.outcomes]
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.label}: {outcome.error}")
             if outcome.cell:

@@ -132,7 +132,7 @@ PAPER_PROFILE = ProfileSpec(
         "table2": _TABLE2_PAPER, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
-        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None,
+        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None, "max_test": None,
                      "epochs": None, "batch_size": None, "image_size": 256},
         "complexity_sizes": (128, 256, 384, 512),
         "non_power_of_two_size": 224,

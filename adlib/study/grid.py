@@ -273,6 +273,23 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
                evaluations, test, len(train), label_backbone, time.perf_counter() - start)
 
 
+def try_run(setting: Setting, sources: DataSource | Sequence[DataSource], model: str | None = None,
+            **kwargs: Any) -> tuple[Run | None, str]:
+    """``run_one``, or (None, why) when it cannot be run here: no data source (the reasons of the missing
+    datasets), weights that cannot be had, a setting the model refuses. For notebooks that show one run
+    (walkthroughs): their figures then say why instead of failing."""
+    given = [sources] if isinstance(sources, DataSource) else list(sources)
+    if not given:
+        missing = list(getattr(sources, "missing", [])) or setting.missing_sources()
+        return None, "; ".join(m.reason for m in missing) or "no data source given"
+    try:
+        return run_one(setting, sources, model, **kwargs), ""
+    except (ValueError, _weights_error()) as error:
+        if "unknown setting" in str(error):
+            raise
+        return None, f"cannot be run in this setting: {error}"
+
+
 def _groups(sources: Sequence[DataSource], class_setting: str) -> list[list[DataSource]]:
     if class_setting == "one-class":
         return [[s] for s in sources]
@@ -304,26 +321,69 @@ def not_run_rows(setting: Setting, model: str, label: str, group: Sequence[DataS
 
 def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
     """(level, metric) of the rows a run would have written: every metric at pixel level, all but AU-PRO at
-    image level."""
-    return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"]
+    image level, and mAD when all seven are there."""
+    summary = [("summary", "mad")] if set(QUALITY_METRICS) <= set(metrics) else []  # the mean of the seven
+    return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"] + summary
 
 
 # A path check runs every variant of a grid on the first data source (group) and every other source with the grid's
 # first variant only: every variant's code and every dataset's reader run, the grid's repetition does not.
 COVERING = ("path check: every variant runs on the grid's first data source and every data source with its first "
-            "variant; this combination is left out to fit the CPU budget (a real run has it)")
+            "variant (once per notebook); this combination is left out to fit the CPU budget (a real run has it)")
+# and, on a CPU, a variant whose overrides differ from an earlier one's only in numbers runs the same code: the
+# earlier one represents it (a GPU check runs it)
+SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers; left out to fit the CPU "
+             "budget (the GPU check, benchmarks/gpu_check.py, and a real run have it)")
 # and, in the one-class setting, one category per dataset: the others are read and fitted through the same code
 ONE_CATEGORY = ("path check: one category per dataset runs in the one-class setting (the others go through the same "
                 "reader and code); left out to fit the CPU budget (a real run has it)")
 
 
-def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first_variant: bool) -> str | None:
+def _code_signature(overrides: Mapping[str, Any]) -> tuple:
+    """What of a variant's overrides selects code: the names, and every value that is not a number or a sequence
+    of numbers (strings, flags, None)."""
+    def kind(value):
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):
+            return "<number>"
+        if isinstance(value, (tuple, list)):
+            return "<sequence>"
+        if isinstance(value, Mapping):
+            return _code_signature(value)
+        return repr(value)
+
+    return tuple(sorted((key, kind(value)) for key, value in overrides.items()))
+
+
+def _represented(setting: Setting, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """On a CPU path check: label -> the earlier variant that runs the same code (see ``SAME_CODE``)."""
+    if setting.check is None or not str(setting.device).startswith("cpu"):
+        return {}
+    first: dict[tuple, str] = {}
+    out = {}
+    for label, overrides in variants.items():
+        signature = _code_signature(overrides)
+        if signature in first:
+            out[label] = first[signature]
+        else:
+            first[signature] = label
+    return out
+
+
+# (model, data source names) a path check has fitted in this process: a later grid's first variant need not read
+# and fit the same source again (its reader and the model's code on it have run)
+_CHECK_FITTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first_variant: bool,
+               fitted: tuple[str, tuple[str, ...]]) -> str | None:
     """Why a path check leaves (variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or None."""
     if setting.check is None:
         return None
     if not first_of_dataset[index]:
         return ONE_CATEGORY
-    if index > 0 and not first_variant:
+    if index > 0 and (not first_variant or fitted in _CHECK_FITTED):
         return COVERING
     return None
 
@@ -381,6 +441,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
     rows: list[dict] = []
     groups = _groups(sources, class_setting)
     first_variant = next(iter(variants))
+    represented = _represented(setting, variants)
     seen: set = set()
     first_of_dataset = []  # per group: the first group of its dataset (path checks run only those one-class)
     for group in groups:
@@ -403,7 +464,11 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         rows += [{**row, "setting": label} for row in cache[key]]
                         log(f"{method:9s} {label:18s} seed {seed} {name}: same configuration as an earlier run, reused")
                         continue
-                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset, label == first_variant)
+                    fitted = (model, tuple(s.name for s in group))
+                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset, label == first_variant,
+                                                           fitted)
+                    if reason is None and label in represented:
+                        reason = SAME_CODE.format(label=represented[label])
                     run = None
                     if reason is None:
                         try:
@@ -427,6 +492,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                             f"{100 * image.get('auroc', float('nan')):.1f} ({run.seconds:.0f}s)")
                         if keep is not None:
                             keep[(model, label, name, seed)] = run
+                        if setting.check is not None:
+                            _CHECK_FITTED.add(fitted)
                     if cache is not None and run is not None:
                         cache[key] = new
                     rows += new

@@ -442,7 +442,7 @@ def paper_vs_ours(setting: Setting, name: str, ours: pd.DataFrame, methods: Sequ
         paper = paper[paper["method"].isin(methods)]
         ours = ours[ours["method"].isin(methods)]
     pairs = set(zip(paper["level"], paper["metric"]))
-    ours = ours[[pair in pairs for pair in zip(ours["level"], ours["metric"])]]
+    ours = ours[pd.Series([pair in pairs for pair in zip(ours["level"], ours["metric"])], index=ours.index, dtype=bool)]
     table = side_by_side(spec, paper, ours)
 
     def cell(row) -> str:
