@@ -32,6 +32,7 @@ def _real_weights_only_outside_a_check(monkeypatch):
     backbones.allow_random_weights(None)
     backbones.memoize_frozen(0)
     backbones.RANDOM_WEIGHTS.clear()
+    grid._CHECK_FITTED.clear()
 
 
 def _png(path: Path, array: np.ndarray) -> None:
@@ -88,7 +89,7 @@ def test_check_profile_is_the_paper_profile_with_the_scale_cut():
     for field in ("image_size", "backbone", "paper_backbone", "grids", "real_datasets", "class_setting", "protocol",
                   "hr_size", "shared_backbone"):
         assert getattr(check, field) == getattr(paper, field), field
-    assert (check.max_train, check.max_test, check.seeds) == (2, 4, (0,))
+    assert (check.max_train, check.max_test, check.seeds) == (2, 3, (0,))
     assert check.synthetic_categories == PATH_CHECK_CUTS.categories
     assert PATH_CHECK.upper() in check.description
     assert VARAD.recipe("varad", "paper-check") is VARAD.recipe("varad", "paper")
@@ -101,14 +102,14 @@ def test_check_setting_caps_hold_whatever_a_notebook_passes(data_root, standin_r
     setting = study.resolve_setting(LADMIM, profile="paper-check", data_root=data_root, synthetic=False,
                                     max_train=None, max_test=None, seeds=[3, 4, 5])
     assert setting.is_check and setting.base_profile == "paper" and setting.profile == "paper-check"
-    assert (setting.max_train, setting.max_test, setting.seeds) == (2, 4, (3,))
+    assert (setting.max_train, setting.max_test, setting.seeds) == (2, 3, (3,))
     config, fit = study.configs(setting, "ladmim")
     assert fit.max_steps == 1 and fit.stages["tokenizer"]["epochs"] == 1000  # the paper's recipe, one step per stage
     sources = setting.real_sources(["mvtec_loco"])
     assert [s.category for s in sources] == ["breakfast_box", "juice_bottle"] and all(s.standin for s in sources)
     wide = dataclasses.replace(setting, max_train=None, max_test=None)  # a grid's override of the caps
     train, test = study.datasets_for(sources[0], wide, image_size=32)
-    assert len(train) == 2 and len(test) == 4
+    assert len(train) == 2 and len(test) == 3
     assert "LOCO" in setting.describe() or "stand-in" in setting.describe()
 
 
@@ -229,9 +230,10 @@ def test_run_grid_without_sources_writes_not_run_rows_with_the_reasons(data_root
     assert (verdicts["verdict"] == "not run").all()
 
 
-def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, standin_root, monkeypatch):
+def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, standin_root, monkeypatch, tmp_path):
     monkeypatch.setenv("ADLIB_CACHE", str(standin_root.parent.parent))
-    setting = study.resolve_setting(VARAD, profile="paper-check", data_root=data_root, synthetic=False)
+    setting = study.resolve_setting(VARAD, profile="paper-check", data_root=data_root, synthetic=False,
+                                    output_root=tmp_path)
     tried = []
 
     def fake_run_one(setting, group, model, label, **kwargs):
@@ -253,6 +255,41 @@ def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, st
     tried.clear()
     study.run_grid(dataclasses.replace(setting, device="cuda"), variants, sources[:1], log=lambda *a: None)
     assert {label for label, _ in tried} == set(variants)  # a GPU check runs every variant
+
+
+def test_check_fits_each_data_source_once_per_check_run(data_root, standin_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADLIB_CACHE", str(standin_root.parent.parent))
+    setting = study.resolve_setting(VARAD, profile="paper-check", data_root=data_root, synthetic=False,
+                                    output_root=tmp_path)
+    sources = setting.real_sources()
+    fitted = []
+
+    class FakeRun:
+        def __init__(self, group):
+            self.group = group
+
+        def rows(self, metrics):
+            return [{"dataset": self.group[0].name, "method": "VarAD", "setting": "x", "level": "pixel",
+                     "metric": "auroc", "value": 50.0}]
+
+        evaluation = type("E", (), {"pixel": {}, "image": {}})()
+        seconds = 0.0
+
+    def fake_run_one(setting, group, model, label, **kwargs):
+        fitted.append((label, group[0].name))
+        return FakeRun(group)
+
+    monkeypatch.setattr(grid, "run_one", fake_run_one)
+    study.run_grid(setting, {"a": {}}, sources, log=lambda *a: None)
+    assert len(fitted) == 4  # one category of each of the four datasets
+    fitted.clear()
+    grid._CHECK_FITTED.clear()  # another notebook of the same check run: a new process, the same results folder
+    study.run_grid(setting, {"other": {"m": 2}}, sources, log=lambda *a: None)
+    assert fitted == [("other", sources[0].name)]  # the other sources ran in this check run already
+    (tmp_path / "results" / "paper-check" / grid.CHECK_FITTED_FILE).unlink()  # what `reproduce --check` does first
+    fitted.clear()
+    study.run_grid(setting, {"other": {"m": 2}}, sources, log=lambda *a: None)
+    assert len(fitted) == 4
 
 
 # ------------------------------------------------------------------------------------------------ labels

@@ -660,6 +660,10 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
     results.check_writable_dir(config.executed_dir, "--output-root")
     sweep_partial(config.executed_dir / PARTIAL_DIR)  # left by a killed run
     results.remove_stale([config.output_root / top / config.run_profile for top in ("results", "figures")])
+    if config.check:  # a new check run fits every data source once again (adlib.study.grid's covering)
+        from adlib.study.grid import CHECK_FITTED_FILE
+
+        (config.output_root / "results" / config.run_profile / CHECK_FITTED_FILE).unlink(missing_ok=True)
     jobs = plan(config, notebooks)
     index = ResumeIndex(config.executed_dir / RESUME_INDEX)
     progress = Progress(len(jobs), stream)

@@ -329,7 +329,7 @@ def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
 # A path check runs every variant of a grid on the first data source (group) and every other source with the grid's
 # first variant only: every variant's code and every dataset's reader run, the grid's repetition does not.
 COVERING = ("path check: every variant runs on the grid's first data source and every data source with its first "
-            "variant (once per notebook); this combination is left out to fit the CPU budget (a real run has it)")
+            "variant (once per check run); this combination is left out to fit the CPU budget (a real run has it)")
 # and, on a CPU, a variant whose overrides differ from an earlier one's only in numbers runs the same code: the
 # earlier one represents it (a GPU check runs it)
 SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers; left out to fit the CPU "
@@ -371,9 +371,37 @@ def _represented(setting: Setting, variants: Mapping[str, Mapping[str, Any]]) ->
     return out
 
 
-# (model, data source names) a path check has fitted in this process: a later grid's first variant need not read
-# and fit the same source again (its reader and the model's code on it have run)
+# (model, data source names) a path check has fitted: a later grid's first variant need not read and fit the same
+# source again (its reader and the model's code on it have run). Kept in this process and, for the notebooks of one
+# `adlib reproduce --check` run (which empties it first), in CHECK_FITTED_FILE under the check's results folder.
+CHECK_FITTED_FILE = ".check-fitted.json"
 _CHECK_FITTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _fitted_file(setting: Setting):
+    from adlib import results
+
+    return results.output_root(setting.output_root) / "results" / setting.profile / CHECK_FITTED_FILE
+
+
+def _check_fitted(setting: Setting) -> set[tuple[str, tuple[str, ...]]]:
+    import json
+
+    try:
+        entries = json.loads(_fitted_file(setting).read_text())
+    except (OSError, ValueError):
+        entries = []
+    return _CHECK_FITTED | {(model, tuple(names)) for model, names in entries}
+
+
+def _note_fitted(setting: Setting, fitted: tuple[str, tuple[str, ...]]) -> None:
+    from adlib import io
+
+    _CHECK_FITTED.add(fitted)
+    try:
+        io.atomic_write_json(_fitted_file(setting), sorted([m, list(n)] for m, n in _check_fitted(setting)))
+    except OSError:  # an unwritable output folder: the process-wide memory still holds it
+        pass
 
 
 def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first_variant: bool,
@@ -383,7 +411,7 @@ def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first
         return None
     if not first_of_dataset[index]:
         return ONE_CATEGORY
-    if index > 0 and (not first_variant or fitted in _CHECK_FITTED):
+    if index > 0 and (not first_variant or fitted in _check_fitted(setting)):
         return COVERING
     return None
 
@@ -493,7 +521,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         if keep is not None:
                             keep[(model, label, name, seed)] = run
                         if setting.check is not None:
-                            _CHECK_FITTED.add(fitted)
+                            _note_fitted(setting, fitted)
                     if cache is not None and run is not None:
                         cache[key] = new
                     rows += new
