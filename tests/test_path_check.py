@@ -368,3 +368,25 @@ def test_report_of_a_check_opens_with_the_warning(tmp_path):
     assert PATH_CHECK.upper() not in "\n".join(report.render_markdown(report._intro_blocks([], "paper")))
     path = report.build_report(tmp_path, "paper-check", notebook_root=tmp_path / "none", papers=[])
     assert PATH_CHECK.upper() in path.read_text()
+
+
+def test_the_paper_profile_never_writes_over_the_printed_numbers(tmp_path, capsys):
+    import argparse
+
+    from adlib.app import reproduce
+
+    parser = argparse.ArgumentParser()
+    reproduce.add_arguments(parser)
+    printed = tmp_path / "results" / "paper" / "varad"
+    printed.mkdir(parents=True)
+    (printed / "table2.csv").write_text("dataset,method,setting,level,metric,value\n")
+    args = parser.parse_args(["--profile", "paper", "--output-root", str(tmp_path), "--only", "varad/02*"])
+    config = reproduce.config_from_args(args)
+    config.paper_root = tmp_path  # the repository's results/paper/ holds the papers' printed numbers
+    assert reproduce._main(args, config) == 2
+    assert "printed numbers" in capsys.readouterr().err
+    assert (printed / "table2.csv").read_text().startswith("dataset")  # untouched
+    args = parser.parse_args(["--profile", "paper", "--check", "--plan", "--only", "varad/02*"])
+    assert reproduce._main(args, reproduce.config_from_args(args)) == 0
+    out = capsys.readouterr().out
+    assert "profile paper-check" in out and "varad/02_main_results" in out
