@@ -73,7 +73,7 @@ def trend(df: pd.DataFrame, method: str, metric: str = "f1max", level: str = "pi
     part["resolution"] = part["setting"].map(setting_value)
     wide = part.pivot_table(index="dataset", columns="resolution", values="mean", aggfunc="first")
     wide = wide[sorted(wide.columns)]
-    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0]
+    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0] if len(wide.columns) else float("nan")  # nothing ran: empty
     return wide.round(1)
 
 
