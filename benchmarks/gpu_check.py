@@ -22,6 +22,10 @@ What it prints, step by step (each step is timed and a failing step does not sto
    It needs the notebook runner (papermill, nbformat, nbclient, ipykernel, jupyter_client): where they do not
    import, the step says which are missing and how to bring them (wheels, see the device notes) and skips.
    ``--dry-run`` runs it on the CPU on the cheapest notebook (``varad/01*``), which checks the step itself.
+   On the lent machine (which has torch, timm, pandas, matplotlib, scikit-learn and scipy but not the runner)
+   carry the wheels of papermill and its dependencies (nbformat, nbclient, jupyter_client, ipykernel, ipython,
+   traitlets, pyzmq, tornado, fastjsonschema, jsonschema, tenacity, entrypoints, ...) and run
+   ``python benchmarks/gpu_check.py --only path_check`` (limit: PATH_CHECK_LIMIT_S) or the whole script.
 """
 from __future__ import annotations
 
