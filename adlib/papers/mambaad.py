@@ -522,22 +522,20 @@ def _absent_reason(setting, folder: str, dataset: str, printed: str, ran: list[s
     """Why nothing of ours stands beside the printed row ``printed`` (a category, or ``dataset``'s mean over its
     ``count`` printed categories) when ``ran`` (our categories of ``dataset`` with values) does not hold it. The
     words name the dataset, not the row, so that one statement covers all the rows it explains."""
-    from pathlib import Path
-
     from adlib.data import list_categories
+    from adlib.data.standins import missing_reason
 
-    root = Path(setting.real_root) / folder if setting.real_root is not None else None
+    root, standin = setting.dataset_root(folder)  # a path check's stand-in counts as here
     if root is None:
-        where = f"{dataset} is not on this machine (no data root: data_root and $ADLIB_DATA unset)"
-    elif not root.is_dir():
-        where = f"{dataset} is not on this machine (no {folder}/ under {setting.real_root})"
+        where = missing_reason(folder, setting.real_root)  # where it was looked for and how to get it
     elif "/" not in printed:  # the dataset's mean row
         where = (f"the mean over the paper's {count} {dataset} categories: only {', '.join(ran)} ran here" if ran
                  else f"no {dataset} category ran here")
     else:
         present = list_categories(root)
         if printed.split("/", 1)[1] not in present:
-            where = f"not on this machine (its {folder}/ holds only {', '.join(present)})"
+            where = (f"not on this machine (its {folder}/ holds only {', '.join(present)}"
+                     + (", a path check's stand-in)" if standin else ")"))
         else:
             runs = setting.spec.real_categories
             where = (f"on this machine, but the {setting.profile} profile runs only "
