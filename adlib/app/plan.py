@@ -95,7 +95,7 @@ def estimate(paper, runs, profile_spec, folders: Iterable[str]) -> str:
     seeds = len(profile_spec.seeds) if runs.seeds else 1
     parts, total, unstated = [], 0.0, []
     for model in runs.models:
-        time = paper.train_times.get(model)
+        time = runs.train_time or paper.train_times.get(model)
         if time is None or time.hours is None:
             unstated.append(f"{model} ({time.note if time is not None else 'not declared'})")
             continue
@@ -125,7 +125,7 @@ def plan_text(notebooks: list[Path], profile: str, data_root: str | None = None,
     run_profile = profile + CHECK_SUFFIX if check else profile
     lines = [f"adlib reproduce --plan: profile {run_profile}, data root {root or '(none: set ADLIB_DATA or --data-root)'}",
              "GPU hours are estimates from each paper's own training times for its full datasets at its settings; "
-             "the smoke profile and the path check take minutes on a CPU.", ""]
+             "the smoke profile and the path check run on a CPU (minutes per notebook).", ""]
     missing_data: dict[str, str] = {}
     missing_weights: dict[str, str] = {}
     hours_by_paper: dict[str, float] = {}

@@ -182,6 +182,7 @@ class NotebookRuns:
     weights: tuple[str, ...] = ()
     seeds: bool = True  # False: one seed (a walkthrough)
     note: str = ""
+    train_time: TrainTime | None = None  # this notebook's fits take this instead of the paper's per-model time
 
 
 @dataclass(frozen=True)
