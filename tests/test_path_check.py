@@ -255,6 +255,12 @@ def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, st
     tried.clear()
     study.run_grid(dataclasses.replace(setting, device="cuda"), variants, sources[:1], log=lambda *a: None)
     assert {label for label, _ in tried} == set(variants)  # a GPU check runs every variant
+    tried.clear()
+    models = []
+    monkeypatch.setattr(grid, "run_one", lambda s, g, model, label, **k: models.append((model, g[0].name)) or
+                        fake_run_one(s, g, model, label))
+    study.run_grid(setting, None, sources, models=("varad", "patchcore"), log=lambda *a: None)
+    assert ("patchcore", first) in models and not any(m == "patchcore" and n != first for m, n in models)
 
 
 def test_check_fits_each_data_source_once_per_check_run(data_root, standin_root, monkeypatch, tmp_path):

@@ -326,10 +326,12 @@ def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
     return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"] + summary
 
 
-# A path check runs every variant of a grid on the first data source (group) and every other source with the grid's
-# first variant only: every variant's code and every dataset's reader run, the grid's repetition does not.
-COVERING = ("path check: every variant runs on the grid's first data source and every data source with its first "
-            "variant (once per check run); this combination is left out to fit the CPU budget (a real run has it)")
+# A path check runs every (model, variant) of a grid on the first data source (group) and every other source with
+# the grid's first model and variant only: every model's and variant's code and every dataset's reader run, the
+# grid's repetition does not.
+COVERING = ("path check: every model and variant runs on the grid's first data source and every data source with "
+            "its first model and variant (once per check run); this combination is left out to fit the CPU budget "
+            "(a real run has it)")
 # and, on a CPU, a variant whose overrides differ from an earlier one's only in numbers runs the same code: the
 # earlier one represents it (a GPU check runs it)
 SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers; left out to fit the CPU "
@@ -404,14 +406,15 @@ def _note_fitted(setting: Setting, fitted: tuple[str, tuple[str, ...]]) -> None:
         pass
 
 
-def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first_variant: bool,
+def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first: bool,
                fitted: tuple[str, tuple[str, ...]]) -> str | None:
-    """Why a path check leaves (variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or None."""
+    """Why a path check leaves (model and variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or
+    None; ``first``: the grid's first model and variant."""
     if setting.check is None:
         return None
     if not first_of_dataset[index]:
         return ONE_CATEGORY
-    if index > 0 and (not first_variant or fitted in _check_fitted(setting)):
+    if index > 0 and (not first or fitted in _check_fitted(setting)):
         return COVERING
     return None
 
@@ -493,8 +496,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         log(f"{method:9s} {label:18s} seed {seed} {name}: same configuration as an earlier run, reused")
                         continue
                     fitted = (model, tuple(s.name for s in group))
-                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset, label == first_variant,
-                                                           fitted)
+                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset,
+                                                           label == first_variant and model == models[0], fitted)
                     if reason is None and label in represented:
                         reason = SAME_CODE.format(label=represented[label])
                     run = None
