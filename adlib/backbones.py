@@ -36,7 +36,7 @@ import numbers
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
@@ -586,14 +586,21 @@ def create(
     weights: str | os.PathLike | None = None,
     *,
     final_norm: bool = False,
+    timm_kwargs: dict | None = None,
 ) -> FeatureExtractor:
     """Frozen, eval-mode feature extractor ``name`` tapping ``layers`` (default: the spec's, as the papers use).
 
     ``weights=PATH`` loads a local timm-style checkpoint (.pth/.bin/.safetensors, strict keys) and takes
     precedence over ``pretrained``; ``pretrained=False`` gives random weights; ``final_norm`` applies a
-    ViT's final norm to its taps. Raises ``WeightsUnavailableError`` when pretrained weights cannot be had.
+    ViT's final norm to its taps. ``timm_kwargs`` change the network's shape (a ViT's ``img_size``, a reduced
+    width or depth, as an authors' checkpoint holds it); they need ``pretrained=False`` (the weights then come
+    from elsewhere). Raises ``WeightsUnavailableError`` when pretrained weights cannot be had.
     """
     spec = _spec(name)
+    if timm_kwargs:
+        if pretrained and weights is None:
+            raise ValueError(f"{name}: timm_kwargs {timm_kwargs} change the network; they need pretrained=False")
+        spec = replace(spec, timm_kwargs={**spec.timm_kwargs, **timm_kwargs})
     layers = list(spec.layers if layers is None else (layers,) if isinstance(layers, numbers.Integral) else layers)
     model = _build(spec, pretrained, weights)
     count = len(model.blocks) if spec.kind == "vit" else len(model.feature_info)

@@ -52,6 +52,8 @@ class CategoryResult:
     structural: float
     whole: float
     counts: dict[str, int] = field(default_factory=dict)  # "good", "logical", "structural"
+    # "logical"/"structural"/"whole" -> the AUROC on each test-image resample (``evaluate_groups(resample=)``)
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,6 +91,13 @@ class LocoSummary:
         """"Avg." read as the per-category AUROC on the whole test set, averaged over categories."""
         return self.mean("whole")
 
+    def mean_boot(self, group: str) -> np.ndarray | None:
+        """``mean`` on every test-image resample (each category resampled on its own); None without them."""
+        kept = [c for c in self.categories.values() if not np.isnan(getattr(c, group))]
+        if not kept or any(group not in c.boot for c in kept):
+            return None
+        return np.mean([c.boot[group] for c in kept], axis=0)
+
     def headline(self) -> dict[str, float]:
         return {"logical": self.logical, "structural": self.structural, "overall": self.overall,
                 "avg_mean": self.avg_mean, "avg_whole": self.avg_whole}
@@ -99,13 +108,16 @@ class LocoSummary:
         (SA + LA) / 2 mean ``auroc_avg`` (the "Avg." column of Tabs. 5-8) instead of ``auroc_overall``."""
         out = []
         for name, c in self.categories.items():
-            for metric, value in (("auroc_logical", c.logical), ("auroc_structural", c.structural),
-                                  ("auroc_whole", c.whole)):
-                out.append(_row(f"{dataset}/{name}", method, setting, metric, value))
+            for metric, value, group in (("auroc_logical", c.logical, "logical"),
+                                         ("auroc_structural", c.structural, "structural"),
+                                         ("auroc_whole", c.whole, "whole")):
+                out.append(_row(f"{dataset}/{name}", method, setting, metric, value, c.boot.get(group)))
         mean_name = "auroc_avg" if ablation else "auroc_overall"
-        for metric, value in (("auroc_logical", self.logical), ("auroc_structural", self.structural),
-                              (mean_name, self.overall), ("auroc_avg_whole", self.avg_whole)):
-            out.append(_row(dataset, method, setting, metric, value))
+        logical, structural = self.mean_boot("logical"), self.mean_boot("structural")
+        overall = None if logical is None or structural is None else (logical + structural) / 2
+        for metric, value, boot in (("auroc_logical", self.logical, logical), ("auroc_structural", self.structural, structural),
+                                    (mean_name, self.overall, overall), ("auroc_avg_whole", self.avg_whole, self.mean_boot("whole"))):
+            out.append(_row(dataset, method, setting, metric, value, boot))
         return [r for r in out if not np.isnan(r["value"])]
 
 
@@ -122,15 +134,20 @@ METRIC_NAMES = {
 }
 
 
-def _row(dataset: str, method: str, setting: str, metric: str, value: float) -> dict[str, Any]:
-    return {"dataset": dataset, "method": method, "setting": setting, "level": "image", "metric": metric,
-            "value": 100.0 * value}
+def _row(dataset: str, method: str, setting: str, metric: str, value: float, boot=None) -> dict[str, Any]:
+    """A long row in percent; with the AUROC's test-image resamples (``boot``, percent) and its chance level."""
+    row = {"dataset": dataset, "method": method, "setting": setting, "level": "image", "metric": metric,
+           "value": 100.0 * value}
+    if boot is not None:
+        row.update(boot=(100.0 * np.asarray(boot)).astype(np.float32), chance=50.0)
+    return row
 
 
 def evaluate_groups(scores: Sequence[float], labels: Sequence[int], groups: Sequence[str],
-                    categories: Sequence[str] | None = None) -> LocoSummary:
+                    categories: Sequence[str] | None = None, resample: np.ndarray | None = None) -> LocoSummary:
     """Group AUROCs per category from per-image scores, labels (0 normal, 1 anomalous), groups ("good",
-    "logical", "structural"; other anomaly groups count in ``whole`` only) and categories (default: one)."""
+    "logical", "structural"; other anomaly groups count in ``whole`` only) and categories (default: one).
+    ``resample`` ((B, images) counts, ``EvalResult.resample``): each AUROC on every test-image resample too."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     groups = np.asarray([str(g) for g in groups])
@@ -149,12 +166,14 @@ def evaluate_groups(scores: Sequence[float], labels: Sequence[int], groups: Sequ
         counts = {NORMAL: int(normal.sum()), **{g: int((here & (groups == g)).sum()) for g in GROUPS}}
         if counts[NORMAL] == 0:
             raise ValueError(f"category {name!r}: no normal test images; the group AUROCs need them")
-        per_group = {}
-        for group in GROUPS:
-            keep = normal | (here & (groups == group))
-            per_group[group] = auroc(scores[keep], labels[keep]) if counts[group] else float("nan")
-        out[name] = CategoryResult(per_group["logical"], per_group["structural"], auroc(scores[here], labels[here]),
-                                   counts)
+        per_group, boot = {}, {}
+        for group, keep in [(g, normal | (here & (groups == g))) for g in GROUPS] + [("whole", here)]:
+            per_group[group] = auroc(scores[keep], labels[keep]) if group == "whole" or counts[group] else float("nan")
+            if resample is not None and not np.isnan(per_group[group]):
+                from adlib import metrics
+
+                boot[group] = metrics.image_replicates(scores[keep], labels[keep], np.asarray(resample)[:, keep])["auroc"]
+        out[name] = CategoryResult(per_group["logical"], per_group["structural"], per_group["whole"], counts, boot)
     return LocoSummary(out)
 
 
@@ -234,16 +253,19 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None, chance: bool = False
         for method, label, values in named:
             key = (method, label, run.seed, run.dataset_name, run.class_setting, evaluation.protocol)
             entry = groups.setdefault(key, {"categories": {}, "runs": []})
-            summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run))
+            summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run),
+                                      getattr(evaluation, "resample", None))
             entry["categories"].update(summary.categories)
             entry["runs"].append(run)
     rows = []
     for (method, label, seed, dataset, class_setting, protocol), entry in groups.items():
         summary = LocoSummary(entry["categories"])
         backbone = "none" if method == CHANCE else ", ".join(dict.fromkeys(r.backbone for r in entry["runs"]))
+        ids = [getattr(r.evaluation, "test_id", "") for r in entry["runs"]]
         extra = {"backbone": backbone,
                  "data": ", ".join(dict.fromkeys(r.data for r in entry["runs"])), "seed": seed, "protocol": protocol,
-                 "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": ""}
+                 "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": "",
+                 "test_id": ids[0] if len(ids) == 1 else "+".join(sorted(ids))}
         for row in summary.rows(method, dataset, label):
             scope = "category" if "/" in row["dataset"] else "mean"
             rows.append({**row, **extra, "scope": scope})

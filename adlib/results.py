@@ -39,6 +39,7 @@ TABLE_COLUMNS = KEY_COLUMNS + ["value"]
 PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
 # What tells apart rows of the same key in a reproduced table: seeds, protocols, class settings, sizes, scopes.
 RUN_COLUMNS = ["seed", "protocol", "class_setting", "image_size", "scope"]
+IN_MEMORY_COLUMNS = ["boot"]  # per-row arrays (test-image resamples, adlib.study.grid): never written to a CSV
 LEVELS = ("image", "pixel", "summary", "model", "data")  # summary: mAD (mean of the 7 image and pixel metrics)
 # The metrics the papers print; others are allowed if they are lower-case identifiers (e.g. "epochs").
 METRICS = (
@@ -277,6 +278,7 @@ def _sidecar(path: Path, kind: str, paper: str, name: str, profile: str, backbon
 def write_table(df: pd.DataFrame, paper: str, name: str, *, profile: str, backbone: str, data: str,
                 params: dict | None = None, root: str | os.PathLike | None = None) -> Path:
     """Write `results/<profile>/<paper>/<name>.csv` (+ `.meta.json`) atomically; returns the CSV path."""
+    df = df.drop(columns=[c for c in IN_MEMORY_COLUMNS if c in df.columns])
     table = _stamp_columns(check_table(df, f"table {paper}/{name}"), profile, backbone, data)
     path = table_path(paper, name, profile=profile, root=root)
     with atomic_path(path) as tmp:

@@ -332,24 +332,59 @@ class _NotStarted(Exception):
     """The notebook was refused before its kernel started (the error says why)."""
 
 
-def check_parameters(notebook: str | Path, parameters: dict) -> str | None:
-    """None when the notebook's parameters cell declares every parameter passed, else the error: a name
-    papermill would inject without the notebook knowing it (a typo on either side) must fail the notebook,
-    not be silently ignored."""
+def check_parameters(notebook: str | Path, parameters: dict, paper: str | None = None) -> str | None:
+    """None when ``notebook_parameters`` accepts the parameters, else its one-line error."""
+    from adlib.study.parameters import ParameterError
+
+    try:
+        notebook_parameters(notebook, parameters, paper)
+    except ParameterError as error:
+        return str(error)
+    return None
+
+
+_SETTING_LOCK = threading.Lock()  # one setting check at a time (it may generate the synthetic data)
+
+
+def notebook_parameters(notebook: str | Path, parameters: dict, paper: str | None = None) -> dict:
+    """The parameters a notebook is run with, checked before its kernel starts (``adlib.study.parameters``):
+    each declared in its parameters cell (a name papermill would inject without the notebook knowing it, a typo
+    on either side, must fail the notebook, not be silently ignored), each of its type and converted to it
+    (``-p seeds 0,1`` -> ``[0, 1]``), a backbone or model that exists; and for a notebook of a registered
+    ``paper`` (its folder), the setting they make (``adlib.study.resolve_setting``: a category the profile's
+    data has, a data folder that exists). Raises ``ParameterError`` with one line."""
     import papermill
+
+    from adlib.study.parameters import ParameterError, check_values
 
     try:
         declared = papermill.inspect_notebook(str(notebook))
     except Exception as exc:  # unreadable notebook, unknown kernel language
-        return f"cannot read the parameters of {notebook}: {type(exc).__name__}: {exc}"
+        raise ParameterError(f"cannot read the parameters of {notebook}: {type(exc).__name__}: {exc}") from None
     if not declared:
-        return (f"{Path(notebook).name} has no cell tagged 'parameters' (or it declares nothing); expected one "
-                f"declaring {', '.join(sorted(parameters))}")
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        return (f"parameter(s) {', '.join(unknown)} passed but not declared in the parameters cell of "
-                f"{Path(notebook).name} (it declares {', '.join(declared)}): a typo in the notebook or in -p?")
-    return None
+        raise ParameterError(f"{Path(notebook).name} has no cell tagged 'parameters' (or it declares nothing); "
+                             f"expected one declaring {', '.join(sorted(parameters))}")
+    defaults = {name: _literal(info["default"]) for name, info in declared.items()}
+    values = check_values(parameters, defaults, Path(notebook).name)
+    if paper is not None:
+        _check_setting(paper, values)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # papermill writes lists, not tuples
+
+
+def _check_setting(paper: str, values: dict) -> None:
+    import inspect
+
+    from adlib import papers, study
+    from adlib.study.parameters import ParameterError
+
+    if paper not in papers.available():
+        return
+    accepted = inspect.signature(study.resolve_setting).parameters
+    with _SETTING_LOCK:
+        try:
+            study.resolve_setting(papers.get(paper), **{k: v for k, v in values.items() if k in accepted})
+        except (ValueError, TypeError, OSError) as error:
+            raise ParameterError(f"parameters refused by the {paper} setting: {error}") from None
 
 
 def merge_runtime(lines: Iterable[dict]) -> dict:
@@ -404,11 +439,13 @@ def execute_job(job: Job) -> Outcome:
     cpu_before = _children_cpu()
     error = cell = None
     try:
-        error = check_parameters(job.notebook, job.parameters)
-        if error is not None:
-            raise _NotStarted()
+        try:
+            parameters = notebook_parameters(job.notebook, job.parameters, job.paper)
+        except ValueError as exc:  # ParameterError: one line, the kernel is not started
+            error = str(exc)
+            raise _NotStarted() from None
         papermill.execute_notebook(
-            job.notebook, str(work / executed.name), parameters=job.parameters, kernel_name="python3",
+            job.notebook, str(work / executed.name), parameters=parameters, kernel_name="python3",
             cwd=str(Path(job.notebook).parent), progress_bar=False, execution_timeout=job.cell_timeout,
             kernel_manager_class=_kernel_manager_class(env, kernel_log),
         )
@@ -721,7 +758,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         dest="parameters",
                         help="one more notebook parameter, as papermill's -p (VALUE parsed as a Python literal, "
-                             "else a string); every notebook run must declare it in its parameters cell")
+                             "else a string); every notebook run must declare it in its parameters cell, and the "
+                             "value must be of its type (e.g. -p seeds 0,1,2), checked before the kernel starts")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="start no notebook after this many seconds (CI); the rest are listed as not started")

@@ -15,7 +15,6 @@ pooled. ``--protocol exact|ader|both`` names the metric protocol (``adlib.metric
 from __future__ import annotations
 
 import argparse
-import ast
 import re
 import sys
 import time
@@ -47,7 +46,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-train-images", type=int, default=None,
                         help="use at most N training images (in total, for multi-class)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="any model or engine config field, e.g. --set m=2 --set adapter=resblock (repeatable)")
+                        help="any model or engine config field, e.g. --set m=2 --set adapter=resblock "
+                             "--set betas=0.9,0.999 (repeatable; each value is checked against the field's type)")
+    parser.add_argument("--mask-threshold", type=float, default=None, metavar="T",
+                        help="read masks as 'defect wherever the value is above T' (e.g. 127 for antialiased or "
+                             "JPEG-saved masks); default: the layout's rule (MVTec: masks must be binary)")
     parser.add_argument("--device", default="cpu", help="torch device (default: cpu)")
     parser.add_argument("--seed", type=int, default=None, help="random seed (default: 0; or --set seed=N)")
     parser.add_argument("--json", default=None, help="write metrics, timings, config and provenance to this file")
@@ -61,15 +64,12 @@ class UsageError(ValueError):
     pass
 
 
-def _parse_override(text: str) -> tuple[str, Any]:
+def _parse_override(text: str) -> tuple[str, str]:
+    """``KEY=VALUE`` -> (key, the value's text); the value is typed against its field in ``_overrides``."""
     if "=" not in text:
         raise UsageError(f"--set {text!r}: expected KEY=VALUE")
     key, raw = text.split("=", 1)
-    try:
-        value = ast.literal_eval(raw)
-    except (ValueError, SyntaxError):
-        value = raw
-    return key.strip().replace("-", "_"), value
+    return key.strip().replace("-", "_"), raw
 
 
 class _Preset:
@@ -101,25 +101,44 @@ def _apply(model: str, recipe, overrides: dict[str, Any], args: argparse.Namespa
         if not named:
             raise
         key = named[0]
-        raise UsageError(f"{_option(key, args)}={overrides[key]!r} is refused: {message}") from None
+        raise UsageError(f"{_shown(key, overrides[key], args)} is refused: {message}") from None
+
+
+def _shown(key: str, value: Any, args: argparse.Namespace | None) -> str:
+    """How the command line gave config field ``key``: ``--set m=40`` as typed, or ``--epochs 0``."""
+    option = _option(key, args)
+    texts = dict(_parse_override(o) for o in getattr(args, "overrides", None) or [])
+    if option == f"--set {key}" and key in texts:
+        return f"{option}={texts[key].strip()}"
+    return f"{option}={value!r}" if option.startswith("--set") else f"{option} {value!r}"
 
 
 def _apply_fields(model: str, recipe, overrides: dict[str, Any]) -> _Preset:
-    from dataclasses import fields, replace
+    from dataclasses import replace
 
     from adlib.engine import FitConfig
-    from adlib.models import config_class, model_config
+    from adlib.models import model_config
 
     fit = recipe.fit or FitConfig()
-    model_fields = {f.name for f in fields(config_class(model))}
-    fit_fields = {f.name for f in fields(fit)}
-    unknown = sorted(set(overrides) - model_fields - fit_fields)
-    if unknown:
-        raise UsageError(f"--set: unknown parameter(s) {unknown}; valid: {sorted(model_fields | fit_fields)}")
-    norm = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    config = model_config(model, None, **{**dict(recipe.model), **{k: v for k, v in norm.items() if k in model_fields}})
-    fit = replace(fit, **{k: v for k, v in norm.items() if k in fit_fields})
+    model_values, fit_values = _typed(model, overrides)
+    config = model_config(model, None, **{**dict(recipe.model), **model_values})
+    fit = replace(fit, **fit_values)
     return _Preset(config, fit, dict(recipe.notes))
+
+
+def _typed(model: str, values: dict[str, Any], from_text: bool = False) -> list[dict[str, Any]]:
+    """``values`` split over the model's config and FitConfig, each checked against its field's type; one
+    UsageError line naming ``--set KEY``, the value and what is expected otherwise."""
+    from adlib.config import ConfigValueError
+    from adlib.engine import FitConfig
+    from adlib.models import typed_overrides
+
+    try:
+        return typed_overrides(model, values, FitConfig, from_text=from_text)
+    except ConfigValueError as error:
+        raise UsageError(f"--set {error}") from None
+    except ValueError as error:  # unknown names
+        raise UsageError(f"--set: {error}") from None
 
 
 def _results():
@@ -171,14 +190,22 @@ def _categories(args: argparse.Namespace, root: Path) -> list[str]:
 
 
 def _overrides(args: argparse.Namespace) -> dict[str, Any]:
-    overrides: dict[str, Any] = dict(_parse_override(o) for o in args.overrides)
+    """The config values the command line sets: every ``--set`` typed against its field (before any data is
+    read), then the options that name a field (``--epochs``), then the seed."""
+    texts = dict(_parse_override(o) for o in args.overrides)
+    overrides: dict[str, Any] = {}
+    for part in _typed(args.model, texts, from_text=True):
+        overrides.update(part)
     for key in OPTION_FIELDS:
         if getattr(args, key) is not None:
             overrides[key] = getattr(args, key)
-    for key, value in overrides.items():
-        if key in ("image_size", "epochs", "batch_size", "max_train_images") and (
-                not isinstance(value, int) or isinstance(value, bool) or value < 1):
-            raise UsageError(f"--{key.replace('_', '-')} {value!r}: expected a positive integer")
+    for key, value in overrides.items():  # their types are checked: here, that they are positive
+        if key in ("image_size", "epochs", "batch_size", "max_train_images") and value is not None and (
+                min(value if isinstance(value, tuple) else (value,)) < 1):
+            raise UsageError(f"{_shown(key, value, args)}: expected a positive integer")
+    threshold = getattr(args, "mask_threshold", None)
+    if threshold is not None and not threshold >= 0:
+        raise UsageError(f"--mask-threshold {threshold}: expected a number >= 0")
     if args.seed is not None and "seed" in overrides and overrides["seed"] != args.seed:
         raise UsageError(f"--seed {args.seed} and --set seed={overrides['seed']} disagree; give one of them")
     seed = args.seed if args.seed is not None else overrides.get("seed", 0)
@@ -250,12 +277,13 @@ def execute(args: argparse.Namespace) -> dict:
     device = _device(args.device)
 
     size = preset.model.image_size
-    tests = {c: AnomalyDataset(root, c, "test", image_size=size) for c in categories}
+    threshold = getattr(args, "mask_threshold", None)  # --mask-threshold: defect wherever a mask value is above it
+    tests = {c: AnomalyDataset(root, c, "test", image_size=size, mask_threshold=threshold) for c in categories}
     checks = {c: check_split(tests[c]) for c in categories}  # unreadable files, bad masks: before training
     for check in checks.values():
         if not (check.image_metrics and check.pixel_metrics):
             print(f"note: {check.statement()}", file=sys.stderr)
-    trains = {c: AnomalyDataset(root, c, "train", image_size=size) for c in categories}
+    trains = {c: AnomalyDataset(root, c, "train", image_size=size, mask_threshold=threshold) for c in categories}
     start = time.perf_counter()
     fits, evaluations, train_seconds = [], {p: [] for p in protocols}, 0.0
     groups = [categories] if args.setting == "multi-class" else [[c] for c in categories]
@@ -270,7 +298,7 @@ def execute(args: argparse.Namespace) -> dict:
         train = ConcatDataset([trains[c] for c in group]) if len(group) > 1 else trains[group[0]]
         fitted = engine.fit(model, train, fit_config, device=device)
         train_seconds += fitted.train_seconds
-        fits.append({"categories": group, "losses": fitted.losses, "epochs": fitted.epochs,
+        fits.append({"categories": group, "run_id": fitted.run_id, "losses": fitted.losses, "epochs": fitted.epochs,
                      "cached_features": fitted.cached, "disk_cache_hits": fitted.disk_hits,
                      "train_images": fitted.train_images, "train_s": fitted.train_seconds})
         test = {c: tests[c] for c in group} if len(group) > 1 else tests[group[0]]
@@ -300,7 +328,8 @@ def execute(args: argparse.Namespace) -> dict:
         "test_images": n_test,
         "test_split": {c: {"statement": k.statement(), "image_metrics": k.image_metrics,
                            "pixel_metrics": k.pixel_metrics, "layout": tests[c].layout.name,
-                           "mask_encoding": tests[c].layout.mask_encoding} for c, k in checks.items()},
+                           "mask_encoding": tests[c].layout.mask_encoding,
+                           "mask_threshold": tests[c].layout.mask_threshold} for c, k in checks.items()},
         "config": {"model": asdict(preset.model), "fit": asdict(preset.fit)},
         "notes": preset.notes,
         "provenance": results.provenance(device=str(device), seed=preset.fit.seed),
@@ -350,6 +379,9 @@ def _format(record: dict) -> str:
                          f"pixel {cells(m['pooled']['pixel'], pixel_keys)}")
         for level, reason in m.get("undefined", {}).items():
             lines.append(f"  {label}{level} metrics undefined: {reason}")
+    thresholds = sorted({s["mask_threshold"] for s in record.get("test_split", {}).values()} - {None})
+    if thresholds:
+        lines.append(f"  masks read with --mask-threshold {thresholds[0]:g}: defect wherever the mask value is above it")
     lines.append(f"  time: train {t['train_s']:.1f} s, inference {t['fps']:.2f} images/s, total {t['total_s']:.1f} s")
     return "\n".join(lines)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from adlib import loco
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 # MVTec LOCO folder -> the paper's name (Tab. 1-3)
 CATEGORY_NAMES = {"breakfast_box": "Box", "juice_bottle": "Bottle", "pushpins": "Pins", "screw_bag": "Bag",
@@ -197,6 +197,12 @@ def _side(label: str, **where) -> Side:
     return Side(label, where)
 
 
+# When LADMIM counts as working (adlib.study.spec.Floor): a logical/structural AUROC above chance (50) on the same
+# images; for its ablations also half the best other method's value on the same images where one ran.
+_WORKS = Floor(why="LADMIM must detect something on these images: AUROC above 50")
+_WORKS_LIKE_A_PEER = Floor(of_best_peer=0.5, why="an ablation is read only where LADMIM works: above chance and at "
+                                                 "half the best other method's value")
+
 CLAIMS = (
     Claim("mim_catches_logical", "LADMIM detects logical anomalies that a local memory-bank method misses: a "
           "higher logical-anomaly image AUROC than PatchCore on the same images, and above chance.",
@@ -204,25 +210,27 @@ CLAIMS = (
           favoured=_side("LADMIM", method="LADMIM"),
           against=(_side("PatchCore", method="PatchCore"), _side("chance", method=loco.CHANCE)),
           note="chance: one score for every image (AUROC 50), so that beating a PatchCore that sees nothing is "
-               "not read as detecting"),
+               "not read as detecting", floor=_WORKS),
     Claim("sum_beats_either", "The sum of the standardised S_HVQ and S_MIM beats either score alone.",
           "Sec. 4.4, Table 5", table="table5", metric="auroc_avg", level="image",
           favoured=_side("S'_HVQ + S'_MIM", setting="scorer=sum"),
           against=(_side("S_HVQ", setting="scorer=hvq"), _side("S_MIM", setting="scorer=mim")),
-          note="Avg read as (SA + LA) / 2; the whole-set reading is reported beside it"),
+          note="Avg read as (SA + LA) / 2; the whole-set reading is reported beside it", floor=_WORKS_LIKE_A_PEER),
     Claim("histogram_target_best", "Predicting the code histogram beats predicting pixels, features or per-token "
           "codes.", "Sec. 4.4, Table 8", table="table8", metric="auroc_avg", level="image",
           favoured=_side("code histogram", setting="target=histogram"),
-          against=tuple(_side(t, setting=f"target={t}") for t in ("pixel", "feature", "code"))),
+          against=tuple(_side(t, setting=f"target={t}") for t in ("pixel", "feature", "code")),
+          floor=_WORKS_LIKE_A_PEER),
     Claim("mask_ratio_middle", "Block-wise masking has a best ratio in the middle of the range (20 % in the paper): "
           "better than a smaller and a larger ratio.", "Sec. 4.4, Table 7", table="table7", metric="auroc_avg",
           level="image", favoured=_side("BlockRandom-0.2", setting="mask=block-0.2"),
           against=(_side("BlockRandom-0.1", setting="mask=block-0.1"), _side("BlockRandom-0.6", setting="mask=block-0.6")),
-          note="the paper's grid starts at 0.2; the smoke grid adds 0.1 so that 0.2 is a middle value"),
+          note="the paper's grid starts at 0.2; the smoke grid adds 0.1 so that 0.2 is a middle value",
+          floor=_WORKS_LIKE_A_PEER),
     Claim("logical_rises_with_dim", "LADMIM's logical-anomaly AUROC rises with the model dimension.",
           "Sec. 4.5, Fig. 3", table="fig3", metric="auroc_logical", level="image",
           favoured=_side("largest dimension", setting="mim_dim=max"),
-          against=(_side("smallest dimension", setting="mim_dim=min"),)),
+          against=(_side("smallest dimension", setting="mim_dim=min"),), floor=_WORKS_LIKE_A_PEER),
 )
 
 # ------------------------------------------------------------------------------------------- notebook helpers
@@ -353,6 +361,9 @@ PAPER = PaperSpec(
     datasets={"mvtec_loco": "MVTec LOCO", "mvtec_ad": "MVTec AD", "synthetic_loco": "synthetic_loco"},
     train_times=TRAIN_TIMES,
     notebook_runs=NOTEBOOK_RUNS,
+    reference_code=("The authors' code is their release (SkyShunsuke/LADMIM, commit 89ae156: the MIM ViT and its "
+                    "scoring); its HVQ-Trans tokenizer is a submodule not included, read from upstream "
+                    "(RuiyingLu/HVQ-Trans, commit 12fbfa9)."),
 )
 
 

@@ -11,6 +11,11 @@ Rows have the columns of ``adlib.results`` (dataset, method, setting, level, met
 plus ``seed``, ``protocol``, ``class_setting``, ``image_size`` and ``scope`` ("category"; for a multi-class
 run also "mean" over its categories and "pooled" over all their images, whose ``dataset`` is the dataset's
 name alone). ``setting`` is the variant's label. Values are in percent for quality metrics.
+
+Quality rows also carry the test-image evidence the claims need (``TEST_COLUMNS``): ``boot``, the metric on
+each test-image resample (a float32 array in percent, in memory only: ``adlib.results.write_table`` leaves it
+out of the CSV), ``chance``, what a detector that sees nothing scores on these images (percent), and
+``test_id``, the identity of the test images (equal ids: the resamples are the same, the comparison paired).
 """
 from __future__ import annotations
 
@@ -18,12 +23,14 @@ import time
 from dataclasses import dataclass, fields, replace
 from typing import Any, Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from adlib.study.setting import DataSource, Setting, datasets_for
 
 QUALITY_METRICS = ("auroc", "ap", "f1max", "aupro")
 RUN_COLUMNS = ("seed", "protocol", "class_setting", "image_size", "scope")
+TEST_COLUMNS = ("boot", "chance", "test_id")  # test-image evidence of quality rows (see the module docstring)
 
 
 def method_name(setting: Setting, model: str) -> str:
@@ -60,7 +67,7 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
     ``layers`` is given.
     """
     from adlib.engine import FitConfig
-    from adlib.models import config_class, model_config
+    from adlib.models import config_class, model_config, typed_overrides
 
     base = recipe(setting, model)
     fit = base.fit or FitConfig()
@@ -70,6 +77,8 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
     if unknown:
         raise ValueError(f"{model}: unknown setting(s) {unknown}; expected fields of "
                          f"{config_class(model).__name__} or FitConfig")
+    model_values, fit_values = typed_overrides(model, overrides, FitConfig)  # each value of its field's type
+    overrides = {**fit_values, **model_values}
     values = dict(base.model)
     backbone = model_backbone(setting, model, overrides)
     if "backbone" in model_fields:
@@ -156,29 +165,40 @@ class Run:
                 "seed": self.seed, "class_setting": self.class_setting, "image_size": self.image_size}
         out: list[dict] = []
 
-        def add(dataset: str, scope: str, protocol: str, image: dict, pixel: dict, undefined: dict) -> None:
+        def evidence(m, level: str, metric: str) -> dict:
+            boot = m.replicates.get(level, {}).get(metric)
+            return {"boot": None if boot is None else (100.0 * np.asarray(boot)).astype(np.float32),
+                    "chance": 100.0 * m.chance.get(level, {}).get(metric, float("nan")), "test_id": m.test_id}
+
+        def add(dataset: str, scope: str, protocol: str, m) -> None:
+            image, pixel, undefined = m.image, m.pixel, m.undefined
             row = {**base, "dataset": dataset, "scope": scope, "protocol": protocol}
             for level, values in (("pixel", pixel), ("image", image)):
                 if not values and level in undefined:
-                    out.extend({**row, "level": level, "metric": m, "value": float("nan"), "note": undefined[level]}
-                               for m in metrics if level == "pixel" or m != "aupro")
+                    out.extend({**row, "level": level, "metric": k, "value": float("nan"), "note": undefined[level]}
+                               for k in metrics if level == "pixel" or k != "aupro")
                     continue
-                out.extend({**row, "level": level, "metric": m, "value": 100.0 * values[m]} for m in metrics if m in values)
+                out.extend({**row, "level": level, "metric": k, "value": 100.0 * values[k], **evidence(m, level, k)}
+                           for k in metrics if k in values)
             if all(k in image for k in ("auroc", "ap", "f1max")) and all(k in pixel for k in QUALITY_METRICS):
                 from adlib import metrics as metric_fns
 
-                out.append({**row, "level": "summary", "metric": "mad", "value": 100.0 * metric_fns.mad(image, pixel)})
+                seven = [evidence(m, lv, k) for lv, keys in (("image", ("auroc", "ap", "f1max")), ("pixel", QUALITY_METRICS))
+                         for k in keys]
+                boots = [e["boot"] for e in seven]
+                out.append({**row, "level": "summary", "metric": "mad", "value": 100.0 * metric_fns.mad(image, pixel),
+                            "boot": None if any(b is None for b in boots) else np.mean(boots, axis=0),
+                            "chance": float(np.mean([e["chance"] for e in seven])), "test_id": m.test_id})
 
         for protocol, result in self.evaluations.items():
             if result.categories:
                 for category, m in result.categories.items():
-                    add(f"{self.dataset_name}/{category}", "category", protocol, m.image, m.pixel, m.undefined)
-                add(self.dataset_name, "mean", protocol, result.image, result.pixel, result.undefined)
+                    add(f"{self.dataset_name}/{category}", "category", protocol, m)
+                add(self.dataset_name, "mean", protocol, result)
                 if result.pooled is not None:
-                    add(self.dataset_name, "pooled", protocol, result.pooled.image, result.pooled.pixel,
-                        result.pooled.undefined)
+                    add(self.dataset_name, "pooled", protocol, result.pooled)
             else:
-                add(self.source.name, "category", protocol, result.image, result.pixel, result.undefined)
+                add(self.source.name, "category", protocol, result)
         where = self.source.name if len(self.sources) == 1 else self.dataset_name
         model_row = {**base, "dataset": where, "scope": "category" if len(self.sources) == 1 else "mean",
                      "protocol": "", "level": "model"}

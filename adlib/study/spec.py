@@ -5,8 +5,9 @@ A paper file (``adlib/papers/<paper>.py``) builds one ``PaperSpec``:
 - ``profiles``: per profile (``smoke``, ``paper``) a ``ProfileSpec``: data, image size, caps, seeds, the
   default class setting and protocol, and the paper's own ablation grids in ``grids``;
 - ``recipes``: per (model, profile) a ``Recipe``: config overrides and the engine's ``FitConfig``;
-- ``claims``: each claim a notebook checks, with its text, its place in the paper, the two sides compared
-  and the metric (``Claim``); ``adlib.study.claims`` decides them over seeds;
+- ``claims``: each claim a notebook checks, with its text, its place in the paper, the two sides compared,
+  the metric and when the favoured side counts as working (``Claim``, ``Floor``); ``adlib.study.claims``
+  decides them over seeds and test-image resamples;
 - ``tables``: per printed table a ``TableSpec``: what the paper measured it on (resolution, backbone per
   method, protocol, class setting), so the report can tell comparable rows from incomparable ones.
 """
@@ -108,12 +109,37 @@ class Side:
 
 
 @dataclass(frozen=True)
+class Floor:
+    """When the favoured side of a claim counts as a method that works, so that a comparison with it can
+    confirm or refute the claim (``adlib.study.claims``); below the floor the verdict is "not testable here".
+
+    ``above_chance``: its value must lie above the chance level of its metric on its own test images (what a
+    detector that sees nothing scores: AUROC 50, AP the positive rate, max-F1 2p / (1 + p) for the positive
+    rate p, AU-PRO 15, mAD the mean of its seven), beyond both sources of noise (its seed mean minus two
+    standard errors, and the low end of its test-image interval). ``of_best_peer``: its mean must also reach
+    this fraction of the best other method's mean on the same images (any setting of it, in the claim's table
+    or in the ``peers`` table a notebook gives ``check``); with no other method there, this part is not
+    checked and the verdict's note says so. ``why`` says, in the paper file, why this floor fits the claim.
+    """
+
+    above_chance: bool = True
+    of_best_peer: float | None = None
+    why: str = ""
+
+    def __post_init__(self) -> None:
+        if self.of_best_peer is not None and not 0 < self.of_best_peer <= 1:
+            raise ValueError(f"of_best_peer={self.of_best_peer!r}: expected a fraction in (0, 1]")
+
+
+@dataclass(frozen=True)
 class Claim:
     """A claim of the paper that a notebook checks.
 
     ``favoured`` is the side the paper says is better; it is compared with each side in ``against`` on
     ``metric`` at ``level`` over the seeds of the ``table`` that holds the evidence. ``higher_is_better``
     is False for costs (parameters, seconds). ``where`` points into the paper ("Sec. IV.C.1, Fig. 4").
+    ``floor`` says when the favoured side works well enough for the comparison to count (``Floor``; None
+    for costs, which have no chance level).
     """
 
     id: str
@@ -127,6 +153,7 @@ class Claim:
     higher_is_better: bool = True
     margin: float = 0.0  # the difference the paper claims (same units as the metric); 0: only the sign
     note: str = ""
+    floor: Floor | None = None
 
 
 @dataclass(frozen=True)
@@ -205,6 +232,9 @@ class PaperSpec:
     # paper profile (``NotebookRuns``): ``adlib reproduce --plan`` estimates GPU hours from them.
     train_times: Mapping[str, TrainTime] = field(default_factory=dict)
     notebook_runs: Mapping[str, NotebookRuns] = field(default_factory=dict)
+    main: bool = False  # the collection's main paper: listed first and marked so in the report
+    # the authors' released code and what adlib's implementation is checked against (the report's Faithfulness)
+    reference_code: str = ""
 
     def profile(self, name: str) -> ProfileSpec:
         """The ``ProfileSpec`` of ``name``; a check profile ("paper-check") is its base profile with the
