@@ -57,6 +57,7 @@ class FitConfig:
     num_workers: int = 0
     progress: bool = True  # tqdm progress bars
     checkpoint: str | None = None  # path: save after every epoch (atomic)
+    max_steps: int | None = None  # stop a training stage after this many optimiser steps (path checks); None: all
     # Per training stage (``model.training_stages()``), overrides of the fields above, e.g.
     # {"first": {"epochs": 20}, "second": {"lr": 1e-4}}.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -441,6 +442,7 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
     per_epoch = math.ceil(len(dataset) / config.batch_size)
     scheduler = _scheduler(optimizer, config, config.epochs * per_epoch)
     losses = result.stage_losses.setdefault(stage, [])
+    steps = 0
     for epoch in _progress(range(config.epochs), config.progress, desc=f"{stage} epochs"):
         model.train()
         total, count = 0.0, 0
@@ -459,6 +461,9 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
                 scheduler.step()
             total += float(loss.detach())
             count += 1
+            steps += 1
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
         losses.append(total / max(count, 1))
         result.losses.append(losses[-1])
         result.epochs += 1
@@ -469,6 +474,8 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
             entry = callback(result.epochs, model)
             if entry is not None:
                 result.history.append({"epoch": result.epochs, "stage": stage, **entry})
+        if config.max_steps is not None and steps >= config.max_steps:
+            break
 
 
 # ------------------------------------------------------------------------------------------- evaluation

@@ -5,6 +5,9 @@
 - `variant_panels`: ablation bars with one panel (and axis range) per metric, mean ± std over seeds (Fig. 4).
 - `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
 - `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
+- `nothing_to_draw`: a figure whose one panel says what is missing, for a figure with nothing to draw (data or
+  weights not here, every row not run); `or_missing(draw, ...)` draws, or returns that panel when ``draw``
+  raises ``NothingToDraw`` (empty input); `stamp_path_check` marks a path check's figure.
 - walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides), `code_maps`,
   `code_gallery`, `histogram_panels` and `score_scatter` (discrete codes, code histograms, two scores);
   scan paths are drawn by `adlib.scans.draw_directions`.
@@ -33,6 +36,58 @@ METRIC_LABELS = {
     "params_m": "Params (M)", "fps": "FPS", "flops_g": "FLOPs (G)", "train_s": "Training time (s)",
 }
 MAP_CMAP = "jet"
+
+
+class NothingToDraw(ValueError):
+    """A figure function was given nothing to draw (no images, no rows with values)."""
+
+
+def nothing_to_draw(title: str, reasons: str | Sequence[str] = ()):
+    """A figure with one panel saying that ``title`` has nothing to draw, and why (each reason on a line)."""
+    import textwrap
+
+    plt = _pyplot()
+    reasons = [reasons] if isinstance(reasons, str) else list(dict.fromkeys(r for r in reasons if r))
+    lines = [f"{title}: nothing to draw"] + (["", "why:"] if reasons else [])
+    for reason in reasons[:8] or ["no result to show (nothing was run)"]:
+        lines += textwrap.wrap(reason, 90, initial_indent="- ", subsequent_indent="  ")
+    if len(reasons) > 8:
+        lines.append(f"... and {len(reasons) - 8} more (see the table's notes)")
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.22 * len(lines)))
+    ax.axis("off")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace", transform=ax.transAxes)
+    return fig
+
+
+def or_missing(draw, *args, missing: str | Sequence[str] = (), title: str | None = None, **kwargs):
+    """``draw(*args, **kwargs)``, or, when it has nothing to draw (``NothingToDraw``), ``nothing_to_draw`` with
+    ``missing`` (the reasons nothing was run) and the drawing function's own words."""
+    try:
+        return draw(*args, **({"title": title} if title is not None else {}), **kwargs)
+    except NothingToDraw as error:
+        reasons = [missing] if isinstance(missing, str) else list(missing)
+        return nothing_to_draw(title or getattr(draw, "__name__", "figure"), [*reasons, str(error)])
+
+
+def not_run_reasons(df: pd.DataFrame) -> list[str]:
+    """The distinct reasons (``note``) of a long table's rows that have no value."""
+    if df is None or "note" not in getattr(df, "columns", ()):
+        return []
+    notes = df.loc[df["value"].isna(), "note"].dropna().astype(str)
+    return list(dict.fromkeys(n for n in notes if n))
+
+
+def stamp_path_check(fig, label: str) -> None:
+    """A red banner above the figure and a diagonal watermark: a path check's figure is not a result."""
+    text = label.upper()
+    for artist in list(fig.texts):
+        if artist.get_gid() == "adlib-path-check":
+            artist.remove()
+    fig.text(0.5, 1.0, f" {text}: the paper profile's code path at a cut scale, random weights where none "
+                       "could be had, stand-in data ", ha="center", va="bottom", fontsize=10, weight="bold",
+             color="white", backgroundcolor="#c62828", gid="adlib-path-check")
+    fig.text(0.5, 0.5, text, ha="center", va="center", rotation=25, fontsize=28, weight="bold", color="#c62828",
+             alpha=0.25, gid="adlib-path-check", zorder=1000)
 
 
 def _pyplot():
@@ -146,7 +201,7 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
     plt = _pyplot()
     n = len(images)
     if n == 0:
-        raise ValueError("anomaly_map_grid: no images given")
+        raise NothingToDraw("anomaly_map_grid: no images given")
     for method, stack in maps.items():
         if len(stack) != n:
             raise ValueError(f"anomaly_map_grid: method {method!r} has {len(stack)} maps for {n} images")
@@ -185,7 +240,7 @@ def _check_long(df: pd.DataFrame, what: str, needed: Sequence[str] = ("setting",
     if missing:
         raise ValueError(f"{what}: table lacks columns {missing}; expected the long format")
     if df.empty:
-        raise ValueError(f"{what}: the table is empty")
+        raise NothingToDraw(f"{what}: the table is empty")
 
 
 def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
@@ -201,7 +256,7 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
     if level is not None and "level" in data.columns:
         data = data[data["level"] == level]
     if data.empty:
-        raise ValueError(f"grouped_bars: no rows with metrics {list(metrics)} at level {level!r}")
+        raise NothingToDraw(f"grouped_bars: no rows with metrics {list(metrics)} at level {level!r}")
     data = one_scope(data, "grouped_bars")
     facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
@@ -256,7 +311,7 @@ def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max",
     if level is not None and "level" in data.columns:
         data = data[data["level"] == level]
     if data.empty:
-        raise ValueError(f"variant_panels: no rows with metrics {list(metrics)} at level {level!r}")
+        raise NothingToDraw(f"variant_panels: no rows with metrics {list(metrics)} at level {level!r}")
     data = one_scope(data, "variant_panels")
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
     longest = max((len(line) for s in settings for line in _wrap(s).splitlines()), default=8)
@@ -321,7 +376,7 @@ def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max
     data["resolution"] = data["setting"].map(setting_value)
     data = data[np.isfinite(data["resolution"])]
     if data.empty:
-        raise ValueError("resolution_lines: no rows with a resolution in `setting` (e.g. 'res=512')")
+        raise NothingToDraw("resolution_lines: no rows with a resolution in `setting` (e.g. 'res=512')")
     facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
     fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.2 * len(metrics), 2.8 * len(facets)),
                              squeeze=False)
@@ -364,7 +419,7 @@ def complexity_panels(df: pd.DataFrame, metrics: Sequence[str] = ("train_s", "pa
     model = df[df["metric"].isin(metrics)]
     present = [m for m in metrics if m in set(model["metric"])]
     if not present:
-        raise ValueError(f"complexity_panels: no rows with metrics {list(metrics)}")
+        raise NothingToDraw(f"complexity_panels: no rows with metrics {list(metrics)}")
     has_quality = quality is not None and not df[(df["metric"] == quality) &
                                                  (df.get("level", "pixel") == "pixel")].empty
     panels = len(present) + int(has_quality and "flops_g" in present)

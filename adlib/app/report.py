@@ -744,7 +744,7 @@ def _verdict_counts(verdicts: dict[str, str]) -> str:
 def _summary_blocks(paper: PaperEntry, views: dict, ctx: Context) -> list:
     spec = paper.spec
     title = [paper.name] + ([f" — {spec.title}"] if spec is not None and getattr(spec, "title", "") else [])
-    blocks: list = [Heading(2, title, anchor=paper.name)]
+    blocks: list = [Heading(2, title, anchor=paper.name), *_path_check_blocks(ctx.profile)]
     rows = _ours_rows(paper)
     claim_rows = _claim_rows(paper)
     verdicts = claim_verdicts(claim_rows)
@@ -764,7 +764,10 @@ def _summary_blocks(paper: PaperEntry, views: dict, ctx: Context) -> list:
                             "measured on (backbone, resolution, protocol, class setting) is unknown here, so no "
                             "cell below is called comparable."], "failed"))
     else:
-        profile_spec = spec.profiles.get(ctx.profile)
+        try:
+            profile_spec = spec.profile(ctx.profile)  # a check profile ("paper-check") is its base, cut
+        except (ValueError, AttributeError):
+            profile_spec = None
         if profile_spec is not None:
             sub = "" if profile_spec.backbone == profile_spec.paper_backbone else \
                 f" {profile_spec.backbone} stands in for the paper's {profile_spec.paper_backbone}."
@@ -1219,8 +1222,18 @@ def _revision() -> str:
     return f"git {git['commit'][:10]}{' (dirty)' if git['dirty'] else ''}" if git["commit"] else "no git"
 
 
+def _path_check_blocks(profile: str) -> list:
+    """A path check's report says, where no reader can miss it, that its numbers are not results."""
+    from adlib.study.spec import PATH_CHECK_CUTS, is_check
+
+    if not is_check(profile):
+        return []
+    return [Para([Strong(f"{PATH_CHECK_CUTS.label.upper()}."), f" {PATH_CHECK_CUTS.describe()}. Every number below "
+                  "only shows that the code ran; none is a measurement of any method."], "failed")]
+
+
 def _intro_blocks(papers: list[PaperEntry], profile: str) -> list:
-    blocks: list = [Heading(1, [f"adlib reproduction report — profile {profile}"]),
+    blocks: list = [Heading(1, [f"adlib reproduction report — profile {profile}"]), *_path_check_blocks(profile),
                     Para([f"Built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · {_revision()}."], "meta"),
                     Para([READING])]
     if papers:

@@ -150,12 +150,13 @@ class FeatureGrid(nn.Module):
             if weights is not None:
                 self.weights_id = load_pdn_weights(self.net, weights)
             elif pretrained:
-                from adlib.backbones import WeightsUnavailableError
+                from adlib.backbones import WeightsUnavailableError, random_standin
 
-                raise WeightsUnavailableError(
+                error = WeightsUnavailableError(
                     f"backbone 'pdn' needs weights=PATH to EfficientAD's teacher ({PDN_WEIGHTS['file']} in "
                     f"{PDN_WEIGHTS['archive']}, sha256 {PDN_WEIGHTS['archive_sha256'][:12]}...); pretrained=False gives "
                     f"random weights; offline, use backbone 'efficientnet_lite0'")
+                self.net, self.weights_id = random_standin("pdn", error, PDN)  # raises error outside a path check
             self.channels = [self.net.conv4.out_channels]
         else:
             from adlib import backbones

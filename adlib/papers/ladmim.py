@@ -17,7 +17,7 @@ from pathlib import Path
 from adlib import loco
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 # MVTec LOCO folder -> the paper's name (Tab. 1-3)
 CATEGORY_NAMES = {"breakfast_box": "Box", "juice_bottle": "Bottle", "pushpins": "Pins", "screw_bag": "Bag",
@@ -115,6 +115,23 @@ PAPER_PROFILE = ProfileSpec(
     grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.2, 0.4, 0.6)),
            "mim_dims": (128, 256, 512, 768), "targets_run": None, "masks_run": None, "mim_dims_run": None},
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Sec. 4.1, one RTX 4090.
+TRAIN_TIMES = {
+    "ladmim": TrainTime(8.0, "category", "one RTX 4090", "Sec. 4.1: HVQ-Trans 1000 epochs 'approximately 6 hours'; "
+                        "the MIM ViT 500 epochs 'about 2 hours per class'",
+                        "6 + 2 hours taken per class (the paper does not say whether the 6 hours are per class)"),
+    "patchcore": TrainTime(None, note="not stated (Table 2 copies PatchCore's numbers from the literature)"),
+}
+NOTEBOOK_RUNS = {
+    "00_method": NotebookRuns(("ladmim",), datasets=("mvtec_loco",), seeds=False),
+    "01_main_results": NotebookRuns(("ladmim", "patchcore"), datasets=("mvtec_loco",)),
+    "02_ablations": NotebookRuns(("ladmim",), (1, "targets", "masks", "mim_dims"), datasets=("mvtec_loco",),
+                                 train_time=TrainTime(2.0, "category", "one RTX 4090", "Sec. 4.1: the MIM ViT 500 "
+                                                      "epochs 'about 2 hours per class'"),
+                                 note="the ablations refit the MIM stage only, so the MIM's time is counted (the "
+                                      "default variant's tokenizer, about 6 more hours per class, is not)"),
+}
 
 _SMOKE_MODEL = {
     # CPU sizes (see the notes); every other field is the paper's or the release's (LADMIMConfig)
@@ -401,6 +418,8 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_loco": "MVTec LOCO", "mvtec_ad": "MVTec AD", "synthetic_loco": "synthetic_loco",
               LOCO_SUBSET_FOLDER: LOCO_SUBSET},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
     reference_code=("The authors' code is their release (SkyShunsuke/LADMIM, commit 89ae156: the MIM ViT and its "
                     "scoring); its HVQ-Trans tokenizer is a submodule not included, read from upstream "
                     "(RuiyingLu/HVQ-Trans, commit 12fbfa9)."),

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,12 +132,23 @@ PAPER_PROFILE = ProfileSpec(
         "table2": _TABLE2_PAPER, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
-        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None,
+        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None, "max_test": None,
                      "epochs": None, "batch_size": None, "image_size": 256},
         "complexity_sizes": (128, 256, 384, 512),
         "non_power_of_two_size": 224,
     },
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Sec. 4.1 states 500 epochs on one V100 32GB and no
+# duration; it prints no training time for any method.
+TRAIN_TIMES = {model: TrainTime(None, "dataset", "one V100 32GB", "Sec. 4.1", "not stated: 500 epochs on one V100, "
+                                "no duration given") for model in ("mambaad", "patchcore", "rd4ad", "uniad")}
+NOTEBOOK_RUNS = {
+    "00_method": NotebookRuns(note="architecture, parameters and decoder timing on random inputs: no fit"),
+    "01_main_results": NotebookRuns(("mambaad", "patchcore", "rd4ad", "uniad")),
+    "02_ablations": NotebookRuns(("mambaad",), ("table3", "table4", "table2_cost"),
+                                 weights=("resnet18", "resnet50", "wide_resnet50")),
+}
 
 # ------------------------------------------------------------------------------------------------ recipes
 
@@ -311,6 +322,8 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "real_iad": "Real-IAD", "uni_medical": "Uni-Medical",
               "mvtec_3d": "MVTec 3D-AD", "coco_ad": "COCO-AD"},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
     reference_code=("The authors' code is their release (lewandofskee/MambaAD, commit 0434452: model, trainer, "
                     "configs) run inside the ADer toolbox (zhangzjn/ADer, commit 902937a), whose evaluator it uses."),
 )
@@ -519,22 +532,20 @@ def _absent_reason(setting, folder: str, dataset: str, printed: str, ran: list[s
     """Why nothing of ours stands beside the printed row ``printed`` (a category, or ``dataset``'s mean over its
     ``count`` printed categories) when ``ran`` (our categories of ``dataset`` with values) does not hold it. The
     words name the dataset, not the row, so that one statement covers all the rows it explains."""
-    from pathlib import Path
-
     from adlib.data import list_categories
+    from adlib.data.standins import missing_reason
 
-    root = Path(setting.real_root) / folder if setting.real_root is not None else None
+    root, standin = setting.dataset_root(folder)  # a path check's stand-in counts as here
     if root is None:
-        where = f"{dataset} is not on this machine (no data root: data_root and $ADLIB_DATA unset)"
-    elif not root.is_dir():
-        where = f"{dataset} is not on this machine (no {folder}/ under {setting.real_root})"
+        where = missing_reason(folder, setting.real_root)  # where it was looked for and how to get it
     elif "/" not in printed:  # the dataset's mean row
         where = (f"the mean over the paper's {count} {dataset} categories: only {', '.join(ran)} ran here" if ran
                  else f"no {dataset} category ran here")
     else:
         present = list_categories(root)
         if printed.split("/", 1)[1] not in present:
-            where = f"not on this machine (its {folder}/ holds only {', '.join(present)})"
+            where = (f"not on this machine (its {folder}/ holds only {', '.join(present)}"
+                     + (", a path check's stand-in)" if standin else ")"))
         else:
             runs = setting.spec.real_categories
             where = (f"on this machine, but the {setting.profile} profile runs only "

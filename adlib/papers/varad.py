@@ -9,7 +9,7 @@ from dataclasses import replace
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: embedded synthetic data (+ real MVTec AD bottle when present), the "
@@ -54,6 +54,28 @@ PAPER_PROFILE = ProfileSpec(
     grids={"m_values": tuple(range(1, 9)), "resolutions": (256, 512, 768, 1024), "ablation_size": None,
            "ablation_categories": None},
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Sec. IV.E, Fig. 7, one NVIDIA 3090 Ti, batch 2.
+TRAIN_TIMES = {
+    "varad": TrainTime(389 / 3600, "category", "one NVIDIA 3090 Ti", "Sec. IV.E, Fig. 7: 'converges within only 10 "
+                       "epochs (389s)'", "read as per category (one model per category, one-class)"),
+    "rd4ad": TrainTime(1200 / 3600, "category", "one NVIDIA 3090 Ti", "Sec. IV.E: 'CDO and RD4AD ... 50 epochs (over "
+                       "1200s)'", "a lower bound"),
+    "patchcore": TrainTime(None, note="not stated (Fig. 7 prints no PatchCore training time)"),
+}
+# What each notebook fits in the paper profile (variants: grid sizes or names of PAPER_PROFILE.grids).
+NOTEBOOK_RUNS = {
+    "00_method_walkthrough": NotebookRuns(("varad",), datasets=(), seeds=False, note="one fit on synthetic data"),
+    "01_table1_datasets": NotebookRuns(note="image counts only, no fit"),
+    "02_main_results": NotebookRuns(("varad", "patchcore", "rd4ad")),
+    "03_ablations": NotebookRuns(("varad",), (5, "m_values", 7, 7), note="directions, m, adapters, token hierarchies"),
+    "04_backbones": NotebookRuns(("varad",), (6,), seeds=False,
+                                 weights=("vit_b16", "mae_vitb16", "clip_vitb16", "dinov2_vitb14", "dinov2_vitl14")),
+    "05_resolution": NotebookRuns(("varad", "patchcore"), ("resolutions",)),
+    "06_complexity": NotebookRuns(("varad", "rd4ad", "patchcore"), datasets=(), note="synthetic data"),
+    "07_button_dataset": NotebookRuns(datasets=(), note="the paper's numbers only (private data)"),
+    "08_explorer": NotebookRuns(("varad",), ("m_values",), datasets=(), seeds=False, note="synthetic data"),
+}
 
 RECIPES = {
     # CPU-sized predictor (d_state 8, expand 1), the paper's m = 4 and lr, and batch 1: on the 24-40 images
@@ -182,6 +204,8 @@ PAPER = PaperSpec(
     tables=TABLES,
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "btad": "BTAD", "dtd_synthetic": "DTD-Synthetic"},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
     main=True,
     reference_code=("The authors' release (caoyunkang/VarAD, commit 806a172) holds a README and one zip of "
                     "'unorganized code' that is not readable here, so no component is compared with the authors' "

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 # ------------------------------------------------------------------------------------------- variant grids
 
@@ -176,6 +176,23 @@ PAPER_PROFILE = ProfileSpec(
         "resolutions": tuple(range(64, 513, 32)) + (768,),
     },
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Table XIII, one V100, batch 8, MVTec AD multi-class.
+_TAB13 = "Table XIII (train time on MVTec AD, one V100, batch 8)"
+TRAIN_TIMES = {
+    "vitad": TrainTime(1.1, "dataset", "one V100", _TAB13 + "; Sec. 1: '1.1 hours'"),
+    "rd4ad": TrainTime(4.1, "dataset", "one V100", _TAB13),
+    "uniad": TrainTime(13.4, "dataset", "one V100", _TAB13),
+    "patchcore": TrainTime(None, "dataset", note="not stated (Table XIII has no PatchCore row)"),
+}
+NOTEBOOK_RUNS = {
+    "00_method": NotebookRuns(("vitad",), datasets=("mvtec_ad",), seeds=False, weights=("efficientnet_lite0",),
+                              note="one one-class fit, plus random-weight encoders for the figures"),
+    "01_main_results": NotebookRuns(("vitad", "patchcore", "rd4ad", "uniad")),
+    "02_ablations": NotebookRuns(("vitad",), ("table1", "table2", "table3", "table8", "table9", "table10", "table11",
+                                              "table12", "resolutions", 1), datasets=("mvtec_ad",),
+                                 weights=("dino_vits8", "clip_vitb16", "mae_vitb16", "vit_b16")),
+}
 
 # ------------------------------------------------------------------------------------------------ recipes
 
@@ -395,6 +412,8 @@ PAPER = PaperSpec(
     tables=TABLES,
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA"},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
     reference_code="The authors' code is the ADer toolbox (zhangzjn/ADer, commit 902937a): model, trainer and evaluator.",
 )
 

@@ -408,7 +408,7 @@ def check(setting, table: pd.DataFrame, ids: Sequence[str] | None = None, protoc
         else list(setting.paper.claims)
     protocol = protocol or setting.protocol
     parts = [evaluate(claim, table, protocol, peers) for claim in chosen]
-    verdicts = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS)
+    verdicts = _path_check(setting, pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=COLUMNS))
     if save and not verdicts.empty:
         record(setting, verdicts)
     return verdicts
@@ -422,10 +422,19 @@ def not_run(setting, ids: Sequence[str], reason: str, save: bool = True) -> pd.D
         rows.append({"claim": claim.id, "text": claim.text, "where": claim.where, "comparison": "overall",
                      "metric": claim.metric, "level": claim.level, "n_seeds": 0, "verdict": "not run",
                      "rule": RULE, "note": reason})
-    verdicts = _frame(rows)
+    verdicts = _path_check(setting, _frame(rows))
     if save and rows:
         record(setting, verdicts)
     return verdicts
+
+
+def _path_check(setting, verdicts: pd.DataFrame) -> pd.DataFrame:
+    """A path check's verdicts decide nothing: their note starts with "path check: not results"."""
+    check = getattr(setting, "check", None)
+    if check is None or verdicts.empty:
+        return verdicts
+    notes = verdicts["note"].where(verdicts["note"].notna(), "").astype(str)
+    return verdicts.assign(note=[f"{check.label.upper()}" + (f"; {n}" if n else "") for n in notes])
 
 
 # ------------------------------------------------------------------------------------------- words

@@ -96,6 +96,8 @@ def configs(setting: Setting, model: str, image_size: int | None = None, seed: i
         values["seed"] = run_seed
     values.update({k: v for k, v in overrides.items() if k in model_fields})
     engine_values = {"seed": run_seed, "progress": False}
+    if setting.check is not None:  # a path check: one optimiser step per training stage, whatever the recipe
+        engine_values["max_steps"] = setting.check.max_steps
     if setting.epochs is not None:
         engine_values["epochs"] = setting.epochs
     if setting.batch_size is not None:
@@ -162,7 +164,8 @@ class Run:
         tests = sum(len(t) for t in self.test.values()) if isinstance(self.test, dict) else len(self.test)
         names = self.sources[0].name if len(self.sources) == 1 else \
             f"{self.dataset_name} ({len(self.sources)} categories, {self.class_setting})"
-        synthetic = "synthetic, " if self.sources[0].synthetic else ""
+        synthetic = "synthetic, " if self.sources[0].synthetic else \
+            "synthetic stand-in for a missing dataset (path check), " if self.sources[0].standin else ""
         return f"{names} ({synthetic}{self.train_images} train / {tests} test images, {self.image_size}px)"
 
     def rows(self, metrics: Sequence[str] = QUALITY_METRICS) -> list[dict]:
@@ -419,12 +422,29 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
                 stored.write_evaluations(key, evaluations)
     backbone = getattr(net.config, "backbone", "")
     label_backbone = setting.backbone_label(backbone) if model == setting.paper.method or backbone == setting.backbone \
-        else backbone
+        or setting.check is not None else backbone
     return Run(model, method_name(setting, model), label, sources, size, seed, class_setting, net, fitted,
                evaluations, test, 0 if weights is not None else len(train), label_backbone,
                time.perf_counter() - start, fit_from=fit_from, fit_config=fit_config, calibration=calibration_note,
                evaluation_from=evaluation_from, eval_seconds=timing.get("wall", 0.0),
                eval_cpu_seconds=timing.get("cpu", 0.0))
+
+
+def try_run(setting: Setting, sources: DataSource | Sequence[DataSource], model: str | None = None,
+            **kwargs: Any) -> tuple[Run | None, str]:
+    """``run_one``, or (None, why) when it cannot be run here: no data source (the reasons of the missing
+    datasets), weights that cannot be had, a setting the model refuses. For notebooks that show one run
+    (walkthroughs): their figures then say why instead of failing."""
+    given = [sources] if isinstance(sources, DataSource) else list(sources)
+    if not given:
+        missing = list(getattr(sources, "missing", [])) or setting.missing_sources()
+        return None, "; ".join(m.reason for m in missing) or "no data source given"
+    try:
+        return run_one(setting, sources, model, **kwargs), ""
+    except (ValueError, _weights_error()) as error:
+        if "unknown setting" in str(error):
+            raise
+        return None, f"cannot be run in this setting: {error}"
 
 
 def _groups(sources: Sequence[DataSource], class_setting: str) -> list[list[DataSource]]:
@@ -449,11 +469,133 @@ def not_run_rows(setting: Setting, model: str, label: str, group: Sequence[DataS
     backbone = model_backbone(setting, model, overrides)
     where = group[0].name if len(group) == 1 else group[0].dataset
     size = int(overrides.get("image_size") or setting.image_size)
-    return [{"dataset": where, "method": method_name(setting, model), "setting": label, "level": "pixel",
+    return [{"dataset": where, "method": method_name(setting, model), "setting": label, "level": level,
              "metric": m, "value": float("nan"), "backbone": backbone, "data": where, "seed": seed,
              "protocol": p, "class_setting": class_setting, "image_size": size,
              "scope": "category" if len(group) == 1 else "mean", "note": reason}
-            for p in protocols for m in metrics]
+            for p in protocols for level, m in _levels(metrics)]
+
+
+def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
+    """(level, metric) of the rows a run would have written: every metric at pixel level, all but AU-PRO at
+    image level, and mAD when all seven are there."""
+    summary = [("summary", "mad")] if set(QUALITY_METRICS) <= set(metrics) else []  # the mean of the seven
+    return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"] + summary
+
+
+# A path check runs every (model, variant) of a grid on the first data source (group) and every other source with
+# the grid's first model and variant only: every model's and variant's code and every dataset's reader run, the
+# grid's repetition does not.
+COVERING = ("path check: every model and variant runs on the grid's first data source and every data source with "
+            "its first model and variant (once per check run); this combination is left out to fit the CPU budget "
+            "(a real run has it)")
+# and, on a CPU, a variant whose overrides differ from an earlier one's only in numbers runs the same code: the
+# earlier one represents it (a GPU check runs it)
+SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers; left out to fit the CPU "
+             "budget (the GPU check, benchmarks/gpu_check.py, and a real run have it)")
+# and, in the one-class setting, one category per dataset: the others are read and fitted through the same code
+ONE_CATEGORY = ("path check: one category per dataset runs in the one-class setting (the others go through the same "
+                "reader and code); left out to fit the CPU budget (a real run has it)")
+
+
+def _code_signature(overrides: Mapping[str, Any]) -> tuple:
+    """What of a variant's overrides selects code: the names, and every value that is not a number or a sequence
+    of numbers (strings, flags, None)."""
+    def kind(value):
+        if isinstance(value, bool) or value is None or isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)):
+            return "<number>"
+        if isinstance(value, (tuple, list)):
+            return "<sequence>"
+        if isinstance(value, Mapping):
+            return _code_signature(value)
+        return repr(value)
+
+    return tuple(sorted((key, kind(value)) for key, value in overrides.items()))
+
+
+def _represented(setting: Setting, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
+    """On a CPU path check: label -> the earlier variant that runs the same code (see ``SAME_CODE``)."""
+    if setting.check is None or not str(setting.device).startswith("cpu"):
+        return {}
+    first: dict[tuple, str] = {}
+    out = {}
+    for label, overrides in variants.items():
+        signature = _code_signature(overrides)
+        if signature in first:
+            out[label] = first[signature]
+        else:
+            first[signature] = label
+    return out
+
+
+# (model, data source names) a path check has fitted: a later grid's first variant need not read and fit the same
+# source again (its reader and the model's code on it have run). Kept in this process and, for the notebooks of one
+# `adlib reproduce --check` run (which empties it first), in CHECK_FITTED_FILE under the check's results folder.
+CHECK_FITTED_FILE = ".check-fitted.json"
+_CHECK_FITTED: set[tuple[str, tuple[str, ...]]] = set()
+
+
+def _fitted_file(setting: Setting):
+    from adlib import results
+
+    return results.output_root(setting.output_root) / "results" / setting.profile / CHECK_FITTED_FILE
+
+
+def _check_fitted(setting: Setting) -> set[tuple[str, tuple[str, ...]]]:
+    import json
+
+    try:
+        entries = json.loads(_fitted_file(setting).read_text())
+    except (OSError, ValueError):
+        entries = []
+    return _CHECK_FITTED | {(model, tuple(names)) for model, names in entries}
+
+
+def _note_fitted(setting: Setting, fitted: tuple[str, tuple[str, ...]]) -> None:
+    from adlib import io
+
+    _CHECK_FITTED.add(fitted)
+    try:
+        io.atomic_write_json(_fitted_file(setting), sorted([m, list(n)] for m, n in _check_fitted(setting)))
+    except OSError:  # an unwritable output folder: the process-wide memory still holds it
+        pass
+
+
+def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first: bool,
+               fitted: tuple[str, tuple[str, ...]]) -> str | None:
+    """Why a path check leaves (model and variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or
+    None; ``first``: the grid's first model and variant."""
+    if setting.check is None:
+        return None
+    if not first_of_dataset[index]:
+        return ONE_CATEGORY
+    if index > 0 and (not first or fitted in _check_fitted(setting)):
+        return COVERING
+    return None
+
+
+def _absent(setting: Setting, models, variants, seeds, class_setting, protocols, missing, metrics, log) -> pd.DataFrame:
+    """Not-run rows for a grid given no data source: one set per missing dataset (its reason) or, with none
+    named, one saying that no data source was given."""
+    from adlib.study.setting import MissingData
+
+    missing = missing or [MissingData("", "no data", "no data source given: the notebook selected none "
+                                                     "(see the setting's description for what is here)")]
+    rows = []
+    for item in missing:
+        log(f"not run on {item.dataset}: {item.reason}")
+        for model in models:
+            for label, overrides in variants.items():
+                backbone = model_backbone(setting, model, overrides)
+                size = int(overrides.get("image_size") or setting.image_size)
+                rows += [{"dataset": item.dataset, "method": method_name(setting, model), "setting": label,
+                          "level": level, "metric": m, "value": float("nan"), "backbone": backbone,
+                          "data": item.dataset, "seed": seed, "protocol": p, "class_setting": class_setting,
+                          "image_size": size, "scope": "mean", "note": f"not run: {item.reason}"}
+                         for seed in seeds for p in protocols for level, m in _levels(metrics)]
+    return pd.DataFrame(rows)
 
 
 def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None = None,
@@ -472,23 +614,35 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
     (model, label, group name, seed); ``cache`` (a dict) lets a notebook reuse the rows of the same resolved
     configuration under another label (their ``fit`` column says "reused"). Fits are shared across notebooks
     and commands by the run cache on disk anyway (``adlib.study.runcache``): the ``fit`` column says whether
-    each was "trained" or read from the "cache" (``fit_cache``: ``run_one``'s ``cache``).
+    each was "trained" or read from the "cache" (``fit_cache``: ``run_one``'s ``cache``). Given no data source
+    (the data is not here), every row is not run, with the reason of each missing dataset
+    (``Setting.real_sources(...).missing``). In a path check, ``COVERING``.
     """
     variants = dict(variants or {"default": {}})
-    sources = list(sources if sources is not None else setting.sources())
-    if not sources:
-        raise ValueError("run_grid: no data sources; expected the synthetic data or a data_root with datasets")
+    given = sources if sources is not None else setting.sources()
+    sources = list(given)
     models = list(models or [setting.paper.method])
     seeds = list(seeds if seeds is not None else [setting.seed])
     class_setting = class_setting or setting.class_setting
     protocols = list(protocols or [setting.protocol])
     skip = dict(skip or {})
+    if not sources:
+        missing = list(getattr(given, "missing", [])) or setting.missing_sources()
+        return _absent(setting, models, variants, seeds, class_setting, protocols, missing, metrics, log)
     rows: list[dict] = []
+    groups = _groups(sources, class_setting)
+    first_variant = next(iter(variants))
+    represented = _represented(setting, variants)
+    seen: set = set()
+    first_of_dataset = []  # per group: the first group of its dataset (path checks run only those one-class)
+    for group in groups:
+        first_of_dataset.append((group[0].dataset, str(group[0].root)) not in seen)
+        seen.add((group[0].dataset, str(group[0].root)))
     for model in models:
         method = method_name(setting, model)
         for label, overrides in variants.items():
             for seed in seeds:
-                for group in _groups(sources, class_setting):
+                for index, group in enumerate(groups):
                     name = group[0].name if len(group) == 1 else f"{group[0].dataset} ({len(group)} categories)"
                     try:  # the same resolved configuration under another label is fitted once
                         resolved = repr(configs(setting, model, seed=seed, **dict(overrides)))
@@ -501,7 +655,11 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         rows += [{**row, "setting": label, "fit": "reused"} for row in cache[key]]
                         log(f"{method:9s} {label:18s} seed {seed} {name}: same configuration as an earlier run, reused")
                         continue
-                    reason = skip.get(label)
+                    fitted = (model, tuple(s.name for s in group))
+                    reason = skip.get(label) or _check_cut(setting, index, first_of_dataset,
+                                                           label == first_variant and model == models[0], fitted)
+                    if reason is None and label in represented:
+                        reason = SAME_CODE.format(label=represented[label])
                     run = None
                     if reason is None:
                         try:
@@ -527,6 +685,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                             f"{', fit read from the run cache' if run.fit_from == 'cache' else ''})")
                         if keep is not None:
                             keep[(model, label, name, seed)] = run
+                        if setting.check is not None:
+                            _note_fitted(setting, fitted)
                     if cache is not None and run is not None:
                         cache[key] = new
                     rows += new

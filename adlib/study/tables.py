@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 
 from adlib.study.setting import Setting
+from adlib.study.spec import PATH_CHECK, is_check
 
 QUALITY_METRICS = ("auroc", "ap", "f1max", "aupro")
 GROUP_KEYS = ("dataset", "method", "setting", "level", "metric", "protocol", "class_setting", "scope", "image_size")
@@ -105,7 +106,7 @@ def trend(df: pd.DataFrame, method: str, metric: str = "f1max", level: str = "pi
     part["resolution"] = part["setting"].map(setting_value)
     wide = part.pivot_table(index="dataset", columns="resolution", values="mean", aggfunc="first")
     wide = wide[sorted(wide.columns)]
-    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0]
+    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0] if len(wide.columns) else float("nan")  # nothing ran: empty
     return wide.round(1)
 
 
@@ -428,6 +429,8 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
             reasons.append(not_run)
         else:
             reasons.append(f"{not_run}; not in the paper")
+    if _path_check(ours):  # a path check's numbers are never set against a paper's
+        reasons = [f"{PATH_CHECK}; {r}" if r else PATH_CHECK for r in reasons]
     table["not_comparable"] = reasons
     comparable = table["ours"].notna() & table["paper"].notna() & (table["not_comparable"] == "")
     table["diff"] = (table["ours"] - table["paper"]).where(comparable)
@@ -436,6 +439,13 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
     out = table[columns].reset_index(drop=True)
     out.attrs["left_out"] = left_out
     return out
+
+
+def _path_check(ours: pd.DataFrame) -> bool:
+    """True for rows of a path check (their ``profile`` ends in "-check", or a ``path_check`` column is set)."""
+    if "path_check" in ours.columns and ours["path_check"].map(_text).astype(bool).any():
+        return True
+    return "profile" in ours.columns and ours["profile"].map(_text).map(is_check).any()
 
 
 def _join_printed(summary: pd.DataFrame, paper: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -493,11 +503,13 @@ def paper_vs_ours(setting: Setting, name: str, ours: pd.DataFrame, methods: Sequ
 
     spec = setting.paper.tables.get(name)
     paper = results.paper_table(setting.paper.name, name)
+    if getattr(setting, "check", None) is not None:
+        ours = ours.assign(path_check=setting.check.label)
     if methods is not None:
         paper = paper[paper["method"].isin(methods)]
         ours = ours[ours["method"].isin(methods)]
     pairs = set(zip(paper["level"], paper["metric"]))
-    ours = ours[[pair in pairs for pair in zip(ours["level"], ours["metric"])]]
+    ours = ours[pd.Series([pair in pairs for pair in zip(ours["level"], ours["metric"])], index=ours.index, dtype=bool)]
     table = side_by_side(spec, paper, ours)
 
     def cell(row) -> str:
