@@ -155,11 +155,14 @@ class Explorer:
         return " + ".join(changed) or DEFAULT
 
     def overrides(self, state: Mapping[str, str] | None = None) -> dict:
-        """The config overrides of a state: ``base``, then each axis's value; two axes that set one field to
-        different values are refused."""
+        """The config overrides of a state: ``base``, then each axis away from its default (an axis at its
+        default is the recipe's setting, as in the chapters' tables); two axes that set one field to different
+        values are refused."""
         state = self.state if state is None else state
         out, by = dict(self.base), {}
         for axis, value in state.items():
+            if value == self.defaults[axis]:
+                continue
             for key, v in self.axes[axis][value].items():
                 if key in by and out[key] != v:
                     raise ValueError(f"explorer: {value!r} ({axis}) and {state[by[key]]!r} ({by[key]}) both set "
