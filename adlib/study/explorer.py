@@ -374,6 +374,13 @@ class Explorer:
 
     def anomaly_map(self, run: Run, category: str, index: int):
         """The map ``run``'s model gives test image ``index`` of ``category`` (at the run's image size)."""
+        return self._predict(run, category, index)[0]
+
+    def image_score(self, run: Run, category: str, index: int) -> float:
+        """The image score ``run``'s model gives test image ``index`` of ``category``."""
+        return self._predict(run, category, index)[1]
+
+    def _predict(self, run: Run, category: str, index: int) -> tuple[Any, float]:
         import torch
 
         key = (id(run), category, index)
@@ -381,21 +388,22 @@ class Explorer:
             item = run.test_set(category)[index]
             run.model.eval()
             with torch.no_grad():
-                maps, _ = run.model.to(self.setting.device).predict(item["image"][None].to(self.setting.device))
-            self._maps[key] = maps[0].float().cpu().numpy()
+                maps, scores = run.model.to(self.setting.device).predict(item["image"][None].to(self.setting.device))
+            self._maps[key] = (maps[0].float().cpu().numpy(), float(scores[0]))
         return self._maps[key]
 
     def figure(self, seed: int | None = None):
-        """Image, ground truth, the default setting's map and the chosen setting's map (``seed``: the setting's)."""
+        """Image, ground truth, the default setting's map and the chosen setting's map, each titled with its fit
+        (trained or read from the run cache) and the image score (``seed``: the setting's)."""
         from adlib import plots
 
         label, (category, index) = self.image_options()[self.image]
         default, chosen = self.run(self.defaults, seed), self.run(self.state, seed)
         item = chosen.test_set(category)[index]
-        panels = {"image": item["image"], "ground truth": item["mask"][0],
-                  f"default ({_fits(default)})": self.anomaly_map(default, category, index)}
-        if self.changed:
-            panels[f"{self.label()} ({_fits(chosen)})"] = self.anomaly_map(chosen, category, index)
+        panels = {"image": item["image"], "ground truth": item["mask"][0]}
+        for name, run in ((DEFAULT, default), (self.label(), chosen))[: 2 if self.changed else 1]:
+            panels[f"{name} ({_fits(run)})\nimage score {self.image_score(run, category, index):.4g}"] = \
+                self.anomaly_map(run, category, index)
         return plots.image_row(panels, cell=2.6, title=f"{self.setting.paper.title.split(':')[0]} explorer · "
                                f"{self.data} · {label} · seed {chosen.seed}")
 
