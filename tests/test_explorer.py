@@ -86,6 +86,28 @@ def test_verdicts_read_the_chapters_claims_csv(tmp_path):
     assert "scan=hilbert,dirs=2" in shown.loc["more_directions_help", "sides"]
 
 
+def _widgets(box):
+    yield box
+    for child in getattr(box, "children", ()):
+        yield from _widgets(child)
+
+
+def test_widget_controls_drive_the_explorer(tmp_path):
+    pytest.importorskip("ipywidgets")
+    explorer = _explorer("mambaad", tmp_path)
+    box = explorer.widget()
+    controls = {getattr(w, "description", ""): w for w in _widgets(box)}
+    status = next(w for w in _widgets(box) if type(w).__name__ == "HTML")
+    assert {"data", "image", "scan", "lss"} <= set(controls)
+    assert list(controls["scan"].options) == explorer.values("scan")
+    controls["scan"].value = "scan=zorder,dirs=8"
+    controls["image"].value = 3
+    assert explorer.state["scan"] == "scan=zorder,dirs=8" and explorer.image == 3
+    controls["lss"].value = "hss=1,skip=no,local=dw,k=3+5"
+    assert explorer.label() == "scan=zorder,dirs=8 + hss=1,skip=no,local=dw,k=3+5"
+    assert "not in the run cache" in status.value and explorer.label() in status.value  # the cache is off here
+
+
 # ------------------------------------------------------------------------------------------ with fits
 # Small settings for the fitted tests (both the "chapter" and the explorer use them, as the notebooks share theirs).
 SMALL = {
