@@ -143,6 +143,8 @@ NOTEBOOK_RUNS = {
                                  note="the ablations refit the MIM stage only, so the MIM's time is counted (the "
                                       "default variant's tokenizer, about 6 more hours per class, is not)"),
     "03_explorer": NotebookRuns(("ladmim",), (2,), datasets=("mvtec_loco",), seeds=False,
+                                train_time=replace(TRAIN_TIMES["ladmim"], per="dataset",
+                                                   note="one category's fit: the explorer fits its first category"),
                                 note="the default (02_ablations' run, from the run cache) and one contrast fitted here"),
 }
 
