@@ -180,6 +180,14 @@ def test_a_setting_the_chapter_ran_shows_without_training(paper, tmp_path, monke
             assert metrics.loc[key, f"{label} seeds"] == 1
     assert metrics.attrs["fits"] == {"default": ["seed 0: cache"], value: ["seed 0: cache"]}
 
+    if paper == "varad":  # VarAD's test-time view on the same explorer: the default model, parts dropped
+        view = study.explorer.ScanView(explorer)
+        first = list(view.model.directions[0])[0]
+        fig = view.figure(directions=[first], hierarchies=[0])
+        assert not np.allclose(_panel(fig, f"directions {first}"), _panel(fig, "all directions"))
+        with pytest.raises(ValueError, match="directions"):
+            view.figure(directions=["diagonal"])
+
     # another image: the figure follows it
     explorer.set("image", len(explorer.image_options()) - 1)
     _, (category2, index2) = explorer.image_options()[explorer.image]

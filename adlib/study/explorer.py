@@ -483,6 +483,10 @@ class ScanView:
     def model(self):
         return self.explorer.run(self.explorer.defaults).model
 
+    def data_label(self) -> str:
+        run = self.explorer.run(self.explorer.defaults)
+        return f"{run.data}; the default setting's model, seed {run.seed}"
+
     def figure(self, directions: Sequence[str] | None = None, hierarchies: Sequence[int] | None = None):
         import torch
 
