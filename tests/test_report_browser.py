@@ -198,3 +198,73 @@ def test_repository_site_after_make_reproduce(browser):
         for notebook in notebooks[:3]:
             browser.navigate(notebook)
             assert browser.evaluate(ALL_IMAGES_LOADED), f"{notebook}: an image did not load"
+
+
+@pytest.fixture(scope="module")
+def explorer_site(tmp_path_factory) -> Path:
+    """The demo site plus an executed explorer notebook (demo/05_explorer) whose output is the static figure an
+    explorer notebook saves headless: image, ground truth and two settings' maps (``plots.image_row``)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import nbformat
+    import numpy as np
+    from nbformat.v4 import new_code_cell, new_markdown_cell, new_notebook, new_output
+    from test_report import SPECS, build_tree
+
+    from adlib import plots
+    from adlib.app import report
+
+    root = tmp_path_factory.mktemp("explorer-site")
+    build_tree(root)
+    grid = np.linspace(0, 1, 64)
+    mask = (np.add.outer(grid, grid) > 1.4).astype(float)
+    fig = plots.image_row({"image": np.stack([np.outer(grid, grid)] * 3), "ground truth": mask,
+                           "default (read from the run cache)": np.outer(grid, grid) + mask,
+                           "m=1 (read from the run cache)": np.outer(grid, 1 - grid) + mask})
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    plt.close(fig)
+    nb = new_notebook(cells=[new_markdown_cell("# Explorer: demo"), new_code_cell("explorer.figure()", execution_count=1, outputs=[
+        new_output("display_data", data={"image/png": base64.b64encode(buffer.getvalue()).decode(),
+                                         "text/plain": "<Figure>"})])])
+    executed = root / "results" / "smoke" / "executed" / "demo"
+    nbformat.write(nb, executed / "05_explorer.ipynb")
+    (executed / "05_explorer.run.json").write_text(json.dumps({
+        "notebook": "demo/05_explorer", "title": "Explorer", "status": "ok", "seconds": 2.0,
+        "end": "2026-01-01T00:00:00+0000", "declared_outputs": [], "written_files": []}))
+    report.build_report(root, "smoke", paper_root=root, notebook_root=root / "notebooks", specs=SPECS)
+    return root / "results" / "smoke" / "site"
+
+
+def test_paper_page_links_its_explorer_whose_page_shows_the_static_figure(browser, explorer_site):
+    browser.navigate((explorer_site / "demo.html").as_uri())
+    assert "JupyterLab" in browser.evaluate("document.querySelector('p.explorer').textContent")
+    browser.click("p.explorer a")
+    assert browser.evaluate("location.pathname").endswith("/site/notebooks/demo/05_explorer.html")
+    assert browser.evaluate(ALL_IMAGES_LOADED)
+    # the static figure: one wide image (four panels in a row), drawn with the maps' colour map
+    sizes = browser.evaluate("Array.from(document.images).map(i => [i.naturalWidth, i.naturalHeight])")
+    assert any(w > 2.5 * h for w, h in sizes), sizes
+    image, colours = _colours(browser.screenshot())
+    jet_red = sum(count for count, rgb in colours if rgb[0] > 150 and rgb[1] < 60 and rgb[2] < 60)
+    assert jet_red > 500, "the maps' colours are not on screen"
+
+
+def test_repository_site_links_every_explorer(browser):
+    """After `make reproduce`: every paper page that has an explorer links its executed page, which shows its
+    static figure."""
+    from adlib.results import repo_root
+
+    site = repo_root() / "results" / "smoke" / "site"
+    if not (site / "index.html").exists():
+        pytest.skip("no results/smoke/site yet: run `make reproduce` first")
+    for paper in ("varad", "vitad", "mambaad", "ladmim"):
+        if not (site / f"{paper}.html").exists():
+            continue
+        browser.navigate((site / f"{paper}.html").as_uri())
+        if not browser.evaluate("!!document.querySelector('p.explorer a')"):
+            continue  # the explorer did not run ok in that build (its notebook line says why)
+        browser.click("p.explorer a")
+        assert browser.evaluate("document.images.length") >= 1 and browser.evaluate(ALL_IMAGES_LOADED), paper

@@ -1034,7 +1034,8 @@ def paper_blocks(paper: PaperEntry, ctx: Context) -> list:
     """One paper's section: summary and claims, tables, figures, notebooks."""
     views = views_of(paper)
     tables = _tables_blocks(paper, views, ctx)
-    return (_summary_blocks(paper, views, ctx) + ([Heading(3, ["Tables"])] if tables else []) + tables
+    return (_summary_blocks(paper, views, ctx) + _explorer_blocks(paper, ctx)
+            + ([Heading(3, ["Tables"])] if tables else []) + tables
             + _figures_blocks(paper, ctx) + _notebook_blocks(paper, ctx))
 
 
@@ -1309,3 +1310,23 @@ def build_report(output_root: str | Path, profile: str, notebook_root: str | Pat
     entries = collect(Path(output_root), profile, papers, notebook_root, paper_root, specs)
     build_site(entries, Path(output_root), profile)
     return build_markdown(entries, Path(output_root), profile)
+
+
+EXPLORER_NOTEBOOK = re.compile(r"^\d\d_explorer$")
+
+
+def _explorer_blocks(paper: PaperEntry, ctx: Context) -> list:
+    """A link to the paper's explorer notebook (``NN_explorer``, ``adlib.study.explorer``): its executed page
+    (the static figure of the default and one contrasting setting) and where to open it with the controls."""
+    found = [nb for nb in paper.notebooks if EXPLORER_NOTEBOOK.match(nb.name)]
+    if not found:
+        return []
+    nb = found[0]
+    where = Code(f"notebooks/{paper.name}/{nb.name}.ipynb")
+    shown = _notebook_link(ctx, nb, f"{nb.name} (executed: the default and one contrasting setting)") \
+        if nb.html else Code(nb.name)
+    return [Para([Strong("Explorer."), " Pick any ablation setting the paper declares and see its anomaly maps, "
+                  "metrics and the claims' verdicts beside the default's: ", shown, "; open ", where,
+                  " in JupyterLab for the controls (settings the collection already ran come from the run cache, "
+                  "others are fitted on request)."], "explorer")]
+

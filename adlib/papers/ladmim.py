@@ -17,7 +17,7 @@ from pathlib import Path
 from adlib import loco
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
+from adlib.study.spec import Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 # MVTec LOCO folder -> the paper's name (Tab. 1-3)
 CATEGORY_NAMES = {"breakfast_box": "Box", "juice_bottle": "Bottle", "pushpins": "Pins", "screw_bag": "Bag",
@@ -34,6 +34,17 @@ def _masks(ratios: tuple[float, ...]) -> dict[str, dict]:
             out[f"mask={name}-{r:g}"] = {"mask": kind, "mask_ratio": r, "test_mask_ratio": r}
     return out
 
+
+# The explorer's axes (notebooks/ladmim/03_explorer): the ablations of Tab. 5, 7, 8 and Fig. 3.
+EXPLORER = (
+    ExplorerAxis("scorer", "scorers", "which anomaly score is read: the tokenizer's, the MIM's or their "
+                 "standardised sum (Tab. 5; the paper's sum)", default="scorer=sum"),
+    ExplorerAxis("target", "targets", "what the MIM ViT predicts at masked positions (Tab. 8; the paper's code "
+                 "histogram)", default="target=histogram"),
+    ExplorerAxis("mask", "masks", "the masking strategy and ratio in training and testing (Tab. 7; the paper's "
+                 "block masking at 0.2)", default="mask=block-0.2"),
+    ExplorerAxis("width", "mim_dims", "the MIM ViT's width (Fig. 3)", field="mim_dim"),
+)
 
 # The smoke profile's CPU sizes: image side, token grid, (tokenizer, MIM) epochs
 SMOKE_SIZE, SMOKE_GRID, SMOKE_EPOCHS = 128, 16, (3, 6)
@@ -87,7 +98,7 @@ SMOKE = ProfileSpec(
     protocol="exact",
     shared_backbone=True,
     # Tab. 7 adds 0.1 so that 0.2 has a lower neighbour (the paper's grid is 0.2 / 0.4 / 0.6)
-    grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.1, 0.2, 0.4, 0.6)),
+    grids={"explorer": EXPLORER, "scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.1, 0.2, 0.4, 0.6)),
            "mim_dims": (32, 64, 128),
            # the variant labels 02_ablations runs within the smoke budget (8 CPU-minutes for the chapter); the
            # others are recorded as not run (None: all)
@@ -112,7 +123,7 @@ PAPER_PROFILE = ProfileSpec(
     class_setting="one-class",
     protocol="exact",
     shared_backbone=False,
-    grids={"scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.2, 0.4, 0.6)),
+    grids={"explorer": EXPLORER, "scorers": SCORERS, "targets": TARGETS, "masks": _masks((0.2, 0.4, 0.6)),
            "mim_dims": (128, 256, 512, 768), "targets_run": None, "masks_run": None, "mim_dims_run": None},
 )
 
@@ -131,6 +142,10 @@ NOTEBOOK_RUNS = {
                                                       "epochs 'about 2 hours per class'"),
                                  note="the ablations refit the MIM stage only, so the MIM's time is counted (the "
                                       "default variant's tokenizer, about 6 more hours per class, is not)"),
+    "03_explorer": NotebookRuns(("ladmim",), (2,), datasets=("mvtec_loco",), seeds=False,
+                                train_time=replace(TRAIN_TIMES["ladmim"], per="dataset",
+                                                   note="one category's fit: the explorer fits its first category"),
+                                note="the default (02_ablations' run, from the run cache) and one contrast fitted here"),
 }
 
 _SMOKE_MODEL = {

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
+from adlib.study.spec import Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -77,6 +77,14 @@ _TABLE4 = {_tab4_label(h, s, l, k): {"hss_per_lss": 1 if h == "1" else None, "re
 DEFAULT_SETTINGS = {"table2": _tab2_label("resnet34", (3, 4, 6, 3)), "table3": "scan=hilbert,dirs=8",
                     "table4": _tab4_label("2/3", "yes", "dw+1x1", (5, 7))}
 
+# The explorer's axes (notebooks/mambaad/03_explorer): the decoder ablations of Tables 3 and 4.
+EXPLORER = (
+    ExplorerAxis("scan", "table3", "the scan methods and how many directions the HSS blocks read the feature map "
+                 "in (Tab. 3; the paper's Hilbert scan, 8 directions)", default=DEFAULT_SETTINGS["table3"]),
+    ExplorerAxis("lss", "table4", "the LSS block's design: HSS cascade, residual, local convolutions and their "
+                 "kernels (Tab. 4)", default=DEFAULT_SETTINGS["table4"]),
+)
+
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: one multi-class model over the embedded synthetic_multi categories (+ real "
                 "MVTec AD bottle when present), the offline ImageNet EfficientNet-Lite0 at strides 4/8/16 for "
@@ -95,7 +103,7 @@ SMOKE = ProfileSpec(
     class_setting="multi-class",
     protocol="ader",
     shared_backbone=True,
-    grids={
+    grids={"explorer": EXPLORER, 
         "table2": _TABLE2_SMOKE, "table2_not_run": _TABLE2_SMOKE_NOT_RUN, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
@@ -128,7 +136,7 @@ PAPER_PROFILE = ProfileSpec(
     class_setting="multi-class",
     protocol="ader",
     shared_backbone=False,
-    grids={
+    grids={"explorer": EXPLORER, 
         "table2": _TABLE2_PAPER, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
@@ -148,6 +156,8 @@ NOTEBOOK_RUNS = {
     "01_main_results": NotebookRuns(("mambaad", "patchcore", "rd4ad", "uniad")),
     "02_ablations": NotebookRuns(("mambaad",), ("table3", "table4", "table2_cost"),
                                  weights=("resnet18", "resnet50", "wide_resnet50")),
+    "03_explorer": NotebookRuns(("mambaad",), (2,), datasets=("mvtec_ad",), seeds=False,
+                                note="the default and one contrast (02_ablations' runs: read from the run cache)"),
 }
 
 # ------------------------------------------------------------------------------------------------ recipes

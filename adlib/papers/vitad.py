@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
+from adlib.study.spec import Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 # ------------------------------------------------------------------------------------------- variant grids
 
@@ -101,6 +101,16 @@ _TABLE12 = {"scheduler=Step": {}, "scheduler=Cosine": {"schedule": "cosine"}, "a
             "augmentation=All": {"augmentation": "all"}}
 _EPOCH_FRACTIONS = {"epochs=30": 0.3, "epochs=50": 0.5, "epochs=100": 1.0, "epochs=200": 2.0, "epochs=300": 3.0}
 
+# The explorer's axes (notebooks/vitad/03_explorer): the ablation tables a smoke fit can run.
+EXPLORER = (
+    ExplorerAxis("stages", "table2", "which encoder stages the decoder restores and the loss compares (Tab. II; "
+                 "the paper's 1+2+3)", default="stages=1+2+3"),
+    ExplorerAxis("fuser", "table8", "how the encoder's stages are fused into the decoder's input (Tab. VIII; the "
+                 "paper's one Linear on the last stage)", default="fuser=linear"),
+    ExplorerAxis("loss", "table11", "the distance between encoder and decoder features that training minimises "
+                 "(Tab. XI; the paper's cosine over features, Cosf)", default="loss=Cosf"),
+)
+
 SMOKE = ProfileSpec(
     description="2-core CPU in minutes: the embedded multi-class set (+ real MVTec AD bottle when present), the "
                 "offline ImageNet EfficientNet-Lite0 made columnar (stride-16 grid, 8 x 8 tokens) for DINO "
@@ -121,7 +131,7 @@ SMOKE = ProfileSpec(
     class_setting="multi-class",
     protocol="ader",
     shared_backbone=True,
-    grids={
+    grids={"explorer": EXPLORER, 
         # Tab. I on a CPU: the random ViT-S/16 (the paper's "Rand" row) and the substitute CNN with and without
         # its ImageNet weights (an analogue of "pre-training matters", labelled as the CNN variant).
         "table1": {"encoder=Rand": _RAND_VIT, "cnn=ImageNet": {}, "cnn=Rand": {"pretrained": False}},
@@ -167,7 +177,7 @@ PAPER_PROFILE = ProfileSpec(
     class_setting="multi-class",
     protocol="ader",
     shared_backbone=False,
-    grids={
+    grids={"explorer": EXPLORER, 
         "table1": {"encoder=Rand": {**_DINO, "pretrained": False}, **_TABLE1},
         "table1_not_run": _TABLE1_NOT_RUN,
         "table2": _TABLE2, "table3": _TABLE3, "table8": _TABLE8,
@@ -192,6 +202,8 @@ NOTEBOOK_RUNS = {
     "02_ablations": NotebookRuns(("vitad",), ("table1", "table2", "table3", "table8", "table9", "table10", "table11",
                                               "table12", "resolutions", 1), datasets=("mvtec_ad",),
                                  weights=("dino_vits8", "clip_vitb16", "mae_vitb16", "vit_b16")),
+    "03_explorer": NotebookRuns(("vitad",), (2,), datasets=("mvtec_ad",), seeds=False,
+                                note="the default and one contrast (02_ablations' runs: read from the run cache)"),
 }
 
 # ------------------------------------------------------------------------------------------------ recipes

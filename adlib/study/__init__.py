@@ -9,7 +9,8 @@
 - ``tables``: seed summaries and wide views (never averaging scopes or protocols); ``cost``: parameters,
   FLOPs, speed; ``claims``: verdicts against the seeds' and the test images' noise by one stated rule, floors,
   a chapter's closing section; ``examples``: maps for figures; ``choices``: what the paper leaves open;
-  ``explorer``: an interactive widget.
+  ``explorer``: one setting of a paper's declared ablation axes beside the default (maps, metrics,
+  verdicts), read from the run cache or fitted on request.
 
 Nothing here knows a paper or a model by name: the paper comes in as a ``PaperSpec`` from ``adlib.papers``.
 """

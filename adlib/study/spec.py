@@ -279,3 +279,19 @@ def check_spec(spec: ProfileSpec, cuts: PathCheck = PATH_CHECK_CUTS) -> ProfileS
     return replace(spec, description=f"{cuts.describe()}. The profile: {spec.description}",
                    max_train=_cap(spec.max_train, cuts.max_train), max_test=_cap(spec.max_test, cuts.max_test),
                    seeds=tuple(cuts.seeds), synthetic_categories=_cap(spec.synthetic_categories, cuts.categories))
+
+
+@dataclass(frozen=True)
+class ExplorerAxis:
+    """One ablation axis a paper's explorer offers (``adlib.study.explorer``), read from the profile's ``grids``
+    under the key "explorer" (a tuple of axes). ``grid`` names another key of ``grids``: either a mapping
+    label -> config overrides (a table's variants) or a sequence of values of ``field`` (labelled
+    ``field=value``). ``default`` is the label of the recipe's own setting on this axis (None: the variant with
+    no overrides, else the recipe's value of ``field``; an axis with neither gets the value "recipe"). ``about``:
+    one sentence on what the axis changes in the paper (the explorer notebook prints it)."""
+
+    name: str
+    grid: str
+    about: str
+    field: str | None = None
+    default: str | None = None
