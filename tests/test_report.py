@@ -627,8 +627,8 @@ def test_front_page_counts_kinds_apart_and_lists_the_main_paper_first(tmp_path):
     assert text.index("\n## zeta") < text.index("\n## alpha")
     zeta = _section(text, "zeta")
     assert "### Faithfulness" in zeta and "The release holds no readable code." in zeta
-    rows = _md_table_after(zeta, "| model | component")
-    assert rows[2][:2] == ["zeta", "selective scan"] and rows[2][5] == "ok"
+    rows = _md_table_after(zeta, "| model | reference files")  # one row per model, components listed
+    assert rows[2][0] == "zeta" and rows[2][3] == "1: selective scan" and rows[2][5] == "all match"
     assert "### Faithfulness" not in _section(text, "alpha")
     site = (tmp_path / "results/smoke/site/zeta.html").read_text()
     assert 'href="data/zeta/zeta.csv"' in site and (tmp_path / "results/smoke/site/data/zeta/zeta.csv").exists()

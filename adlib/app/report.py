@@ -55,6 +55,7 @@ from adlib.study import tables as T
 # percent of the paper's value (counts and costs) "agrees"; within CLOSE "close"; else "differs".
 AGREE, CLOSE = 1.0, 5.0
 CLAIMS_FILE = "claims.csv"
+MATCHING = ("ok", "match", "matches", "pass")
 FAITHFULNESS_COLUMNS = ["component", "reference_file", "commit", "largest_difference", "status", "reason"]
 SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 READING = ("Each cell is ours (paper): ours is the mean ± standard deviation over seeds, in the unit named in the "
@@ -798,17 +799,21 @@ def _faithfulness_blocks(paper: PaperEntry, ctx: Context) -> list:
     if reference:
         blocks.append(Para([reference]))
     body = []
-    for model, rows, _ in paper.faithfulness:
-        for row in rows.to_dict("records"):
-            status = str(row["status"])
-            body.append([Cell([model]), Cell([row["component"]]), Cell([Code(row["reference_file"])] if row["reference_file"] else [""]),
-                         Cell([row["commit"][:10]]), Cell([row["largest_difference"]], num=True),
-                         Cell([Strong(status)] if status not in ("ok", "match", "matches", "pass") else [status]),
-                         Cell([row["reason"]])])
+    for model, rows, _ in paper.faithfulness:  # one row per model; each component's row is in its CSV
+        records = rows.to_dict("records")
+        off = [r["component"] for r in records if str(r["status"]) not in MATCHING]
+        numbers = pd.to_numeric(pd.Series([r["largest_difference"] for r in records]), errors="coerce").dropna()
+        files = list(dict.fromkeys(f.strip() for r in records for f in str(r["reference_file"]).split(";") if f.strip()))
+        commits = sorted({str(r["commit"])[:10] for r in records if r["commit"]})
+        reasons = "; ".join(dict.fromkeys(str(r["reason"]) for r in records if r["reason"]))
+        body.append([Cell([model]), Cell([Code("; ".join(files))] if files else [""]), Cell([", ".join(commits)]),
+                     Cell([f"{len(records)}: " + ", ".join(r["component"] for r in records)]),
+                     Cell([f"{numbers.max():.2g}" if len(numbers) else ""], num=True),
+                     Cell([Strong("differs: " + ", ".join(off))] if off else ["all match"]), Cell([reasons])])
     if body:
         links = [_csv_link(ctx, paper.name, path, f"{model}.csv") for model, _, path in paper.faithfulness]
-        blocks.append(Grid([["model"], ["component"], ["reference file"], ["commit"], ["largest difference"],
-                            ["status"], ["reason"]], body))
+        blocks.append(Grid([["model"], ["reference files"], ["commit"], ["components compared"],
+                            ["largest difference"], ["status"], ["reason"]], body))
         blocks.append(Para(["Recorded by ", Code("benchmarks/parity/faithfulness.py"), ": "]
                            + [piece for i, link in enumerate(links) for piece in ([", "] if i else []) + [link]], "meta"))
     else:
