@@ -279,3 +279,8 @@ def check_spec(spec: ProfileSpec, cuts: PathCheck = PATH_CHECK_CUTS) -> ProfileS
     return replace(spec, description=f"{cuts.describe()}. The profile: {spec.description}",
                    max_train=_cap(spec.max_train, cuts.max_train), max_test=_cap(spec.max_test, cuts.max_test),
                    seeds=tuple(cuts.seeds), synthetic_categories=_cap(spec.synthetic_categories, cuts.categories))
+
+
+def side(label: str, **where: Any) -> Side:
+    """A claim's side from keyword filters: ``side("RD", method="RD")`` is ``Side("RD", {"method": "RD"})``."""
+    return Side(label, where)
