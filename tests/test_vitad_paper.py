@@ -1,7 +1,7 @@
-"""ViTAD paper declarations (adlib/papers/vitad.py) through the study layer: Table IV's properties derived from the built architectures agree
-with the paper's printed cells, and the rule of each cell is recorded; the structure diagram draws its boxes;
-the real-data setting follows the profile's declaration; the
-study and plot helpers the chapters draw Figs. 4, 5 and 8 with."""
+"""ViTAD's paper declarations (adlib/papers/vitad.py) through the study layer: Table IV's properties derived from
+the built architectures agree with the paper's printed cells, each with its rule; Table XIII counts the paper's
+architecture; the structure diagram draws its boxes; the real-data setting follows the profile's declaration;
+the study and plot helpers that draw Figs. 4, 5 and 8."""
 from __future__ import annotations
 
 import pytest
