@@ -194,9 +194,9 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
                      overlay: float = 0.5, cell: float = 1.8, title: str | None = None):
     """Rows of image | ground truth | one anomaly map per method (the papers' qualitative figures).
 
-    ``maps`` maps a method name to N maps (each (H, W)); ``normalize`` scales each method's maps to
-    [0, 1] jointly over the shown images ("joint", comparable across rows) or per image ("each").
-    ``overlay`` > 0 blends the heat map over the image.
+    ``maps`` maps a method name to N maps (each (H, W), or None where the method did not run on that image:
+    a blank "not run" panel); ``normalize`` scales each method's maps to [0, 1] jointly over the shown images
+    ("joint", comparable across rows) or per image ("each"). ``overlay`` > 0 blends the heat map over the image.
     """
     plt = _pyplot()
     n = len(images)
@@ -207,8 +207,11 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
             raise ValueError(f"anomaly_map_grid: method {method!r} has {len(stack)} maps for {n} images")
     if masks is not None and len(masks) != n:
         raise ValueError(f"anomaly_map_grid: {len(masks)} masks for {n} images")
-    scaled = {method: normalize_maps(np.stack([_map_hw(m) for m in stack]), normalize)
-              for method, stack in maps.items()}
+    scaled = {}
+    for method, stack in maps.items():
+        ran = [i for i, m in enumerate(stack) if m is not None]
+        values = iter(normalize_maps(np.stack([_map_hw(stack[i]) for i in ran]), normalize) if ran else [])
+        scaled[method] = [next(values) if m is not None else None for m in stack]
     columns = ["Image"] + (["GT"] if masks is not None else []) + list(maps)
     fig, axes = plt.subplots(n, len(columns), figsize=(cell * len(columns), cell * n), squeeze=False)
     cmap = plt.get_cmap(MAP_CMAP)
@@ -218,11 +221,17 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
         if masks is not None:
             panels.append(_resize_nearest(_map_hw(masks[row]), image.shape[:2]))
         for method in maps:
+            if scaled[method][row] is None:
+                panels.append(None)
+                continue
             heat = cmap(_resize_nearest(scaled[method][row], image.shape[:2]))[..., :3]
             panels.append((1 - overlay) * heat + overlay * image if overlay > 0 else heat)
         for col, panel in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            if panel is None:
+                ax.text(0.5, 0.5, "not run", ha="center", va="center", fontsize=8, color="0.4", transform=ax.transAxes)
+            else:
+                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
@@ -719,7 +728,7 @@ def feature_rows(rows: Mapping[str, tuple[object, Sequence]], title: str | None 
     fig, axes = plt.subplots(len(rows), columns, figsize=(cell * columns, cell * len(rows)), squeeze=False)
     for r, (label, (image, panels)) in enumerate(rows.items()):
         axes[r, 0].imshow(_image_hwc(image))
-        axes[r, 0].set_ylabel(_wrap(label, 24), fontsize=8)
+        axes[r, 0].set_ylabel("\n".join(textwrap.fill(line, 24) for line in str(label).split("\n")), fontsize=8)
         for col, panel in enumerate(panels, start=1):
             panel = _as_numpy(panel)
             axes[r, col].imshow(panel)

@@ -113,3 +113,14 @@ def test_epoch_curves_and_feature_rows_draw_what_they_are_given():
     titles = [ax.get_title() for ax in fig.axes]
     assert "stage 1: 4x4" in titles and "stage 2: 2x2" in titles
     assert not fig.axes[5].axison  # row b has one stage: its second stage cell is blank
+
+
+def test_anomaly_map_grid_marks_a_method_not_run_on_a_row():
+    import numpy as np
+    import torch
+
+    maps = {"A": [np.random.rand(8, 8), np.random.rand(8, 8)], "B": [None, np.random.rand(8, 8)]}
+    fig = plots.anomaly_map_grid([torch.rand(3, 8, 8)] * 2, None, maps, row_labels=["src 1", "src 2"])
+    axes = np.array(fig.axes).reshape(2, 3)
+    assert [t.get_text() for t in axes[0, 2].texts] == ["not run"] and not axes[0, 2].images
+    assert axes[1, 2].images and axes[0, 1].images

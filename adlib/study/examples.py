@@ -46,7 +46,8 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
     method's map on them (so a grid shows every category the runs evaluated, k rows each).
 
     ``runs`` is the ``keep`` dict of ``run_grid`` (keys (model, label, source name, seed)); ``seed`` picks one
-    seed's runs (default: the smallest). Returns images, masks, {method: maps} and row labels."""
+    seed's runs (default: the smallest). Returns images, masks, {method: maps} and row labels; a method that has
+    no run on a source gets None for its images (``plots.anomaly_map_grid`` marks them "not run")."""
     images, masks, labels, maps = [], [], [], {}
     seeds = sorted({key[3] for key in runs})
     seed = seeds[0] if seed is None and seeds else seed
@@ -63,7 +64,9 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
             masks += msks
             labels += [f"{first.dataset_name}/{category}" if category else name] * len(imgs)
             for method, stack in mps.items():
-                maps.setdefault(method, []).extend(stack)
+                maps.setdefault(method, [None] * (len(images) - len(imgs))).extend(stack)
+            for stack in maps.values():  # a method not run on this source: None, drawn as "not run"
+                stack.extend([None] * (len(images) - len(stack)))
     return images, masks, maps, labels
 
 
