@@ -779,10 +779,11 @@ def gain_bars(df: pd.DataFrame, sides: Mapping[str, str], facet: str = "level", 
         ax.set_xlabel(f"{xlabel}: {name}" if len(facets) > 1 else xlabel, fontsize=8)
         ax.grid(axis="x", alpha=0.3)
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.legend(handles, labels, loc="lower center", ncol=len(sides), fontsize=8, frameon=False)
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.05), ncol=len(sides), fontsize=8,
+               frameon=False)  # above the bottom edge, where a saved figure's provenance line goes
     if title:
         fig.suptitle(title, fontsize=10)
-    fig.tight_layout(rect=(0, 0.08, 1, 1))
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
     return fig
 
 
@@ -800,7 +801,7 @@ def epoch_curves(history: pd.DataFrame, metrics: Sequence[str], loss: str | None
         axes[0, 0].plot(history["epoch"], history[name], marker="o", label=METRIC_LABELS.get(name, name))
     axes[0, 0].set_xlabel("epoch")
     axes[0, 0].set_ylabel(ylabel)
-    axes[0, 0].legend(fontsize=7)
+    axes[0, 0].legend(fontsize=7, loc="best")
     axes[0, 0].grid(alpha=0.3)
     if loss:
         axes[0, 1].plot(history["epoch"], history[loss], marker="o", color="0.3")
