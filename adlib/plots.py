@@ -723,3 +723,100 @@ def box_rows(rows: Mapping[str, Sequence[tuple[str, str]]], title: str | None = 
         ax.set_title(title, fontsize=10)
     fig.tight_layout()
     return fig
+
+
+# ------------------------------------------------------------------------- features, design paths, curves
+def feature_rows(rows: Mapping[str, tuple[object, Sequence]], title: str | None = None, cell: float = 2.2):
+    """Per-stage features as colours: one row per entry of ``rows``, ``label: (image, panels)`` with the image
+    (3, H, W) first and then one (h, w, 3) colour panel per stage (``pca_rgb``), titled with its grid size."""
+    plt = _pyplot()
+    if not rows:
+        raise NothingToDraw("feature_rows: no rows given")
+    columns = 1 + max(len(panels) for _, panels in rows.values())
+    fig, axes = plt.subplots(len(rows), columns, figsize=(cell * columns, cell * len(rows)), squeeze=False)
+    for r, (label, (image, panels)) in enumerate(rows.items()):
+        axes[r, 0].imshow(_image_hwc(image))
+        axes[r, 0].set_ylabel("\n".join(textwrap.fill(line, 24) for line in str(label).split("\n")), fontsize=8)
+        for col, panel in enumerate(panels, start=1):
+            panel = _as_numpy(panel)
+            axes[r, col].imshow(panel)
+            axes[r, col].set_title(f"stage {col}: {panel.shape[0]}x{panel.shape[1]}", fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+        for ax in axes[r, 1 + len(panels):]:
+            ax.axis("off")
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig
+
+
+def gain_bars(df: pd.DataFrame, sides: Mapping[str, str], facet: str = "level", title: str | None = None,
+              xlabel: str = "gain (points)"):
+    """Horizontal bars of gains per ``step`` (rows in order), one panel per ``facet`` value, one bar per column
+    of ``sides`` (``{column: legend label}``, e.g. the paper's gain and ours); a column ``<column>_std`` draws
+    the seeds' spread, a column ``<column>_n`` of 0 marks the bar "not run here". Bars start at zero (drawn);
+    the legend sits below the panels, never over a bar."""
+    plt = _pyplot()
+    _check_long(df, "gain_bars", ("step", facet, *sides))
+    facets = list(dict.fromkeys(df[facet]))
+    steps = list(dict.fromkeys(df["step"]))
+    if not steps:
+        raise NothingToDraw("gain_bars: no steps given")
+    fig, axes = plt.subplots(1, len(facets), figsize=(5.5 * len(facets), 0.5 * len(steps) + 1.6), sharey=True,
+                             squeeze=False)
+    height = 0.8 / len(sides)
+    colours = ("#ef6c00", "#1565c0", "#2e7d32", "#6a1b9a")
+    for ax, name in zip(axes[0], facets):
+        part = df[df[facet] == name].set_index("step").reindex(steps)
+        y = np.arange(len(steps))
+        for i, (column, label) in enumerate(sides.items()):
+            offset = (i - (len(sides) - 1) / 2) * height
+            spread = part[f"{column}_std"].fillna(0).values if f"{column}_std" in part else None
+            ax.barh(y + offset, part[column].values, height, xerr=spread, label=label, color=colours[i % len(colours)],
+                    error_kw={"lw": 0.8}, capsize=2)
+            if f"{column}_n" in part:
+                for j, n in enumerate(part[f"{column}_n"].fillna(0)):
+                    if not n:
+                        ax.text(0, j + offset, " not run here", va="center", fontsize=7, color="0.4")
+        ax.axvline(0, color="0.3", lw=0.8)
+        ax.set_yticks(y)
+        ax.set_yticklabels([_wrap(s, 34) for s in steps], fontsize=8)
+        ax.invert_yaxis()
+        ax.set_xlabel(f"{xlabel}: {name}" if len(facets) > 1 else xlabel, fontsize=8)
+        ax.grid(axis="x", alpha=0.3)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.05), ncol=len(sides), fontsize=8,
+               frameon=False)  # above the bottom edge, where a saved figure's provenance line goes
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout(rect=(0, 0.14, 1, 1))
+    return fig
+
+
+def epoch_curves(history: pd.DataFrame, metrics: Sequence[str], loss: str | None = "loss", title: str | None = None,
+                 ylabel: str = "%", loss_label: str = "training loss"):
+    """Metrics after every epoch (one line each, column ``epoch`` on x) and, when ``loss`` names a column, the
+    training loss in a second panel."""
+    plt = _pyplot()
+    _check_long(history, "epoch_curves", ("epoch", *metrics))
+    if history.empty:
+        raise NothingToDraw("epoch_curves: no epochs recorded")
+    panels = 2 if loss else 1
+    fig, axes = plt.subplots(1, panels, figsize=(4.6 * panels, 3.2), squeeze=False)
+    for name in metrics:
+        axes[0, 0].plot(history["epoch"], history[name], marker="o", label=METRIC_LABELS.get(name, name))
+    axes[0, 0].set_xlabel("epoch")
+    axes[0, 0].set_ylabel(ylabel)
+    axes[0, 0].legend(fontsize=7, loc="best")
+    axes[0, 0].grid(alpha=0.3)
+    if loss:
+        axes[0, 1].plot(history["epoch"], history[loss], marker="o", color="0.3")
+        axes[0, 1].set_xlabel("epoch")
+        axes[0, 1].set_ylabel(loss_label)
+        axes[0, 1].grid(alpha=0.3)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    return fig

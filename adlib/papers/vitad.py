@@ -17,7 +17,9 @@ from __future__ import annotations
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
+from adlib.study.cost import StructureProbe
+from adlib.study.spec import (Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec,
+                              TrainTime, side)
 
 # ------------------------------------------------------------------------------------------- variant grids
 
@@ -151,11 +153,8 @@ SMOKE = ProfileSpec(
         "table12_epochs": _EPOCH_FRACTIONS,
         "resolutions": (64, 128, 256),  # Fig. 9 (paper: 64 to 512 in steps of 32, and 768)
         # The real MVTec AD categories (bottle here) run at the paper's 256 px, 40 training images, all test
-        # images and 5 epochs (real_data_setting). At 128 px the stride-16 token grid is 8 x 8, too coarse for
-        # bottle's small defects: pixel AUROC 92.5 over seeds 0-2 on all 83 test images, and no cheap recipe
-        # change passes 93.7; at 256 px with 16 images and 3 epochs it is 93.9, with 40 images 95.9, with 40
-        # images and 5 epochs 97.2 (benchmarks/vitad.py bottle and bottle-recipes --image-size 256). The
-        # synthetic sets keep the profile's 128 px and caps: the claims' many fits are what the budget limits.
+        # images and 5 epochs (study.setting.real_data_setting): at 128 px the stride-16 token grid is 8 x 8, too
+        # coarse for bottle's small defects (benchmarks/vitad.py bottle and bottle-recipes print the measurements).
         # "epochs" replaces every gradient-trained model's recipe epochs on the real data (PatchCore: one pass).
         "real_data": {"image_size": 256, "max_train": 40, "max_test": None, "epochs": 5},
     },
@@ -210,18 +209,10 @@ NOTEBOOK_RUNS = {
 
 RECIPES = {
     # CPU-sized decoder (width 128, 2 heads, the paper's 3 x 3 blocks) on the columnar EfficientNet-Lite0 stages;
-    # lr 5e-4 because a few dozen steps replace the paper's 45,000. Sized so that the ViTAD notebooks' 3-seed
-    # claims fit the smoke budget (multi-class synthetic_multi at 128 px, 64 training images: mean pixel AUROC
-    # 95.2 against 96.1 for width 192 / 5 epochs / 120 images at 256 px, at about a seventh of the CPU time).
-    # Bottle one-class (the issue's >= 95 pixel AUROC target) is NOT met at 128 px: 92.5 over seeds 0-2 on all
-    # 83 test images (benchmarks/vitad.py bottle --image-size 128 --max-train 16 --epochs 3), and no cheap change
-    # lifts it beyond the seed noise (about +-1):
-    # batch 4 93.7, 5 epochs 93.5, batch 4 + 5 epochs 93.6, lr 1e-3 93.6, 32 training images 93.4, stride-8 grid
-    # 93.7, decoder 192 wide 93.7, restraint stages 2+3 93.5, smoothing sigma 8 93.2; more or fewer steps hurt
-    # (batch 4 + 10 epochs 89.5 on seed 0, 2 epochs 89.6, lr 2e-4 86.4), as do sigma 2 (92.1) and CNN taps 0-3
-    # (82.6) (benchmarks/vitad.py bottle-recipes). The earlier "about 95" was on a 24-image test subset. So the
-    # real category runs at the profile's real-data setting (SMOKE.grids["real_data"]: 256 px, 40 training images,
-    # all test images, 5 epochs): 97.2 over seeds 0-2 (benchmarks/vitad.py bottle).
+    # lr 5e-4 because a few dozen steps replace the paper's 45,000; sized so that the notebooks' 3-seed claims fit
+    # the smoke budget (benchmarks/vitad.py sizing). At 128 px no cheap recipe change makes bottle's small defects
+    # visible on the 8 x 8 token grid (benchmarks/vitad.py bottle-recipes prints each change); the real category
+    # runs at the profile's real-data setting instead (SMOKE.grids["real_data"]; benchmarks/vitad.py bottle).
     ("vitad", "smoke"): Recipe(
         model={"backbone": "efficientnet_lite0", "decoder_dim": 128, "decoder_heads": 2},
         fit=FitConfig(epochs=3, batch_size=8, lr=5e-4, weight_decay=1e-4, schedule="step", step_at=0.8,
@@ -234,7 +225,7 @@ RECIPES = {
                "lr": "5e-4 instead of 1e-4: far fewer steps",
                "image_size": "128 px instead of 256 on the synthetic sets (CPU budget); the real MVTec AD category "
                              "runs at the paper's 256 px: at 128 px the 8 x 8 stride-16 token grid is too coarse for "
-                             "bottle's defects (pixel AUROC 92.5 against 97.2)"},
+                             "bottle's defects (benchmarks/vitad.py bottle --image-size 128 256 measures both)"},
     ),
     # The paper (Sec. 4.1) and ADer's configs/vitad/vitad_mvtec.py: AdamW lr 1e-4 (x batch / 8), wd 1e-4,
     # betas 0.9 / 0.999, batch 8, 100 epochs, lr x 0.1 after 80% of the steps, gradient norm clipped at 5.
@@ -248,18 +239,6 @@ RECIPES = {
     ),
     **peers.RECIPES,
 }
-
-
-def real_data_setting(setting, image_size: int | None = None, epochs: int | None = None):
-    """``setting`` for the real datasets' categories: the profile's ``grids["real_data"]`` image size, caps and
-    epochs where it declares them (the smoke profile: 256 px, 40 training images, all test images, 5 epochs),
-    else the setting's own. ``image_size`` / ``epochs`` a notebook sets explicitly win."""
-    from dataclasses import replace
-
-    real = dict(setting.grids.get("real_data", {}))
-    return replace(setting, image_size=int(image_size or real.get("image_size", setting.image_size)),
-                   max_train=real.get("max_train", setting.max_train), max_test=real.get("max_test", setting.max_test),
-                   epochs=epochs or real.get("epochs", setting.epochs))
 
 
 # -------------------------------------------------------------------------------------------------- tables
@@ -316,46 +295,13 @@ FIGURES = {
 
 # ---------------------------------------------------------------------------------------------- efficiency
 
-_CPU_ATTENTION_NOTE = "FlopCounterMode, with PyTorch's CPU flash attention counted by PyTorch's own attention formula"
-
-
-def multiply_adds_g(model, image_size: int) -> float:
-    """G multiply-adds (fvcore's unit, Table XIII's) of one ``predict`` on one image: ``study.cost.flops_g``
-    counts two FLOPs per multiply-add (attention included, by PyTorch's own formula on CPU)."""
-    from adlib.study.cost import flops_g
-
-    return flops_g(model, image_size, next(model.parameters()).device) / 2
-
-
-def efficiency_rows(setting) -> "pd.DataFrame":
-    """Table XIII for the paper's architecture (the paper recipe's model, random weights: exact counts):
-    parameters (the frozen encoder included, as the paper) and multiply-adds at 256 px, as long-format model
-    rows; training memory and hours are GPU measurements (benchmarks/gpu_vitad.py), recorded as not run."""
-    import pandas as pd
-
-    from adlib.models import create_model
-    from adlib.study.cost import count_params
-
-    config = {**RECIPES[("vitad", "paper")].model, "pretrained": False}
-    size = int(config["image_size"])
-    model = create_model("vitad", **config).to(setting.device).eval()
-    base = {"dataset": "", "method": "ViTAD", "setting": "default", "level": "model", "backbone": config["backbone"],
-            "data": "architecture only (random weights)", "seed": setting.seed, "protocol": "",
-            "class_setting": "", "image_size": size, "scope": "mean"}
-    gpu = "a GPU measurement (benchmarks/gpu_vitad.py on a lent GPU); not run on this CPU"
-    return pd.DataFrame([
-        {**base, "metric": "params_m", "value": count_params(model) / 1e6, "note": ""},
-        {**base, "metric": "flops_g", "value": multiply_adds_g(model, size), "note": _CPU_ATTENTION_NOTE},
-        {**base, "metric": "train_memory_mb", "value": float("nan"), "note": gpu},
-        {**base, "metric": "train_h", "value": float("nan"), "note": gpu},
-    ])
+# Table XIII's metrics that are GPU measurements (benchmarks/gpu_vitad.py on a lent GPU), with the reason they are
+# not run here; parameters and multiply-adds are counted by adlib.study.cost.architecture_rows.
+GPU_MEASURED = {m: "a GPU measurement (benchmarks/gpu_vitad.py on a lent GPU); not run on this CPU"
+                for m in ("train_memory_mb", "train_h")}
 
 
 # -------------------------------------------------------------------------------------------------- claims
-
-
-def _side(label: str, **where) -> Side:
-    return Side(label, where)
 
 
 # When ViTAD counts as working (adlib.study.spec.Floor): above chance on the same images against the peers; for its
@@ -366,50 +312,50 @@ _WORKS_LIKE_A_PEER = Floor(of_best_peer=0.5, why="an ablation is read only where
 
 
 def _settings(table: dict, default: str) -> tuple[Side, ...]:
-    return tuple(_side(label, setting=label) for label in table if label != default)
+    return tuple(side(label, setting=label) for label in table if label != default)
 
 
 CLAIMS = (
     Claim("plain_vit_matches_pyramidal",
           "A plain, columnar ViT matches or beats the pyramidal reconstruction methods in the multi-class setting "
           "(ViTAD pixel mAU-ROC 97.7 against RD 96.1 and UniAD 97.0).", "Sec. 4.2, Tables V-VI", table="table6",
-          metric="auroc", favoured=_side("ViTAD", method="ViTAD"),
-          against=(_side("RD", method="RD"), _side("UniAD", method="UniAD"), _side("PatchCore", method="PatchCore")),
+          metric="auroc", favoured=side("ViTAD", method="ViTAD"),
+          against=(side("RD", method="RD"), side("UniAD", method="UniAD"), side("PatchCore", method="PatchCore")),
           note="'matches' is the paper's word: held means ViTAD is higher, inconclusive is consistent with matching",
           floor=_WORKS),
     Claim("dino_weights_best", "DINO pre-training gives the best encoder: it leads every column of Table I's "
           "first eight rows.", "Sec. 4.3, Table I", table="table1", metric="mad", level="summary",
-          favoured=_side("DINO", setting="encoder=DINO"),
-          against=tuple(_side(k.split("=")[1], setting=k) for k in
+          favoured=side("DINO", setting="encoder=DINO"),
+          against=tuple(side(k.split("=")[1], setting=k) for k in
                         ("encoder=Rand", "encoder=IN1K", "encoder=IN22K", "encoder=DeiT", "encoder=CLIP",
                          "encoder=MoCo", "encoder=MAE")),
           note="needs hub weights; offline only the random encoder runs", floor=_WORKS_LIKE_A_PEER),
     Claim("restraint_stages_123", "Restraining stages 1, 2 and 3 is best (Table II: mAD 85.4 against 82.4 for "
           "stage 3 alone, 84.0 for 2+3, 83.9 with the stem).", "Sec. 4.3, Table II", table="table2", metric="mad",
-          level="summary", favoured=_side("1+2+3", setting="stages=1+2+3"),
+          level="summary", favoured=side("1+2+3", setting="stages=1+2+3"),
           against=_settings(_TABLE2, "stages=1+2+3"), floor=_WORKS_LIKE_A_PEER),
     Claim("single_linear_fuser", "A single linear layer on the last stage suffices as the fuser: fusing several "
           "stages (Cat or Add) does not do better (Table VIII).", "Sec. 4.3, Table VIII", table="table8", metric="mad",
-          level="summary", favoured=_side("one Linear", setting="fuser=linear"),
-          against=tuple(_side(k, setting=k) for k in _TABLE8 if k.startswith(("fuser=cat", "fuser=add"))),
+          level="summary", favoured=side("one Linear", setting="fuser=linear"),
+          against=tuple(side(k, setting=k) for k in _TABLE8 if k.startswith(("fuser=cat", "fuser=add"))),
           note="Table VIII's Conv-1 fuser is 0.8 mAD higher; the paper keeps the Linear for simplicity",
           floor=_WORKS_LIKE_A_PEER),
     *(Claim(f"{factor}_helps", f"Micro factor '{factor}' (Table III): the final model with it beats the model "
             f"without it.", "Sec. 4.3, Table III", table="table3", metric="mad", level="summary",
-            favoured=_side("all four factors", setting="default"),
-            against=(_side(f"without {factor}", setting=f"{factor}=no"),),
+            favoured=side("all four factors", setting="default"),
+            against=(side(f"without {factor}", setting=f"{factor}=no"),),
             note="the paper's differences are 0.1-0.2 mAD; " + (
                 "its text says the opposite sign for before-norm (repro_spec §1.11.3)" if factor == "before_norm"
                 else "expect inconclusive on a CPU"), floor=_WORKS_LIKE_A_PEER)
       for factor in _FACTORS),
     Claim("resolution_up_to_256", "Results rise with the input resolution up to 256 px (Fig. 9).", "Sec. 4.4, Fig. 9",
-          table="fig9", metric="mad", level="summary", favoured=_side("256 px", setting="res=256"),
-          against=(_side("64 px", setting="res=64"), _side("128 px", setting="res=128")),
+          table="fig9", metric="mad", level="summary", favoured=side("256 px", setting="res=256"),
+          against=(side("64 px", setting="res=64"), side("128 px", setting="res=128")),
           note="the plateau after 256 and the decline at 768 are not decided here", floor=_WORKS_LIKE_A_PEER),
     Claim("no_augmentation", "Every data augmentation tried hurts: no augmentation is best (Table XII).",
           "Sec. 4.3, Table XII", table="table12", metric="mad", level="summary",
-          favoured=_side("none", setting="augmentation=None"),
-          against=tuple(_side(k.split("=")[1], setting=k) for k in _TABLE12
+          favoured=side("none", setting="augmentation=None"),
+          against=tuple(side(k.split("=")[1], setting=k) for k in _TABLE12
                         if k.startswith("augmentation=") and k != "augmentation=None"), floor=_WORKS_LIKE_A_PEER),
 )
 
@@ -443,93 +389,20 @@ PROPERTY_COLUMNS = {
 HEAVY_FUSER_SHARE = 0.1
 
 
-def _count(module) -> int:
-    from adlib.study.cost import count_params
-
-    return count_params(module) if module is not None else 0
-
-
-def _grids(tensors) -> set[tuple[int, ...]]:
-    """The spatial grids of a list of (B, C, h, w) maps or (B, L, C) token tensors."""
-    return {tuple(t.shape[-2:]) if t.dim() == 4 else (int(t.shape[1]),) for t in tensors}
-
-
-def _decoder_outputs(name: str, model, features):
-    """What each method's decoder gives from the encoder features (a registry, one probe per compared method)."""
-    probes = {
-        "vitad": lambda: model.forward_features(features)["reconstructions"],
-        "rd4ad": lambda: model.forward_features(features),
-        "uniad": lambda: [model.reconstruct(model.targets(features))],
-        "patchcore": lambda: [],  # no decoder: a memory bank of patch embeddings
-    }
-    return probes[name]()
-
-
-def _fuser_and_decoder(name: str, model) -> tuple[int, int]:
-    """Trainable parameters of the module between encoder and decoder (the fuser) and of the decoder."""
-    parts = {
-        "vitad": lambda: (_count(model.fuser), _count(model.decoder) + _count(model.readouts)),
-        "rd4ad": lambda: (_count(model.ocbe), _count(model.decoder)),
-        # UniAD's neck (resize and concatenate the taps) has no parameters; its input projection is one Linear.
-        "uniad": lambda: (_count(model.input_proj), sum(_count(m) for n, m in model.named_children()
-                                                         if n not in ("tokenizer", "input_proj"))),
-        "patchcore": lambda: (0, 0),
-    }
-    return parts[name]()
-
-
 def _augments(config) -> bool:
     """Image or feature augmentation in training: ViTAD's ``augmentation``, UniAD's feature jitter."""
     return getattr(config, "augmentation", "none") != "none" or (
         getattr(config, "jitter_scale", 0) > 0 and getattr(config, "jitter_prob", 0) > 0)
 
 
-def property_rows(setting, methods=("vitad", "rd4ad", "uniad", "patchcore"), image_size: int = 128):
-    """Table IV derived from each method's *paper* architecture (its paper recipe, built with random weights at
-    ``image_size``: the structure does not depend on the weights or the size), as long-format model rows (1 yes,
-    0 no). How each cell is derived is in ``PROPERTY_RULES``; the methods the paper lists but adlib does not have
-    (DRAEM, DeSTSeg, SimpleNet) have the paper's cells only."""
-    import pandas as pd
-    import torch
-
-    from adlib.models import create_model
-
-    rows = []
-    for name in methods:
-        recipe = setting.paper.recipes.get((name, "paper"))
-        config = {**(recipe.model if recipe else {}), "pretrained": False, "image_size": image_size}
-        torch.manual_seed(0)
-        model = create_model(name, **config).eval()
-        encoder = model.tokenizer
-        with torch.no_grad():
-            features = model.extract(torch.zeros(1, 3, image_size, image_size))
-            decoded = _decoder_outputs(name, model, features)
-        fuser, decoder = _fuser_and_decoder(name, model)
-        cells = {
-            "pyramidal_encoder": encoder.kind == "cnn" and len(set(encoder.strides)) > 1,
-            "heavy_fuser": fuser > HEAVY_FUSER_SHARE * max(fuser + decoder, 1),
-            "pyramidal_decoder": len(_grids(decoded)) > 1,
-            "multi_resolution_features": len(set(encoder.strides)) > 1,
-            "image_feature_augmentation": _augments(model.config),
-            "category_aug": _augments(model.config),
-            "category_emb": not model.trainable,
-            "category_rec": model.trainable,
-        }
-        base = {"dataset": "", "method": setting.paper.methods.get(name, name), "setting": "default",
-                "level": "model", "backbone": config.get("backbone", ""), "data": "architecture only (random weights)",
-                "seed": setting.seed, "protocol": "", "class_setting": "", "image_size": image_size, "scope": "mean"}
-        rows += [{**base, "metric": metric, "value": float(value), "note": PROPERTY_RULES[metric]}
-                 for metric, value in cells.items()]
-    return pd.DataFrame(rows)
-
-
-PROPERTY_RULES = {
-    "pyramidal_encoder": "encoder is a CNN whose taps have more than one stride",
-    "heavy_fuser": f"fuser holds more than {HEAVY_FUSER_SHARE:.0%} of the trained parameters",
-    "pyramidal_decoder": "decoder outputs on more than one grid",
-    "multi_resolution_features": "encoder taps at more than one stride",
-    "image_feature_augmentation": "training augments images or features (config)",
-    "category_aug": "training augments images or features (config)",
-    "category_emb": "no gradient training (memory bank)",
-    "category_rec": "trained to reconstruct the encoder's features",
+# How each compared method's structure is read (adlib.study.cost.StructureProbe): what its decoder gives from the
+# encoder features, and (fuser, decoder) modules. UniAD's neck (resize and concatenate the taps) has no
+# parameters; its input projection is one Linear. PatchCore has no decoder: a memory bank of patch embeddings.
+PROBES = {
+    "vitad": StructureProbe(lambda m, f: m.forward_features(f)["reconstructions"],
+                            lambda m: ([m.fuser], [m.decoder, m.readouts]), _augments),
+    "rd4ad": StructureProbe(lambda m, f: m.forward_features(f), lambda m: ([m.ocbe], [m.decoder]), _augments),
+    "uniad": StructureProbe(lambda m, f: [m.reconstruct(m.targets(f))], lambda m: (
+        [m.input_proj], [c for n, c in m.named_children() if n not in ("tokenizer", "input_proj")]), _augments),
+    "patchcore": StructureProbe(lambda m, f: [], lambda m: ([], []), _augments),
 }

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Callable, Mapping, Sequence
 
 import pandas as pd
 
@@ -86,3 +87,116 @@ def cost_rows(run, device: str = "cpu") -> pd.DataFrame:
          "note": "FlopCounterMode: matrix products and convolutions only"},
         {**base, "metric": "epochs", "value": float(run.fit.epochs), "note": ""},
     ])
+
+
+# ------------------------------------------------------------------ architecture-only counts (random weights)
+
+ATTENTION_NOTE = "FlopCounterMode, with PyTorch's CPU flash attention counted by PyTorch's own attention formula"
+
+
+def multiply_adds_g(model, image_size: int) -> float:
+    """G multiply-adds (fvcore's unit, the one papers' efficiency tables print) of one ``predict`` on one image:
+    ``flops_g`` counts two FLOPs per multiply-add (attention included, by PyTorch's own formula on CPU)."""
+    return flops_g(model, image_size, next(model.parameters()).device) / 2
+
+
+def architecture_model(setting: Setting, model: str, profile: str = "paper", image_size: int | None = None):
+    """``(model, config)``: ``model`` as the paper's ``profile`` recipe builds it, with random weights (counts and
+    structure do not depend on the weights, so no download is needed), in eval mode on ``setting.device``."""
+    from adlib.models import create_model
+
+    recipe = setting.paper.recipes.get((model, profile))
+    config = {**(recipe.model if recipe else {}), "pretrained": False}
+    if image_size is not None:
+        config["image_size"] = int(image_size)
+    return create_model(model, **config).to(setting.device).eval(), config
+
+
+def architecture_rows(setting: Setting, model: str | None = None, profile: str = "paper",
+                      not_measured: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """An efficiency table's counts for a method's paper architecture (``architecture_model``) as long-format
+    model rows: ``params_m`` (millions, a frozen encoder included) and ``flops_g`` (G multiply-adds at the
+    recipe's image size, ``multiply_adds_g``). ``not_measured`` maps further metrics (training memory, hours) to
+    the reason they are not measured here: NaN rows with that reason in ``note``."""
+    model = model or setting.paper.method
+    net, config = architecture_model(setting, model, profile)
+    size = int(config.get("image_size") or setting.image_size)
+    values = {"params_m": (count_params(net) / 1e6, ""), "flops_g": (multiply_adds_g(net, size), ATTENTION_NOTE),
+              **{metric: (float("nan"), why) for metric, why in (not_measured or {}).items()}}
+    return model_rows(setting, setting.paper.methods.get(model, model), values, backbone=config.get("backbone", ""),
+                      image_size=size)
+
+
+def model_rows(setting: Setting, method: str, values: Mapping[str, tuple[float, str]], backbone: str = "",
+               image_size: int | None = None, data: str = "architecture only (random weights)") -> pd.DataFrame:
+    """Long-format ``level="model"`` rows of one method, one per ``metric: (value, note)``, for numbers measured
+    on a built model rather than on test images (counts, properties)."""
+    base = {"dataset": "", "method": method, "setting": "default", "level": "model", "backbone": backbone,
+            "data": data, "seed": setting.seed, "protocol": "", "class_setting": "",
+            "image_size": int(image_size or setting.image_size), "scope": "mean"}
+    return pd.DataFrame([{**base, "metric": metric, "value": float(value), "note": note}
+                         for metric, (value, note) in values.items()])
+
+
+@dataclass(frozen=True)
+class StructureProbe:
+    """How to read one model's structure (a paper file declares one per compared method):
+    ``decoded(model, features)``: what its decoder gives from the encoder features (a list of tensors, empty for a
+    model without a decoder); ``parts(model)``: (fuser modules, decoder modules), the trainable modules between
+    encoder and decoder and the decoder itself; ``augments(config)``: whether training augments images or
+    features."""
+
+    decoded: Callable[[Any, Any], Sequence]
+    parts: Callable[[Any], tuple[Sequence, Sequence]]
+    augments: Callable[[Any], bool] = lambda config: False
+
+
+def _grids(tensors) -> set[tuple[int, ...]]:
+    """The spatial grids of a list of (B, C, h, w) maps or (B, L, C) token tensors."""
+    return {tuple(t.shape[-2:]) if t.dim() == 4 else (int(t.shape[1]),) for t in tensors}
+
+
+STRUCTURE_RULES = {
+    "pyramidal_encoder": "encoder is a CNN whose taps have more than one stride",
+    "heavy_fuser": "fuser holds more than {share:.0%} of the trained parameters",
+    "pyramidal_decoder": "decoder outputs on more than one grid",
+    "multi_resolution_features": "encoder taps at more than one stride",
+    "image_feature_augmentation": "training augments images or features (config)",
+    "category_aug": "training augments images or features (config)",
+    "category_emb": "no gradient training (memory bank)",
+    "category_rec": "trained to reconstruct the encoder's features",
+}
+
+
+def structure_rows(setting: Setting, probes: Mapping[str, StructureProbe], image_size: int = 128,
+                   heavy_share: float = 0.1) -> pd.DataFrame:
+    """Architecture properties (1 yes, 0 no; ``STRUCTURE_RULES`` says how each is derived, and goes to ``note``)
+    of each probed method's paper architecture (``architecture_model`` at ``image_size``: the structure does not
+    depend on the weights or the size), as long-format model rows. "Heavy" fuser: more than ``heavy_share`` of
+    the trained parameters (fuser + decoder)."""
+    import torch
+
+    def count(modules) -> int:
+        return sum(count_params(m) for m in modules if m is not None)
+
+    frames = []
+    for name, probe in probes.items():
+        torch.manual_seed(0)
+        model, config = architecture_model(setting, name, image_size=image_size)
+        encoder = model.tokenizer
+        with torch.no_grad():
+            features = model.extract(torch.zeros(1, 3, image_size, image_size, device=setting.device))
+            decoded = probe.decoded(model, features)
+        fusers, decoders = probe.parts(model)
+        fuser, decoder = count(fusers), count(decoders)
+        augments = bool(probe.augments(model.config))
+        cells = {"pyramidal_encoder": encoder.kind == "cnn" and len(set(encoder.strides)) > 1,
+                 "heavy_fuser": fuser > heavy_share * max(fuser + decoder, 1),
+                 "pyramidal_decoder": len(_grids(decoded)) > 1,
+                 "multi_resolution_features": len(set(encoder.strides)) > 1,
+                 "image_feature_augmentation": augments, "category_aug": augments,
+                 "category_emb": not model.trainable, "category_rec": model.trainable}
+        frames.append(model_rows(setting, setting.paper.methods.get(name, name),
+                                 {m: (float(v), STRUCTURE_RULES[m].format(share=heavy_share)) for m, v in cells.items()},
+                                 backbone=config.get("backbone", ""), image_size=image_size))
+    return pd.concat(frames, ignore_index=True)

@@ -466,3 +466,15 @@ def dataset_labels(dataset) -> list[int]:
     if hasattr(dataset, "datasets"):  # ConcatDataset
         return [y for part in dataset.datasets for y in dataset_labels(part)]
     return list(dataset.labels)
+
+
+def real_data_setting(setting: Setting, image_size: int | None = None, epochs: int | None = None) -> Setting:
+    """``setting`` for the real datasets' categories: the image size, caps (``max_train``, ``max_test``) and
+    epochs that the profile's ``grids["real_data"]`` declares (a smoke profile can run its real categories larger
+    than its synthetic ones), else the setting's own. ``image_size`` / ``epochs`` a notebook sets explicitly win."""
+    from dataclasses import replace
+
+    real = dict(setting.grids.get("real_data", {}))
+    return replace(setting, image_size=int(image_size or real.get("image_size", setting.image_size)),
+                   max_train=real.get("max_train", setting.max_train), max_test=real.get("max_test", setting.max_test),
+                   epochs=epochs or real.get("epochs", setting.epochs))

@@ -295,3 +295,8 @@ class ExplorerAxis:
     about: str
     field: str | None = None
     default: str | None = None
+
+
+def side(label: str, **where: Any) -> Side:
+    """A claim's side from keyword filters: ``side("RD", method="RD")`` is ``Side("RD", {"method": "RD"})``."""
+    return Side(label, where)

@@ -529,3 +529,29 @@ def paper_vs_ours(setting: Setting, name: str, ours: pd.DataFrame, methods: Sequ
         lambda s: " / ".join(dict.fromkeys(r for r in s if r)))
     wide["no Δ because"] = why.reindex(wide.index).fillna("")
     return wide
+
+
+def step_gains(steps: Sequence[tuple[str, str, str, str]], paper: Mapping[str, pd.DataFrame],
+               ours: Mapping[str, pd.DataFrame], metric: str = "auroc",
+               levels: Sequence[str] = ("image", "pixel")) -> pd.DataFrame:
+    """A design path retraced from ablation tables: per step ``(name, table, before, after)`` (two ``setting``
+    labels of that table) and level, the gain after minus before in the paper's printed table (``paper[table]``)
+    and in ours (``ours[table]``, its category means: per seed, then mean and std over seeds). Columns: step,
+    level, paper, ours, ours_std, ours_n (the seeds with both rows; 0: not run here)."""
+    rows = []
+    for name, table, before, after in steps:
+        printed = paper[table]
+        mine = ours.get(table, pd.DataFrame(columns=["setting", "level", "metric", "value", "seed", "scope"]))
+        mine = mine[(mine["scope"] == "mean") & mine["value"].notna()] if "scope" in mine.columns else mine
+        for level in levels:
+            def pick(t: pd.DataFrame, label: str) -> pd.DataFrame:
+                return t[(t["setting"] == label) & (t["level"] == level) & (t["metric"] == metric)]
+
+            gain = float(pick(printed, after)["value"].mean() - pick(printed, before)["value"].mean())
+            per_seed = (pick(mine, after).groupby("seed")["value"].mean()
+                        - pick(mine, before).groupby("seed")["value"].mean()).dropna()
+            rows.append({"step": name, "level": level, "paper": gain,
+                         "ours": float(per_seed.mean()) if len(per_seed) else float("nan"),
+                         "ours_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
+                         "ours_n": len(per_seed)})
+    return pd.DataFrame(rows, columns=["step", "level", "paper", "ours", "ours_std", "ours_n"])
