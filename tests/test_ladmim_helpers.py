@@ -32,6 +32,8 @@ def test_not_run_rows_carry_the_reason_into_claims():
     assert len(rows) == 3 * len(setting.seeds) and rows["value"].isna().all()
     verdicts = claims.evaluate(PAPER.claim("mask_ratio_middle"), rows)
     assert set(verdicts["verdict"]) == {"not run"} and verdicts["note"].str.contains("not run: budget").any()
+    sentence = claims.explain(verdicts)  # the comparisons' reason, not the rule that combines them
+    assert "BlockRandom-0.1: not run: budget" in sentence and "held when every comparison holds" not in sentence
     grid = pd.DataFrame([{"dataset": "synthetic_loco/pins", "method": "LADMIM", "setting": "target=code", "seed": 0,
                           "class_setting": "one-class", "image_size": 128, "backbone": "b", "data": "d",
                           "level": "pixel", "metric": "auroc", "value": float("nan"), "note": "why"}])
