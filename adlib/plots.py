@@ -773,8 +773,8 @@ def ran_variant_panels(df: pd.DataFrame, missing: Sequence[str] = (), title: str
         if len(lines) > 8:
             text += f"\n... and {len(lines) - 8} more (see the table's notes)"
         height = fig.get_figheight()
-        extra = 0.17 * (text.count("\n") + 1) + 0.2
+        extra = 0.17 * (text.count("\n") + 1) + 0.5  # the lines, and room below them for save_figure's data line
         fig.set_figheight(height + extra)
         fig.subplots_adjust(bottom=(extra + 0.55) / (height + extra))
-        fig.text(0.01, 0.01, text, ha="left", va="bottom", fontsize=7, color="0.3")
+        fig.text(0.01, 0.3 / (height + extra), text, ha="left", va="bottom", fontsize=7, color="0.3")
     return fig
