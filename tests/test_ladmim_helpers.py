@@ -108,3 +108,11 @@ def test_ran_variant_panels_draws_what_ran_and_lists_the_rest():
     import pytest
     with pytest.raises(plots.NothingToDraw):
         plots.ran_variant_panels(pd.DataFrame(rows).assign(value=float("nan")), metrics=("auroc_avg",), level="image")
+
+
+def test_a_walkthrough_closing_describes_a_table_of_counts(tmp_path):
+    setting = study.resolve_setting(PAPER, profile="smoke", output_root=tmp_path)
+    setting.write_table(tables.split_counts(setting.synthetic_sources(limit=None)), "table1")
+    text = claims.closing(setting, ids=[], tables=["table1"])
+    assert text.startswith("## Verdicts") and "This chapter decides no claim" in text
+    assert "`table1`: 15 image counts (no scores); data: synthetic_loco" in text

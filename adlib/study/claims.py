@@ -573,6 +573,10 @@ def _table_lines(setting, names: Sequence[str]) -> tuple[list[str], bool]:
             continue
         table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
         quality = table[~table["level"].isin(["data"])]
+        if quality.empty and len(table):  # a table of image counts (level "data"), e.g. a dataset's Tab. 1
+            shown = "; ".join(dict.fromkeys(table["dataset"].astype(str).str.split("/").str[0]))
+            lines.append(f"- `{name}`: {len(table)} image counts (no scores); data: {shown}")
+            continue
         computed, missing = int(quality["value"].notna().sum()), int(quality["value"].isna().sum())
         data = list(dict.fromkeys(d for d in quality.loc[quality["value"].notna(), "data"].astype(str) if d)) \
             if "data" in quality.columns else []
