@@ -819,4 +819,75 @@ def epoch_curves(history: pd.DataFrame, metrics: Sequence[str], loss: str | None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+
+
+# ------------------------------------------------------------------------------ LADMIM's components (Fig. 2)
+def hvq_mim_rows(model, label: str) -> dict[str, list[tuple[str, str]]]:
+    """LADMIM's Fig. 2 (HVQ-Trans and the MIM ViT) as rows of boxes for ``box_rows``, every label read from a built
+    ``LADMIM`` and one forward pass of a blank image: module classes, layer counts, widths, codebook sizes and the
+    tensor shapes that flow between them."""
+    import torch
+
+    config, hvq, mim = model.config, model.hvq, model.mim
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        images = torch.zeros(1, 3, config.image_size, config.image_size, device=next(model.parameters()).device)
+        features = model.extract(images)
+        tokens = model.tokens_of(features)
+        out = hvq(tokens)
+        mask = model.test_masks()[:1].to(tokens.device)
+        p_out, _ = mim(tokens, mask)
+    model.train(was_training)
+    h0 = tuple(features["features"].shape[1:])
+    q = hvq.quantizers[0]
+    levels = len(model.levels)
+    return {
+        f"{label}: HVQ-Trans (stage 1, S_HVQ)": [
+            ("frozen backbone", f"{model.tokenizer.name}\nh^0 {h0[0]} x {h0[1]} x {h0[2]}"),
+            ("encoder", f"{len(hvq.encoder)} x {type(hvq.encoder[0]).__name__}\nwidth {hvq.embed.out_features}, "
+                        f"{tuple(out['h'][-1].shape[1:])}"),
+            ("quantisers (Eq. 3-4)", f"{len(hvq.quantizers)} levels x {q.size} codes of {q.dim}\ncode maps o^l "
+                                     f"{tuple(out['codes'].shape[1:])}"),
+            ("decoder (Eq. 5)", f"{len(hvq.decoder)} x self + cross attention\nwidth {hvq.dec_in.out_features}"),
+            ("Gamma (Eq. 6)", f"Linear -> {tuple(out['recon'].shape[1:])}\nS_HVQ: mean error"),
+        ],
+        f"{label}: MIM ViT (stage 2, S_MIM)": [
+            ("block-wise mask", f"{config.mask}, ratio {config.mask_ratio:g}\n{int(mask.sum())} of {mask.shape[1]} "
+                                f"tokens -> e"),
+            ("ViT (Eq. 8)", f"{len(mim.blocks)} blocks, width {mim.embed.out_features}\n+ prediction token p"),
+            ("MIMHeads (Eq. 9)", f"{levels} levels x softmax over {q.size}\np' {tuple(p_out.shape[1:])}"),
+            ("target (Eq. 11-12)", f"code histogram Q^l in the mask\nL1 error, averaged over\n{config.num_test_masks} "
+                                   f"test masks"),
+        ],
+    }
+
+
+def ran_variant_panels(df: pd.DataFrame, missing: Sequence[str] = (), title: str | None = None, **kwargs):
+    """``variant_panels`` over the variants that ran only (a bar per variant with a value), with the variants
+    that did not run listed under the panels with their reasons (``note``), so that a grid mostly not run here
+    is not drawn as a row of empty slots. ``missing``: further reasons to list. ``NothingToDraw`` when no variant
+    ran (``or_missing`` then draws the reasons)."""
+    order = kwargs.pop("order", None)
+    ran = list(dict.fromkeys(df.loc[df["value"].notna(), "setting"]))
+    if not ran:
+        raise NothingToDraw("ran_variant_panels: no variant ran")
+    absent = [s for s in (order or dict.fromkeys(df["setting"])) if s not in ran]
+    shown = [s for s in (order or ran) if s in ran]
+    fig = variant_panels(df[df["setting"].isin(shown)], order=shown, title=title, **kwargs)
+    notes = df[df["setting"].isin(absent) & df["value"].isna()]
+    lines = []
+    for setting in absent:
+        why = [str(n) for n in notes.loc[notes["setting"] == setting, "note"].dropna() if str(n)]
+        lines.append(f"{setting}: not run" + (f" ({why[0]})" if why else ""))
+    lines = list(dict.fromkeys(lines)) + [str(m) for m in missing if m]
+    if lines:
+        text = "\n".join(textwrap.fill(line, 110, subsequent_indent="    ") for line in lines[:8])
+        if len(lines) > 8:
+            text += f"\n... and {len(lines) - 8} more (see the table's notes)"
+        height = fig.get_figheight()
+        extra = 0.17 * (text.count("\n") + 1) + 0.5  # the lines, and room below them for save_figure's data line
+        fig.set_figheight(height + extra)
+        fig.subplots_adjust(bottom=(extra + 0.55) / (height + extra))
+        fig.text(0.01, 0.3 / (height + extra), text, ha="left", va="bottom", fontsize=7, color="0.3")
     return fig

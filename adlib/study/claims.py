@@ -546,8 +546,8 @@ def _claim_sentence(part: pd.DataFrame) -> tuple[str, str]:
             detail += f" — {reason(row)}"
         elif verdict != "not run":
             detail += ": " + "; ".join(f"{r['comparison']}: {r['verdict']}, {reason(r)}" for _, r in compared.iterrows())
-        else:
-            detail += f" — {reason(row)}"
+        else:  # the comparisons' reasons (the overall row's note is the rule that combines them)
+            detail += " — " + "; ".join(dict.fromkeys(reason(r) for _, r in compared.iterrows()))
     return verdict, f"- *{row['text']}* ({row['where']}): {WORDS.get(verdict, verdict)}{detail}."
 
 
@@ -573,6 +573,10 @@ def _table_lines(setting, names: Sequence[str]) -> tuple[list[str], bool]:
             continue
         table = pd.read_csv(path, keep_default_na=False, na_values={"value": [""]})
         quality = table[~table["level"].isin(["data"])]
+        if quality.empty and len(table):  # a table of image counts (level "data"), e.g. a dataset's Tab. 1
+            shown = "; ".join(dict.fromkeys(table["dataset"].astype(str).str.split("/").str[0]))
+            lines.append(f"- `{name}`: {len(table)} image counts (no scores); data: {shown}")
+            continue
         computed, missing = int(quality["value"].notna().sum()), int(quality["value"].isna().sum())
         data = list(dict.fromkeys(d for d in quality.loc[quality["value"].notna(), "data"].astype(str) if d)) \
             if "data" in quality.columns else []

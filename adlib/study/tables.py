@@ -555,3 +555,104 @@ def step_gains(steps: Sequence[tuple[str, str, str, str]], paper: Mapping[str, p
                          "ours_std": float(per_seed.std(ddof=1)) if len(per_seed) > 1 else float("nan"),
                          "ours_n": len(per_seed)})
     return pd.DataFrame(rows, columns=["step", "level", "paper", "ours", "ours_std", "ours_n"])
+
+
+# ------------------------------------------------------------------------------------------- split counts, not-run cells
+SPLIT_COUNT_METRICS = {"train": "train_normal", "validation": "validation_normal", "good": "test_normal",
+                       "logical": "test_logical", "structural": "test_structural"}
+
+
+def split_counts(sources, metrics: Mapping[str, str] = SPLIT_COUNT_METRICS) -> pd.DataFrame:
+    """Image counts per source in the MVTec LOCO layout (a "Tab. 1"): normal train and validation images and the
+    test images of each group in ``metrics`` (split or test group -> metric name), per category and summed over
+    the categories of each dataset (long format, level "data")."""
+    from adlib.data import AnomalyDataset
+
+    rows = []
+    for source in sources:
+        counts = {split: len(AnomalyDataset(source.root, source.category, split)) for split in ("train", "validation")
+                  if split in metrics}
+        groups = AnomalyDataset(source.root, source.category, "test").groups
+        counts.update({g: groups.count(g) for g in metrics if g not in ("train", "validation")})
+        rows += [{"dataset": source.name, "method": "", "setting": "default", "level": "data",
+                  "metric": metrics[k], "value": float(v), "data": source.name} for k, v in counts.items()]
+    table = pd.DataFrame(rows)
+    if table.empty:
+        return table
+    total = table.assign(dataset=table["dataset"].str.split("/").str[0]).groupby(
+        ["dataset", "method", "setting", "level", "metric"], as_index=False, sort=False)["value"].sum()
+    return pd.concat([table, total.assign(data=total["dataset"])], ignore_index=True)
+
+
+def grid_not_run_rows(grid_table: pd.DataFrame, metrics: Sequence[str], protocol: str,
+                      backbone: str | None = None) -> pd.DataFrame:
+    """The variants a ``run_grid`` table records as not run (NaN rows with the reason in ``note``), as NaN rows
+    of ``metrics`` at image level, per category and for the dataset's mean, so that claims and tables that read
+    other metrics (the LOCO group AUROCs) name the reason; ``backbone`` replaces the rows' backbone name."""
+    if grid_table.empty:
+        return pd.DataFrame()
+    missing = grid_table[grid_table["value"].isna() & (grid_table["note"].astype(str) != "")]
+    if backbone is not None:
+        missing = missing.assign(backbone=backbone)
+    keys = ["dataset", "method", "setting", "seed", "class_setting", "image_size", "backbone", "data", "note"]
+    base = missing[keys].drop_duplicates()
+    rows = [{**row, "level": "image", "metric": metric, "value": float("nan"), "protocol": protocol,
+             "scope": "mean" if "/" not in row["dataset"] else "category"}
+            for row in base.to_dict("records") for metric in metrics]
+    out = pd.DataFrame(rows)
+    if len(out):  # a not-run row for one category stands for its dataset too (the claims read the means)
+        means = out.assign(dataset=out["dataset"].str.split("/").str[0], scope="mean")
+        out = pd.concat([out, means], ignore_index=True).drop_duplicates(["dataset", "method", "setting", "seed",
+                                                                          "metric"])
+    return out
+
+
+def not_run_cells(setting: Setting, datasets: Sequence[str], method: str, labels: Sequence[str],
+                  metrics: Sequence[str], reason: str, class_setting: str | None = None,
+                  image_size: int | None = None) -> pd.DataFrame:
+    """NaN rows (level image, the study's columns, one per seed of the setting) with ``reason`` in ``note``,
+    for table cells that were not run here, so that tables and claims say why."""
+    return pd.DataFrame([{"dataset": d, "method": method, "setting": label, "level": "image", "metric": m,
+                          "value": float("nan"), "backbone": setting.backbone_label(), "data": d, "seed": seed,
+                          "protocol": setting.protocol, "class_setting": class_setting or setting.class_setting,
+                          "image_size": image_size or setting.image_size,
+                          "scope": "mean" if "/" not in d else "category", "note": reason}
+                         for d in datasets for label in labels for m in metrics for seed in setting.seeds])
+
+
+def printed_beside(setting: Setting, name: str, ours: pd.DataFrame, pairs: Mapping[str, str],
+                   methods: Sequence[str] | None = None, metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """Our cells on one dataset shown beside the paper's printed cells on another, never as one cell and with
+    no difference: ``pairs`` maps our dataset (e.g. a derived split) to the paper's (the official one). One row
+    per (method, metric); per pair a column "ours: <dataset>" (mean ± std over seeds, "not run here: <reason>"
+    for NaN rows with a note) and "paper: <dataset>" (the printed number of table ``name``)."""
+    from adlib import results
+
+    printed = results.paper_table(setting.paper.name, name)
+    rows: dict[tuple, dict] = {}
+    for ours_name, paper_name in pairs.items():
+        mine = ours[ours["dataset"] == ours_name]
+        if methods is not None:
+            mine = mine[mine["method"].isin(methods)]
+        if metrics is not None:
+            mine = mine[mine["metric"].isin(metrics)]
+        summary = seed_summary(mine, ["method", "metric", "level"])
+        notes = mine[mine["value"].isna()]
+        theirs = printed[printed["dataset"] == paper_name]
+        for key in dict.fromkeys(zip(mine["method"], mine["metric"], mine["level"])):
+            method, metric, level = key
+            got = summary[(summary["method"] == method) & (summary["metric"] == metric)]
+            if len(got):
+                cell = format_mean(got["mean"].iloc[0], got["std"].iloc[0], got["n"].iloc[0], metric, level)
+                cell += f" ({int(got['n'].iloc[0])} seeds)"
+            else:
+                why = [n for n in notes[(notes["method"] == method) & (notes["metric"] == metric)]["note"].map(_text) if n]
+                cell = "not run here" + (f": {why[0]}" if why else "")
+            paper = theirs[(theirs["method"] == method) & (theirs["metric"] == metric)]["value"]
+            row = rows.setdefault((method, metric_label(metric, level)), {})
+            row[f"ours: {ours_name}"] = cell
+            row[f"paper: {paper_name}"] = format_value(paper.iloc[0], metric, level) if len(paper) else "not printed"
+    out = pd.DataFrame.from_dict(rows, orient="index")
+    if len(out):
+        out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "metric"])
+    return out
