@@ -212,10 +212,7 @@ def last_code_cell(path: Path) -> str:
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}/{p.stem}" for p in NOTEBOOKS])
 def test_every_chapter_ends_with_its_verdicts(path):
     """Issue 23 item 4: each notebook closes with a verdicts section rendered from claims.csv and the tables by
-    ``claims.closing`` (what held, failed, was not testable here, and why), never with hand-written prose."""
-    cells = json.loads(path.read_text())["cells"]
-    headings = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
-                and re.search(r"^#+\s*Verdicts", "".join(c["source"]), flags=re.M)]
-    assert headings, f"{path.relative_to(ROOT)}: no '## Verdicts' section"
+    ``claims.closing`` (its "## Verdicts" heading, what held, failed, was not testable here, and why), never with
+    hand-written prose: the last code cell renders it."""
     assert "claims.closing(" in last_code_cell(path), \
         f"{path.relative_to(ROOT)}: the last code cell does not render claims.closing(...)"
