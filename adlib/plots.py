@@ -315,7 +315,10 @@ def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max",
     data = one_scope(data, "variant_panels")
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
     longest = max((len(line) for s in settings for line in _wrap(s).splitlines()), default=8)
-    width = panel_width or max(3.2, 0.45 * len(settings) + 0.06 * longest * 2)
+    # rotated labels of several lines run into each other: those stand upright, each with room for its longest line
+    rotate = len(settings) > 3 and not any("\n" in _wrap(s) for s in settings)
+    width = panel_width or (max(3.2, 0.45 * len(settings) + 0.06 * longest * 2) if rotate or len(settings) <= 3
+                            else 0.3 + len(settings) * (0.065 * longest + 0.15))
     fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.6), squeeze=False)
     x = np.arange(len(settings))
     for ax, metric in zip(axes[0], metrics):
@@ -339,8 +342,8 @@ def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max",
         finite = [v for arr in dots for v in arr if np.isfinite(v)] + [m + s for m, s in zip(means, stds) if np.isfinite(m)]
         _baseline(ax, bottom, chance, max(finite) if finite else float("nan"))
         ax.set_xticks(x)
-        ax.set_xticklabels([_wrap(s) for s in settings], rotation=35 if len(settings) > 3 else 0,
-                           ha="right" if len(settings) > 3 else "center", fontsize=8)
+        ax.set_xticklabels([_wrap(s) for s in settings], rotation=35 if rotate else 0,
+                           ha="right" if rotate else "center", fontsize=8)
         ax.set_title(METRIC_LABELS.get(metric, metric) + (f" (from {bottom:g})" if bottom else ""), fontsize=9)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
@@ -795,8 +798,8 @@ def mambaad_diagram(structure: dict):
     for st in s["stages"]:
         lss = " + ".join(f"LSS({k} HSS)" for k in st["hss"])
         head = "" if st["index"] == 0 else f"{st['upsample']}\n"
-        _diagram_box(ax, x, 0.36, 0.125, 0.18, f"stage {st['index']}\n{head}{lss}\n{st['channels']}x{st['map']}x{st['map']}",
-             _DIAGRAM_BOTH, size=6.5)
+        _diagram_box(ax, x, 0.36, 0.125, 0.18,
+                     f"stage {st['index']}\n{head}{lss}\n{st['channels']}x{st['map']}x{st['map']}", _DIAGRAM_BOTH, size=6.5)
         _diagram_arrow(ax, (x - 0.03, 0.45), (x, 0.45))
         x += 0.145
     for j, shape in enumerate(s["reconstructions"]):  # decoder stage j+1 reconstructs tap j+1 (stride 4 first)
@@ -804,10 +807,10 @@ def mambaad_diagram(structure: dict):
         ty = 0.78 - j * 0.22 + 0.07
         _diagram_arrow(ax, (sx, 0.54), (sx, 0.64 + 0.02 * j), color="#a61c00", ls="--")
         ax.text(sx + 0.005, 0.60 + 0.02 * j, f"1 - cos vs tap {j + 1}", fontsize=6, color="#a61c00")
-    ax.text(0.40, 0.12, f"anomaly map = sum over the {n} scales of (1 - cos), upsampled to {s['size']} px, "
-                        f"Gaussian sigma {s['sigma']:g}; image score = {s['score']} of the map.  Training loss: "
-                        f"{s['loss_weight']:g} x sum of per-scale MSE.", fontsize=7)
-    ax.text(0.40, 0.04, "drop path over the HSS blocks (stage 0 first): "
+    ax.text(0.40, 0.13, f"anomaly map = sum over the {n} scales of (1 - cos), upsampled to {s['size']} px, "
+                        f"Gaussian sigma {s['sigma']:g};\nimage score = {s['score']} of the map.  Training loss: "
+                        f"{s['loss_weight']:g} x sum of per-scale MSE.", fontsize=7, va="center")
+    ax.text(0.40, 0.03, "drop path over the HSS blocks (stage 0 first): "
             + ", ".join(f"{p:.2f}" for p in s["hss"]["drop_path"]), fontsize=6.5, color="0.3")
 
     ax = fig.add_subplot(grid[1, 0])
