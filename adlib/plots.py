@@ -189,6 +189,16 @@ def normalize_maps(maps, mode: str = "joint") -> np.ndarray:
     raise ValueError(f"normalize mode {mode!r} unknown; expected 'joint' or 'each'")
 
 
+def _scaled_or_none(stack: Sequence, normalize: str) -> list:
+    """``normalize_maps`` over the maps given, None kept in its place."""
+    given = [i for i, m in enumerate(stack) if m is not None]
+    out: list = [None] * len(stack)
+    if given:
+        for i, scaled in zip(given, normalize_maps(np.stack([_map_hw(stack[i]) for i in given]), normalize)):
+            out[i] = scaled
+    return out
+
+
 def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str, Sequence],
                      row_labels: Sequence[str] | None = None, normalize: str = "joint",
                      overlay: float = 0.5, cell: float = 1.8, title: str | None = None):
@@ -196,7 +206,8 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
 
     ``maps`` maps a method name to N maps (each (H, W)); ``normalize`` scales each method's maps to
     [0, 1] jointly over the shown images ("joint", comparable across rows) or per image ("each").
-    ``overlay`` > 0 blends the heat map over the image.
+    ``overlay`` > 0 blends the heat map over the image. A map given as None (the method did not run on that
+    image's source) is drawn as a grey "not run here" panel.
     """
     plt = _pyplot()
     n = len(images)
@@ -207,8 +218,7 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
             raise ValueError(f"anomaly_map_grid: method {method!r} has {len(stack)} maps for {n} images")
     if masks is not None and len(masks) != n:
         raise ValueError(f"anomaly_map_grid: {len(masks)} masks for {n} images")
-    scaled = {method: normalize_maps(np.stack([_map_hw(m) for m in stack]), normalize)
-              for method, stack in maps.items()}
+    scaled = {method: _scaled_or_none(stack, normalize) for method, stack in maps.items()}
     columns = ["Image"] + (["GT"] if masks is not None else []) + list(maps)
     fig, axes = plt.subplots(n, len(columns), figsize=(cell * len(columns), cell * n), squeeze=False)
     cmap = plt.get_cmap(MAP_CMAP)
@@ -218,11 +228,18 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
         if masks is not None:
             panels.append(_resize_nearest(_map_hw(masks[row]), image.shape[:2]))
         for method in maps:
+            if scaled[method][row] is None:  # not run on this image's source
+                panels.append(None)
+                continue
             heat = cmap(_resize_nearest(scaled[method][row], image.shape[:2]))[..., :3]
             panels.append((1 - overlay) * heat + overlay * image if overlay > 0 else heat)
         for col, panel in enumerate(panels):
             ax = axes[row, col]
-            ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
+            if panel is None:
+                ax.set_facecolor("0.9")
+                ax.text(0.5, 0.5, "not run\nhere", ha="center", va="center", fontsize=8, transform=ax.transAxes)
+            else:
+                ax.imshow(panel, cmap="gray" if panel.ndim == 2 else None, vmin=0, vmax=1)
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:

@@ -200,3 +200,21 @@ def test_the_convention_tells_quotes_from_typed_results():
     assert offences("ladmim", "A constant score is at chance (AUROC 50); see Sec. 4.2-4.4.") == []
     caption = "The paper's Table II (pixel AUROC / max-F1 / AP):\n\n| data | PatchCore |\n| --- | --- |\n| MVTec AD | 95.8 / 60.1 |"
     assert offences("varad", caption) == [] and offences("varad", caption.replace("Table II", "table"))
+
+
+def last_code_cell(path: Path) -> str:
+    cells = json.loads(path.read_text())["cells"]
+    code = [("".join(c["source"])) for c in cells if c["cell_type"] == "code" and "".join(c["source"]).strip()]
+    return code[-1] if code else ""
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=[f"{p.parent.name}/{p.stem}" for p in NOTEBOOKS])
+def test_every_chapter_ends_with_its_verdicts(path):
+    """Issue 23 item 4: each notebook closes with a verdicts section rendered from claims.csv and the tables by
+    ``claims.closing`` (what held, failed, was not testable here, and why), never with hand-written prose."""
+    cells = json.loads(path.read_text())["cells"]
+    headings = [i for i, c in enumerate(cells) if c["cell_type"] == "markdown"
+                and re.search(r"^#+\s*Verdicts", "".join(c["source"]), flags=re.M)]
+    assert headings, f"{path.relative_to(ROOT)}: no '## Verdicts' section"
+    assert "claims.closing(" in last_code_cell(path), \
+        f"{path.relative_to(ROOT)}: the last code cell does not render claims.closing(...)"

@@ -187,3 +187,14 @@ def test_grouped_bars_draw_the_seeds_spread():
     ax = fig.axes[0]
     assert [p.get_height() for p in ax.patches] == [51.0, 41.0] and ax.get_ylim()[0] == 0.0
     assert ax.collections and len(ax.collections[0].get_segments()) == 2
+
+
+def test_anomaly_map_grid_marks_a_method_not_run_on_a_row():
+    """A path check's covering grid runs some methods on some sources only: their panels say so; the joint
+    scaling of the method's other maps ignores the gap."""
+    images = [torch.rand(3, 16, 16) for _ in range(2)]
+    maps = {"VarAD": [np.random.rand(8, 8), np.random.rand(8, 8)], "UniAD": [np.full((8, 8), 3.0), None]}
+    fig = plots.anomaly_map_grid(images, None, maps)
+    uniad_second_row = fig.axes[1 * 3 + 2]
+    assert not uniad_second_row.images and "not run" in uniad_second_row.texts[0].get_text()
+    assert fig.axes[2].images and not fig.axes[2].texts

@@ -46,7 +46,8 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
     method's map on them (so a grid shows every category the runs evaluated, k rows each).
 
     ``runs`` is the ``keep`` dict of ``run_grid`` (keys (model, label, source name, seed)); ``seed`` picks one
-    seed's runs (default: the smallest). Returns images, masks, {method: maps} and row labels."""
+    seed's runs (default: the smallest). Returns images, masks, {method: maps} and row labels; a method that
+    did not run on a source (a path check's covering grid, a row not run) has None in its place there."""
     images, masks, labels, maps = [], [], [], {}
     seeds = sorted({key[3] for key in runs})
     seed = seeds[0] if seed is None and seeds else seed
@@ -54,6 +55,7 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
     for key, run in runs.items():
         if key[3] == seed:
             by_source.setdefault(run.source.name, {})[run.method] = run
+    methods = list(dict.fromkeys(method for group in by_source.values() for method in group))
     for name, group in by_source.items():
         first = next(iter(group.values()))
         categories = [s.category for s in first.sources] if isinstance(first.test, dict) else [None]
@@ -62,8 +64,8 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
             images += imgs
             masks += msks
             labels += [f"{first.dataset_name}/{category}" if category else name] * len(imgs)
-            for method, stack in mps.items():
-                maps.setdefault(method, []).extend(stack)
+            for method in methods:  # a method not run on this source: None maps (drawn as "not run here")
+                maps.setdefault(method, []).extend(mps.get(method, [None] * len(imgs)))
     return images, masks, maps, labels
 
 
