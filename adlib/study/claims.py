@@ -546,8 +546,8 @@ def _claim_sentence(part: pd.DataFrame) -> tuple[str, str]:
             detail += f" — {reason(row)}"
         elif verdict != "not run":
             detail += ": " + "; ".join(f"{r['comparison']}: {r['verdict']}, {reason(r)}" for _, r in compared.iterrows())
-        else:
-            detail += f" — {reason(row)}"
+        else:  # why each comparison did not run (the overall row only states the combining rule)
+            detail += " — " + "; ".join(dict.fromkeys(reason(r) for _, r in compared.iterrows()))
     return verdict, f"- *{row['text']}* ({row['where']}): {WORDS.get(verdict, verdict)}{detail}."
 
 
