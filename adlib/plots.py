@@ -332,7 +332,10 @@ def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max",
     data = one_scope(data, "variant_panels")
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
     longest = max((len(line) for s in settings for line in _wrap(s).splitlines()), default=8)
-    width = panel_width or max(3.2, 0.45 * len(settings) + 0.06 * longest * 2)
+    # rotated labels of several lines run into each other: those stand upright, each with room for its longest line
+    rotate = len(settings) > 3 and not any("\n" in _wrap(s) for s in settings)
+    width = panel_width or (max(3.2, 0.45 * len(settings) + 0.06 * longest * 2) if rotate or len(settings) <= 3
+                            else 0.3 + len(settings) * (0.065 * longest + 0.15))
     fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.6), squeeze=False)
     x = np.arange(len(settings))
     for ax, metric in zip(axes[0], metrics):
@@ -356,8 +359,8 @@ def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max",
         finite = [v for arr in dots for v in arr if np.isfinite(v)] + [m + s for m, s in zip(means, stds) if np.isfinite(m)]
         _baseline(ax, bottom, chance, max(finite) if finite else float("nan"))
         ax.set_xticks(x)
-        ax.set_xticklabels([_wrap(s) for s in settings], rotation=35 if len(settings) > 3 else 0,
-                           ha="right" if len(settings) > 3 else "center", fontsize=8)
+        ax.set_xticklabels([_wrap(s) for s in settings], rotation=35 if rotate else 0,
+                           ha="right" if rotate else "center", fontsize=8)
         ax.set_title(METRIC_LABELS.get(metric, metric) + (f" (from {bottom:g})" if bottom else ""), fontsize=9)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
@@ -890,4 +893,226 @@ def ran_variant_panels(df: pd.DataFrame, missing: Sequence[str] = (), title: str
         fig.set_figheight(height + extra)
         fig.subplots_adjust(bottom=(extra + 0.55) / (height + extra))
         fig.text(0.01, 0.3 / (height + extra), text, ha="left", va="bottom", fontsize=7, color="0.3")
+
+
+# ------------------------------------------------------------------ decoder schematics (MambaAD's Figs. 1 and 2)
+# Schematics redrawn from built models: every label (module
+# names, block counts, kernel sizes, channels, map sizes, token counts) is read from the modules or from a
+# forward pass, none is typed, so that the drawing shows what adlib runs.
+
+
+def _diagram_box(ax, x, y, w, h, text, color, size=7):
+    from matplotlib.patches import FancyBboxPatch
+
+    ax.add_patch(FancyBboxPatch((x, y), w, h, boxstyle="round,pad=0.005,rounding_size=0.01", fc=color, ec="0.25",
+                                lw=0.8))
+    ax.text(x + w / 2, y + h / 2, text, ha="center", va="center", fontsize=size)
+
+
+def _diagram_arrow(ax, a, b, style="-|>", color="0.2", ls="-"):
+    ax.annotate("", xy=b, xytext=a, arrowprops=dict(arrowstyle=style, color=color, lw=0.8, ls=ls))
+
+
+def _diagram_panel(ax, title):
+    ax.set_xlim(0, 1)
+    ax.set_ylim(0, 1)
+    ax.axis("off")
+    ax.set_title(title, fontsize=9, loc="left")
+
+
+_DIAGRAM_LOCAL, _DIAGRAM_GLOBAL, _DIAGRAM_BOTH, _DIAGRAM_FROZEN = "#cfe2f3", "#f9cb9c", "#b6d7a8", "#eeeeee"
+
+
+def mambaad_structure(model, size: int) -> dict:
+    """What ``mambaad_diagram`` (MambaAD's Fig. 2) draws, read from a built MambaAD and one forward pass at ``size`` px (random input): encoder
+    taps, H-FPN output, per decoder stage its map, channels and LSS modules, and the parts of one LSS and one
+    HSS block (names and sizes from the modules)."""
+    import torch
+    from torch import nn
+
+    with torch.no_grad():
+        out = model.explain(torch.rand(1, 3, size, size))
+    stages = []
+    grid = out["bottleneck"].shape[-1]
+    for i, stage in enumerate(model.decoder.stages):
+        stages.append({"index": i, "channels": model.dims[i], "map": grid * 2 ** i,
+                       "hss": [len(lss.hss) for lss in stage],
+                       "upsample": type(model.decoder.upsample[i]).__name__})
+    lss = model.decoder.stages[-1][0]
+    ss2d = lss.hss[0].self_attention
+
+    def layers(seq):
+        names = []
+        for block in seq if isinstance(seq[0], nn.Sequential) else [seq]:
+            conv = block[0]
+            kind = "DWConv" if conv.groups > 1 else "Conv"
+            names.append(f"{kind}{conv.kernel_size[0]}x{conv.kernel_size[1]}+{type(block[1]).__name__}+"
+                         f"{type(block[2]).__name__}")
+        return names
+
+    return {"size": size, "backbone": model.config.backbone,
+            "encoder": [tuple(f.shape[1:]) for f in out["features"]], "bottleneck": tuple(out["bottleneck"].shape[1:]),
+            "reconstructions": [tuple(r.shape[1:]) for r in out["reconstructions"]], "stages": stages,
+            "lss": {"dim": lss.fuse.out_channels, "fuse_in": lss.fuse.in_channels, "residual": lss.residual,
+                    "branches": [layers(b) for b in lss.local], "kernels": list(model.config.kernel_sizes)},
+            "hss": {"dim": ss2d.in_proj.in_features, "d_inner": ss2d.d_inner, "d_state": ss2d.d_state,
+                    "dt_rank": ss2d.dt_rank, "directions": ss2d.count, "scan": ss2d.scan,
+                    "d_conv": ss2d.conv2d.kernel_size[0], "ln_eps": lss.hss[0].ln_1.eps,
+                    "drop_path": [round(blk.drop_path.p, 3) for st in model.decoder.stages for l in st for blk in l.hss]},
+            "sigma": model.config.smoothing_sigma, "score": model.config.score_rule,
+            "loss_weight": model.config.loss_weight}
+
+
+def mambaad_diagram(structure: dict):
+    """MambaAD's Fig. 2 redrawn from ``mambaad_structure``: (a) the framework, (b) an LSS module, (c) an HSS block,
+    (d) ConvB."""
+    plt = _pyplot()
+    s = structure
+    fig = plt.figure(figsize=(13, 7.2))
+    grid = fig.add_gridspec(2, 3, height_ratios=[1.25, 1], width_ratios=[1.3, 1, 1])
+    ax = fig.add_subplot(grid[0, :])
+    _diagram_panel(ax, f"(a) MambaAD framework ({s['backbone']}, {s['size']} px; shapes C x H x W from a forward pass)")
+    n = len(s["encoder"])
+    for i, shape in enumerate(s["encoder"]):  # encoder taps, shallow (top) to deep
+        y = 0.78 - i * 0.22
+        _diagram_box(ax, 0.01, y, 0.16, 0.14, f"encoder tap {i + 1} (frozen)\n{'x'.join(map(str, shape))}", _DIAGRAM_FROZEN)
+        _diagram_arrow(ax, (0.17, y + 0.07), (0.25, 0.45))
+    _diagram_box(ax, 0.25, 0.36, 0.12, 0.18, f"H-FPN\n(HalfFPN)\n{'x'.join(map(str, s['bottleneck']))}", _DIAGRAM_LOCAL)
+    x = 0.40
+    for st in s["stages"]:
+        lss = " + ".join(f"LSS({k} HSS)" for k in st["hss"])
+        head = "" if st["index"] == 0 else f"{st['upsample']}\n"
+        _diagram_box(ax, x, 0.36, 0.125, 0.18,
+                     f"stage {st['index']}\n{head}{lss}\n{st['channels']}x{st['map']}x{st['map']}", _DIAGRAM_BOTH, size=6.5)
+        _diagram_arrow(ax, (x - 0.03, 0.45), (x, 0.45))
+        x += 0.145
+    for j, shape in enumerate(s["reconstructions"]):  # decoder stage j+1 reconstructs tap j+1 (stride 4 first)
+        sx = 0.40 + 0.145 * (3 - j) + 0.06
+        ty = 0.78 - j * 0.22 + 0.07
+        _diagram_arrow(ax, (sx, 0.54), (sx, 0.64 + 0.02 * j), color="#a61c00", ls="--")
+        ax.text(sx + 0.005, 0.60 + 0.02 * j, f"1 - cos vs tap {j + 1}", fontsize=6, color="#a61c00")
+    ax.text(0.40, 0.13, f"anomaly map = sum over the {n} scales of (1 - cos), upsampled to {s['size']} px, "
+                        f"Gaussian sigma {s['sigma']:g};\nimage score = {s['score']} of the map.  Training loss: "
+                        f"{s['loss_weight']:g} x sum of per-scale MSE.", fontsize=7, va="center")
+    ax.text(0.40, 0.03, "drop path over the HSS blocks (stage 0 first): "
+            + ", ".join(f"{p:.2f}" for p in s["hss"]["drop_path"]), fontsize=6.5, color="0.3")
+
+    ax = fig.add_subplot(grid[1, 0])
+    l = s["lss"]
+    _diagram_panel(ax, f"(b) LSS module (last stage: C = {l['dim']})")
+    _diagram_box(ax, 0.02, 0.42, 0.12, 0.16, "X_i", _DIAGRAM_FROZEN)
+    _diagram_box(ax, 0.18, 0.74, 0.38, 0.16, "HSS x M_i (cascaded)", _DIAGRAM_BOTH)
+    for i, (k, branch) in enumerate(zip(l["kernels"], l["branches"])):
+        y = 0.50 - i * 0.24
+        _diagram_box(ax, 0.18, y, 0.38, 0.16, "\n".join(b.split("+")[0] for b in branch), _DIAGRAM_LOCAL, size=6)
+        _diagram_arrow(ax, (0.14, 0.5), (0.18, y + 0.08))
+        _diagram_arrow(ax, (0.56, y + 0.08), (0.60, 0.5))
+    _diagram_arrow(ax, (0.14, 0.5), (0.18, 0.82))
+    _diagram_arrow(ax, (0.56, 0.82), (0.60, 0.5))
+    _diagram_box(ax, 0.60, 0.40, 0.18, 0.20, f"Concat\nConv1x1\n{l['fuse_in']} -> {l['dim']}", _DIAGRAM_LOCAL, size=6.5)
+    _diagram_box(ax, 0.84, 0.42, 0.14, 0.16, "+ X_i -> X_o" if l["residual"] else "X_o (no residual)", _DIAGRAM_FROZEN, size=6.5)
+    _diagram_arrow(ax, (0.78, 0.5), (0.84, 0.5))
+
+    ax = fig.add_subplot(grid[1, 1])
+    h = s["hss"]
+    _diagram_panel(ax, f"(c) HSS block (C = {h['dim']}, d_inner = {h['d_inner']})")
+    steps = [f"LN (eps {h['ln_eps']:g})", f"Linear {h['dim']} -> 2x{h['d_inner']}: x, z",
+             f"DWConv{h['d_conv']}x{h['d_conv']} + SiLU (x)",
+             f"HS encoder: {h['directions']} {h['scan']} orders",
+             f"selective scan: {h['directions']}x{h['d_inner']} ch.,\nN = {h['d_state']}, dt rank {h['dt_rank']}",
+             f"HS decoder: inverse orders, sum", f"LN x SiLU(z), Linear -> {h['dim']}", "+ input (DropPath)"]
+    for i, text in enumerate(steps):
+        y = 0.90 - i * 0.118
+        _diagram_box(ax, 0.12, y - 0.036, 0.76, 0.072, text, _DIAGRAM_BOTH if 3 <= i <= 5 else _DIAGRAM_LOCAL, size=6.5)
+        if i:
+            _diagram_arrow(ax, (0.5, y + 0.082), (0.5, y + 0.036))
+
+    ax = fig.add_subplot(grid[1, 2])
+    _diagram_panel(ax, "(d) ConvB (the local branches' unit)")
+    parts = l["branches"][0][0].split("+") if l["branches"] else []
+    for i, part in enumerate(parts):
+        _diagram_box(ax, 0.2, 0.72 - i * 0.22, 0.6, 0.14, part if i else "Conv2d (1x1, or depthwise k x k)", _DIAGRAM_LOCAL)
+        if i:
+            _diagram_arrow(ax, (0.5, 0.72 - (i - 1) * 0.22), (0.5, 0.86 - i * 0.22))
+    ax.text(0.05, 0.05, "branches: " + "; ".join(f"k = {k}: " + " -> ".join(b) for k, b in zip(l["kernels"], l["branches"])),
+            fontsize=5.5, wrap=True)
+    fig.tight_layout()
+    return fig
+
+
+def decoder_structures(models: dict, size: int) -> dict:
+    """What ``decoder_diagram`` (MambaAD's Fig. 1) draws, read from built models (``{"RD4AD": ..., "UniAD": ..., "MambaAD": ...}``): per method
+    the maps its decoder works on (side, tokens), the operator there, and the global operator's pair or state
+    count at ``size`` px."""
+    import torch
+    from torch import nn
+
+    out = {}
+    rd = models.get("RD4AD")
+    if rd is not None:
+        kernels = sorted({m.kernel_size[0] for st in rd.decoder.stages for m in st.modules() if isinstance(m, nn.Conv2d)})
+        out["RD4AD"] = {"maps": [(h, len(st)) for (h, _), st in zip(rd.grids[::-1], rd.decoder.stages)],
+                        "operator": f"residual conv blocks (k = {', '.join(map(str, kernels))}): local",
+                        "global": "none (receptive field grows with depth only)"}
+    uni = models.get("UniAD")
+    if uni is not None:
+        h, w = uni.grid
+        out["UniAD"] = {"maps": [(h, len(uni.encoder) + len(uni.decoder))],
+                        "operator": f"{len(uni.encoder)} + {len(uni.decoder)} attention layers on the stride-"
+                                    f"{uni.config.feature_stride} map only: global",
+                        "global": f"attention: L^2 = {(h * w) ** 2:,} pairs per layer (L = {h * w})"}
+    mam = models.get("MambaAD")
+    if mam is not None:
+        with torch.no_grad():
+            grid = mam.bottleneck(mam.extract(torch.rand(1, 3, size, size))).shape[-1]
+        ss2d = mam.decoder.stages[-1][0].hss[0].self_attention
+        finest = (grid * 2 ** (len(mam.decoder.stages) - 1)) ** 2
+        out["MambaAD"] = {"maps": [(grid * 2 ** i, sum(len(l.hss) for l in st)) for i, st in enumerate(mam.decoder.stages)],
+                          "operator": f"LSS: HSS ({ss2d.count} scan directions) + DWConv k = "
+                                      f"{', '.join(map(str, mam.config.kernel_sizes))}: global + local",
+                          "global": f"selective scan: K x L = {ss2d.count} x {finest:,} steps on the finest map: "
+                                    f"linear in L"}
+    return out
+
+
+def decoder_diagram(structures: dict, timing: pd.DataFrame | None = None, size: int = 256):
+    """MambaAD's Fig. 1 redrawn: one panel per method (``decoder_structures``: the maps each decoder works on, coloured by
+    operator: local conv, global attention, global SSM + local conv), and, when ``timing`` is given
+    (``adlib.study.cost.decoder_timing`` rows), the measured time against tokens of MambaAD's decoder and of self-attention."""
+    import math
+
+    plt = _pyplot()
+    panels = [m for m in ("RD4AD", "UniAD", "MambaAD") if m in structures]
+    fig, axes = plt.subplots(1, len(panels) + (timing is not None), figsize=(4 * len(panels) + 4 * (timing is not None), 3.8))
+    colors = {"RD4AD": _DIAGRAM_LOCAL, "UniAD": _DIAGRAM_GLOBAL, "MambaAD": _DIAGRAM_BOTH}
+    letters = "abcd"
+    for i, (ax, method) in enumerate(zip(axes, panels)):
+        s = structures[method]
+        _diagram_panel(ax, f"({letters[i]}) {method}")
+        sides = [side for side, _ in s["maps"]]
+        for side in sorted({size // 4, size // 8, size // 16, size // 32} | set(sides), reverse=True):
+            if side < size // 32:
+                continue
+            y = 0.80 - 0.18 * int(round(math.log2(size // 4 / side)))
+            used = [blocks for sd, blocks in s["maps"] if sd == side]
+            text = f"{side} x {side} map, {side * side:,} tokens" + (f"\n{used[0]} blocks" if used else "\nnot decoded")
+            _diagram_box(ax, 0.08, y, 0.84, 0.13, text, colors[method] if used else "white", size=6.5)
+        ax.text(0.02, 0.06, s["operator"] + "\n" + s["global"], fontsize=6, wrap=True)
+    if timing is not None:
+        ax = axes[-1]
+        rows = timing[timing["metric"].isin(["seconds", "tokens"])].pivot_table(
+            index=["method", "seed", "setting"], columns="metric", values="value").reset_index()
+        for method, part in rows.groupby("method"):
+            mean = part.groupby("tokens")["seconds"].mean()
+            ax.loglog(mean.index, mean.values, "o-", label=method if method != "attention" else "self-attention")
+        exps = timing[timing["metric"] == "exponent"].groupby("method")["value"].mean()
+        ax.set_title(f"({letters[len(panels)]}) measured: time ~ tokens^p\n"
+                     + ", ".join(f"{m} p = {v:.2f}" for m, v in exps.items()), fontsize=9, loc="left")
+        from matplotlib.ticker import NullFormatter
+
+        ax.xaxis.set_minor_formatter(NullFormatter())
+        ax.set_xlabel("tokens")
+        ax.set_ylabel("CPU s per forward (one thread)")
+        ax.legend(fontsize=7)
+    fig.tight_layout()
     return fig

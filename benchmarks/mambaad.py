@@ -58,30 +58,28 @@ def _smoke(model: str = "mambaad", **overrides):
 # --------------------------------------------------------------------------------------------------- cost
 
 
-# The counts are the library's (adlib.papers.mambaad), which the notebooks call too.
-from adlib.papers.mambaad import count_flops, parameter_counts  # noqa: E402
+# The counts are the library's (adlib.study.cost), which the notebooks call too.
+PARTS = {"encoder": "tokenizer", "hfpn": "bottleneck", "decoder": "decoder"}
 
 
 def cost(args) -> dict:
-    from adlib.models import create_model
     from adlib.papers import mambaad
+    from adlib.study import cost as study_cost
 
     print("Tables 2 and 5: the paper's architectures at 256 px, random weights (counts do not depend on them)")
     print("  params: whole model = frozen encoder to layer3 + H-FPN + decoder; 'as release' adds its scan indices")
     print("  FLOPs: fvcore's count (multiply-adds of convs/matmuls + norm estimates); the selective scan not counted")
     out = {}
     for label, overrides in mambaad.PAPER.profile("paper").grids["table2_cost"].items():
-        torch.manual_seed(0)
-        model = create_model("mambaad", **overrides).eval()
-        params = parameter_counts(model, overrides["image_size"])
-        flops = count_flops(model, overrides["image_size"])
+        rows = study_cost.variant_cost_rows("mambaad", {label: overrides}, PARTS, "MVTec AD", "MambaAD",
+                                            forward="forward_features")
+        v = dict(zip(rows["metric"], rows["value"]))
         paper_p, paper_f = PAPER_TABLE2[label]
-        out[label] = {"params": params, "flops": flops, "paper": {"params_m": paper_p, "flops_g": paper_f}}
-        print(f"  {label:38s} params {params['total']:7.2f} M (as release {params['total_as_release']:7.2f}; "
-              f"encoder {params['encoder']:.2f}, H-FPN {params['hfpn']:.2f}, decoder {params['decoder']:.2f})  "
-              f"paper {paper_p:6.1f} M | FLOPs {flops['fvcore_g']:6.2f} G (convs/matmuls {flops['conv_matmul_gmacs']:.2f}"
-              f" + norms {flops['norms_g']:.3f}; scan apart {flops['scan_gmacs']:.2f})  paper {paper_f:5.1f} G", flush=True)
-        del model
+        out[label] = {"counts": v, "paper": {"params_m": paper_p, "flops_g": paper_f}}
+        print(f"  {label:38s} params as release {v['params_m']:7.2f} M (scan indices {v['params_m_scan_index']:.2f}; "
+              f"encoder {v['params_m_encoder']:.2f}, H-FPN {v['params_m_hfpn']:.2f}, decoder "
+              f"{v['params_m_decoder']:.2f})  paper {paper_p:6.1f} M | FLOPs {v['flops_g']:6.2f} G (selective scan "
+              f"apart: {v['scan_gmacs']:.2f} GMACs)  paper {paper_f:5.1f} G", flush=True)
     return out
 
 
@@ -196,11 +194,13 @@ def size224(args) -> dict:
 def complexity(args) -> dict:
     """CPU time (one thread) of MambaAD's decoder forward (the paper's widths: ResNet34's H-FPN output, [3,4,6,3],
     8 directions) at 4 input sizes, against a same-width self-attention block over the finest stage's tokens:
-    ``adlib.papers.mambaad.decoder_timing``, the measurement 00_method's claim is decided on."""
+    ``adlib.study.cost.decoder_timing``, the measurement 00_method's claim is decided on."""
     from adlib.papers import mambaad
+    from adlib.study import cost as study_cost
 
     sizes = list(args.sizes or mambaad.PAPER.profile("smoke").grids["complexity_sizes"])
-    table = mambaad.decoder_timing(sizes, args.seeds, repeats=args.repeats)
+    table = study_cost.decoder_timing("mambaad", sizes, args.seeds, repeats=args.repeats, method="MambaAD",
+                                      backbone="resnet34", pretrained=False)
     print(f"Decoder forward CPU time against tokens (ResNet34 widths, batch 1, one thread, median of {args.repeats} "
           f"after a warm-up; seeds {list(args.seeds)})")
     view = table[table["metric"].isin(["seconds", "tokens"])].pivot_table(

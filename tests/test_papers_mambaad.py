@@ -7,8 +7,10 @@ import pytest
 from adlib import papers
 from adlib.models import model_config
 from adlib.papers import mambaad
+from adlib.study import cost
 
 PAPER_DIR = Path(__file__).resolve().parents[1] / "results" / "paper" / "mambaad"
+PARTS = {"encoder": "tokenizer", "hfpn": "bottleneck", "decoder": "decoder"}
 PRINTED = ["table1", "table2", "table3", "table4", "table5"] + [f"tableA{i}" for i in range(1, 13)]
 
 
@@ -105,8 +107,8 @@ def test_the_papers_own_numbers_support_its_claims():
 
 def test_fit_exponent_recovers_a_power_law():
     tokens = [100, 400, 1600, 6400]
-    assert mambaad.fit_exponent(tokens, [3e-4 * t for t in tokens]) == pytest.approx(1.0)
-    assert mambaad.fit_exponent(tokens, [2e-7 * t ** 2 for t in tokens]) == pytest.approx(2.0)
+    assert cost.fit_exponent(tokens, [3e-4 * t for t in tokens]) == pytest.approx(1.0)
+    assert cost.fit_exponent(tokens, [2e-7 * t ** 2 for t in tokens]) == pytest.approx(2.0)
 
 
 def test_decoder_timing_rows_feed_the_complexity_claim():
@@ -117,7 +119,8 @@ def test_decoder_timing_rows_feed_the_complexity_claim():
     from adlib.study import claims
 
     threads = torch.get_num_threads()
-    table = mambaad.decoder_timing((64, 96), seeds=(0, 1), backbone="resnet18", depths=(1, 1, 1, 1), hss_per_lss=1)
+    table = cost.decoder_timing("mambaad", (64, 96), seeds=(0, 1), method="MambaAD", backbone="resnet18",
+                                pretrained=False, depths=(1, 1, 1, 1), hss_per_lss=1)
     assert torch.get_num_threads() == threads  # the single-thread timing restores the setting
     exps = table[table.metric == "exponent"]
     assert sorted(exps.method) == ["MambaAD", "MambaAD", "attention", "attention"]
@@ -129,9 +132,12 @@ def test_decoder_timing_rows_feed_the_complexity_claim():
 
 
 @pytest.mark.slow  # a ResNet34 forward at 256 px under the FLOP counter: about 3 s idle, a minute on a loaded machine
-def test_cost_rows_count_the_paper_architecture():
+def test_variant_cost_rows_count_the_paper_architecture():
     label = mambaad.DEFAULT_SETTINGS["table2"]
-    rows = mambaad.cost_rows({label: mambaad.PAPER.profile("paper").grids["table2_cost"][label]})
+    rows = cost.variant_cost_rows("mambaad", {label: mambaad.PAPER.profile("paper").grids["table2_cost"][label]},
+                                  PARTS, "MVTec AD", "MambaAD", forward="forward_features")
     value = rows.set_index("metric").value
     assert round(value["params_m"], 1) == 25.7 and round(value["flops_g"], 1) == 8.3  # Table 5 as printed
     assert set(rows.level) == {"model"} and set(rows.setting) == {label}
+    parts = value["params_m_encoder"] + value["params_m_hfpn"] + value["params_m_decoder"]
+    assert value["params_m"] == pytest.approx(parts + value["params_m_scan_index"]) and value["scan_gmacs"] > 0

@@ -1,11 +1,11 @@
-"""adlib.papers.mambaad: Tables A1-A12 from the main table's runs (paper-only rows say why) and Figs. 1-2 read
-from built models."""
+"""MambaAD's Tables A1-A12 from the main table's runs (``study.tables.appendix_tables``: paper-only rows say why)
+and Figs. 1-2 read from built models (``plots.mambaad_structure``, ``plots.decoder_structures``)."""
 import math
 
 import pandas as pd
 import pytest
 
-from adlib import papers, results, study
+from adlib import papers, plots, results, study
 from adlib.models import create_model
 from adlib.papers import mambaad
 
@@ -19,6 +19,10 @@ def _rows(dataset, method, level, metrics, value, note="", scope="category"):
 
 IMAGE, PIXEL = ("auroc", "ap", "f1max"), ("auroc", "ap", "f1max", "aupro")
 CPU = "not run in the smoke profile: CPU budget"
+
+
+def appendix(setting, runs):
+    return study.tables.appendix_tables(setting, runs, mambaad.APPENDIX, mambaad.APPENDIX_SYNTHETIC)
 
 
 @pytest.fixture()
@@ -45,7 +49,7 @@ def runs():
 
 
 def test_every_appendix_table_is_mapped_and_valid(setting, runs):
-    tables = mambaad.appendix_tables(setting, runs)
+    tables = appendix(setting, runs)
     assert sorted(tables) == sorted(f"tableA{i}" for i in range(1, 13)) == sorted(mambaad.APPENDIX)
     for name, df in tables.items():
         results.check_table(df, name)  # writable as a reproduced table
@@ -57,7 +61,7 @@ def test_every_appendix_table_is_mapped_and_valid(setting, runs):
 
 
 def test_a_missing_dataset_gives_the_papers_rows_with_the_reason(setting, runs):
-    a3 = mambaad.appendix_tables(setting, runs)["tableA3"]
+    a3 = appendix(setting, runs)["tableA3"]
     printed = results.paper_table("mambaad", "tableA3")
     assert a3.value.isna().all()
     # the paper's methods adlib ran (MambaAD; RD4AD recorded), one row per printed row; never PatchCore
@@ -72,7 +76,7 @@ def test_a_missing_dataset_gives_the_papers_rows_with_the_reason(setting, runs):
 
 
 def test_mvtec_rows_are_ours_only_for_what_ran(setting, runs):
-    a1 = mambaad.appendix_tables(setting, runs)["tableA1"]
+    a1 = appendix(setting, runs)["tableA1"]
     ran = a1[a1.value.notna()]
     assert set(ran.dataset) == {"MVTec AD/bottle", "synthetic_multi/pill"}  # the synthetic mean stays in table1
     assert set(ran.method) == {"MambaAD", "PatchCore"} and set(ran.metric) == set(IMAGE)
@@ -82,7 +86,7 @@ def test_mvtec_rows_are_ours_only_for_what_ran(setting, runs):
     assert "not on this machine (its mvtec_ad/ holds only bottle, cable)" in notes["MVTec AD/carpet", "MambaAD"]
     assert "mean over the paper's 15 MVTec AD categories: only MVTec AD/bottle ran" in notes["MVTec AD", "MambaAD"]
     assert ("MVTec AD/bottle", "MambaAD") not in notes.index
-    cover = mambaad.appendix_coverage(setting, mambaad.appendix_tables(setting, runs)).set_index("table")
+    cover = study.tables.appendix_coverage(setting, appendix(setting, runs), mambaad.APPENDIX).set_index("table")
     assert cover.loc["tableA1", "with ours"] == "MVTec AD/bottle" and cover.loc["tableA1", "paper only"] == 15
     assert cover.loc["tableA3", "with ours"] == "none" and cover.loc["tableA3", "paper only"] == 13
     assert cover.loc["tableA1", "ours, not printed"] == "synthetic_multi/pill"
@@ -91,19 +95,19 @@ def test_mvtec_rows_are_ours_only_for_what_ran(setting, runs):
 def test_without_a_data_root_every_real_row_is_paper_only(tmp_path, runs, monkeypatch):
     monkeypatch.delenv("ADLIB_DATA", raising=False)
     setting = study.resolve_setting(papers.get("mambaad"), profile="smoke", output_root=tmp_path)
-    a12 = mambaad.appendix_tables(setting, runs[~runs.dataset.str.startswith("MVTec")])["tableA12"]
+    a12 = appendix(setting, runs[~runs.dataset.str.startswith("MVTec")])["tableA12"]
     assert a12.value.isna().all() and all("no data root" in n for n in a12.note)
 
 
 def test_figure2_structure_is_read_from_the_model():
     model = create_model("mambaad", pretrained=False, image_size=64, depths=(2, 4, 3, 3), kernel_sizes=(3, 5)).eval()
-    s = mambaad.mambaad_structure(model, 64)
+    s = plots.mambaad_structure(model, 64)
     assert [st["hss"] for st in s["stages"]] == [[2], [2, 2], [3], [3]]  # the LSS rule, from the modules
     assert [st["map"] for st in s["stages"]] == [2, 4, 8, 16] and s["bottleneck"][1:] == (2, 2)
     assert s["lss"]["kernels"] == [3, 5] and s["lss"]["branches"][1][1].startswith("DWConv5x5")
     assert s["lss"]["fuse_in"] == 3 * s["lss"]["dim"] and s["hss"]["directions"] == 8
     assert len(s["hss"]["drop_path"]) == 12
-    fig = mambaad.figure2(s)
+    fig = plots.mambaad_diagram(s)
     assert len(fig.axes) == 4
 
 
@@ -111,7 +115,7 @@ def test_figure1_structures_count_tokens_and_pairs():
     models = {"RD4AD": create_model("rd4ad", pretrained=False, image_size=128).eval(),
               "UniAD": create_model("uniad", pretrained=False, image_size=128).eval(),
               "MambaAD": create_model("mambaad", pretrained=False, image_size=128, depths=(2, 2, 2, 2)).eval()}
-    s = mambaad.peer_structures(models, 128)
+    s = plots.decoder_structures(models, 128)
     assert s["UniAD"]["maps"] == [(8, 8)] and "4,096 pairs" in s["UniAD"]["global"]  # (8 x 8)^2
     assert [side for side, _ in s["RD4AD"]["maps"]] == [8, 16, 32]  # decoder stages, deepest first
     assert s["MambaAD"]["maps"] == [(4, 2), (8, 2), (16, 2), (32, 2)]
@@ -120,5 +124,5 @@ def test_figure1_structures_count_tokens_and_pairs():
                            for k, v in (("tokens", t), ("seconds", 1e-3 * t ** p))]
                           + [{"method": m, "seed": 0, "setting": "default", "metric": "exponent", "value": p}
                              for m, p in (("MambaAD", 1.0), ("attention", 2.0))])
-    fig = mambaad.figure1(s, timing, 128)
+    fig = plots.decoder_diagram(s, timing, 128)
     assert len(fig.axes) == 4 and "MambaAD p = 1.00" in fig.axes[-1].get_title(loc="left")

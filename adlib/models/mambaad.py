@@ -323,6 +323,12 @@ class SS2D(nn.Module):
                          summed=out.detach())
         return out
 
+    def scan_macs(self, x: torch.Tensor) -> int:
+        """Multiply-adds of the selective scan on ``x`` (B, H, W, C): state update and read-out, 2 per state
+        element, direction and position (a custom op that FLOP counters do not see)."""
+        b, h, w, _ = x.shape
+        return 2 * b * self.count * self.d_inner * h * w * self.d_state
+
     def forward(self, x: torch.Tensor, trace: dict | None = None) -> torch.Tensor:
         x, z = self.in_proj(x).chunk(2, dim=-1)                             # (B, H, W, d) each
         x = F.silu(self.conv2d(x.permute(0, 3, 1, 2).contiguous()))
@@ -523,6 +529,28 @@ class MambaAD(AnomalyModel):
     @property
     def encoder(self) -> nn.Module:
         return self.tokenizer
+
+    # ---- what the cost measurements count (adlib.study.cost)
+
+    def forward_features(self, images: torch.Tensor) -> list[torch.Tensor]:
+        """Encoder, H-FPN and decoder: the release's forward, whose FLOPs the paper prints."""
+        return self.reconstruct(self.extract(images))
+
+    def counted_index_parameters(self, size: int) -> int:
+        """Scan-index entries the release registers as ``nn.Parameter`` (two LongTensors of H*W per HSS block
+        in its HSCANS), so fvcore's ``parameter_count``, and the paper's parameter counts, include them."""
+        grid = size // 32  # the bottleneck map; each stage doubles it
+        return sum(2 * (grid * 2 ** i) ** 2 * sum(len(lss.hss) for lss in stage)
+                   for i, stage in enumerate(self.decoder.stages))
+
+    def decoder_workload(self, size: int):
+        """The decoder alone at a ``size`` px input (random bottleneck, batch 1): a callable that runs it, the
+        tokens it works on (summed over its four stages), and the finest map's (tokens, channels)."""
+        g = -(-int(size) // 32)
+        bottleneck = torch.randn(1, self.dims[0], g, g)
+        targets = [(2 * g, 2 * g), (4 * g, 4 * g), (8 * g, 8 * g)]
+        return (lambda: self.decoder(bottleneck, targets), g * g + sum(h * w for h, w in targets),
+                (64 * g * g, self.dims[-1]))
 
     # ---- engine interface
 

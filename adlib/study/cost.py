@@ -200,3 +200,167 @@ def structure_rows(setting: Setting, probes: Mapping[str, StructureProbe], image
                                  {m: (float(v), STRUCTURE_RULES[m].format(share=heavy_share)) for m, v in cells.items()},
                                  backbone=config.get("backbone", ""), image_size=image_size))
     return pd.concat(frames, ignore_index=True)
+
+
+# ------------------------------------------------------------------ architecture counts and decoder timing
+# What a paper's cost tables print beyond ``speed``: fvcore-style FLOPs (multiply-adds plus norm estimates),
+# parameters per named part, and the time of a decoder against the number of tokens it works on. All of it is
+# measured on models built with random weights: none of it depends on the weights.
+
+NORM_FLOPS = {"BatchNorm2d": 2, "LayerNorm": 5, "InstanceNorm2d": 4}  # per element, as fvcore estimates them
+
+
+def fvcore_flops(model, size: int, forward=None) -> dict[str, float]:
+    """fvcore's count of one forward at ``size`` px (one random image), in G: multiply-adds of convolutions and
+    matrix products (``FlopCounterMode`` counts 2 per multiply-add), plus fvcore's norm estimates
+    (``NORM_FLOPS`` per element: BatchNorm in eval with affine 2, LayerNorm 5, InstanceNorm without affine 4).
+    A module with a ``scan_macs(input)`` method (a selective scan, a custom op neither counter sees) gives its
+    own multiply-adds, reported apart as ``scan_gmacs``. ``forward`` maps the image batch to the model's output
+    (default ``model.predict``)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    count_cpu_attention()
+    norms, scan, hooks = [0], [0], []
+
+    def norm_hook(per):
+        return lambda mod, inp, out: norms.__setitem__(0, norms[0] + inp[0].numel() * per)
+
+    for mod in model.modules():
+        per = NORM_FLOPS.get(type(mod).__name__) if type(mod).__module__.startswith("torch.nn") else None
+        if per:
+            hooks.append(mod.register_forward_hook(norm_hook(per)))
+        if callable(getattr(mod, "scan_macs", None)):
+            hooks.append(mod.register_forward_hook(lambda mod, inp, out: scan.__setitem__(0, scan[0] + mod.scan_macs(inp[0]))))
+    counter = FlopCounterMode(display=False)
+    try:
+        with counter, torch.no_grad():
+            (forward or model.predict)(torch.rand(1, 3, size, size))
+    finally:
+        for h in hooks:
+            h.remove()
+    macs = counter.get_total_flops() / 2e9
+    return {"fvcore_g": macs + norms[0] / 1e9, "conv_matmul_gmacs": macs, "norms_g": norms[0] / 1e9,
+            "scan_gmacs": scan[0] / 1e9}
+
+
+def parameter_parts(model, parts: dict[str, str]) -> dict[str, float]:
+    """Parameters in M of each named part (``{label: attribute of the model}``) and their ``total``."""
+    counts = {label: count_params(getattr(model, attr)) / 1e6 for label, attr in parts.items()}
+    return {**counts, "total": sum(counts.values())}
+
+
+def variant_cost_rows(model_name: str, variants: dict[str, dict], parts: dict[str, str], dataset: str,
+                      method: str, forward: str | None = None) -> pd.DataFrame:
+    """Long rows (level "model") of each variant's architecture, built with random weights (seed 0): ``params_m``
+    and ``flops_g`` (``fvcore_flops``), the parameters of each part (``params_m_<part>``) and ``scan_gmacs``.
+    ``variants`` maps a row label to config overrides of ``model_name``; ``forward`` names a method of the model
+    that takes the image batch (default ``predict``; e.g. a forward without scoring). A model with
+    ``counted_index_parameters(size)`` (index tensors its reference code registers as parameters, which the
+    reference's counts include) adds them to ``params_m`` and reports them as ``params_m_scan_index``."""
+    import torch
+
+    from adlib.models import create_model
+
+    rows = []
+    for label, overrides in variants.items():
+        torch.manual_seed(0)
+        model = create_model(model_name, **overrides).eval()
+        size = int(overrides.get("image_size", getattr(model.config, "image_size", 256)))
+        params = parameter_parts(model, parts)
+        flops = fvcore_flops(model, size, getattr(model, forward) if forward else None)
+        index = model.counted_index_parameters(size) / 1e6 if hasattr(model, "counted_index_parameters") else 0.0
+        base = {"dataset": dataset, "method": method, "setting": label, "level": "model",
+                "backbone": model.config.backbone, "data": f"architecture only (random weights), {size}px",
+                "seed": 0, "protocol": "", "image_size": size, "note": ""}
+        values = {"params_m": params["total"] + index, "flops_g": flops["fvcore_g"],
+                  **{f"params_m_{part}": params[part] for part in parts}}
+        if hasattr(model, "counted_index_parameters"):
+            values["params_m_scan_index"] = index
+        values["scan_gmacs"] = flops["scan_gmacs"]
+        rows += [{**base, "metric": metric, "value": value} for metric, value in values.items()]
+        del model
+    return pd.DataFrame(rows)
+
+
+def fit_exponent(tokens, seconds) -> float:
+    """Least-squares slope p of log(seconds) against log(tokens): time ~ tokens^p."""
+    import numpy as np
+
+    return float(np.polyfit(np.log(np.asarray(tokens, float)), np.log(np.asarray(seconds, float)), 1)[0])
+
+
+def attention_block(dim: int):
+    """A pre-norm self-attention block (one head per 32 channels): the quadratic reference of a timing."""
+    import torch
+
+    class Attention(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.norm = torch.nn.LayerNorm(dim)
+            self.attn = torch.nn.MultiheadAttention(dim, max(1, dim // 32), batch_first=True)
+
+        def forward(self, x):
+            y = self.norm(x)
+            return x + self.attn(y, y, y, need_weights=False)[0]
+
+    return Attention()
+
+
+def cpu_seconds(fn, repeats: int = 1) -> float:
+    """Median CPU seconds of ``fn`` after one warm-up call (this process's time only: other processes on a
+    shared machine do not count, as they would in wall time)."""
+    import statistics
+
+    fn()  # warm-up (e.g. scan orders are built and cached on the first call at a size)
+    times = []
+    for _ in range(repeats):
+        start = time.process_time()
+        fn()
+        times.append(time.process_time() - start)
+    return statistics.median(times)
+
+
+def decoder_timing(model_name: str, sizes, seeds, repeats: int = 1, method: str | None = None,
+                   **config) -> pd.DataFrame:
+    """Forward CPU time (one thread, batch 1, no gradient) of a model's decoder at each input size, beside a
+    same-width self-attention block (``attention_block``) over the decoder's finest tokens, once per seed (fresh
+    random weights and inputs: each seed repeats the whole measurement). The model gives its workload by
+    ``decoder_workload(size)``: a callable running the decoder, the tokens it works on, and the finest map's
+    (tokens, channels). Long rows (the input size is in the label "size=<px>"): per (seed, size) ``seconds``
+    and ``tokens``, and per seed the fitted ``exponent`` of time ~ tokens^p (setting "default"); the decoder's
+    rows are labelled ``method`` (default: the model's registry name), the reference's "attention"."""
+    import torch
+
+    from adlib.models import create_model
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # one thread by CPU time: neither scheduling nor other processes bend the fit
+    rows = []
+    try:
+        for seed in seeds:
+            torch.manual_seed(seed)
+            model = create_model(model_name, **config).eval()
+            backbone = model.config.backbone
+            base = {"dataset": "decoder timing", "level": "model", "backbone": backbone, "seed": seed,
+                    "protocol": "", "note": "", "data": f"{backbone} widths {list(model.dims)}, depths "
+                                                        f"{list(model.config.depths)}, batch 1, CPU"}
+            attention = attention_block(model.dims[-1]).eval()
+            name = method or model.name
+            measured = {name: ([], []), "attention": ([], [])}
+            for size in sizes:
+                run, tokens, (finest, width) = model.decoder_workload(int(size))
+                x = torch.randn(1, finest, width)
+                with torch.no_grad():
+                    timed = ((name, tokens, cpu_seconds(run, repeats)),
+                             ("attention", finest, cpu_seconds(lambda: attention(x), repeats)))
+                for who, n, seconds in timed:
+                    measured[who][0].append(n)
+                    measured[who][1].append(seconds)
+                    rows += [{**base, "method": who, "setting": f"size={size}", "metric": m, "value": float(v)}
+                             for m, v in (("seconds", seconds), ("tokens", n))]
+            rows += [{**base, "method": who, "setting": "default", "metric": "exponent",
+                      "value": fit_exponent(n, seconds)} for who, (n, seconds) in measured.items()]
+    finally:
+        torch.set_num_threads(threads)
+    return pd.DataFrame(rows)

@@ -656,3 +656,114 @@ def printed_beside(setting: Setting, name: str, ours: pd.DataFrame, pairs: Mappi
     if len(out):
         out.index = pd.MultiIndex.from_tuples(out.index, names=["method", "metric"])
     return out
+
+
+# ------------------------------------------------------------------ appendix tables (per category)
+# A paper's appendix tables print one dataset each, per category, at one level. They are filled from the runs of
+# its main table, never from new fits. A printed cell with no run behind it gets a NaN row whose note says why (the
+# dataset or category is not on this machine, the profile does not run it, or the method was not run), so that
+# the written table carries the paper's cells beside a plain statement instead of leaving them out.
+
+
+def _appendix_absent_reason(setting, folder: str, dataset: str, printed: str, ran: list[str], count: int) -> str:
+    """Why nothing of ours stands beside the printed row ``printed`` (a category, or ``dataset``'s mean over its
+    ``count`` printed categories) when ``ran`` (our categories of ``dataset`` with values) does not hold it. The
+    words name the dataset, not the row, so that one statement covers all the rows it explains."""
+    from adlib.data import list_categories
+    from adlib.data.standins import missing_reason
+
+    root, standin = setting.dataset_root(folder)  # a path check's stand-in counts as here
+    if root is None:
+        where = missing_reason(folder, setting.real_root)  # where it was looked for and how to get it
+    elif "/" not in printed:  # the dataset's mean row
+        where = (f"the mean over the paper's {count} {dataset} categories: only {', '.join(ran)} ran here" if ran
+                 else f"no {dataset} category ran here")
+    else:
+        present = list_categories(root)
+        if printed.split("/", 1)[1] not in present:
+            where = (f"not on this machine (its {folder}/ holds only {', '.join(present)}"
+                     + (", a path check's stand-in)" if standin else ")"))
+        else:
+            runs = setting.spec.real_categories
+            where = (f"on this machine, but the {setting.profile} profile runs only "
+                     f"{', '.join(runs) if runs else 'other datasets'} (CPU budget)")
+    return where + ": the paper's number only"
+
+
+def appendix_tables(setting, runs: pd.DataFrame, appendix: Mapping[str, tuple[str, str]],
+                    synthetic: Sequence[str] = ()) -> dict[str, pd.DataFrame]:
+    """A paper's per-category appendix tables (``appendix``: table name -> (dataset folder, level); long rows,
+    ready for ``setting.write_table``) from the main table's runs ``runs`` (rows of ``study.run_grid``, every
+    scope): per table, our category and dataset-mean rows of its dataset at its level
+    (both protocols), plus, for every printed row (category or mean) of a method we implement that has no row
+    of ours, NaN rows whose ``note`` says why (under the protocols of the table's own values; with none, the
+    paper's only). The embedded synthetic sets stand in for the folders in ``synthetic`` (their per-category
+    rows go with those tables, marked synthetic, so never set against a printed cell). Methods the paper prints
+    but adlib does not implement get no rows: the report and ``paper_vs_ours`` show their printed cells as they
+    are."""
+    from adlib import results
+    from adlib.study.grid import model_backbone
+
+    keys = {display: key for key, display in setting.paper.methods.items()}
+    runs = runs[runs["scope"].astype(str).isin(["category", "mean"])]
+    quality = runs["level"].isin(["image", "pixel"])
+    protocols = [p for p in dict.fromkeys(runs.loc[quality, "protocol"].astype(str)) if p] or [setting.protocol]
+    valued = runs[runs["value"].notna()]
+    out = {}
+    for name, (folder, level) in appendix.items():
+        dataset = setting.dataset_name(folder)
+        paper = results.paper_table(setting.paper.name, name)
+        metrics = list(dict.fromkeys(paper.loc[paper["level"] == level, "metric"]))
+        names = runs["dataset"].astype(str)
+        mine = (names == dataset) | names.str.startswith(dataset + "/")
+        if folder in synthetic:
+            mine |= names.str.startswith("synthetic") & (runs["scope"] == "category")
+        ours = runs[mine & (runs["level"] == level) & runs["metric"].isin(metrics)]
+        ran = [d for d in dict.fromkeys(valued["dataset"].astype(str)) if d.startswith(dataset + "/")]
+        fill = [m for m in dict.fromkeys(runs["method"]) if m in set(paper["method"]) and m in keys]
+        # the empty rows carry the protocols our rows of this table have; with none, only the paper's
+        present = [p for p in protocols if (ours.loc[ours["value"].notna(), "protocol"].astype(str) == p).any()]
+        present = present or [setting.protocol]
+        count = sum("/" in d for d in dict.fromkeys(paper["dataset"]))
+        rows = []
+        for printed in dict.fromkeys(paper["dataset"]):
+            for method in fill:
+                if len(ours[(ours["dataset"] == printed) & (ours["method"] == method)]):
+                    continue
+                if printed in ran:  # the data ran here, this method did not: its own recorded reason
+                    notes = runs.loc[(runs["dataset"] == printed) & (runs["method"] == method), "note"]
+                    reason = next((n for n in notes.astype(str) if n), f"{method} was not run in this notebook")
+                else:
+                    reason = _appendix_absent_reason(setting, folder, dataset, printed, ran, count)
+                rows += [{"dataset": printed, "method": method, "setting": "default", "level": level, "metric": m,
+                          "value": float("nan"), "backbone": model_backbone(setting, keys[method]), "data": printed,
+                          "seed": setting.seed, "protocol": p, "class_setting": setting.class_setting,
+                          "image_size": setting.image_size, "scope": "category" if "/" in printed else "mean",
+                          "note": reason}
+                         for p in present for m in metrics]
+        out[name] = pd.concat([ours, pd.DataFrame(rows, columns=ours.columns)], ignore_index=True) if rows \
+            else ours.reset_index(drop=True)
+    return out
+
+
+def appendix_coverage(setting, tables: dict[str, pd.DataFrame], appendix: Mapping[str, tuple[str, str]]
+                      ) -> pd.DataFrame:
+    """One line per appendix table: its dataset, the printed rows (categories and the mean), which of them have
+    a value of ours, and why the others are the paper's only (the notes of ``appendix_tables``' NaN rows)."""
+    from adlib import results
+
+    lines = []
+    for name, df in tables.items():
+        folder, level = appendix[name]
+        printed = list(dict.fromkeys(results.paper_table(setting.paper.name, name)["dataset"]))
+        valued = df[df["value"].notna()]
+        ours = [d for d in printed if d in set(valued["dataset"])]
+        other = sorted({d for d in valued["dataset"] if d not in printed})
+        reasons = dict.fromkeys(n for n in df.loc[df["value"].isna(), "note"].astype(str) if n)
+        lines.append({"table": name, "dataset": setting.dataset_name(folder), "level": level,
+                      "printed rows": len(printed), "with ours": ", ".join(ours) or "none",
+                      "paper only": len(printed) - len(ours),
+                      "ours, not printed": ", ".join(other) or "",
+                      "why paper only": " / ".join(reasons) if len(reasons) <= 3 else
+                      " / ".join(list(reasons)[:2]) + f" / ... ({len(reasons)} reasons, one per row, in the CSV)"})
+    return pd.DataFrame(lines)
