@@ -822,6 +822,7 @@ def epoch_curves(history: pd.DataFrame, metrics: Sequence[str], loss: str | None
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
+    return fig
 
 
 # ------------------------------------------------------------------------------ LADMIM's components (Fig. 2)
@@ -893,6 +894,7 @@ def ran_variant_panels(df: pd.DataFrame, missing: Sequence[str] = (), title: str
         fig.set_figheight(height + extra)
         fig.subplots_adjust(bottom=(extra + 0.55) / (height + extra))
         fig.text(0.01, 0.3 / (height + extra), text, ha="left", va="bottom", fontsize=7, color="0.3")
+    return fig
 
 
 # ------------------------------------------------------------------ decoder schematics (MambaAD's Figs. 1 and 2)
