@@ -316,7 +316,8 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     with a fresh optimiser over the parameters that require gradients once ``model.start_stage`` ran and
     with ``config.for_stage(stage)``'s settings. ``callback(epoch, model)`` runs after every epoch (epochs
     counted over all stages, from 1); what it returns is kept in ``FitResult.history``. ``calibration``
-    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training.
+    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training; when none is
+    given, a model whose ``calibration_split()`` is "train" is calibrated on ``dataset``.
     """
     config = config or FitConfig()
     device = torch.device(device)
@@ -349,6 +350,9 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
                          store)
         if store is not None and cache is None:
             result.disk_hits = store.hits
+    hook = getattr(model, "calibration_split", None)
+    if calibration is None and callable(hook) and hook() == "train":  # a model calibrated on its training images
+        calibration = dataset
     if calibration is not None:
         model.eval()
         with torch.no_grad():

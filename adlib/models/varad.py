@@ -138,6 +138,15 @@ class VarADConfig:
     # (CNN tokenizers) the sum weighs each hierarchy by its C in the summed map; "mean" divides by C, which is
     # the paper's sum up to one constant when every hierarchy has the same C (its ViT). Paper silent.
     channel_reduction: str = "sum"
+    # How a token's prediction residual r = F_bar - F_hat is scored in the anomaly map. "l2": Eq. 9's squared
+    # L2 norm (paper). "mahalanobis": (r - mu)^T Sigma^-1 (r - mu) / C, with mu and Sigma the mean and
+    # covariance of the residuals of the normal training tokens of that hierarchy, estimated once after
+    # training (``calibrate``, on the training images), Sigma shrunk towards its mean variance by
+    # ``error_shrinkage``. Normal tokens then score about 1 in every hierarchy, and the directions of channel
+    # space in which normal residuals are large (object outlines, texture grain) weigh less. Training (Eq. 10)
+    # is unchanged; ``channel_reduction`` applies to "l2" only. Paper: "l2"; see the model docs.
+    error: str = "l2"
+    error_shrinkage: float = 0.1  # Sigma <- (1 - s) Sigma + s * mean variance * I (paper: no such step)
     # Gaussian sigma (pixels at image resolution) for the final map; the paper does not state it, 4 is
     # the usual value in the field (PatchCore, RD4AD, ViTAD). 0 disables.
     smoothing_sigma: float = 4.0
@@ -264,6 +273,46 @@ class ChannelStandardiser(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- predictor
+
+
+class ResidualWhitener(nn.Module):
+    """Scores residuals r (B, C, h, w) by ||W (r - mu)||^2 / C, W = Sigma^-1/2, with the mean mu and covariance
+    Sigma of normal residuals pooled by ``update`` and fixed by ``finish``. Before ``finish``: W = I, mu = 0 (the
+    squared L2 norm divided by C). Buffers, so the statistics travel in checkpoints."""
+
+    def __init__(self, channels: int, shrinkage: float) -> None:
+        super().__init__()
+        self.shrinkage = shrinkage
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("whitening", torch.eye(channels))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_outer", torch.zeros(channels, channels, dtype=torch.float64))
+
+    def reset(self) -> None:
+        for buf in (self.count, self.total, self.total_outer):
+            buf.zero_()
+
+    def update(self, residual: torch.Tensor) -> None:
+        flat = residual.detach().transpose(0, 1).flatten(1).double()  # (C, N)
+        self.count += flat.shape[1]
+        self.total += flat.sum(dim=1)
+        self.total_outer += flat @ flat.T
+
+    def finish(self) -> None:
+        if self.count < 2:
+            raise ValueError("VarAD.calibrate: no residuals were seen; give it at least one batch of normal images")
+        mean = self.total / self.count
+        cov = self.total_outer / self.count - torch.outer(mean, mean)
+        scale = cov.diagonal().mean().clamp_min(1e-12)
+        cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        values, vectors = torch.linalg.eigh(cov)
+        self.mean.copy_(mean.to(self.mean))
+        self.whitening.copy_((vectors * values.clamp_min(1e-12 * scale).rsqrt()).T.to(self.whitening))
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        centred = residual - self.mean.view(1, -1, 1, 1)
+        return torch.einsum("dc,bchw->bdhw", self.whitening, centred).pow(2).mean(dim=1)
 
 
 class MambaStack(nn.Module):
@@ -395,6 +444,8 @@ class VarAD(AnomalyModel):
         self.standardisers = nn.ModuleList(ChannelStandardiser(c) for c in self.channels) \
             if config.token_norm == "channel" else None
         self.has_feature_adapter = spec.feature_adapter is not None
+        self.whiteners = nn.ModuleList(ResidualWhitener(c, config.error_shrinkage) for c in self.channels) \
+            if config.error == "mahalanobis" else None
 
     @staticmethod
     def _validate(config: VarADConfig) -> None:
@@ -406,6 +457,9 @@ class VarAD(AnomalyModel):
         check_choice("loss_on", config.loss_on, ("average", "directions"))
         check_choice("loss_reduction", config.loss_reduction, ("mean", "sum"))
         check_choice("channel_reduction", config.channel_reduction, ("sum", "mean"))
+        check_choice("error", config.error, ("l2", "mahalanobis"))
+        if not 0.0 <= config.error_shrinkage <= 1.0:
+            raise ValueError(f"error_shrinkage={config.error_shrinkage}: expected a value in [0, 1]")
         image_score(torch.zeros(1, 1, 1), config.score_rule)  # validates the rule name
         bad = [d for d in config.directions if d not in ALL_DIRECTIONS]
         if bad or not config.directions:
@@ -452,6 +506,26 @@ class VarAD(AnomalyModel):
         out = self.explain(images)
         return Prediction(out["map"], out["scores"])
 
+    def calibration_split(self) -> str | None:
+        """error="mahalanobis" estimates the normal residuals' statistics on the training images after training
+        (``adlib.study.run_one`` and ``adlib.engine.fit`` hand them to ``calibrate``)."""
+        return "train" if self.whiteners is not None else None
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """Mean and covariance of the prediction residuals of every token of the given normal images, per
+        hierarchy (error="mahalanobis"; a no-op for "l2")."""
+        if self.whiteners is None:
+            return
+        for whitener in self.whiteners:
+            whitener.reset()
+        for features in batches:
+            out = self.forward_tokens(features)
+            for whitener, pred, target in zip(self.whiteners, out["predicted"], out["targets"]):
+                whitener.update(pred - target)
+        for whitener in self.whiteners:
+            whitener.finish()
+
     # ---- the method
 
     def _targets_and_inputs(self, features: list[torch.Tensor]) -> tuple[list, list, list]:
@@ -489,8 +563,17 @@ class VarAD(AnomalyModel):
         return {"tokens": tokens, "adapted": adapted, "targets": targets, "predictions": per_direction,
                 "predicted": predicted, "errors": errors, "direction_errors": direction_errors}
 
+    def token_score(self, hierarchy: int, residual: torch.Tensor) -> torch.Tensor:
+        """Token scores (B, h, w) of one hierarchy from its residuals F_bar - F_hat (B, C, h, w), as ``error``
+        says: Eq. 9's squared L2 norm ("l2", reduced over channels as ``channel_reduction`` says) or the
+        whitened residual ("mahalanobis")."""
+        if self.whiteners is not None:
+            return self.whiteners[hierarchy](residual)
+        reduce = torch.sum if self.config.channel_reduction == "sum" else torch.mean
+        return reduce(residual.pow(2), dim=1)
+
     def anomaly_map(self, errors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Upsample each hierarchy's error map to the image (bilinear), sum (Eq. 9) and smooth."""
+        """Upsample each hierarchy's token scores to the image (bilinear), sum (Eq. 9) and smooth."""
         up = [F.interpolate(e.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=False).squeeze(1) for e in errors]
         total = torch.stack(up).sum(dim=0)
         return up, gaussian_blur(total, self.config.smoothing_sigma)
@@ -508,8 +591,8 @@ class VarAD(AnomalyModel):
             if not chosen:
                 raise ValueError(f"partial_map: none of {list(directions)} in the model's directions {list(per_direction)}")
             mean = sum(per_direction[d][index] for d in chosen) / len(chosen)
-            squared = (mean - explanation["targets"][h][index]).pow(2)
-            errors.append((squared.sum(dim=0) if self.config.channel_reduction == "sum" else squared.mean(dim=0))[None])
+            residual = (mean - explanation["targets"][h][index])[None]
+            errors.append(self.token_score(h, residual))
         _, total = self.anomaly_map(errors)
         return total[0]
 
@@ -519,11 +602,15 @@ class VarAD(AnomalyModel):
 
         Keys: ``tokens`` F^h, ``adapted`` F_hat^h, ``targets`` (what is predicted), ``predictions`` (per hierarchy a
         dict direction -> predicted grid (B, C, h, w)), ``predicted`` (direction average F_bar^h), ``errors``
-        (B, h, w) per hierarchy, ``error_maps`` (B, H, W) per hierarchy upsampled, ``map`` (B, H, W) final
-        smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
+        (B, h, w) per hierarchy (Eq. 9's squared error, what training minimises), ``token_scores`` (B, h, w) per
+        hierarchy (what the map is made of: ``errors`` for error="l2", the whitened residuals for
+        "mahalanobis"), ``error_maps`` (B, H, W) per hierarchy, the token scores upsampled, ``map`` (B, H, W)
+        final smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
         """
         out = self.forward_tokens(self.extract(images))
-        out["error_maps"], out["map"] = self.anomaly_map(out["errors"])
+        out["token_scores"] = [self.token_score(h, p - t) for h, (p, t) in enumerate(zip(out["predicted"], out["targets"]))] \
+            if self.whiteners is not None else out["errors"]
+        out["error_maps"], out["map"] = self.anomaly_map(out["token_scores"])
         out["scores"] = image_score(out["map"], self.config.score_rule, self.config.topk_ratio)
         out.pop("direction_errors")
         return out

@@ -220,6 +220,8 @@ def calibration_set(model, sources: Sequence[DataSource], parts: Sequence[tuple]
     if not callable(hook):
         return None
     split = hook()
+    if split is None:  # the model's configuration needs no calibration
+        return None
     if split in ("train", "test"):
         sets = [part[0 if split == "train" else 1] for part in parts]
     else:
