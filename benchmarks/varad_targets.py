@@ -25,27 +25,18 @@ core); ``wall`` is each target's wall time on this (shared) machine, with the lo
 from __future__ import annotations
 
 import argparse
-import ast
 import os
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from varad_smoke import parse_overrides  # noqa: E402
+
 TARGETS = ("hr", "peaks", "batch", "bottle")
-
-
-def parse_overrides(items: list[str]) -> dict:
-    out = {}
-    for item in items:
-        key, _, raw = item.partition("=")
-        try:
-            value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
-            value = raw
-        out[key.strip()] = tuple(value) if isinstance(value, list) else value
-    return out
 
 
 class Runner:
