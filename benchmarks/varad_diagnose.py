@@ -72,7 +72,7 @@ def collect(model, test) -> dict:
     return parts
 
 
-def token_contrast(parts: dict, band: torch.Tensor) -> list[dict]:
+def token_contrast(parts: dict, band: torch.Tensor, whitened: bool) -> list[dict]:
     """Per hierarchy and token score (Eq. 9's "L2"; "whitened" for a calibrated model): the mean score of
     defective tokens (holding a defect pixel) and of good images' tokens on the edge band (holding a band pixel),
     each over the mean score of good images' tokens off the band."""
@@ -84,7 +84,7 @@ def token_contrast(parts: dict, band: torch.Tensor) -> list[dict]:
         edge = F.adaptive_max_pool2d(band.float()[:, None], grid)[:, 0] > 0
         row = {}
         scores = {"L2": errors}
-        if parts["token_scores"][h] is not errors:
+        if whitened:
             scores["whitened"] = parts["token_scores"][h]
         for name, score in scores.items():
             plain = score[good][~edge[good]].mean()
@@ -95,7 +95,7 @@ def token_contrast(parts: dict, band: torch.Tensor) -> list[dict]:
 
 def maps_of(model, parts: dict) -> dict[str, torch.Tensor]:
     """The maps compared (see the module docstring), each upsampled, summed and smoothed as the model does."""
-    whitened = model.config.error == "mahalanobis"
+    whitened = model.whiteners is not None
     maps = {}
     for h, e in enumerate(parts["errors"]):
         maps[f"h{h} L2"] = model.anomaly_map([e])[1]
@@ -134,7 +134,7 @@ def analyse(model, test) -> tuple[dict, dict, float, list]:
 
     parts = collect(model, test)
     band = edge_band(parts["images"])
-    contrast = token_contrast(parts, band)
+    contrast = token_contrast(parts, band, model.whiteners is not None)
     per_map = {name: measures(m, parts, band) for name, m in maps_of(model, parts).items()}
     up, _ = model.anomaly_map(parts["token_scores"])
     raw = torch.stack(up).sum(dim=0)

@@ -85,9 +85,11 @@ def main() -> int:
                 row.update(variant=label, category=category, seed=seed)
                 rows.append(row)
                 print(f"  {category:<8} {label:<18} seed {seed}: img {row['image_auroc']:5.1f} px {row['pixel_auroc']:5.1f} "
-                      f"F1 {row['pixel_f1max']:5.1f} peak {row['peak_in_defect']:5.1f}  fit {row['fit_s']:.1f} s, run CPU {row['fit_cpu_s']:.1f} s", flush=True)
+                      f"F1 {row['pixel_f1max']:5.1f} peak {row['peak_in_defect']:5.1f}  fit {row['fit_s']:.1f} s, "
+                      f"run CPU {row['fit_cpu_s']:.1f} s", flush=True)
     print()
-    header = f"{'variant':<20} " + " ".join(f"{vs.LABELS[m]:>13}" for m in vs.METRICS) + f" {'fit s':>6} {'CPU s':>6}"
+    width = max(20, *(len(label) + 1 for label, _ in variants))
+    header = f"{'variant':<{width}} " + " ".join(f"{vs.LABELS[m]:>13}" for m in vs.METRICS) + f" {'fit s':>6} {'CPU s':>6}"
     print(header)
     print("-" * len(header))
     for label, _ in variants:
@@ -97,7 +99,7 @@ def main() -> int:
             key = f"{level}_{metric}"
             per_seed = [np.mean([r[key] for r in sel if r["seed"] == s]) for s in args.seeds]
             cells.append(f"{vs.mean_std(per_seed):>13}")
-        print(f"{label:<20} " + " ".join(cells) + f" {np.mean([r['fit_s'] for r in sel]):6.1f}"
+        print(f"{label:<{width}} " + " ".join(cells) + f" {np.mean([r['fit_s'] for r in sel]):6.1f}"
               f" {np.mean([r['fit_cpu_s'] for r in sel]):6.1f}")
     print(f"load average now {os.getloadavg()[0]:.1f}")
     return 0
