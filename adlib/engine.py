@@ -3,14 +3,16 @@
 - ``fit(model, dataset, config)``: gradient models (``model.trainable``) get AdamW or Adam with a constant,
   cosine or step learning rate, stage by stage; one-pass models (memory banks) get ``fit_memory`` over all
   training batches. When the model's feature extractor is frozen (``model.cacheable``) its features are
-  computed once and reused every epoch, unless they would exceed ``cache_budget_mb``; with a
-  ``feature_key()`` they are also kept on disk across runs (``adlib.featcache``).
+  computed once, one image at a time (``extract_frozen``: the same bits whatever batch an image is in), and
+  reused every epoch, unless they would exceed ``cache_budget_mb``; with a ``feature_key()`` they are also
+  kept on disk across runs (``adlib.featcache``).
 - ``evaluate(model, dataset, protocol=...)``: streams maps batch by batch into the named protocol's
   accumulators (``adlib.metrics.PROTOCOLS``), one category at a time for a multi-class test set; keeps
   image scores and, on request, a few downsampled maps for figures.
 
 The engine knows no paper and no model by name: recipes come from ``adlib.papers``.
-- ``save_checkpoint`` / ``load_checkpoint``, ``seed_everything``.
+- ``save_checkpoint`` / ``load_checkpoint`` (a fit's checkpoints carry its ``FitResult.run_id`` in
+  ``extra["run_id"]``), ``seed_everything``.
 """
 from __future__ import annotations
 
@@ -18,8 +20,9 @@ import math
 import os
 import random
 import time
+import uuid
 import warnings
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
@@ -54,17 +57,20 @@ class FitConfig:
     num_workers: int = 0
     progress: bool = True  # tqdm progress bars
     checkpoint: str | None = None  # path: save after every epoch (atomic)
+    max_steps: int | None = None  # stop a training stage after this many optimiser steps (path checks); None: all
     # Per training stage (``model.training_stages()``), overrides of the fields above, e.g.
     # {"first": {"epochs": 20}, "second": {"lr": 1e-4}}.
     stages: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from adlib.config import coerce_fields
+
+        for name, value in coerce_fields([FitConfig], {f.name: getattr(self, f.name) for f in fields(self)}).items():
+            setattr(self, name, value)  # each field's type (betas=1 is not a pair; a list of betas is a tuple)
         if self.schedule not in SCHEDULES:
             raise ValueError(f"schedule={self.schedule!r}: expected one of {SCHEDULES}")
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer={self.optimizer!r}: expected one of {sorted(OPTIMIZERS)}")
-        if isinstance(self.betas, list):
-            self.betas = tuple(self.betas)
         for name in ("epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < (0 if name == "epochs" else 1):
@@ -75,11 +81,16 @@ class FitConfig:
             raise ValueError(f"weight_decay={self.weight_decay!r}: expected a number >= 0")
         if not 0 < self.step_at <= 1:
             raise ValueError(f"step_at={self.step_at!r}: expected a fraction in (0, 1]")
+        for stage, overrides in self.stages.items():  # a stage's overrides: known fields of the right type and range
+            try:
+                if "stages" in overrides:
+                    raise ValueError("a stage cannot set stages")
+                replace(self, stages={}, **coerce_fields([FitConfig], overrides))
+            except ValueError as error:
+                raise ValueError(f"stages={self.stages!r}: stage {stage!r}: {error}") from None
 
     def for_stage(self, stage: str) -> "FitConfig":
         """This config with the overrides of ``stage`` applied."""
-        from dataclasses import replace
-
         overrides = dict(self.stages.get(stage, {}))
         if not overrides:
             return self
@@ -99,10 +110,14 @@ class FitResult:
     stage_losses: dict[str, list[float]] = field(default_factory=dict)  # the same, per training stage
     epochs: int = 0
     train_seconds: float = 0.0
+    cpu_seconds: float = 0.0  # this process's CPU time during the fit (all threads together)
     cached: bool = False  # frozen features were held in memory for the epochs
     disk_hits: int = 0  # training images whose frozen features came from the on-disk cache
     train_images: int = 0
     history: list[dict] = field(default_factory=list)  # what the per-epoch callback returned, per epoch
+    # A new id per fit, written into every checkpoint the fit saves (``extra["run_id"]``): a run record that
+    # gives it names the checkpoint that goes with it (a killed run's later checkpoint has another id).
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:16])
 
 
 @dataclass
@@ -110,12 +125,17 @@ class Metrics:
     """Image and pixel metrics of one group of test images (a category, or all categories pooled).
 
     A metric that is undefined for the data (pixel metrics without an anomalous pixel, image metrics with
-    one class only) is absent, and ``undefined`` says why."""
+    one class only) is absent, and ``undefined`` says why. ``replicates`` holds, per level and metric, the
+    values on the test-image resamples (``adlib.metrics.resample_counts``; empty when not requested) and
+    ``chance`` what a detector that sees nothing scores on these images (``adlib.metrics.chance_level``)."""
 
     image: dict[str, float] = field(default_factory=dict)
     pixel: dict[str, float] = field(default_factory=dict)
     images: int = 0
     undefined: dict[str, str] = field(default_factory=dict)  # level -> reason
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)  # level -> metric -> (B,) fractions
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)  # level -> metric -> fraction
+    test_id: str = ""  # adlib.metrics.test_identity of the images: equal for evaluations of the same images
 
     @property
     def mad(self) -> float:
@@ -148,6 +168,11 @@ class EvalResult:
     image_categories: list[str] = field(default_factory=list)  # per image: its category
     undefined: dict[str, str] = field(default_factory=dict)
     parts: dict[str, np.ndarray] = field(default_factory=dict)  # per image: a model's named score parts (predict_parts)
+    # test-image noise (see ``Metrics``): of ``image``/``pixel`` (the category means for several categories)
+    replicates: dict[str, dict[str, np.ndarray]] = field(default_factory=dict)
+    chance: dict[str, dict[str, float]] = field(default_factory=dict)
+    test_id: str = ""
+    resample: np.ndarray | None = None  # (B, images) counts per resample, stratified per category and image group
 
 
 def seed_everything(seed: int) -> None:
@@ -233,30 +258,50 @@ def _images(batch: Any) -> torch.Tensor:
     return batch["image"] if isinstance(batch, dict) else batch
 
 
-def _disk_store(model, config: FitConfig):
+def _disk_store(model, config: FitConfig, device: torch.device):
     from adlib import featcache
 
     if not (config.disk_cache and featcache.enabled() and model.cacheable):
         return None
     key = model.feature_key()
-    return featcache.FeatureStore(key) if key else None
+    return featcache.FeatureStore(featcache.bits_key(key, device)) if key else None
 
 
-def _extract_batch(model, images: torch.Tensor, device: torch.device, store) -> tuple[Any, int]:
-    """Frozen features of a batch on the CPU, taking what the disk cache has and storing what it lacks."""
+def _extract_one(model, image: torch.Tensor, device: torch.device) -> Any:
+    """One image's frozen features on the CPU, without the batch dimension."""
+    return _index(_to_device(model.extract(image[None].to(device)), torch.device("cpu")), 0)
+
+
+def extract_frozen(model, images: torch.Tensor, device: str | torch.device = "cpu", store=None) -> tuple[Any, int]:
+    """Frozen features of a batch on the CPU, computed one image at a time, so that an image's features have the
+    same bits whatever batch it came in (a batched convolution may sum in another order for another batch
+    size: a cache filled from other batches would change a run's results in the last digits; the cost is
+    measured by ``benchmarks/feature_extraction.py``). With a ``featcache.FeatureStore``, entries it has are
+    used and the rest computed and stored; the first image of a store's first batch is always computed, to
+    check the store's entries against (``FeatureStore.verify``). Returns (features, images the store gave)."""
+    device = torch.device(device)
     if store is None:
-        return _to_device(model.extract(images.to(device)), torch.device("cpu")), 0
+        return _stack_items([_extract_one(model, image, device) for image in images]), 0
     from adlib.featcache import image_hash
 
     digests = [image_hash(image) for image in images]
-    found = [store.get(d) for d in digests]
-    missing = [i for i, f in enumerate(found) if f is None]
-    if missing:
-        computed = _to_device(model.extract(images[missing].to(device)), torch.device("cpu"))
-        for j, i in enumerate(missing):
-            found[i] = _index(computed, j)
-            store.put(digests[i], found[i])
-    return _stack_items(found), len(images) - len(missing)
+    found: list[Any] = [None] * len(images)
+    hits = 0
+    if store.expected is None:
+        found[0] = _extract_one(model, images[0], device)
+        if store.verify(digests[0], found[0]):
+            hits += 1
+        else:
+            store.put(digests[0], found[0])
+    for i, digest in enumerate(digests):
+        if found[i] is None:
+            found[i] = store.get(digest)
+            if found[i] is None:
+                found[i] = _extract_one(model, images[i], device)
+                store.put(digest, found[i])
+            else:
+                hits += 1
+    return _stack_items(found), hits
 
 
 def extract_all(model, dataset: Dataset, config: FitConfig, device: torch.device, store=None) -> tuple[Any | None, int]:
@@ -266,7 +311,7 @@ def extract_all(model, dataset: Dataset, config: FitConfig, device: torch.device
     chunks, budget, hits = [], config.cache_budget_mb * 2**20, 0
     with torch.no_grad():
         for i, batch in enumerate(_progress(loader, config.progress, desc="features")):
-            feats, found = _extract_batch(model, _images(batch), device, store)
+            feats, found = extract_frozen(model, _images(batch), device, store)
             hits += found
             if i == 0 and _nbytes(feats) / len(_images(batch)) * len(dataset) > budget:
                 need = _nbytes(feats) / len(_images(batch)) * len(dataset) / 2**20
@@ -290,11 +335,11 @@ def _feature_batches(model, dataset: Dataset, cache: Any | None, config: FitConf
         return
     for batch in _loader(Subset(dataset, order.tolist()), config.batch_size, False, 0, config.num_workers):
         # The grad mode is set around the extraction only: a `with` around `yield` would hold for the consumer.
-        if store is not None:
+        if model.cacheable:  # frozen: image by image, the bits of the cached path (see extract_frozen)
             with torch.no_grad():
-                features = _to_device(_extract_batch(model, _images(batch), device, store)[0], device)
+                features = _to_device(extract_frozen(model, _images(batch), device, store)[0], device)
         else:
-            with torch.set_grad_enabled(model.trainable and not model.cacheable):
+            with torch.set_grad_enabled(model.trainable):
                 features = model.extract(_images(batch).to(device))
         yield features
 
@@ -316,8 +361,9 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     with a fresh optimiser over the parameters that require gradients once ``model.start_stage`` ran and
     with ``config.for_stage(stage)``'s settings. ``callback(epoch, model)`` runs after every epoch (epochs
     counted over all stages, from 1); what it returns is kept in ``FitResult.history``. ``calibration``
-    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training; when none is
-    given, a model whose ``calibration_split()`` is "train" is calibrated on ``dataset``.
+    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training. The engine does
+    not choose calibration images: the caller does (``adlib.study.run_one`` through
+    ``study.grid.calibration_plan``, from the model's ``calibration_split()``).
     """
     config = config or FitConfig()
     device = torch.device(device)
@@ -325,8 +371,8 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     model.to(device)
     dataset = _train_subset(dataset, config)
     result = FitResult(train_images=len(dataset))
-    start = time.perf_counter()
-    store = _disk_store(model, config)
+    start, cpu = time.perf_counter(), time.process_time()
+    store = _disk_store(model, config, device)
 
     if not model.trainable:  # one pass: memory-bank models
         model.eval()
@@ -350,18 +396,25 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
                          store)
         if store is not None and cache is None:
             result.disk_hits = store.hits
-    hook = getattr(model, "calibration_split", None)
-    if calibration is None and callable(hook) and hook() == "train":  # a model calibrated on its training images
-        calibration = dataset
     if calibration is not None:
-        model.eval()
-        with torch.no_grad():
-            model.calibrate(_feature_batches(model, calibration, None, config, 0, device, shuffle=False, store=store))
+        calibrate(model, calibration, config, device, store)
     model.eval()
     result.train_seconds = time.perf_counter() - start
+    result.cpu_seconds = time.process_time() - cpu
     if config.checkpoint and not model.trainable:
-        save_checkpoint(model, config.checkpoint, epoch=1)
+        save_checkpoint(model, config.checkpoint, epoch=1, extra={"run_id": result.run_id})
     return result
+
+
+def calibrate(model, calibration: Dataset, config: FitConfig | None = None, device: str | torch.device = "cpu",
+              store=None) -> None:
+    """``model.calibrate`` on the feature batches of ``calibration`` (normal held-out images), in eval mode;
+    ``fit`` calls it after training, and a model loaded from weights gets it alone."""
+    config = config or FitConfig(progress=False)
+    device = torch.device(device)
+    model.to(device).eval()
+    with torch.no_grad():
+        model.calibrate(_feature_batches(model, calibration, None, config, 0, device, shuffle=False, store=store))
 
 
 def _stage_cache(model, cache):
@@ -391,6 +444,7 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
     per_epoch = math.ceil(len(dataset) / config.batch_size)
     scheduler = _scheduler(optimizer, config, config.epochs * per_epoch)
     losses = result.stage_losses.setdefault(stage, [])
+    steps = 0
     for epoch in _progress(range(config.epochs), config.progress, desc=f"{stage} epochs"):
         model.train()
         total, count = 0.0, 0
@@ -409,26 +463,32 @@ def _train_stage(model, dataset, cache, stage: str, config: FitConfig, device, r
                 scheduler.step()
             total += float(loss.detach())
             count += 1
+            steps += 1
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
         losses.append(total / max(count, 1))
         result.losses.append(losses[-1])
         result.epochs += 1
         if config.checkpoint:
-            save_checkpoint(model, config.checkpoint, epoch=result.epochs)
+            save_checkpoint(model, config.checkpoint, epoch=result.epochs, extra={"run_id": result.run_id})
         if callback is not None:
             model.eval()
             entry = callback(result.epochs, model)
             if entry is not None:
                 result.history.append({"epoch": result.epochs, "stage": stage, **entry})
+        if config.max_steps is not None and steps >= config.max_steps:
+            break
 
 
 # ------------------------------------------------------------------------------------------- evaluation
 
 
-def _compute(accumulator, scores: list, labels: list) -> Metrics:
-    """Metrics of one group; a metric undefined for this data is left out with the reason."""
+def _compute(accumulator, scores: list, labels: list, resample: np.ndarray | None = None, test_id: str = "") -> Metrics:
+    """Metrics of one group; a metric undefined for this data is left out with the reason. With ``resample``
+    ((B, images) counts), each metric's values on the B test-image resamples too."""
     from adlib import metrics
 
-    out = Metrics(images=int(sum(len(s) for s in scores)))
+    out = Metrics(images=int(sum(len(s) for s in scores)), test_id=test_id)
     s = torch.cat(scores).numpy() if scores else np.zeros(0)
     y = torch.cat(labels).numpy() if labels else np.zeros(0, dtype=int)
     if len(np.unique(y)) < 2:
@@ -436,9 +496,15 @@ def _compute(accumulator, scores: list, labels: list) -> Metrics:
                                   f"{'anomalous' if len(y) and y.all() else 'good'} ones")
     else:
         out.image = {k: float(v) for k, v in metrics.image_metrics(s, y).items()}
+        out.chance["image"] = {k: metrics.chance_level(k, float(np.mean(y))) for k in out.image}
+        if resample is not None:
+            out.replicates["image"] = metrics.image_replicates(s, y, resample)
     if accumulator is not None:
         try:
-            out.pixel = {k: float(v) for k, v in accumulator.compute().items()}
+            out.pixel = {k: float(v) for k, v in accumulator.compute(resample=resample).items()}
+            out.chance["pixel"] = {k: metrics.chance_level(k, accumulator.prevalence) for k in out.pixel}
+            if resample is not None:
+                out.replicates["pixel"] = dict(accumulator.replicates)
         except ValueError as error:
             out.undefined["pixel"] = str(error)
     return out
@@ -469,9 +535,16 @@ def evaluate(model, dataset: Dataset | Mapping[str, Dataset], batch_size: int = 
 def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocols: Sequence[str] = ("exact",),
                        batch_size: int = 8, device: str | torch.device = "cpu", keep_maps: int = 0,
                        map_size: int = 128, progress: bool = True, num_workers: int = 0, pixel: bool = True,
-                       pooled: bool | None = None) -> dict[str, EvalResult]:
-    """``evaluate`` under several protocols at once: one prediction pass, one result per protocol."""
+                       pooled: bool | None = None, bootstrap: int | None = None) -> dict[str, EvalResult]:
+    """``evaluate`` under several protocols at once: one prediction pass, one result per protocol.
+
+    ``bootstrap`` (default ``adlib.metrics.BOOTSTRAP``; 0: none) test-image resamples per category, drawn from
+    the images' identity (``adlib.metrics.resample_counts``, stratified by image group), give every metric its
+    values on each resample (``Metrics.replicates``): the same resamples for both protocols and for any other
+    evaluation of the same images, so that two sides of a comparison are resampled in pairs."""
     from adlib import metrics
+
+    bootstrap = metrics.BOOTSTRAP if bootstrap is None else int(bootstrap)
 
     specs = {name: metrics.protocol(name) for name in dict.fromkeys(protocols)}
     if not specs:
@@ -491,7 +564,9 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
     # parts (e.g. each scorer alone) need no second pass over the test set
     predict_parts = getattr(model, "predict_parts", None)
     seconds = 0.0
+    resamples, identities = [], []
     for name, part in named.items():
+        first = len(paths)
         accumulators = {p: spec.pixel_accumulator() if pixel else None for p, spec in specs.items()}
         scores: list[torch.Tensor] = []
         labels = {p: [] for p in specs}
@@ -527,11 +602,17 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
                     kept_counts[int(label)] += 1
                     small = F.interpolate(maps[i][None, None], size=(map_size, map_size), mode="bilinear", align_corners=False)
                     kept[batch_paths[i]] = small[0, 0].numpy()
+        keys = metrics.image_keys(paths[first:])
+        identities.append(metrics.test_identity(keys))
+        resample = metrics.resample_counts(keys, groups[first:], bootstrap) if bootstrap and keys else None
+        resamples.append(resample)
         for p in specs:
-            state[p]["categories"][name] = _compute(accumulators[p], scores, labels[p])
+            state[p]["categories"][name] = _compute(accumulators[p], scores, labels[p], resample, identities[-1])
             state[p]["scores"] += scores
             state[p]["labels"] += labels[p]
         del accumulators
+    everything = np.concatenate(resamples, axis=1) if resamples and all(r is not None for r in resamples) else None
+    test_id = identities[0] if len(identities) == 1 else metrics.test_identity(identities)
     out = {}
     for p in specs:
         scores_np = torch.cat(state[p]["scores"]).numpy()
@@ -540,13 +621,15 @@ def evaluate_protocols(model, dataset: Dataset | Mapping[str, Dataset], protocol
         result = EvalResult(image={}, pixel={}, scores=scores_np, labels=labels_np, paths=list(paths), seconds=seconds,
                             fps=n / seconds if seconds > 0 else float("nan"), maps=kept, protocol=p,
                             groups=[str(g) for g in groups], image_categories=list(cats),
-                            parts={k: torch.cat(v).numpy() for k, v in parts.items()})
+                            parts={k: torch.cat(v).numpy() for k, v in parts.items()}, test_id=test_id,
+                            resample=everything)
         if pooled:
-            result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"])
+            result.pooled = _compute(state[p]["pooled_acc"], state[p]["scores"], state[p]["labels"], everything, test_id)
         per_category = state[p]["categories"]
         if list(named) == [""]:
             only = per_category[""]
             result.image, result.pixel, result.undefined = only.image, only.pixel, dict(only.undefined)
+            result.replicates, result.chance = only.replicates, only.chance
         else:
             result.categories = per_category
             _category_means(result)
@@ -564,6 +647,12 @@ def _category_means(result: EvalResult) -> None:
             continue
         keys = [k for k in values[0] if all(k in v for v in values)]
         setattr(result, level, {k: float(np.mean([v[k] for v in values])) for k in keys})
+        categories = list(result.categories.values())  # each category resampled on its own: mean per resample
+        result.chance[level] = {k: float(np.mean([m.chance.get(level, {}).get(k, np.nan) for m in categories]))
+                                for k in keys}
+        if all(level in m.replicates for m in categories):
+            result.replicates[level] = {k: np.mean([m.replicates[level][k] for m in categories], axis=0)
+                                        for k in keys if all(k in m.replicates[level] for m in categories)}
 
 
 # ---------------------------------------------------------------------------------------------- checkpoints

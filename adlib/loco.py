@@ -19,6 +19,11 @@ and Tab. 3's "Overall" and every row of Tab. 7 are ``avg_mean``; Tab. 2's per-ca
 exactly (e.g. 90.3 / 83.1 -> 86.6, where ``avg_mean`` is 86.7; ``avg_whole`` cannot be recomputed from their
 averages alone).
 
+Which rules a detector sees: ``per_kind`` / ``runs_kinds_table`` give the AUROC of each kind of anomaly alone,
+with the kinds per test image from ``anomaly_kinds``: the embedded set's ``anomaly_kinds.json``, MVTec LOCO's
+mask ids named by its ``defects_config.json``, or, for the derived LOCO subset whose masks lost those ids, our
+annotation of its files (``ANNOTATIONS``); ``kinds_source`` says which.
+
 Input is plain arrays (scores, labels, groups, categories), e.g. from ``adlib.engine.EvalResult``
 (``scores``, ``labels``, ``groups``, ``image_categories``); ``from_eval`` reads one. Values are fractions in
 [0, 1]; ``rows`` gives long-format rows in percent. Needs numpy only (the AUROC is ``adlib.metrics``').
@@ -52,6 +57,8 @@ class CategoryResult:
     structural: float
     whole: float
     counts: dict[str, int] = field(default_factory=dict)  # "good", "logical", "structural"
+    # "logical"/"structural"/"whole" -> the AUROC on each test-image resample (``evaluate_groups(resample=)``)
+    boot: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass
@@ -89,9 +96,26 @@ class LocoSummary:
         """"Avg." read as the per-category AUROC on the whole test set, averaged over categories."""
         return self.mean("whole")
 
+    def mean_boot(self, group: str) -> np.ndarray | None:
+        """``mean`` on every test-image resample (each category resampled on its own); None without them."""
+        kept = [c for c in self.categories.values() if not np.isnan(getattr(c, group))]
+        if not kept or any(group not in c.boot for c in kept):
+            return None
+        return np.mean([c.boot[group] for c in kept], axis=0)
+
     def headline(self) -> dict[str, float]:
         return {"logical": self.logical, "structural": self.structural, "overall": self.overall,
                 "avg_mean": self.avg_mean, "avg_whole": self.avg_whole}
+
+    def describe(self) -> str:
+        """One line for a command's output: each group's image AUROC (mean over categories, percent) with its
+        image counts, a group with no test image said as such, and Overall when both groups are there."""
+        counts = {g: sum(c.counts.get(g, 0) for c in self.categories.values()) for g in (NORMAL, *GROUPS)}
+        parts = [f"{g} anomalies: image AUROC {100 * getattr(self, g):.1f} ({counts[g]} vs {counts[NORMAL]} normal "
+                 f"test images)" if counts[g] else f"{g} anomalies: none in the test set" for g in GROUPS]
+        if all(counts[g] for g in GROUPS):
+            parts.append(f"Overall {100 * self.overall:.1f}")
+        return "; ".join(parts)
 
     def rows(self, method: str, dataset: str, setting: str = "default", ablation: bool = False) -> list[dict[str, Any]]:
         """Long-format rows (percent) in the layout of ``results/paper/ladmim`` (see ``METRIC_NAMES``):
@@ -99,13 +123,16 @@ class LocoSummary:
         (SA + LA) / 2 mean ``auroc_avg`` (the "Avg." column of Tabs. 5-8) instead of ``auroc_overall``."""
         out = []
         for name, c in self.categories.items():
-            for metric, value in (("auroc_logical", c.logical), ("auroc_structural", c.structural),
-                                  ("auroc_whole", c.whole)):
-                out.append(_row(f"{dataset}/{name}", method, setting, metric, value))
+            for metric, value, group in (("auroc_logical", c.logical, "logical"),
+                                         ("auroc_structural", c.structural, "structural"),
+                                         ("auroc_whole", c.whole, "whole")):
+                out.append(_row(f"{dataset}/{name}", method, setting, metric, value, c.boot.get(group)))
         mean_name = "auroc_avg" if ablation else "auroc_overall"
-        for metric, value in (("auroc_logical", self.logical), ("auroc_structural", self.structural),
-                              (mean_name, self.overall), ("auroc_avg_whole", self.avg_whole)):
-            out.append(_row(dataset, method, setting, metric, value))
+        logical, structural = self.mean_boot("logical"), self.mean_boot("structural")
+        overall = None if logical is None or structural is None else (logical + structural) / 2
+        for metric, value, boot in (("auroc_logical", self.logical, logical), ("auroc_structural", self.structural, structural),
+                                    (mean_name, self.overall, overall), ("auroc_avg_whole", self.avg_whole, self.mean_boot("whole"))):
+            out.append(_row(dataset, method, setting, metric, value, boot))
         return [r for r in out if not np.isnan(r["value"])]
 
 
@@ -122,15 +149,20 @@ METRIC_NAMES = {
 }
 
 
-def _row(dataset: str, method: str, setting: str, metric: str, value: float) -> dict[str, Any]:
-    return {"dataset": dataset, "method": method, "setting": setting, "level": "image", "metric": metric,
-            "value": 100.0 * value}
+def _row(dataset: str, method: str, setting: str, metric: str, value: float, boot=None) -> dict[str, Any]:
+    """A long row in percent; with the AUROC's test-image resamples (``boot``, percent) and its chance level."""
+    row = {"dataset": dataset, "method": method, "setting": setting, "level": "image", "metric": metric,
+           "value": 100.0 * value}
+    if boot is not None:
+        row.update(boot=(100.0 * np.asarray(boot)).astype(np.float32), chance=50.0)
+    return row
 
 
 def evaluate_groups(scores: Sequence[float], labels: Sequence[int], groups: Sequence[str],
-                    categories: Sequence[str] | None = None) -> LocoSummary:
+                    categories: Sequence[str] | None = None, resample: np.ndarray | None = None) -> LocoSummary:
     """Group AUROCs per category from per-image scores, labels (0 normal, 1 anomalous), groups ("good",
-    "logical", "structural"; other anomaly groups count in ``whole`` only) and categories (default: one)."""
+    "logical", "structural"; other anomaly groups count in ``whole`` only) and categories (default: one).
+    ``resample`` ((B, images) counts, ``EvalResult.resample``): each AUROC on every test-image resample too."""
     scores = np.asarray(scores, dtype=np.float64)
     labels = np.asarray(labels).astype(int)
     groups = np.asarray([str(g) for g in groups])
@@ -149,12 +181,14 @@ def evaluate_groups(scores: Sequence[float], labels: Sequence[int], groups: Sequ
         counts = {NORMAL: int(normal.sum()), **{g: int((here & (groups == g)).sum()) for g in GROUPS}}
         if counts[NORMAL] == 0:
             raise ValueError(f"category {name!r}: no normal test images; the group AUROCs need them")
-        per_group = {}
-        for group in GROUPS:
-            keep = normal | (here & (groups == group))
-            per_group[group] = auroc(scores[keep], labels[keep]) if counts[group] else float("nan")
-        out[name] = CategoryResult(per_group["logical"], per_group["structural"], auroc(scores[here], labels[here]),
-                                   counts)
+        per_group, boot = {}, {}
+        for group, keep in [(g, normal | (here & (groups == g))) for g in GROUPS] + [("whole", here)]:
+            per_group[group] = auroc(scores[keep], labels[keep]) if group == "whole" or counts[group] else float("nan")
+            if resample is not None and not np.isnan(per_group[group]):
+                from adlib import metrics
+
+                boot[group] = metrics.image_replicates(scores[keep], labels[keep], np.asarray(resample)[:, keep])["auroc"]
+        out[name] = CategoryResult(per_group["logical"], per_group["structural"], per_group["whole"], counts, boot)
     return LocoSummary(out)
 
 
@@ -234,16 +268,19 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None, chance: bool = False
         for method, label, values in named:
             key = (method, label, run.seed, run.dataset_name, run.class_setting, evaluation.protocol)
             entry = groups.setdefault(key, {"categories": {}, "runs": []})
-            summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run))
+            summary = evaluate_groups(values, evaluation.labels, evaluation.groups, _run_categories(run),
+                                      getattr(evaluation, "resample", None))
             entry["categories"].update(summary.categories)
             entry["runs"].append(run)
     rows = []
     for (method, label, seed, dataset, class_setting, protocol), entry in groups.items():
         summary = LocoSummary(entry["categories"])
         backbone = "none" if method == CHANCE else ", ".join(dict.fromkeys(r.backbone for r in entry["runs"]))
+        ids = [getattr(r.evaluation, "test_id", "") for r in entry["runs"]]
         extra = {"backbone": backbone,
                  "data": ", ".join(dict.fromkeys(r.data for r in entry["runs"])), "seed": seed, "protocol": protocol,
-                 "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": ""}
+                 "class_setting": class_setting, "image_size": entry["runs"][0].image_size, "note": "",
+                 "test_id": ids[0] if len(ids) == 1 else "+".join(sorted(ids))}
         for row in summary.rows(method, dataset, label):
             scope = "category" if "/" in row["dataset"] else "mean"
             rows.append({**row, **extra, "scope": scope})
@@ -253,20 +290,54 @@ def runs_table(runs: Mapping[Any, Any], scores: Any = None, chance: bool = False
 
 
 def anomaly_kinds(dataset: Any) -> list[str] | None:
-    """Per test image of an ``AnomalyDataset`` (in its order): "good" or the kind of anomaly it shows, read from
-    the category folder's ``anomaly_kinds.json`` (the embedded set writes one; MVTec LOCO has none: None; a
-    dataset of several categories: None). A ``Subset`` of one gives its images' kinds."""
-    import json
+    """Per test image of an ``AnomalyDataset`` (in its order): "good" or the kind of anomaly it shows; None when
+    the kinds are not known (``kinds_source`` says where they come from, in this order):
+
+    1. the category folder's ``anomaly_kinds.json`` (``{"<group folder>/<image>": kind}``; the embedded set
+       writes one);
+    2. MVTec LOCO's masks: each defect pixel holds the id of its defect type, and the category's
+       ``defects_config.json`` names the ids; an image's kind is the names of the ids in its masks, joined by
+       "+" in the config's order. Only when the ids can name anything: every value in the split's masks is a
+       listed id and there are at least two of them (a copy whose masks were flattened to 0/255, as the derived
+       LOCO subset's, holds one value, which names no type);
+    3. an annotation of ours for exactly those files (``ANNOTATIONS``, matched by ``split_fingerprint``).
+
+    A dataset of several categories (multi-class) gives None; a ``Subset`` of one gives its images' kinds."""
+    found = _kinds(dataset)
+    return None if found is None else found[0]
+
+
+def kinds_source(dataset: Any) -> str:
+    """Where ``anomaly_kinds`` reads the kinds of ``dataset`` from, in words ("" when it finds none)."""
+    found = _kinds(dataset)
+    return "" if found is None else found[1]
+
+
+def _kinds(dataset: Any) -> tuple[list[str], str] | None:
     from pathlib import Path
 
-    from adlib.data.synth import KINDS_FILE
-
     if hasattr(dataset, "indices") and hasattr(dataset, "dataset"):  # a Subset (e.g. a capped test set)
-        kinds = anomaly_kinds(dataset.dataset)
-        return None if kinds is None else [kinds[i] for i in dataset.indices]
+        found = _kinds(dataset.dataset)
+        return None if found is None else ([found[0][i] for i in dataset.indices], found[1])
     if not hasattr(dataset, "category_dir"):  # e.g. a ConcatDataset of several categories (multi-class)
         return None
     folder = Path(dataset.category_dir)
+    test = folder / "test"
+    anomalous = [s for s in dataset.samples if s.label != 0]
+    keys = {id(s): Path(s.image_path).relative_to(test).as_posix() for s in anomalous}
+    for read in (_kinds_file, _mask_value_kinds, _annotated_kinds):
+        found = read(folder, anomalous, keys)
+        if found is not None:
+            kinds, source = found
+            return [NORMAL if s.label == 0 else kinds[keys[id(s)]] for s in dataset.samples], source
+    return None
+
+
+def _kinds_file(folder, anomalous, keys) -> tuple[dict, str] | None:
+    import json
+
+    from adlib.data.synth import KINDS_FILE
+
     path = folder / KINDS_FILE
     if not path.is_file():
         return None
@@ -274,17 +345,115 @@ def anomaly_kinds(dataset: Any) -> list[str] | None:
         kinds = json.loads(path.read_text())
     except ValueError as error:
         raise ValueError(f"{path}: not valid JSON ({error}); expected {{\"<group folder>/<image>\": kind}}") from None
-    test = folder / "test"
-    out = []
-    for sample in dataset.samples:
-        if sample.label == 0:
-            out.append(NORMAL)
-            continue
-        key = Path(sample.image_path).relative_to(test).as_posix()
-        if key not in kinds:
-            raise ValueError(f"{path}: no kind for test image {key}")
-        out.append(str(kinds[key]))
-    return out
+    missing = [keys[id(s)] for s in anomalous if keys[id(s)] not in kinds]
+    if missing:
+        raise ValueError(f"{path}: no kind for test image {missing[0]}")
+    return {k: str(v) for k, v in kinds.items()}, f"the category's {KINDS_FILE}"
+
+
+DEFECTS_CONFIG = "defects_config.json"  # MVTec LOCO: [{"defect_name", "pixel_value", ...}] per category
+_MASK_VALUES: dict[tuple, dict[str, frozenset]] = {}  # read once per set of mask files (path, size, time)
+
+
+def _mask_values(anomalous, keys) -> dict[str, frozenset]:
+    """Per anomalous test image, the non-zero values of its mask files."""
+    import numpy as np
+    from PIL import Image
+
+    stamp = tuple((str(p), p.stat().st_size, p.stat().st_mtime_ns) for s in anomalous for p in s.mask_paths)
+    if stamp not in _MASK_VALUES:
+        values = {}
+        for s in anomalous:
+            found: set[int] = set()
+            for path in s.mask_paths:
+                with Image.open(path) as mask:
+                    array = np.asarray(mask)
+                found |= {int(v) for v in np.unique(array) if v != 0}
+            values[keys[id(s)]] = frozenset(found)
+        _MASK_VALUES[stamp] = values
+    return _MASK_VALUES[stamp]
+
+
+def _mask_value_kinds(folder, anomalous, keys) -> tuple[dict, str] | None:
+    import json
+
+    path = folder / DEFECTS_CONFIG
+    if not path.is_file() or not anomalous:
+        return None
+    try:
+        names = {int(d["pixel_value"]): str(d["defect_name"]) for d in json.loads(path.read_text())}
+    except (ValueError, TypeError, KeyError) as error:
+        raise ValueError(f"{path}: not MVTec LOCO's defect list ({error!r}); expected "
+                         f"[{{\"defect_name\": ..., \"pixel_value\": ...}}, ...]") from None
+    values = _mask_values(anomalous, keys)
+    found = set().union(*values.values())
+    if len(found) < 2 or not found <= set(names):
+        return None  # flattened (one value for every type) or not this encoding: the values name nothing
+    kinds = {key: "+".join(name for value, name in names.items() if value in v) or "(empty mask)"
+             for key, v in values.items()}
+    return kinds, f"the masks' defect ids, named by the category's {DEFECTS_CONFIG}"
+
+
+def split_fingerprint(folder, anomalous, keys) -> str:
+    """A digest of a test split's anomalous images: their paths (relative to ``test/``) and the bytes of their
+    mask files. An annotation made on one set of files applies to exactly those files."""
+    import hashlib
+
+    digest = hashlib.sha1()
+    for s in sorted(anomalous, key=lambda s: keys[id(s)]):
+        digest.update(keys[id(s)].encode())
+        for path in s.mask_paths:
+            digest.update(hashlib.sha1(path.read_bytes()).digest())
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True)
+class KindAnnotation:
+    """The kind of every anomalous test image of one dataset's category whose own files do not name it,
+    annotated by us. It applies only to the files it was made on (``fingerprint``)."""
+
+    data: str  # the data it was made for
+    how: str  # how the kinds were told apart
+    fingerprint: str  # ``split_fingerprint`` of those files
+    kinds: Mapping[str, str]  # "<group folder>/<image>" -> kind
+
+
+def _numbered(folder: str, spans: Iterable[tuple[Iterable[int], str]]) -> dict[str, str]:
+    return {f"{folder}/{i:03d}.png": kind for numbers, kind in spans for i in numbers}
+
+
+_FILL_TOO_MUCH = (85, 87, 91, 98, 102, 103, 107, 109, 112, 115, 118, 119)  # their masks end at the normal line
+JUICE_BOTTLE_SUBSET = KindAnnotation(
+    data="the derived MVTec LOCO subset's juice_bottle (256 x 512; test/logical_anomalies keeps the official names)",
+    how="annotated by adlib's developers from every test image and its mask: the subset's masks were flattened to "
+        "0/255, so MVTec's defect ids are lost. Names from the category's defects_config.json; the official "
+        "numbering groups the kinds in runs. Images 000-011 lack both labels (the two ids MVTec's masks would "
+        "carry, joined by '+'); the fill-level images are split by whether the mask lies above the normal fill "
+        "line (too much) or below it (not enough)",
+    fingerprint="28c0de88ba383725aa94e89b8b20c134e280a37f",
+    kinds=_numbered("logical_anomalies", (
+        (range(0, 12), "missing_top_label+missing_bottom_label"),
+        (range(12, 24), "missing_bottom_label"),
+        (range(24, 36), "empty_bottle"),
+        (range(36, 46), "misplaced_fruit_icon"),
+        (range(46, 51), "missing_fruit_icon"),
+        ((51, 53, 55, 56, 57), "misplaced_label_top"),
+        ((52, 54, 58, 59), "misplaced_label_bottom"),
+        (range(60, 72), "swapped_labels"),
+        (range(72, 84), "missing_top_label"),
+        (_FILL_TOO_MUCH, "wrong_fill_level_too_much"),
+        ([i for i in range(84, 120) if i not in _FILL_TOO_MUCH], "wrong_fill_level_not_enough"),
+        (range(120, 142), "wrong_juice_type"),
+    )),
+)
+ANNOTATIONS = {a.fingerprint: a for a in (JUICE_BOTTLE_SUBSET,)}
+
+
+def _annotated_kinds(folder, anomalous, keys) -> tuple[dict, str] | None:
+    if not anomalous:
+        return None
+    annotation = ANNOTATIONS.get(split_fingerprint(folder, anomalous, keys))
+    return None if annotation is None else (dict(annotation.kinds), f"{annotation.data}: {annotation.how}")
 
 
 def per_kind(scores: Sequence[float], groups: Sequence[str], kinds: Sequence[str]) -> dict[tuple[str, str], float]:
@@ -307,16 +476,17 @@ def per_kind(scores: Sequence[float], groups: Sequence[str], kinds: Sequence[str
 def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFrame":
     """Per run (method, variant label, seed, category): the image AUROC of each kind of anomaly alone against the
     normal test images (``per_kind``), in percent, as long rows (``metric`` "auroc_<group>_<kind>", e.g.
-    "auroc_logical_missing"; ``dataset`` the category) with the study's run columns, as ``runs_table``. Needs
-    test sets with ``anomaly_kinds.json`` (the embedded set); runs without it give no rows. ``scores`` as in
-    ``runs_table``."""
+    "auroc_logical_missing"; ``dataset`` the category) with the study's run columns, as ``runs_table``; ``note``
+    says where the kinds come from (``kinds_source``). Runs whose test set has no known kinds (``anomaly_kinds``)
+    give no rows. ``scores`` as in ``runs_table``."""
     import pandas as pd
 
     rows = []
     for run in runs.values():
-        kinds = anomaly_kinds(run.test)
-        if kinds is None:
+        found = _kinds(run.test)
+        if found is None:
             continue
+        kinds, source = found
         evaluation = run.evaluation
         per_label = scores(run) if scores is not None else {run.label: evaluation.scores}
         for label, values in per_label.items():
@@ -325,6 +495,6 @@ def runs_kinds_table(runs: Mapping[Any, Any], scores: Any = None) -> "pd.DataFra
                              "setting": label, "level": "image", "metric": f"auroc_{group}_{kind}", "value": 100 * value,
                              "backbone": run.backbone, "data": run.data, "seed": run.seed,
                              "protocol": evaluation.protocol, "class_setting": run.class_setting,
-                             "image_size": run.image_size, "scope": "category", "note": ""})
+                             "image_size": run.image_size, "scope": "category", "note": f"kinds: {source}"})
     return pd.DataFrame(rows, columns=["dataset", "method", "setting", "level", "metric", "value", "backbone", "data",
                                        "seed", "protocol", "class_setting", "image_size", "scope", "note"])

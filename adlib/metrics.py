@@ -27,12 +27,37 @@ scores gives the whole PRO curve: AU-PRO costs no pass over the pixels beyond th
 Degenerate input: NaN or inf scores, shape mismatches, non-binary masks or labels raise ``ValueError``
 naming the problem; a set with no positive or no negative pixels/images raises ``ValueError`` too (the
 metrics are undefined there; scikit-learn also refuses AUROC).
+
+Test-image noise (``resample_counts``, ``image_replicates``, ``PixelAccumulator.compute(resample=...)``): a
+metric measured on one draw of test images would differ on another draw. Its spread is estimated by a
+stratified bootstrap over the test *images*: each of ``BOOTSTRAP`` resamples draws, within each image group
+(good, defect; LOCO's logical, structural), as many images as the group has, with replacement; the metric is
+recomputed on every resample. The resamples are drawn from a generator seeded by the test images' identity
+(their sorted path keys, ``image_keys``), so two evaluations of the same images (two methods, two settings,
+two seeds, two resolutions) use the same resamples, in whatever order they saw the images: the bootstrap is
+paired without being told so.
+
+- Image metrics are recomputed exactly on every resample (the same tie handling as above).
+- Pixel metrics would need every pixel of every resampled image. Instead, after the exact metrics, each image's
+  pixels are counted on common score bins (``PIXEL_BINS`` edges: half at quantiles of the normal pixels, half
+  at quantiles of the anomalous ones), normal pixels per image and anomalous pixels per ground-truth region;
+  a resample's metrics are those of its summed counts, the pixels of one bin counting as tied (AU-PRO from
+  the regions' covered fractions per bin). So no map is kept: K counts per image and per region. Each
+  replicate is then shifted by the binning's offset on the full set (exact − binned), so the replicates
+  are centred on the exact value and the binning only enters their spread; ``tests/test_metrics.py`` checks
+  the binned values and the bootstrap spread against the exact metric recomputed on resampled images.
+  Under the ``ader`` protocol the spread is that of the exact definitions on ADer's 256 px maps, centred on
+  ADer's values (its 21-threshold F1 and 100-threshold AU-PRO).
+- ``chance_level``: what a detector that sees nothing scores (AUROC 50 %, AP the positive rate p, max-F1
+  2p / (1 + p), AU-PRO 15 %), the floor against which a claim asks whether a method works at all.
 """
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
-from typing import Any, Mapping
+from pathlib import PurePath
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -51,6 +76,13 @@ __all__ = [
     "Protocol",
     "PROTOCOLS",
     "protocol",
+    "BOOTSTRAP",
+    "image_keys",
+    "test_identity",
+    "resample_counts",
+    "image_replicates",
+    "chance_level",
+    "PixelHistograms",
 ]
 
 FPR_LIMIT = 0.3
@@ -214,6 +246,177 @@ def _trapezoid_to(x: np.ndarray, y: np.ndarray, x_max: float) -> float:
     return area
 
 
+# ------------------------------------------------------------------------------------ test-image bootstrap
+BOOTSTRAP = 500  # resamples of the test images per evaluation
+PIXEL_BINS = 256  # common score bins of the per-image pixel counts (half normal-pixel, half anomalous quantiles)
+KEY_PARTS = 5  # an image's key: the last parts of its path (dataset/category/test/<group>/<file>)
+
+
+def image_keys(paths: Sequence[Any]) -> list[str]:
+    """What identifies a test image across evaluations: the last ``KEY_PARTS`` parts of its path, so that the
+    same files read from another root, or at another resolution, get the same key."""
+    return ["/".join(PurePath(str(p)).parts[-KEY_PARTS:]) for p in paths]
+
+
+def test_identity(keys: Sequence[str]) -> str:
+    """A short digest of a set of image keys (order-free): equal for evaluations of the same test images."""
+    return hashlib.sha256("\n".join(sorted(map(str, keys))).encode()).hexdigest()[:16]
+
+
+def resample_counts(keys: Sequence[str], strata: Sequence[Any], replicates: int = BOOTSTRAP) -> np.ndarray:
+    """(replicates, n) counts: how often each image (in the order given) is drawn in each resample.
+
+    Within each stratum (an image group: good, defect, ...) as many images are drawn as the stratum has, with
+    replacement. The generator is seeded by the sorted (stratum, key) pairs, and the draws index the images in
+    that sorted order, so the same test images give the same resamples in any evaluation order."""
+    keys, strata = [str(k) for k in keys], [str(s) for s in strata]
+    if len(keys) != len(strata):
+        raise ValueError(f"resample_counts: {len(keys)} keys but {len(strata)} strata; expected one per image")
+    if replicates < 1:
+        raise ValueError(f"resample_counts: replicates={replicates}; expected a positive number")
+    n = len(keys)
+    order = sorted(range(n), key=lambda i: (strata[i], keys[i]))
+    digest = hashlib.sha256("\n".join(f"{strata[i]}\t{keys[i]}" for i in order).encode()).digest()
+    rng = np.random.default_rng(int.from_bytes(digest[:8], "little"))
+    counts = np.zeros(replicates * n, dtype=np.int64)
+    rows = np.arange(replicates)[:, None] * n
+    for stratum in sorted(set(strata)):
+        members = np.array([i for i in order if strata[i] == stratum])
+        draws = members[rng.integers(0, len(members), size=(replicates, len(members)))]
+        counts += np.bincount((rows + draws).ravel(), minlength=replicates * n)
+    return counts.reshape(replicates, n).astype(np.uint16 if n < 2**16 else np.int64)
+
+
+def _bin_sums(weights: np.ndarray, bins: np.ndarray, n_bins: int) -> np.ndarray:
+    """(B, n_bins): the columns of ``weights`` (B, m) summed per bin (``bins``: m bin indices)."""
+    out = np.zeros((weights.shape[0], n_bins))
+    if bins.size == 0:
+        return out
+    order = np.argsort(bins, kind="stable")
+    sorted_bins = bins[order]
+    starts = np.flatnonzero(np.r_[True, sorted_bins[1:] != sorted_bins[:-1]])
+    out[:, sorted_bins[starts]] = np.add.reduceat(weights[:, order].astype(np.float64), starts, axis=1)
+    return out
+
+
+def _binned(pos: np.ndarray, neg: np.ndarray, pro: np.ndarray | None = None,
+            fpr_limit: float = FPR_LIMIT) -> dict[str, np.ndarray]:
+    """Metrics of (B, K) positive and negative counts per score bin, bins in ascending order of score, the items
+    of one bin counting as tied (exact when the bins are the distinct scores, as for images). ``pro`` (B, K):
+    PRO at each bin's threshold, in *descending* order (the curve's order). Returns (B,) fractions, NaN where a
+    resample has no positive or no negative."""
+    tp = np.cumsum(pos[:, ::-1], axis=1, dtype=np.float64)  # thresholds from the highest bin down
+    fp = np.cumsum(neg[:, ::-1], axis=1, dtype=np.float64)
+    n_pos, n_neg = tp[:, -1:], fp[:, -1:]
+    zero = np.zeros((tp.shape[0], 1))
+    tp0, fp0 = np.hstack([zero, tp[:, :-1]]), np.hstack([zero, fp[:, :-1]])
+    with np.errstate(invalid="ignore", divide="ignore"):
+        auroc = ((fp - fp0) * (tp + tp0)).sum(axis=1) / 2.0 / (n_pos * n_neg)[:, 0]
+        precision = np.where(tp + fp > 0, tp / np.maximum(tp + fp, 1e-300), 0.0)
+        ap = ((tp - tp0) * precision).sum(axis=1) / n_pos[:, 0]
+        f1max = (2.0 * tp / (tp + fp + n_pos)).max(axis=1)
+    out = {"auroc": auroc, "ap": ap, "f1max": f1max}
+    if pro is not None:
+        with np.errstate(invalid="ignore", divide="ignore"):
+            x = np.hstack([zero, fp / n_neg])
+        y = np.hstack([zero, pro])
+        x0, x1, y0, y1 = x[:, :-1], x[:, 1:], y[:, :-1], y[:, 1:]
+        whole = x1 <= fpr_limit
+        crossing = (x0 < fpr_limit) & (x1 > fpr_limit)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            y_at = y0 + (y1 - y0) * (fpr_limit - x0) / np.where(crossing, x1 - x0, 1.0)
+        area = np.where(whole, (x1 - x0) * (y0 + y1) / 2.0, 0.0) + np.where(crossing, (fpr_limit - x0) * (y0 + y_at) / 2.0, 0.0)
+        out["aupro"] = area.sum(axis=1) / fpr_limit
+    undefined = (n_pos[:, 0] == 0) | (n_neg[:, 0] == 0)
+    return {k: np.where(undefined, np.nan, v) for k, v in out.items()}
+
+
+def image_replicates(scores: Any, labels: Any, counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Exact image AUROC, AP and max-F1 of each resample (``counts`` (B, n) from ``resample_counts``)."""
+    s = _score_array(scores, "scores").reshape(-1).astype(np.float64)
+    y = _binary_array(labels, "labels").reshape(-1)
+    counts = np.asarray(counts)
+    if counts.ndim != 2 or counts.shape[1] != s.size or y.size != s.size:
+        raise ValueError(f"image_replicates: {s.size} scores, {y.size} labels and counts of shape {counts.shape}; "
+                         f"expected (replicates, {s.size})")
+    values, bins = np.unique(s, return_inverse=True)
+    pos = _bin_sums(counts[:, y], bins[y], values.size)
+    neg = _bin_sums(counts[:, ~y], bins[~y], values.size)
+    return _binned(pos, neg)
+
+
+@dataclass
+class PixelHistograms:
+    """Pixel scores counted on common bins (ascending): per image its normal pixels, per ground-truth region
+    its pixels (``region_image``: the image of each region). What a resample of the test images needs."""
+
+    negatives: np.ndarray  # (images, K)
+    regions: np.ndarray  # (regions, K)
+    region_image: np.ndarray  # (regions,)
+
+    def metrics(self, counts: np.ndarray) -> dict[str, np.ndarray]:
+        """(B,) AUROC, AP, max-F1 and AU-PRO of each resample (``counts`` (B, images)), binned."""
+        weights = np.asarray(counts, dtype=np.float64)
+        if weights.ndim != 2 or weights.shape[1] != self.negatives.shape[0]:
+            raise ValueError(f"PixelHistograms.metrics: counts of shape {weights.shape}; expected "
+                             f"(replicates, {self.negatives.shape[0]})")
+        per_region = weights[:, self.region_image]
+        covered = np.cumsum(self.regions[:, ::-1], axis=1) / np.maximum(self.regions.sum(axis=1, keepdims=True), 1)
+        with np.errstate(invalid="ignore", divide="ignore"):
+            pro = (per_region @ covered) / per_region.sum(axis=1, keepdims=True)
+        return _binned(per_region @ self.regions, weights @ self.negatives, pro)
+
+
+def _edges(neg_sorted: np.ndarray, pos: np.ndarray, bins: int = PIXEL_BINS) -> np.ndarray:
+    half = max(bins // 2, 2)
+    levels = np.arange(1, half) / half
+    at_neg = neg_sorted[np.minimum((levels * neg_sorted.size).astype(np.int64), neg_sorted.size - 1)]
+    at_pos = np.quantile(pos, levels) if pos.size else np.zeros(0)
+    # in the scores' own precision: searching float32 scores in float64 edges would copy every score
+    dtype = np.result_type(neg_sorted.dtype, pos.dtype)
+    return np.unique(np.concatenate([at_neg, np.asarray(at_pos)]).astype(dtype))
+
+
+def _histograms(negatives: Sequence[np.ndarray], positives: np.ndarray, region: np.ndarray,
+                region_image: np.ndarray, edges: np.ndarray) -> PixelHistograms:
+    """Counts per bin (``np.searchsorted(edges, score, "right")``) of every image's normal pixels and every
+    region's pixels (``positives`` with their region ids ``region``)."""
+    k = edges.size + 1
+    neg = np.zeros((len(negatives), k), dtype=np.float32)
+    for i, scores in enumerate(negatives):
+        if scores.size:  # one image's sort is cache-sized and SIMD: faster than searching every score in the edges
+            below = np.searchsorted(np.sort(scores.reshape(-1)), edges, side="left")  # scores < each edge
+            neg[i] = np.diff(below, prepend=0, append=scores.size)
+    n_regions = int(region_image.size)
+    flat = region.astype(np.int64) * k + np.searchsorted(edges, positives, side="right")
+    regions = np.bincount(flat, minlength=n_regions * k).reshape(n_regions, k).astype(np.float32)
+    return PixelHistograms(neg, regions, region_image.astype(np.int64))
+
+
+def _centred(exact: Mapping[str, float], hist: PixelHistograms, counts: np.ndarray) -> tuple[dict, dict]:
+    """Replicates of the binned metrics shifted onto the exact values; and the shift (exact − binned, full set)."""
+    both = hist.metrics(np.vstack([np.ones((1, hist.negatives.shape[0])), counts]))  # row 0: the full set
+    offset = {k: float(exact[k] - both[k][0]) for k in exact if k in both}
+    return {k: both[k][1:] + offset[k] for k in offset}, offset
+
+
+def chance_level(metric: str, prevalence: float | None = None) -> float:
+    """What a detector that sees nothing scores on a set with positive rate ``prevalence`` (a fraction): AUROC
+    0.5; AP the positive rate; max-F1 2p / (1 + p) (calling everything anomalous); AU-PRO 0.15 (PRO = FPR up to
+    0.3). NaN where the level depends on a rate that is not given, or for a metric it does not know."""
+    if metric.startswith("auroc"):
+        return 0.5
+    if metric == "aupro":
+        return 0.5 * FPR_LIMIT
+    if prevalence is None or not np.isfinite(prevalence):
+        return float("nan")
+    if metric == "ap":
+        return float(prevalence)
+    if metric == "f1max":
+        return float(2 * prevalence / (1 + prevalence))
+    return float("nan")
+
+
 # ----------------------------------------------------------------------------------------- image level
 
 
@@ -276,13 +479,17 @@ class PixelAccumulator:
     def __init__(self, ader_compat: bool = False, connectivity: int = 8) -> None:
         self.ader_compat = ader_compat
         self.structure = _structure(connectivity)
-        self._neg: list[np.ndarray] = []
+        self._neg: list[np.ndarray] = []  # one entry per image, in the order added
         self._pos: list[np.ndarray] = []
         self._region: list[np.ndarray] = []
+        self._region_image: list[int] = []  # the image of each region
         self._n_regions = 0
         self._borrow = False  # True only inside pixel_metrics: its input outlives the accumulator
         self._ader_maps: list[np.ndarray] = []
         self._ader_masks: list[np.ndarray] = []
+        self.replicates: dict[str, np.ndarray] = {}  # set by compute(resample=...)
+        self.binning_offset: dict[str, float] = {}  # exact − binned on the full set, set with the replicates
+        self.prevalence = float("nan")  # the fraction of anomalous pixels, set by compute()
 
     def update(self, maps: Any, masks: Any) -> None:
         """Add a batch: maps (B, H, W) or (B, 1, H, W) float, masks of the same shape in {0, 1}."""
@@ -306,17 +513,27 @@ class PixelAccumulator:
             # Label only the masks' bounding box; its row-major order is the full image's order.
             box = mask[rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
             labels, n = ndimage.label(box, structure=self.structure)
+            self._region_image += [len(self._neg)] * n
             self._neg.append(image[~mask])
             self._pos.append(image[mask])
             self._region.append(labels[box].astype(np.int32) + (self._n_regions - 1))
             self._n_regions += n
 
-    def compute(self) -> dict[str, float]:
-        """Exact (or ADer-compatible) pixel auroc, ap, f1max and aupro over everything added."""
+    def compute(self, resample: np.ndarray | None = None, bins: int = PIXEL_BINS) -> dict[str, float]:
+        """Exact (or ADer-compatible) pixel auroc, ap, f1max and aupro over everything added.
+
+        With ``resample`` ((B, images) counts, ``resample_counts``, one column per image in the order added),
+        ``self.replicates`` gets each metric's B resampled values from per-image counts on ``bins`` common
+        bins, centred on the exact value (see the module docstring), and ``self.binning_offset`` the shift."""
         if self.ader_compat:
             if not self._ader_maps:
                 raise ValueError("PixelAccumulator.compute() called before any update()")
-            return _ader_pixel(np.concatenate(self._ader_maps), np.concatenate(self._ader_masks))
+            maps, masks = np.concatenate(self._ader_maps), np.concatenate(self._ader_masks)
+            exact = _ader_pixel(maps, masks)
+            self.prevalence = float(masks.astype(bool).mean())
+            if resample is not None:
+                self.replicates, self.binning_offset = _centred(exact, _ader_histograms(maps, masks, bins), resample)
+            return exact
         if not self._neg:
             raise ValueError("PixelAccumulator.compute() called before any update()")
         if not self._pos:
@@ -325,10 +542,18 @@ class PixelAccumulator:
         region = np.concatenate(self._region)
         sizes = np.bincount(region, minlength=self._n_regions).astype(np.float64)
         weights = 1.0 / (sizes[region] * self._n_regions)
-        neg = _sorted(self._neg)
-        self._neg = [neg]  # keep the sorted copy instead of the pieces: same content, less memory
+        neg = _sorted(self._neg)  # the per-image pieces stay for the resamples; the copy goes with this call
+        self.prevalence = pos.size / (pos.size + neg.size)
         c = _curve(pos.astype(np.result_type(pos, neg), copy=False), neg, pos_weights=weights)
-        return {"auroc": _auroc(c), "ap": _ap(c), "f1max": _f1max(c), "aupro": _aupro(c)}
+        exact = {"auroc": _auroc(c), "ap": _ap(c), "f1max": _f1max(c), "aupro": _aupro(c)}
+        if resample is not None:
+            resample = np.asarray(resample)
+            if resample.ndim != 2 or resample.shape[1] != len(self._neg):
+                raise ValueError(f"PixelAccumulator.compute: resample of shape {resample.shape}; expected "
+                                 f"(replicates, {len(self._neg)}): one column per image added")
+            hist = _histograms(self._neg, pos, region, np.asarray(self._region_image), _edges(neg, pos, bins))
+            self.replicates, self.binning_offset = _centred(exact, hist, resample)
+        return exact
 
 
 def pixel_metrics(
@@ -433,6 +658,25 @@ def _ader_aupro(maps: np.ndarray, masks: np.ndarray, steps: int, expect_fpr: flo
     f = (f - f.min()) / (f.max() - f.min())
     area = float(np.trapezoid(p, f))
     return -area if np.all(np.diff(f) <= 0) else area  # sklearn.metrics.auc's direction rule
+
+
+def _ader_histograms(maps: np.ndarray, masks: np.ndarray, bins: int = PIXEL_BINS) -> PixelHistograms:
+    """Per-image counts (``_histograms``) of ADer's 256 px maps, regions 8-connected as ADer labels them."""
+    from scipy import ndimage
+
+    g = masks.astype(bool)
+    negatives, positives, region, region_image = [], [], [], []
+    for i, (image, mask) in enumerate(zip(maps, g)):
+        negatives.append(image[~mask])
+        labels, n = ndimage.label(mask, structure=np.ones((3, 3), dtype=bool))
+        if n:
+            positives.append(image[mask])
+            region.append(labels[mask] - 1 + len(region_image))
+            region_image += [i] * n
+    pos = np.concatenate(positives) if positives else np.zeros(0, np.float32)
+    ids = np.concatenate(region) if region else np.zeros(0, np.int64)
+    return _histograms(negatives, pos, ids, np.asarray(region_image, dtype=np.int64),
+                       _edges(np.sort(maps[~g]), pos, bins))
 
 
 def ader_image_scores(maps: Any, pooling_ks: int | None = None) -> np.ndarray:

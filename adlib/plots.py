@@ -5,16 +5,27 @@
 - `variant_panels`: ablation bars with one panel (and axis range) per metric, mean ± std over seeds (Fig. 4).
 - `resolution_lines`: a metric against image resolution, one line per method (Fig. 5).
 - `complexity_panels`: training time, parameters, FLOPs and FPS per method, plus max-F1 vs FLOPs (Fig. 7).
+- `nothing_to_draw`: a figure whose one panel says what is missing, for a figure with nothing to draw (data or
+  weights not here, every row not run); `or_missing(draw, ...)` draws, or returns that panel when ``draw``
+  raises ``NothingToDraw`` (empty input); `stamp_path_check` marks a path check's figure.
 - walkthrough helpers: `pca_rgb` (tokens as colours), `draw_gap` (what the gap M hides), `code_maps`,
   `code_gallery`, `histogram_panels` and `score_scatter` (discrete codes, code histograms, two scores);
   scan paths are drawn by `adlib.scans.draw_directions`.
 
 Every function takes long-format tables (`dataset, method, setting, level, metric, value`) or arrays and
 returns a matplotlib Figure; saving (with provenance) is `adlib.results.save_figure`'s job.
+
+Figures show numbers as computed: bars of scores start at zero (or a stated ``baseline``), never at a range
+fitted to the data, and draw the seeds' spread (standard deviation over seeds) with each seed as a dot where
+the table has seeds; a table's chance level (``chance`` column) is drawn as a dashed line. Rows of several
+scopes (per category, mean over categories, pooled) are never averaged together: the mean over categories is
+shown when present (as the claims read it), pooled rows never; rows of several protocols are refused. Long
+labels are wrapped, never clipped.
 """
 from __future__ import annotations
 
 import re
+import textwrap
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -27,10 +38,106 @@ METRIC_LABELS = {
 MAP_CMAP = "jet"
 
 
+class NothingToDraw(ValueError):
+    """A figure function was given nothing to draw (no images, no rows with values)."""
+
+
+def nothing_to_draw(title: str, reasons: str | Sequence[str] = ()):
+    """A figure with one panel saying that ``title`` has nothing to draw, and why (each reason on a line)."""
+    import textwrap
+
+    plt = _pyplot()
+    reasons = [reasons] if isinstance(reasons, str) else list(dict.fromkeys(r for r in reasons if r))
+    lines = [f"{title}: nothing to draw"] + (["", "why:"] if reasons else [])
+    for reason in reasons[:8] or ["no result to show (nothing was run)"]:
+        lines += textwrap.wrap(reason, 90, initial_indent="- ", subsequent_indent="  ")
+    if len(reasons) > 8:
+        lines.append(f"... and {len(reasons) - 8} more (see the table's notes)")
+    fig, ax = plt.subplots(figsize=(8, 0.6 + 0.22 * len(lines)))
+    ax.axis("off")
+    ax.text(0.0, 1.0, "\n".join(lines), va="top", ha="left", fontsize=9, family="monospace", transform=ax.transAxes)
+    return fig
+
+
+def or_missing(draw, *args, missing: str | Sequence[str] = (), title: str | None = None, **kwargs):
+    """``draw(*args, **kwargs)``, or, when it has nothing to draw (``NothingToDraw``), ``nothing_to_draw`` with
+    ``missing`` (the reasons nothing was run) and the drawing function's own words."""
+    try:
+        return draw(*args, **({"title": title} if title is not None else {}), **kwargs)
+    except NothingToDraw as error:
+        reasons = [missing] if isinstance(missing, str) else list(missing)
+        return nothing_to_draw(title or getattr(draw, "__name__", "figure"), [*reasons, str(error)])
+
+
+def not_run_reasons(df: pd.DataFrame) -> list[str]:
+    """The distinct reasons (``note``) of a long table's rows that have no value."""
+    if df is None or "note" not in getattr(df, "columns", ()):
+        return []
+    notes = df.loc[df["value"].isna(), "note"].dropna().astype(str)
+    return list(dict.fromkeys(n for n in notes if n))
+
+
+def stamp_path_check(fig, label: str) -> None:
+    """A red banner above the figure and a diagonal watermark: a path check's figure is not a result."""
+    text = label.upper()
+    for artist in list(fig.texts):
+        if artist.get_gid() == "adlib-path-check":
+            artist.remove()
+    fig.text(0.5, 1.0, f" {text}: the paper profile's code path at a cut scale, random weights where none "
+                       "could be had, stand-in data ", ha="center", va="bottom", fontsize=10, weight="bold",
+             color="white", backgroundcolor="#c62828", gid="adlib-path-check")
+    fig.text(0.5, 0.5, text, ha="center", va="center", rotation=25, fontsize=28, weight="bold", color="#c62828",
+             alpha=0.25, gid="adlib-path-check", zorder=1000)
+
+
 def _pyplot():
     import matplotlib.pyplot as plt
 
     return plt
+
+
+def _wrap(label, width: int = 16) -> str:
+    """A label broken into lines of about ``width`` characters (at spaces, commas, "+" or "/")."""
+    text = re.sub(r"([,+/])(?=\S)", r"\1 ", str(label))
+    lines = textwrap.wrap(text, width=width, break_long_words=True) or [str(label)]
+    return "\n".join(line.replace(", ", ",").replace("+ ", "+").replace("/ ", "/") for line in lines)
+
+
+def one_scope(df: pd.DataFrame, what: str) -> pd.DataFrame:
+    """The rows a figure may average over seeds and data sources: never pooled rows; the mean over categories
+    alone when the table has it (as the claims read it); one protocol (several: a ``ValueError``)."""
+    if "scope" in df.columns:
+        df = df[df["scope"].astype(str) != "pooled"]
+        if (df["scope"].astype(str) == "mean").any():
+            df = df[df["scope"].astype(str) == "mean"]
+    if "protocol" in df.columns and "level" in df.columns:
+        quality = df[df["level"] != "model"]
+        found = sorted({str(p) for p in quality["protocol"].dropna() if str(p)})
+        if len(found) > 1:
+            raise ValueError(f"{what}: rows of protocols {found} would be averaged into one bar; select one protocol")
+    return df
+
+
+def _seed_stats(df: pd.DataFrame, keys: list[str]) -> pd.DataFrame:
+    """Per ``keys``: the mean over seeds of each seed's mean (over data sources), its std over seeds, the seeds'
+    values, and the chance level when the rows carry one."""
+    data = df.dropna(subset=["value"]).assign(seed=df["seed"] if "seed" in df.columns else 0)
+    per_seed = data.groupby(keys + ["seed"], sort=False)["value"].mean()
+    out = per_seed.groupby(level=keys, sort=False).agg(["mean", "std", list])
+    out["std"] = out["std"].fillna(0.0)
+    if "chance" in data.columns:
+        out["chance"] = pd.to_numeric(data["chance"], errors="coerce").groupby([data[k] for k in keys], sort=False).mean()
+    return out
+
+
+def _baseline(ax, baseline, chance: float | None, top: float) -> None:
+    """Bars start at zero (or the stated baseline); the chance level is drawn when known."""
+    bottom = float(baseline) if baseline is not None and not isinstance(baseline, str) else 0.0
+    if isinstance(baseline, str) and baseline == "chance" and chance is not None and np.isfinite(chance):
+        bottom = float(chance)
+    ax.set_ylim(bottom, max(top * 1.08, bottom + 1.0) if np.isfinite(top) else bottom + 1.0)
+    if chance is not None and np.isfinite(chance) and chance > bottom:
+        ax.axhline(chance, color="#c62828", ls="--", lw=0.9, label="chance")
 
 
 def _as_numpy(x) -> np.ndarray:
@@ -94,7 +201,7 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
     plt = _pyplot()
     n = len(images)
     if n == 0:
-        raise ValueError("anomaly_map_grid: no images given")
+        raise NothingToDraw("anomaly_map_grid: no images given")
     for method, stack in maps.items():
         if len(stack) != n:
             raise ValueError(f"anomaly_map_grid: method {method!r} has {len(stack)} maps for {n} images")
@@ -119,9 +226,9 @@ def anomaly_map_grid(images: Sequence, masks: Sequence | None, maps: Mapping[str
             ax.set_xticks([])
             ax.set_yticks([])
             if row == 0:
-                ax.set_title(columns[col], fontsize=9)
+                ax.set_title(_wrap(columns[col], 14), fontsize=9)
         if row_labels is not None:
-            axes[row, 0].set_ylabel(row_labels[row], fontsize=8)
+            axes[row, 0].set_ylabel(_wrap(row_labels[row], 18), fontsize=8)
     if title:
         fig.suptitle(title, fontsize=10)
     fig.tight_layout()
@@ -133,15 +240,15 @@ def _check_long(df: pd.DataFrame, what: str, needed: Sequence[str] = ("setting",
     if missing:
         raise ValueError(f"{what}: table lacks columns {missing}; expected the long format")
     if df.empty:
-        raise ValueError(f"{what}: the table is empty")
+        raise NothingToDraw(f"{what}: the table is empty")
 
 
 def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
                  order: Sequence[str] | None = None, facet: str = "dataset", level: str | None = "pixel",
                  title: str | None = None, ylim: tuple[float, float] | None = None, panel_width: float = 4.5):
-    """Fig. 4 style: per facet (dataset) a panel with one bar group per `setting`, one bar per metric.
-
-    ``order`` fixes the order of settings (default: first appearance). Values are in percent.
+    """Fig. 4 style: per facet (dataset) a panel with one bar group per `setting`, one bar per metric: the mean
+    over seeds, the standard deviation over seeds as an error bar. Bars start at zero unless ``ylim`` says
+    otherwise. ``order`` fixes the order of settings (default: first appearance). Values are in percent.
     """
     plt = _pyplot()
     _check_long(df, "grouped_bars")
@@ -149,7 +256,8 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
     if level is not None and "level" in data.columns:
         data = data[data["level"] == level]
     if data.empty:
-        raise ValueError(f"grouped_bars: no rows with metrics {list(metrics)} at level {level!r}")
+        raise NothingToDraw(f"grouped_bars: no rows with metrics {list(metrics)} at level {level!r}")
+    data = one_scope(data, "grouped_bars")
     facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
     fig, axes = plt.subplots(1, len(facets), figsize=(panel_width * len(facets), 3.2), squeeze=False)
@@ -158,10 +266,12 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
     for ax, name in zip(axes[0], facets):
         part = data if name is None else data[data[facet] == name]
         for i, metric in enumerate(metrics):
-            values = part[part["metric"] == metric].groupby("setting")["value"].mean()
-            heights = [values.get(s, np.nan) for s in settings]
-            bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, heights, width,
-                          label=METRIC_LABELS.get(metric, metric))
+            rows = part[part["metric"] == metric]
+            stats = _seed_stats(rows, ["setting"]) if len(rows.dropna(subset=["value"])) else None
+            heights = [stats["mean"].get(s, np.nan) if stats is not None else np.nan for s in settings]
+            spread = [stats["std"].get(s, 0.0) if stats is not None else 0.0 for s in settings]
+            bars = ax.bar(x + (i - (len(metrics) - 1) / 2) * width, heights, width, yerr=spread, capsize=2,
+                          error_kw={"lw": 0.8}, label=METRIC_LABELS.get(metric, metric))
             for bar, h in zip(bars, heights):
                 if np.isfinite(h):
                     ax.annotate(f"{h:.1f}", (bar.get_x() + bar.get_width() / 2, h), ha="center",
@@ -172,7 +282,7 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
                 ax.text(x[i], 1, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4")
         ax.set_xticks(x)
         ax.set_xlim(-0.6, len(settings) - 0.4)
-        ax.set_xticklabels(settings, rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([_wrap(s) for s in settings], rotation=30, ha="right", fontsize=8)
         ax.set_ylabel("%")
         if ylim is not None:
             ax.set_ylim(*ylim)
@@ -189,50 +299,55 @@ def grouped_bars(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "
 
 def variant_panels(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
                    order: Sequence[str] | None = None, level: str | None = "pixel", title: str | None = None,
-                   panel_width: float = 3.4):
-    """Fig. 4 style with one panel per metric, each with its own axis range: one bar per variant
-    (``setting``), the mean over seeds and data sources, with the standard deviation over seeds as an error
-    bar and each seed as a dot. Variants that were not run are marked."""
+                   panel_width: float | None = None, baseline: float | str | None = 0.0):
+    """Fig. 4 style with one panel per metric: one bar per variant (``setting``), the mean over seeds and data
+    sources, with the standard deviation over seeds as an error bar and each seed as a dot. Variants that were
+    not run are marked. Bars start at ``baseline``: 0 by default, a number, or "chance" (the rows' chance
+    level); the chance level is drawn as a dashed line when the rows carry it. The mean over categories is
+    used where the table has it, pooled rows never; rows of two protocols are refused (``one_scope``)."""
     plt = _pyplot()
     _check_long(df, "variant_panels")
     data = df[df["metric"].isin(metrics)]
     if level is not None and "level" in data.columns:
         data = data[data["level"] == level]
-    if "scope" in data.columns:
-        data = data[data["scope"] != "pooled"]
     if data.empty:
-        raise ValueError(f"variant_panels: no rows with metrics {list(metrics)} at level {level!r}")
+        raise NothingToDraw(f"variant_panels: no rows with metrics {list(metrics)} at level {level!r}")
+    data = one_scope(data, "variant_panels")
     settings = list(order) if order is not None else list(dict.fromkeys(data["setting"]))
-    seeds = data.assign(seed=data["seed"] if "seed" in data.columns else 0)
-    per_seed = seeds.groupby(["metric", "setting", "seed"])["value"].mean()
-    fig, axes = plt.subplots(1, len(metrics), figsize=(panel_width * len(metrics), 3.2), squeeze=False)
+    longest = max((len(line) for s in settings for line in _wrap(s).splitlines()), default=8)
+    width = panel_width or max(3.2, 0.45 * len(settings) + 0.06 * longest * 2)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(width * len(metrics), 3.6), squeeze=False)
     x = np.arange(len(settings))
     for ax, metric in zip(axes[0], metrics):
-        means, stds, dots = [], [], []
-        for s in settings:
-            values = per_seed.get((metric, s)) if (metric, s) in per_seed.index.droplevel("seed") else None
-            values = values.dropna() if values is not None else pd.Series(dtype=float)
-            means.append(values.mean() if len(values) else np.nan)
-            stds.append(values.std(ddof=1) if len(values) > 1 else 0.0)
-            dots.append(values.to_numpy())
-        ax.bar(x, means, 0.7, yerr=stds, capsize=3, color="#90a4ae", edgecolor="#455a64")
+        rows = data[data["metric"] == metric]
+        stats = _seed_stats(rows, ["setting"]) if len(rows.dropna(subset=["value"])) else None
+        means = [stats["mean"].get(s, np.nan) if stats is not None else np.nan for s in settings]
+        stds = [stats["std"].get(s, 0.0) if stats is not None else 0.0 for s in settings]
+        dots = [np.asarray(stats["list"].get(s, []), dtype=float) if stats is not None else np.zeros(0) for s in settings]
+        chance = None
+        if stats is not None and "chance" in stats and stats["chance"].notna().any():
+            chance = float(stats["chance"].mean())
+        bottom = float(baseline) if isinstance(baseline, (int, float)) else \
+            (chance if baseline == "chance" and chance is not None else 0.0)
+        ax.bar(x, [m - bottom if np.isfinite(m) else np.nan for m in means], 0.7, bottom=bottom, yerr=stds, capsize=3,
+               color="#90a4ae", edgecolor="#455a64")
         for i, values in enumerate(dots):
             ax.plot(np.full(len(values), x[i]), values, "o", ms=3, color="#263238")
             if not len(values):
                 ax.text(x[i], 0.02, "not run", rotation=90, ha="center", va="bottom", fontsize=7, color="0.4",
                         transform=ax.get_xaxis_transform())
-        finite = [v for arr in dots for v in arr if np.isfinite(v)]
-        if finite:
-            lo, hi = min(finite), max(finite)
-            pad = max((hi - lo) * 0.25, 0.5)
-            ax.set_ylim(max(lo - pad, 0.0), min(hi + pad, 100.0) if hi <= 100 else hi + pad)
+        finite = [v for arr in dots for v in arr if np.isfinite(v)] + [m + s for m, s in zip(means, stds) if np.isfinite(m)]
+        _baseline(ax, bottom, chance, max(finite) if finite else float("nan"))
         ax.set_xticks(x)
-        ax.set_xticklabels(settings, rotation=35, ha="right", fontsize=8)
-        ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
+        ax.set_xticklabels([_wrap(s) for s in settings], rotation=35 if len(settings) > 3 else 0,
+                           ha="right" if len(settings) > 3 else "center", fontsize=8)
+        ax.set_title(METRIC_LABELS.get(metric, metric) + (f" (from {bottom:g})" if bottom else ""), fontsize=9)
         ax.set_ylabel("%")
         ax.grid(axis="y", alpha=0.3)
+        if chance is not None and chance > bottom:
+            ax.legend(fontsize=7, loc="lower right")
     if title:
-        fig.suptitle(title, fontsize=10)
+        fig.suptitle(_wrap(title, 90), fontsize=10)
     fig.tight_layout()
     return fig
 
@@ -245,7 +360,8 @@ def setting_value(setting: str) -> float:
 
 def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max", "ap"),
                      facet: str = "dataset", level: str | None = "pixel", title: str | None = None):
-    """Fig. 5 style: one panel per (facet, metric), the metric against resolution, one line per method.
+    """Fig. 5 style: one panel per (facet, metric), the metric against resolution, one line per method: the mean
+    over seeds with the standard deviation over seeds as error bars, the chance level dashed when known.
 
     The resolution is read from `setting` ("res=512" -> 512).
     """
@@ -254,10 +370,13 @@ def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max
     data = df[df["metric"].isin(metrics)].copy()
     if level is not None and "level" in data.columns:
         data = data[data["level"] == level]
+    if "scope" in data.columns:  # per facet: its mean over categories where it has one, never pooled
+        data = pd.concat([one_scope(part, "resolution_lines") for _, part in
+                          data.groupby(facet if facet in data.columns else "metric", sort=False)]) if len(data) else data
     data["resolution"] = data["setting"].map(setting_value)
     data = data[np.isfinite(data["resolution"])]
     if data.empty:
-        raise ValueError("resolution_lines: no rows with a resolution in `setting` (e.g. 'res=512')")
+        raise NothingToDraw("resolution_lines: no rows with a resolution in `setting` (e.g. 'res=512')")
     facets = list(dict.fromkeys(data[facet])) if facet in data.columns else [None]
     fig, axes = plt.subplots(len(facets), len(metrics), figsize=(3.2 * len(metrics), 2.8 * len(facets)),
                              squeeze=False)
@@ -265,9 +384,18 @@ def resolution_lines(df: pd.DataFrame, metrics: Sequence[str] = ("auroc", "f1max
         part = data if name is None else data[data[facet] == name]
         for c, metric in enumerate(metrics):
             ax = axes[r, c]
+            chances = []
+            if part[part["metric"] == metric].empty:  # e.g. AU-PRO at image level: say so, not an empty frame
+                ax.text(0.5, 0.5, f"no {METRIC_LABELS.get(metric, metric)} rows here", ha="center", va="center",
+                        fontsize=8, color="0.4", transform=ax.transAxes)
             for method, rows in part[part["metric"] == metric].groupby("method", sort=False):
-                rows = rows.groupby("resolution")["value"].mean().sort_index()
-                ax.plot(rows.index, rows.values, marker="o", label=str(method))
+                stats = _seed_stats(rows, ["resolution"]).sort_index()
+                ax.errorbar(stats.index, stats["mean"].values, yerr=stats["std"].values, marker="o", capsize=3,
+                            label=str(method))
+                if "chance" in stats and stats["chance"].notna().any():
+                    chances.append(float(stats["chance"].mean()))
+            if chances:
+                ax.axhline(float(np.mean(chances)), color="#c62828", ls="--", lw=0.9, label="chance")
             resolutions = sorted(part["resolution"].unique())
             ax.set_xticks(resolutions)
             ax.set_xticklabels([str(int(v)) for v in resolutions], fontsize=8)
@@ -291,7 +419,7 @@ def complexity_panels(df: pd.DataFrame, metrics: Sequence[str] = ("train_s", "pa
     model = df[df["metric"].isin(metrics)]
     present = [m for m in metrics if m in set(model["metric"])]
     if not present:
-        raise ValueError(f"complexity_panels: no rows with metrics {list(metrics)}")
+        raise NothingToDraw(f"complexity_panels: no rows with metrics {list(metrics)}")
     has_quality = quality is not None and not df[(df["metric"] == quality) &
                                                  (df.get("level", "pixel") == "pixel")].empty
     panels = len(present) + int(has_quality and "flops_g" in present)
@@ -299,18 +427,21 @@ def complexity_panels(df: pd.DataFrame, metrics: Sequence[str] = ("train_s", "pa
     methods = list(dict.fromkeys(model["method"]))
     colors = plt.get_cmap("tab10")(np.arange(len(methods)) % 10)
     for ax, metric in zip(axes[0], present):
-        values = model[model["metric"] == metric].groupby("method")["value"].mean()
-        heights = [values.get(m, np.nan) for m in methods]
-        ax.bar(range(len(methods)), heights, color=colors)
+        stats = _seed_stats(model[model["metric"] == metric], ["method"])
+        heights = [stats["mean"].get(m, np.nan) for m in methods]
+        spread = [stats["std"].get(m, 0.0) for m in methods]
+        ax.bar(range(len(methods)), heights, yerr=spread, capsize=3, color=colors)  # from zero
         for i, h in enumerate(heights):
             if np.isfinite(h):
-                ax.annotate(f"{h:.3g}", (i, h), ha="center", va="bottom", fontsize=7)
+                ax.annotate(f"{h:.3g}", (i, h + spread[i]), ha="center", va="bottom", fontsize=7)
+        ax.set_ylim(0, None)
         ax.set_xticks(range(len(methods)))
-        ax.set_xticklabels(methods, rotation=30, ha="right", fontsize=8)
+        ax.set_xticklabels([_wrap(m, 12) for m in methods], rotation=30, ha="right", fontsize=8)
         ax.set_title(METRIC_LABELS.get(metric, metric), fontsize=9)
     if panels > len(present):
         ax = axes[0, -1]
-        pixel = df[(df["metric"] == quality) & (df["level"] == "pixel")].groupby("method")["value"].mean()
+        pixel = one_scope(df[(df["metric"] == quality) & (df["level"] == "pixel")], "complexity_panels") \
+            .groupby("method")["value"].mean()
         flops = model[model["metric"] == "flops_g"].groupby("method")["value"].mean()
         params = model[model["metric"] == "params_m"].groupby("method")["value"].mean()
         for i, method in enumerate(methods):

@@ -39,6 +39,7 @@ TABLE_COLUMNS = KEY_COLUMNS + ["value"]
 PROVENANCE_COLUMNS = ["profile", "backbone", "data"]
 # What tells apart rows of the same key in a reproduced table: seeds, protocols, class settings, sizes, scopes.
 RUN_COLUMNS = ["seed", "protocol", "class_setting", "image_size", "scope"]
+IN_MEMORY_COLUMNS = ["boot"]  # per-row arrays (test-image resamples, adlib.study.grid): never written to a CSV
 LEVELS = ("image", "pixel", "summary", "model", "data")  # summary: mAD (mean of the 7 image and pixel metrics)
 # The metrics the papers print; others are allowed if they are lower-case identifiers (e.g. "epochs").
 METRICS = (
@@ -156,7 +157,8 @@ def runtime() -> dict:
     """What this process ran on and with, as far as it is known now: CPU model and counts, thread settings
     (torch's when torch is imported, and the environment), the selective-scan backends that ran
     (``adlib.ssm.backends_used``), the weights files loaded (``adlib.backbones.LOADED_WEIGHTS``, path ->
-    sha256) and a content fingerprint per data source read (``adlib.data.data_sources_read``). Modules
+    sha256), a content fingerprint per data source read (``adlib.data.data_sources_read``) and the fits
+    trained and read from the run cache (``adlib.study.runcache.counts``). Modules
     not imported yet are not imported: what they would report did not happen."""
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     threads: dict[str, Any] = {"env": {k: os.environ[k] for k in THREAD_ENV if k in os.environ}}
@@ -164,13 +166,15 @@ def runtime() -> dict:
     if torch is not None and hasattr(torch, "get_num_threads"):
         threads["torch"] = torch.get_num_threads()
         threads["torch_interop"] = torch.get_num_interop_threads()
-    ssm, backbones, folder = (sys.modules.get(f"adlib.{m}") for m in ("ssm", "backbones", "data.folder"))
+    ssm, backbones, folder, runs = (sys.modules.get(f"adlib.{m}") for m in ("ssm", "backbones", "data.folder",
+                                                                              "study.runcache"))
     return {
         "cpu": {"model": cpu_model(), "logical_cpus": os.cpu_count(), "usable_cpus": usable},
         "threads": threads,
         "scan_backends": ssm.backends_used() if ssm is not None and hasattr(ssm, "backends_used") else {},
         "weights": dict(getattr(backbones, "LOADED_WEIGHTS", {})) if backbones is not None else {},
         "data_sources": folder.data_sources_read() if folder is not None and hasattr(folder, "data_sources_read") else {},
+        "fits": runs.counts() if runs is not None else {},  # fits trained / read from the run cache
     }
 
 
@@ -277,6 +281,7 @@ def _sidecar(path: Path, kind: str, paper: str, name: str, profile: str, backbon
 def write_table(df: pd.DataFrame, paper: str, name: str, *, profile: str, backbone: str, data: str,
                 params: dict | None = None, root: str | os.PathLike | None = None) -> Path:
     """Write `results/<profile>/<paper>/<name>.csv` (+ `.meta.json`) atomically; returns the CSV path."""
+    df = df.drop(columns=[c for c in IN_MEMORY_COLUMNS if c in df.columns])
     table = _stamp_columns(check_table(df, f"table {paper}/{name}"), profile, backbone, data)
     path = table_path(paper, name, profile=profile, root=root)
     with atomic_path(path) as tmp:

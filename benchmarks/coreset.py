@@ -46,27 +46,17 @@ def bank_images(count: int, size: int) -> torch.Tensor:
 
 def patch_bank(images: torch.Tensor, batch_size: int = 16) -> tuple[torch.Tensor, str]:
     """The smoke PatchCore's training patches (N * 32 * 32, 152), through the on-disk feature cache."""
-    from adlib import featcache
+    from adlib import engine, featcache
     from adlib.models.patchcore import PatchCore, PatchCoreConfig
 
     model = PatchCore(PatchCoreConfig(image_size=images.shape[-1], coreset_ratio=0.01)).eval()
-    store = featcache.FeatureStore(model.feature_key()) if featcache.enabled() and model.feature_key() else None
+    key = model.feature_key()
+    store = featcache.FeatureStore(featcache.bits_key(key, "cpu")) if featcache.enabled() and key else None
     patches, hits = [], 0
     with torch.no_grad():
         for batch in images.split(batch_size):
-            if store is None:
-                feats = model.extract(batch)
-            else:
-                digests = [featcache.image_hash(im) for im in batch]
-                found = [store.get(d) for d in digests]
-                missing = [i for i, f in enumerate(found) if f is None]
-                hits += len(batch) - len(missing)
-                if missing:
-                    computed = model.extract(batch[missing])
-                    for j, i in enumerate(missing):
-                        found[i] = [t[j] for t in computed]
-                        store.put(digests[i], found[i])
-                feats = [torch.stack([f[level] for f in found]) for level in range(len(found[0]))]
+            feats, found = engine.extract_frozen(model, batch, "cpu", store)  # the engine's bits and cache
+            hits += found
             x = model.embed(feats)
             patches.append(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))
     return torch.cat(patches), f"{hits}/{len(images)} images from the feature cache"

@@ -2,8 +2,10 @@
 
     python benchmarks/determinism.py [--runs 2] [--threads N] [--image-size 128] [--epochs 1] [--images 8]
 
-Prints, per run, the thread count, the scan backend that ran and a digest of the trained state; then the
-largest absolute difference between the runs' parameters (0.0 = bit for bit).
+Each run is ``adlib.study.run_one`` (the notebooks' run path) with VarAD's smoke recipe on the embedded
+``synthetic_ad`` wood, the run cache off (every run trains). Prints, per run, the thread count, the scan backend
+that ran and a digest of the trained state; then the largest absolute difference between the runs' parameters
+(0.0 = bit for bit).
 """
 from __future__ import annotations
 
@@ -15,19 +17,18 @@ import sys
 
 CHILD = r'''
 import hashlib, json, sys, torch
-from adlib import engine, ssm
-from adlib.data import AnomalyDataset, synthetic_root
-from adlib.models import create_model
+from adlib import ssm
+from adlib.app.run import recipe_setting
+from adlib.data import synthetic_root
+from adlib.study import DataSource, run_one
 args = json.loads(sys.argv[1])
 if args["threads"]:
     torch.set_num_threads(args["threads"])
-root = synthetic_root() / "synthetic_ad"
-train = AnomalyDataset(root, "wood", "train", image_size=args["size"])
-engine.seed_everything(0)
-model = create_model("varad", image_size=args["size"], pretrained=args["pretrained"])
-engine.fit(model, train, engine.FitConfig(epochs=args["epochs"], batch_size=4, max_train_images=args["images"],
-                                         seed=0, progress=False, disk_cache=False))
-state = {k: v.detach().clone() for k, v in model.state_dict().items() if v.is_floating_point()}
+source = DataSource("synthetic_ad", synthetic_root() / "synthetic_ad", "wood", synthetic=True)
+setting = recipe_setting("varad", "smoke", image_size=args["size"], max_test=2)
+run = run_one(setting, source, "varad", seed=0, cache=False, pretrained=args["pretrained"], epochs=args["epochs"],
+              batch_size=4, max_train_images=args["images"], disk_cache=False)
+state = {k: v.detach().clone() for k, v in run.model.state_dict().items() if v.is_floating_point()}
 torch.save(state, args["out"])
 digest = hashlib.sha256(b"".join(v.numpy().tobytes() for v in state.values())).hexdigest()[:16]
 print(json.dumps({"threads": torch.get_num_threads(), "scan": ssm.backends_used(), "digest": digest}))

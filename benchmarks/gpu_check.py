@@ -17,6 +17,15 @@ What it prints, step by step (each step is timed and a failing step does not sto
    paper's 8.0 FPS and 389 s of training (10 epochs, one NVIDIA 3090 Ti). The training-time estimate assumes
    a category of 209 training images (MVTec AD bottle) and says so.
 3. the other papers' steps, from ``benchmarks/gpu_<paper>.py`` modules that define ``main(dry_run=...)``.
+4. ``path_check``: ``python -m adlib reproduce --profile paper --check --device cuda`` (the paper profile's code
+   path at a cut scale, issue 20) in a subprocess with a time limit; prints each notebook's status and seconds.
+   It needs the notebook runner (papermill, nbformat, nbclient, ipykernel, jupyter_client): where they do not
+   import, the step says which are missing and how to bring them (wheels, see the device notes) and skips.
+   ``--dry-run`` runs it on the CPU on the cheapest notebook (``varad/01*``), which checks the step itself.
+   On the lent machine (which has torch, timm, pandas, matplotlib, scikit-learn and scipy but not the runner)
+   carry the wheels of papermill and its dependencies (nbformat, nbclient, jupyter_client, ipykernel, ipython,
+   traitlets, pyzmq, tornado, fastjsonschema, jsonschema, tenacity, entrypoints, ...) and run
+   ``python benchmarks/gpu_check.py --only path_check`` (limit: PATH_CHECK_LIMIT_S) or the whole script.
 """
 from __future__ import annotations
 
@@ -138,14 +147,60 @@ def varad_check(device: torch.device, dry_run: bool) -> dict:
                                           "never a difference: the hardware differs"}
 
 
-STEPS = {"scan": scan_check, "varad": varad_check}
+RUNNER_MODULES = ("papermill", "nbformat", "nbclient", "ipykernel", "jupyter_client")
+PATH_CHECK_LIMIT_S = 420  # the whole path check on the device; notebooks not started after 5 minutes are deferred
+PATH_CHECK_DRY_ONLY = "varad/01*"  # a dry run: the cheapest notebook, on the CPU
+
+
+def path_check(device: torch.device, dry_run: bool, only: str | None = None,
+               limit_s: float = PATH_CHECK_LIMIT_S) -> dict:
+    """``adlib reproduce --profile paper --check`` on ``device`` in a subprocess; per notebook its status and
+    seconds (parsed from the runner's summary), the run's total, and its last lines when it fails."""
+    import importlib.util
+    import os
+    import re
+    import subprocess
+    import tempfile
+
+    missing = [m for m in RUNNER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        return {"skipped": f"the notebook runner is not importable here ({', '.join(missing)}): bring their wheels "
+                           "with adlib's other pure-Python dependencies (see the device notes) and run again"}
+    only = only or (PATH_CHECK_DRY_ONLY if dry_run else None)
+    root = Path(tempfile.mkdtemp(prefix="adlib-path-check-"))
+    command = [sys.executable, "-m", "adlib", "reproduce", "--profile", "paper", "--check", "--device", str(device),
+               "--output-root", str(root), "--no-report", "--time-budget", str(int(limit_s * 0.7))]
+    command += ["--only", only] if only else []
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).resolve().parents[1]),
+                                                                     os.environ.get("PYTHONPATH", "")]))}
+    start = time.perf_counter()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=limit_s, env=env)
+        output, code = done.stdout + done.stderr, done.returncode
+    except subprocess.TimeoutExpired as error:
+        output = (error.stdout or b"").decode(errors="replace") if isinstance(error.stdout, bytes) else (error.stdout or "")
+        code = "timeout"
+    times = {label: {"status": status, "seconds": float(seconds)}
+             for seconds, status, label in re.findall(r"^\s+([\d.]+) s\s+(\w+)\s+(\S+)", output, re.M)}
+    out = {"command": " ".join(command), "returncode": code, "seconds": round(time.perf_counter() - start, 1),
+           "notebooks": times, "output_root": str(root),
+           "note": "path check: not results (cut scale, random weights, stand-in data)"}
+    if code != 0:
+        out["tail"] = output[-3000:]
+    return out
+
+
+STEPS = {"scan": scan_check, "varad": varad_check, "path_check": path_check}
 PAPER_MODULES = ("gpu_vitad", "gpu_mambaad", "gpu_ladmim")
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dry-run", action="store_true", help="tiny sizes on the CPU (checks the script)")
-    parser.add_argument("--only", nargs="*", default=None, help="steps to run (scan, varad, vitad, mambaad, ladmim)")
+    parser.add_argument("--only", nargs="*", default=None,
+                        help="steps to run (scan, varad, vitad, mambaad, ladmim, path_check)")
+    parser.add_argument("--check-only", default=None, metavar="PATTERN",
+                        help="path_check: only these notebooks (adlib reproduce --only PATTERN)")
     args = parser.parse_args(argv)
     device = torch.device("cpu" if args.dry_run or not torch.cuda.is_available() else "cuda")
     if device.type == "cpu" and not args.dry_run:
@@ -161,6 +216,8 @@ def main(argv: list[str] | None = None) -> int:
         except ImportError:
             continue
         steps[module_name.removeprefix("gpu_")] = lambda device, dry_run, m=module: m.main(dry_run=dry_run, device=str(device))
+    if args.check_only:
+        steps["path_check"] = lambda device, dry_run: path_check(device, dry_run, only=args.check_only)
     for step, fn in steps.items():
         if args.only and step not in args.only:
             continue

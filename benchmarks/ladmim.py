@@ -9,7 +9,9 @@ normal images; PatchCore (its smoke recipe at the same image size, one fit per c
 coreset's start point) runs on the same images. Printed: image AUROC on logical (LA) and structural (SA)
 anomalies, Overall = (LA + SA) / 2 and the whole-test-set reading of Avg, per scorer (S'_HVQ + S'_MIM, S_HVQ,
 S_MIM, and the sum z-scored on the test set as the released code does), mean +- std over seeds, then the two
-targets: LADMIM's Overall >= 80 and its LA above PatchCore's. Wall times are noisy on a shared machine: the
+targets: LADMIM's Overall >= 80 and its LA above PatchCore's. Every fit is ``adlib.study.run_one`` (the
+notebooks' run path; LADMIM's per-epoch codebook usage is read through its ``callback``, so LADMIM always trains,
+while PatchCore may be read from the run cache). Wall times are noisy on a shared machine: the
 load average is printed with them. ``--jobs N`` fits N (category, seed) runs in parallel processes, each
 with ``--threads`` torch threads (default 1 when N > 1).
 """
@@ -22,7 +24,6 @@ import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -42,44 +43,48 @@ def _overrides(pairs: list[str]) -> dict:
     return out
 
 
+def _setting(image_size: int):
+    """LADMIM's paper in the smoke profile at ``image_size``, every image of the data (``adlib.study``)."""
+    from adlib import papers
+    from adlib.study import resolve_setting
+
+    return resolve_setting(papers.get("ladmim"), "smoke", synthetic=False, image_size=image_size, max_train=None,
+                           max_test=None)
+
+
+def _source(root: str, category: str):
+    from adlib.study import DataSource
+
+    return DataSource(Path(root).name, Path(root), category)
+
+
 def fit_ladmim(root: str, category: str, seed: int, overrides: dict, threads: int | None) -> dict:
     """One smoke fit and the raw scores of the test set; returns plain data (picklable)."""
     import torch
 
     if threads:
         torch.set_num_threads(threads)
-    from adlib import engine
-    from adlib.data import AnomalyDataset
-    from adlib.models import create_model, model_config
-    from adlib.models.ladmim import score_components
-    from adlib.papers.ladmim import RECIPES
-
-    recipe = RECIPES[("ladmim", "smoke")]
-    fit_fields = {f.name for f in fields(recipe.fit)}
-    config = model_config("ladmim", None, **{**recipe.model, **{k: v for k, v in overrides.items() if k not in fit_fields}})
-    fit = replace(recipe.fit, seed=seed, progress=False, **{k: v for k, v in overrides.items() if k in fit_fields})
-    size = config.image_size
-    engine.seed_everything(seed)
-    model = create_model("ladmim", config)
-    start = time.perf_counter()
-    load = os.getloadavg()[0]
-    result = engine.fit(model, AnomalyDataset(root, category, "train", image_size=size), fit,
-                        calibration=AnomalyDataset(root, category, config.standardise_on, image_size=size),
-                        callback=lambda epoch, m: {"usage": m.codebook_usage(reset=True)})
-    fit_s = time.perf_counter() - start
-    start = time.perf_counter()
     from adlib import loco
+    from adlib.papers.ladmim import RECIPES
+    from adlib.study import run_one
 
-    test = AnomalyDataset(root, category, "test", image_size=size)
-    parts = score_components(model, test, batch_size=8)
-    tokenizer_epochs = fit.for_stage("tokenizer").epochs
-    usage = result.history[tokenizer_epochs - 1]["usage"]
-    return {"category": category, "seed": seed, "fit_s": fit_s, "score_s": time.perf_counter() - start,
-            "load": (load + os.getloadavg()[0]) / 2, "losses": result.stage_losses,
+    size = int(overrides.get("image_size", RECIPES[("ladmim", "smoke")].model["image_size"]))
+    load = os.getloadavg()[0]
+    run = run_one(_setting(size), _source(root, category), "ladmim", seed=seed,
+                  callback=lambda epoch, m: {"usage": m.codebook_usage(reset=True)},
+                  **{k: v for k, v in overrides.items() if k != "image_size"})
+    if run.calibration.startswith("held out"):
+        raise SystemExit(f"{root}/{category} has no validation split: this benchmark standardises on it")
+    result, model = run.evaluation, run.model
+    tokenizer_epochs = run.fit_config.for_stage("tokenizer").epochs
+    usage = run.fit.history[tokenizer_epochs - 1]["usage"]
+    return {"category": category, "seed": seed, "fit_s": run.fit.train_seconds, "score_s": run.eval_seconds,
+            "load": (load + os.getloadavg()[0]) / 2, "losses": run.fit.stage_losses,
             "perplexity": [round(u["perplexity"], 1) for u in usage],
             "stats": {k: float(getattr(model, k)) for k in ("hvq_mean", "hvq_std", "mim_mean", "mim_std")},
-            "kinds": loco.anomaly_kinds(test),
-            **{k: (v.tolist() if hasattr(v, "tolist") else v) for k, v in parts.items()}}
+            "kinds": loco.anomaly_kinds(run.test), "s_hvq": result.parts["s_hvq"].tolist(),
+            "s_mim": result.parts["s_mim"].tolist(), "labels": result.labels.tolist(), "groups": result.groups,
+            "categories": result.image_categories}
 
 
 def fit_patchcore(root: str, category: str, image_size: int, threads: int | None) -> dict:
@@ -87,22 +92,15 @@ def fit_patchcore(root: str, category: str, image_size: int, threads: int | None
 
     if threads:
         torch.set_num_threads(threads)
-    from adlib import engine
-    from adlib.data import AnomalyDataset
-    from adlib.models import create_model
-    from adlib.papers.ladmim import RECIPES
-
-    recipe = RECIPES[("patchcore", "smoke")]
-    engine.seed_everything(0)
-    model = create_model("patchcore", **{**recipe.model, "image_size": image_size})
-    start = time.perf_counter()
-    engine.fit(model, AnomalyDataset(root, category, "train", image_size=image_size), replace(recipe.fit, progress=False))
     from adlib import loco
+    from adlib.study import run_one
 
-    test = AnomalyDataset(root, category, "test", image_size=image_size)
-    result = engine.evaluate(model, test, progress=False, pixel=False)
+    start = time.perf_counter()
+    run = run_one(_setting(image_size), _source(root, category), "patchcore", seed=0)
+    result = run.evaluation
     return {"category": category, "scores": result.scores.tolist(), "labels": result.labels.tolist(),
-            "groups": result.groups, "kinds": loco.anomaly_kinds(test), "seconds": time.perf_counter() - start}
+            "groups": result.groups, "kinds": loco.anomaly_kinds(run.test), "seconds": time.perf_counter() - start,
+            "fit": run.fit_from}
 
 
 def scorer_scores(run: dict, scorer: str) -> np.ndarray:

@@ -4,7 +4,8 @@ from a normal image.
 
     python benchmarks/ladmim_codes.py [--category pins] [--seed 0] [--pairs 20]
 
-Fits the smoke-recipe LADMIM on one category of the embedded ``synthetic_loco`` (both stages), then renders pairs
+Fits the smoke-recipe LADMIM on one category of the embedded ``synthetic_loco`` (both stages, through
+``adlib.study.run_one``, the notebooks' run path: a fit the run cache holds is read), then renders pairs
 of scenes with the generator that differ in one thing only (every part's colour swapped to the other normal
 colour; one pin turned by 60-120 degrees; one part removed), and prints, per HVQ level, the fraction of the token
 positions under the changed parts whose code changes, and the L1 distance between the two images' code
@@ -16,7 +17,6 @@ import argparse
 import copy
 import sys
 import time
-from dataclasses import replace
 
 import numpy as np
 
@@ -31,23 +31,22 @@ def main(argv=None) -> int:
     import torch
     import torch.nn.functional as F
 
-    from adlib import engine
-    from adlib.data import AnomalyDataset, synth, synthetic_root
-    from adlib.models import create_model, model_config
+    from adlib import papers
+    from adlib.data import synth, synthetic_root
     from adlib.papers.ladmim import RECIPES
+    from adlib.study import DataSource, resolve_setting, run_one
 
-    recipe = RECIPES[("ladmim", "smoke")]
-    config = model_config("ladmim", None, **recipe.model)
+    size = RECIPES[("ladmim", "smoke")].model["image_size"]
     root = synthetic_root() / "synthetic_loco"
-    size = config.image_size
-    engine.seed_everything(args.seed)
-    model = create_model("ladmim", config)
+    setting = resolve_setting(papers.get("ladmim"), "smoke", synthetic=False, image_size=size, max_train=None,
+                              max_test=None)
     start = time.perf_counter()
-    engine.fit(model, AnomalyDataset(root, args.category, "train", image_size=size),
-               replace(recipe.fit, seed=args.seed, progress=False),
-               calibration=AnomalyDataset(root, args.category, "validation", image_size=size))
+    run = run_one(setting, DataSource("synthetic_loco", root, args.category, synthetic=True), "ladmim", seed=args.seed)
+    model, config = run.model, run.model.config
     print(f"LADMIM smoke recipe on synthetic_loco/{args.category}, seed {args.seed}: fitted in "
-          f"{time.perf_counter() - start:.0f} s; grid {config.grid} x {config.grid}, {config.codebook_size} codes per level")
+          f"{run.fit.train_seconds:.0f} s ({'read from the run cache' if run.fit_from == 'cache' else 'trained'}; "
+          f"{time.perf_counter() - start:.0f} s with the evaluation); calibration: {run.calibration}; grid "
+          f"{config.grid} x {config.grid}, {config.codebook_size} codes per level")
     spec = synth.LOCO_CATEGORIES[args.category]
     side = 256  # the embedded set's rendering size; resized to the model's as the reader does
 

@@ -6,7 +6,8 @@ A local method (nearest-neighbour patches) should do well on structural anomalie
 ones (every part normal; their count, position or combination wrong): that is LADMIM's premise, and this
 prints whether the embedded ``synthetic_loco`` set has it, per kind of anomaly too (from the set's
 ``anomaly_kinds.json``). PatchCore runs with its smoke recipe
-(``adlib.papers.peers``: EfficientNet-Lite0 strides 8+16, 1% coreset) through the engine. ``--generate OUT``
+(``adlib.papers.peers``: EfficientNet-Lite0 strides 8+16, 1% coreset) through ``adlib.study.run_one`` (the
+notebooks' run path and its run cache), on every image of each category. ``--generate OUT``
 first writes a fresh ``synthetic_loco`` with the generator in this checkout into OUT (to compare generator
 versions); the default is the cached ``adlib.data.synthetic_root()``.
 """
@@ -20,24 +21,17 @@ from pathlib import Path
 
 
 def run(root: Path, image_size: int, categories: list[str] | None = None) -> dict:
-    from dataclasses import replace
+    from adlib import loco
+    from adlib.app.run import recipe_setting
+    from adlib.data import list_categories
+    from adlib.study import DataSource, run_one
 
-    from adlib import engine, loco
-    from adlib.data import AnomalyDataset, list_categories
-    from adlib.models import create_model
-    from adlib.papers import peers
-
-    recipe = peers.RECIPES[("patchcore", "smoke")]
-    fit = replace(recipe.fit, progress=False)
+    setting = recipe_setting("patchcore", "smoke", image_size=image_size)
     out = {}
     for category in categories or list_categories(root):
-        engine.seed_everything(0)
-        model = create_model("patchcore", **{**recipe.model, "image_size": image_size})
-        train = AnomalyDataset(root, category, "train", image_size=image_size)
-        test = AnomalyDataset(root, category, "test", image_size=image_size)
-        engine.fit(model, train, fit)
-        result = engine.evaluate(model, test, batch_size=8, progress=False, pixel=False)
-        kinds = loco.anomaly_kinds(test)
+        run = run_one(setting, DataSource(root.name, root, category), "patchcore", seed=0)
+        result = run.evaluation
+        kinds = loco.anomaly_kinds(run.test)
         out[category] = (loco.from_eval(result), loco.per_kind(result.scores, result.groups, kinds) if kinds else {})
     return out
 

@@ -10,7 +10,9 @@ non-power-of-two input size, and the decoder's time against the number of tokens
 
 ``bottle`` and ``size224`` read ``$ADLIB_DATA/mvtec_ad/bottle``; ``multiclass`` the embedded ``synthetic_multi``.
 Training uses the smoke recipe of ``adlib.papers.mambaad`` exactly (EfficientNet-Lite0 for ResNet34, named in
-every line). Wall times on a shared machine are noisy; CPU seconds of this process are printed beside them.
+every line), through ``adlib.study.run_one`` (the notebooks' run path: ``--cap`` training images per category
+spread evenly as the notebooks cap them, every test image; a fit the run cache holds is read, and the line says
+so). Wall times on a shared machine are noisy; the fit's CPU seconds are printed beside them.
 """
 from __future__ import annotations
 
@@ -94,37 +96,24 @@ def _bottle_root() -> Path:
     return root
 
 
-def _capped(dataset, cap: int | None, seed: int):
-    if cap is None or cap >= len(dataset):
-        return dataset
-    keep = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:cap].sort().values
-    return torch.utils.data.Subset(dataset, keep.tolist())
-
-
 def fit_and_evaluate(model_name: str, pairs: list[tuple[Path, str]], seed: int, cap: int | None,
                      overrides: dict | None = None) -> dict:
-    """Fit one model (smoke recipe) on the train sets of ``pairs`` (root, category) together, evaluate each
-    category under both protocols; pixel/image metrics in percent."""
-    from adlib import data, engine
-    from adlib.models import create_model
+    """Fit one model (the mambaad paper's smoke recipe) on the train sets of ``pairs`` (root, category) together,
+    evaluate each category under both protocols; pixel/image metrics in percent."""
+    from adlib.app.run import recipe_setting
+    from adlib.study import DataSource, run_one
 
-    config, fit = _smoke(model_name, **(overrides or {}))
-    size = config.image_size
-    engine.seed_everything(seed)
-    model = create_model(model_name, config)
-    train = torch.utils.data.ConcatDataset(
-        [_capped(data.AnomalyDataset(root, c, "train", image_size=size), cap, seed) for root, c in pairs])
-    from dataclasses import replace
-
-    start = _timer()
-    result = engine.fit(model, train, replace(fit, seed=seed, progress=False))
-    fit_time = _since(start)
-    tests = {c: data.AnomalyDataset(root, c, "test", image_size=size) for root, c in pairs}
-    evaluated = engine.evaluate_protocols(model, tests if len(tests) > 1 else next(iter(tests.values())),
-                                          ("ader", "exact"), batch_size=8, progress=False)
-    out = {"model": model_name, "seed": seed, "image_size": size, "train_images": len(train), "fit": fit_time,
-           "losses": [round(v, 3) for v in result.losses]}
-    for protocol, ev in evaluated.items():
+    overrides = dict(overrides or {})
+    setting = recipe_setting(model_name, "smoke", "mambaad", image_size=overrides.pop("image_size", None),
+                             max_train=cap, class_setting="multi-class" if len(pairs) > 1 else "one-class")
+    sources = [DataSource(root.name, root, c) for root, c in pairs]
+    run = run_one(setting, sources, model_name, seed=seed, protocols=("ader", "exact"), **overrides)
+    fit = run.fit
+    out = {"model": model_name, "seed": seed, "image_size": run.image_size, "train_images": run.train_images,
+           "fit": f"{fit.train_seconds:.0f} s wall, {fit.cpu_seconds:.0f} s CPU"
+                  + (" (read from the run cache)" if run.fit_from == "cache" else ""),
+           "losses": [round(v, 3) for v in fit.losses]}
+    for protocol, ev in run.evaluations.items():
         out[protocol] = {"image_auroc": 100 * ev.image.get("auroc", float("nan")),
                          "pixel_auroc": 100 * ev.pixel.get("auroc", float("nan")),
                          "pixel_aupro": 100 * ev.pixel.get("aupro", float("nan")),
@@ -161,7 +150,7 @@ def multiclass(args) -> dict:
     root = data.synthetic_root() / "synthetic_multi"
     pairs = [(root, c) for c in sorted(p.name for p in root.iterdir() if p.is_dir())]
     pc_config, _ = _smoke("patchcore")
-    sizes = {"own recipe": {}, "MambaAD's size": {"image_size": _smoke()[0].image_size}}
+    sizes = {"own recipe": {}, "MambaAD's size": {"image_size": _smoke()[0].image_size}}  # the seed: run_one's
     print(f"Multi-class on synthetic_multi ({', '.join(c for _, c in pairs)}): one model on all train sets, "
           f"evaluated per category (ADer protocol); EfficientNet-Lite0 for both papers' backbones")
     out = {"mambaad": [], "patchcore": {k: [] for k in sizes}}
@@ -169,8 +158,7 @@ def multiclass(args) -> dict:
         out["mambaad"].append(fit_and_evaluate("mambaad", pairs, seed, args.cap))
         print("  MambaAD" + _line(out["mambaad"][-1])[3:], flush=True)
         for label, overrides in sizes.items():
-            out["patchcore"][label].append(fit_and_evaluate("patchcore", pairs, seed, args.cap,
-                                                            {"seed": seed, **overrides}))
+            out["patchcore"][label].append(fit_and_evaluate("patchcore", pairs, seed, args.cap, overrides))
             print(f"  PatchCore ({label})" + _line(out["patchcore"][label][-1])[3:], flush=True)
     mean = lambda runs: statistics.mean(r["ader"]["pixel_auroc"] for r in runs)
     ours, theirs = mean(out["mambaad"]), mean(out["patchcore"]["own recipe"])

@@ -6,35 +6,30 @@
 Prints the fit's wall and CPU seconds for: ``default`` (torch's threads = 2, small scans on the calling thread,
 ``adlib.ssm.PARALLEL_MIN_WORK``), ``one thread`` (torch.set_num_threads(1)) and ``scan threaded`` (bound 0: every
 scan shares its rows among the pool threads, the behaviour before the bound). The feature cache is warmed first,
-so the fits time the predictor's training only. Wall times on a shared machine are noisy: the load is printed.
+so the fits time the predictor's training only. Each fit is ``adlib.study.run_one`` (the notebooks' run path,
+VarAD's smoke profile) with the run cache off; the times are those of the fit alone (``FitResult.train_seconds``
+and ``cpu_seconds``). Wall times on a shared machine are noisy: the load is printed.
 """
 from __future__ import annotations
 
 import os
-import sys
-import time
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def fit_once(threads: int, parallel_min: int | None) -> tuple[float, float]:
     import torch
 
-    import varad_smoke as vs
-    from adlib import engine, ssm
-    from adlib.data import synthetic_root
+    from adlib import papers, ssm
+    from adlib.study import resolve_setting, run_one
 
     torch.set_num_threads(threads)
     saved = ssm.PARALLEL_MIN_WORK
     if parallel_min is not None:
         ssm.PARALLEL_MIN_WORK = parallel_min
     try:
-        train, _ = vs.datasets(synthetic_root() / "synthetic_ad", "capsule", 256, True)
-        model, fit = vs.build("varad", 0, 256)
-        start, cpu = time.perf_counter(), time.process_time()
-        engine.fit(model, train, fit)
-        return time.perf_counter() - start, time.process_time() - cpu
+        setting = resolve_setting(papers.get("varad"), "smoke", image_size=256)  # the notebooks' caps: 40 images
+        source = setting.synthetic_sources("synthetic_ad", categories=["capsule"])
+        run = run_one(setting, source, "varad", seed=0, cache=False)
+        return run.fit.train_seconds, run.fit.cpu_seconds
     finally:
         ssm.PARALLEL_MIN_WORK = saved
 

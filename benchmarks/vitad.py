@@ -12,7 +12,10 @@ the smoke targets.
     python benchmarks/vitad.py all
 
 ``targets`` and ``arrangement`` read the real MVTec AD bottle from ``$ADLIB_DATA/mvtec_ad`` and the embedded
-``synthetic_multi`` set. Wall times on a shared 2-core machine are noisy: other jobs may be running.
+``synthetic_multi`` set. Every fit is ``adlib.study.run_one`` (the notebooks' run path; training images capped
+per category as the notebooks cap them, every test image); a fit the run cache holds is read (its times are those
+it took; ``ADLIB_RUN_CACHE=0`` trains every one). Wall times on a shared 2-core machine are noisy: other jobs may
+be running.
 """
 from __future__ import annotations
 
@@ -168,53 +171,44 @@ def epoch_time(steps: int = 3, batch: int = 8) -> dict:
 # ----------------------------------------------------------------------------------------------- data
 
 
-def _bottle(image_size: int = 256, max_train: int = 40):
-    from adlib.data import AnomalyDataset
-    from adlib.study.setting import spread
+def _bottle(image_size: int = 256, max_train: int | None = 40) -> dict:
+    """The real MVTec AD bottle (every test image), ``max_train`` training images spread evenly."""
+    from adlib.study import DataSource
 
     root = Path(os.environ.get("ADLIB_DATA", "")) / "mvtec_ad"
     if not (root / "bottle").is_dir():
         raise SystemExit(f"MVTec AD bottle not found under {root}; set ADLIB_DATA (e.g. ADLIB_DATA=/work/shared/data)")
-    train = AnomalyDataset(root, "bottle", "train", image_size=image_size)
-    return torch.utils.data.Subset(train, spread(len(train), max_train)), AnomalyDataset(root, "bottle", "test", image_size=image_size)
+    return {"sources": [DataSource("MVTec AD", root, "bottle")], "image_size": image_size, "max_train": max_train}
 
 
-def _multi(image_size: int = 256, max_train: int | None = None):
-    from adlib.data import AnomalyDataset, list_categories, synthetic_root
-    from adlib.study.setting import spread
+def _multi(image_size: int = 256, max_train: int | None = None) -> dict:
+    """The embedded ``synthetic_multi``, every category (one multi-class model), every test image."""
+    from adlib.data import list_categories, synthetic_root
+    from adlib.study import DataSource
 
     root = Path(synthetic_root()) / "synthetic_multi"
-    cats = list_categories(root)
-    parts = [AnomalyDataset(root, c, "train", image_size=image_size) for c in cats]
-    train = torch.utils.data.ConcatDataset([torch.utils.data.Subset(p, spread(len(p), max_train)) for p in parts])
-    return train, {c: AnomalyDataset(root, c, "test", image_size=image_size) for c in cats}
+    return {"sources": [DataSource("synthetic_multi", root, c, synthetic=True) for c in list_categories(root)],
+            "image_size": image_size, "max_train": max_train}
 
 
-def _fit_eval(model_name: str, train, test, seed: int, protocols=("exact",), recipe_profile: str = "smoke",
+def _fit_eval(model_name: str, data: dict, seed: int, protocols=("exact",), recipe_profile: str = "smoke",
               fit_overrides: dict | None = None, **model_overrides) -> dict:
-    """Fit ``model_name`` with its smoke recipe (``adlib.papers``), evaluate under ``protocols``."""
-    from dataclasses import fields, replace
+    """Fit ``model_name`` with its home recipe (``adlib.papers``) on ``data`` (``_bottle``/``_multi``) through
+    ``adlib.study.run_one``, evaluate under ``protocols``."""
+    from adlib.app.run import recipe_setting
+    from adlib.study import run_one
 
-    from adlib import engine
-    from adlib.models import config_class, create_model
-    from adlib.papers import home_recipe
-
-    recipe = home_recipe(model_name, recipe_profile)
-    fit = replace(recipe.fit or engine.FitConfig(), seed=seed, progress=False, **(fit_overrides or {}))
-    engine.seed_everything(seed)
-    config = {**recipe.model, **model_overrides}
-    if "seed" in {f.name for f in fields(config_class(model_name))}:  # PatchCore's coreset start and projection
-        config["seed"] = seed
-    model = create_model(model_name, **config)
-    start, cpu = time.perf_counter(), time.process_time()
-    result = engine.fit(model, train, fit)
-    seconds, cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    eval_cpu = time.process_time()
-    evals = engine.evaluate_protocols(model, test, protocols, progress=False)
-    eval_cpu = time.process_time() - eval_cpu
-    row = {"fit_s": seconds, "fit_cpu_s": cpu_s, "fit_alone_s": cpu_s / torch.get_num_threads(), "eval_cpu_s": eval_cpu,
-           "epochs": result.epochs, "images": result.train_images, "losses": result.losses}
-    for p, ev in evals.items():
+    size = model_overrides.pop("image_size", None) or data["image_size"]
+    sources = data["sources"]
+    setting = recipe_setting(model_name, recipe_profile, image_size=size, max_train=data["max_train"],
+                             class_setting="multi-class" if len(sources) > 1 else "one-class")
+    run = run_one(setting, sources, model_name, seed=seed, protocols=protocols, **(fit_overrides or {}),
+                  **model_overrides)
+    fit = run.fit
+    row = {"fit_s": fit.train_seconds, "fit_cpu_s": fit.cpu_seconds, "fit_alone_s": fit.cpu_seconds / torch.get_num_threads(),
+           "eval_cpu_s": run.eval_cpu_seconds, "epochs": fit.epochs, "images": fit.train_images, "losses": fit.losses,
+           "fit_from": run.fit_from, "test_images": len(run.evaluation.scores)}
+    for p, ev in run.evaluations.items():
         row[p] = {"image_auroc": 100 * ev.image.get("auroc", float("nan")),
                   "pixel_auroc": 100 * ev.pixel.get("auroc", float("nan")),
                   "pixel_f1max": 100 * ev.pixel.get("f1max", float("nan")),
@@ -222,6 +216,12 @@ def _fit_eval(model_name: str, train, test, seed: int, protocols=("exact",), rec
         if ev.categories:
             row[p]["per_category"] = {c: 100 * m.pixel.get("auroc", float("nan")) for c, m in ev.categories.items()}
     return row
+
+
+def _cached(runs: list[dict]) -> str:
+    """" (n of the fits read from the run cache)" when any was."""
+    n = sum(r["fit_from"] == "cache" for r in runs)
+    return f" ({n} of the fits read from the run cache)" if n else ""
 
 
 # ---------------------------------------------------------------------------------------- arrangement
@@ -249,15 +249,14 @@ def arrangement(seeds=(0,)) -> dict:
         size = overrides.get("image_size", 256)
         if size not in data:
             data[size] = _bottle(size)
-        train, test = data[size]
-        runs = [_fit_eval("vitad", train, test, seed, **overrides) for seed in seeds]
+        runs = [_fit_eval("vitad", data[size], seed, **overrides) for seed in seeds]
         px = statistics.mean(r["exact"]["pixel_auroc"] for r in runs)
         img = statistics.mean(r["exact"]["image_auroc"] for r in runs)
         pro = statistics.mean(r["exact"]["pixel_aupro"] for r in runs)
         fit_s = statistics.mean(r["fit_alone_s"] for r in runs)
         rows[label] = {"pixel_auroc": px, "image_auroc": img, "pixel_aupro": pro, "fit_alone_s": fit_s}
         print(f"  {label:50s} pixel AUROC {px:5.1f}  AU-PRO {pro:5.1f}  image AUROC {img:5.1f}  "
-              f"fit {fit_s:5.0f} s with free cores", flush=True)
+              f"fit {fit_s:5.0f} s with free cores{_cached(runs)}", flush=True)
     return rows
 
 
@@ -273,13 +272,13 @@ SIZES = {
 
 
 def sizing(seeds=(0,), sizes=None) -> dict:
-    train, tests = _multi()
+    data = _multi()
     rows = {}
     print("Smoke decoder size, multi-class synthetic_multi (4 categories, 120 training images, 256 px), exact protocol")
     for label in sizes or SIZES:
         overrides = dict(SIZES[label])
         fit = {"epochs": overrides.pop("epochs")} if "epochs" in overrides else None
-        runs = [_fit_eval("vitad", train, tests, seed, fit_overrides=fit, **overrides) for seed in seeds]
+        runs = [_fit_eval("vitad", data, seed, fit_overrides=fit, **overrides) for seed in seeds]
         rows[label] = {k: statistics.mean(r["exact"][k] for r in runs) for k in ("pixel_auroc", "image_auroc", "pixel_aupro")}
         rows[label]["fit_alone_s"] = statistics.mean(r["fit_alone_s"] for r in runs)
         row = rows[label]
@@ -304,18 +303,18 @@ def targets(seeds=(0, 1, 2)) -> dict:
     size, cap = smoke.image_size, smoke.max_train
     print(f"Smoke targets, {SUBSTITUTION}; {size} px, at most {cap} training images per category, all test images")
     out = {}
-    train, tests = _multi(size, cap)
+    data = _multi(size, cap)
     runs_by_method = {}
     for name, model_name in (("ViTAD", "vitad"), ("PatchCore", "patchcore")):
         runs_by_method[name] = []
         for seed in seeds:
-            r = _fit_eval(model_name, train, tests, seed, protocols=("exact", "ader"), image_size=size)
+            r = _fit_eval(model_name, data, seed, protocols=("exact", "ader"), image_size=size)
             runs_by_method[name].append(r)
             cats = ", ".join(f"{c} {v:.1f}" for c, v in r["exact"]["per_category"].items())
             print(f"  {name:9s} multi-class seed {seed}: mean pixel AUROC {r['exact']['pixel_auroc']:.1f} (ader "
                   f"{r['ader']['pixel_auroc']:.1f}; {cats}), image AUROC {r['exact']['image_auroc']:.1f}, "
                   f"fit {r['fit_s']:.0f} s wall / {r['fit_alone_s']:.0f} s with free cores ({r['epochs']} epochs x "
-                  f"{r['images']} images)", flush=True)
+                  f"{r['images']} images){_cached([r])}", flush=True)
     vitad, patchcore = runs_by_method["ViTAD"], runs_by_method["PatchCore"]
     summary = {}
     for protocol in ("exact", "ader"):
@@ -333,16 +332,16 @@ def targets(seeds=(0, 1, 2)) -> dict:
     fit = {"epochs": real["epochs"]} if "epochs" in real else {}
     print(f"  bottle at the profile's real-data setting: {size} px, at most {cap} training images, all test images, "
           f"epochs {fit.get('epochs', 'of the recipe')}")
-    train, test = _bottle(size, cap)
+    data = _bottle(size, cap)
     runs = []
     for seed in seeds:
-        runs.append(_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), fit_overrides=fit,
+        runs.append(_fit_eval("vitad", data, seed, protocols=("exact", "ader"), fit_overrides=fit,
                               image_size=size))
         r = runs[-1]
         print(f"  bottle one-class seed {seed}: pixel AUROC {r['exact']['pixel_auroc']:.1f} (ader "
               f"{r['ader']['pixel_auroc']:.1f}), image AUROC {r['exact']['image_auroc']:.1f}, fit {r['fit_s']:.0f} s "
-              f"wall / {r['fit_alone_s']:.0f} s with free cores ({r['epochs']} epochs x {r['images']} images)",
-              flush=True)
+              f"wall / {r['fit_alone_s']:.0f} s with free cores ({r['epochs']} epochs x {r['images']} images)"
+              f"{_cached([r])}", flush=True)
     mean = statistics.mean(r["exact"]["pixel_auroc"] for r in runs)
     out["bottle"] = {"pixel_auroc": mean, "runs": runs}
     print(f"ViTAD one-class on real bottle: mean pixel AUROC {mean:.1f} over seeds {list(seeds)} "
@@ -390,14 +389,13 @@ def bottle_recipes(seeds=(0, 1, 2), only=None, image_size: int | None = None) ->
         cap = cap or smoke.max_train
         if cap not in data:
             data[cap] = _bottle(size, cap)
-        train, test = data[cap]
-        runs = [_fit_eval("vitad", train, test, seed, fit_overrides=fit, image_size=size, **model) for seed in seeds]
+        runs = [_fit_eval("vitad", data[cap], seed, fit_overrides=fit, image_size=size, **model) for seed in seeds]
         px = [r["exact"]["pixel_auroc"] for r in runs]
         out[label] = {"pixel_auroc": statistics.mean(px), "per_seed": px,
                       "fit_alone_s": statistics.mean(r["fit_alone_s"] for r in runs)}
         print(f"  {label:46s} pixel AUROC {out[label]['pixel_auroc']:5.1f} (seeds {', '.join(f'{v:.1f}' for v in px)})"
               f"  fit {out[label]['fit_alone_s']:4.1f} s  target >= {BOTTLE_TARGET}: "
-              f"{'met' if out[label]['pixel_auroc'] >= BOTTLE_TARGET else 'not met'}", flush=True)
+              f"{'met' if out[label]['pixel_auroc'] >= BOTTLE_TARGET else 'not met'}{_cached(runs)}", flush=True)
     return out
 
 
@@ -420,9 +418,8 @@ def bottle(sizes=None, seeds=(0, 1, 2), max_train: int | None = None, epochs: in
           f"{SUBSTITUTION}")
     out = {}
     for size in sizes:
-        train, test = _bottle(size, cap)
-        runs = [_fit_eval("vitad", train, test, seed, protocols=("exact", "ader"), fit_overrides=fit, image_size=size)
-                for seed in seeds]
+        runs = [_fit_eval("vitad", _bottle(size, cap), seed, protocols=("exact", "ader"), fit_overrides=fit,
+                          image_size=size) for seed in seeds]
         px = [r["exact"]["pixel_auroc"] for r in runs]
         ader = [r["ader"]["pixel_auroc"] for r in runs]
         grid = size // 16
@@ -432,12 +429,12 @@ def bottle(sizes=None, seeds=(0, 1, 2), max_train: int | None = None, epochs: in
                "fit_cpu_s": statistics.mean(r["fit_cpu_s"] for r in runs),
                "eval_cpu_s": statistics.mean(r["eval_cpu_s"] for r in runs)}
         out[size] = row
-        print(f"  {size:3d} px ({grid} x {grid} tokens, {len(test)} test images): pixel AUROC {row['pixel_auroc']:5.1f} "
+        print(f"  {size:3d} px ({grid} x {grid} tokens, {runs[0]['test_images']} test images): pixel AUROC {row['pixel_auroc']:5.1f} "
               f"(seeds {', '.join(f'{v:.1f}' for v in px)}; ader {row['ader_pixel_auroc']:.1f}), AU-PRO "
               f"{row['pixel_aupro']:.1f}, image AUROC {row['image_auroc']:.1f}; {row['fit_cpu_s']:.1f} CPU-s per fit "
               f"({runs[0]['epochs']} epochs x {runs[0]['images']} images), {row['eval_cpu_s']:.1f} CPU-s per "
-              f"evaluation; target >= {BOTTLE_TARGET}: {'met' if row['pixel_auroc'] >= BOTTLE_TARGET else 'NOT met'}",
-              flush=True)
+              f"evaluation; target >= {BOTTLE_TARGET}: {'met' if row['pixel_auroc'] >= BOTTLE_TARGET else 'NOT met'}"
+              f"{_cached(runs)}", flush=True)
     return out
 
 

@@ -156,3 +156,35 @@ def test_efficientnet_grid_at_192_px():
         out = grid(torch.rand(1, 3, 192, 192))
     assert out.shape == (1, 40 + 112, 24, 24)
     assert hvq.to_grid(torch.ones(1, 2, 48, 48), (24, 24)).shape == (1, 2, 24, 24)
+
+
+def test_code_layout_is_hvq_trans_released_structure():
+    """layout='code' (HVQ_TR_switch): no psi, L + 1 codebooks (o^1..o^L of width 2 dim on [h^{l-1}, z^top], a
+    top one of width dim), a row/column position embedding, a 2 dim wide decoder with a final norm."""
+    model = _model(layout="code", dim=8, heads=2, codebook_update="ema", codebook_init="normal",
+                   codebook_restart=False, commitment=0.25).eval()
+    assert len(model.psi) == 0 and [q.dim for q in model.quantizers] == [16] * 4 + [8]
+    assert model.row_embed.weight.shape == (4, 4) and model.position().shape == (1, 16, 8)
+    assert model.gamma.in_features == 16 and model.dec_norm.normalized_shape == (16,)
+    out = model(torch.randn(2, 16, 12))
+    assert out["codes"].shape == (2, 4, 16) and out["top_codes"].shape == (2, 16)
+    assert torch.allclose(out["distance"].pow(2) / 12, out["error"], rtol=1e-5)
+    # token (i, j) gets [col_j, row_i]
+    expected = torch.cat([model.col_embed.weight[2], model.row_embed.weight[1]])
+    assert torch.equal(model.position()[0, 1 * 4 + 2], expected)
+    with pytest.raises(ValueError, match="grid"):
+        _model(layout="code", tokens=15)
+
+
+def test_per_image_ema_updates_the_codebook_between_the_images_of_a_batch():
+    """HVQ-Trans quantises the images of a batch one by one (its per-class loop), each against the codebook the
+    previous image's EMA update left: per_image=True does the same."""
+    torch.manual_seed(0)
+    batched = hvq.VectorQuantizer(4, 2, update="ema", decay=0.5, init="normal", restart=False, per_image=True)
+    single = hvq.VectorQuantizer(4, 2, update="ema", decay=0.5, init="normal", restart=False)
+    single.load_state_dict(batched.state_dict())
+    x = torch.randn(3, 5, 2)
+    out = batched.train()(x)
+    codes = [single.train()(image)[1] for image in x]
+    assert torch.equal(out[1], torch.stack(codes)) and torch.equal(batched.codebook, single.codebook)
+    assert not torch.equal(batched.ema_count, torch.zeros(4))  # HVQ-Trans' counts start at zero ("normal")

@@ -89,17 +89,22 @@ def test_registered_and_shapes():
     assert out["codes"].shape == (2, 4, GRID, GRID) and int(out["codes"].max()) < 8
     assert out["error_map"].shape == (2, GRID, GRID) and out["mask"].shape == (GRID, GRID)
     assert out["predicted"].shape == out["target"].shape == (2, 4, 8)
-    assert torch.allclose(out["predicted"].sum(-1), torch.ones(2, 4))
-    assert torch.allclose(out["target"].sum(-1), torch.ones(2, 4))
+    assert out["predicted"].dtype == torch.float64  # as the released code's scoring
+    assert torch.allclose(out["predicted"].sum(-1), torch.ones(2, 4, dtype=torch.float64))
+    assert torch.allclose(out["target"].sum(-1), torch.ones(2, 4, dtype=torch.float64))
     assert torch.allclose(out["scores"], out["s_hvq"])
     assert torch.allclose(out["s_hvq"], out["error_map"].flatten(1).mean(1))  # S_HVQ = mean error (paper)
 
 
 def test_hvq_score_rules():
     error = torch.tensor([[1.0, 2.0, 3.0, 10.0], [0.0, 0.0, 0.0, 4.0]])
-    assert torch.allclose(ladmim.HVQ_SCORES["mean"](error, 0.5), torch.tensor([4.0, 1.0]))
-    assert torch.allclose(ladmim.HVQ_SCORES["max"](error, 0.5), torch.tensor([10.0, 4.0]))
-    assert torch.allclose(ladmim.HVQ_SCORES["topk"](error, 0.5), torch.tensor([6.5, 2.0]))
+    out = {"error": error, "distance": torch.tensor([[3.0, 3.0, 3.0, 3.0], [0.0, 0.0, 0.0, 1.0]])}
+    assert torch.allclose(ladmim.HVQ_SCORES["mean"](out, 0.5), torch.tensor([4.0, 1.0]))
+    assert torch.allclose(ladmim.HVQ_SCORES["max"](out, 0.5), torch.tensor([10.0, 4.0]))
+    assert torch.allclose(ladmim.HVQ_SCORES["topk"](out, 0.5), torch.tensor([6.5, 2.0]))
+    # the release's max_score: x16 bilinear (corners aligned) to 32 x 32, the best 16 x 16 box mean: a constant
+    # stays; one corner token of 1 ramps as (i/31)(j/31), whose bottom-right box mean is (23.5/31)^2
+    assert torch.allclose(ladmim.HVQ_SCORES["release"](out, 0.5), torch.tensor([3.0, (23.5 / 31) ** 2]))
     assert make(standardise_on="test").calibration_split() == "test"
 
 
@@ -121,7 +126,7 @@ def test_histogram_loss_is_eq12():
     codes = model.hvq.codes(tokens)
     target = torch.stack([ladmim.histogram(codes[:, l], masks, 8) for l in range(4)], dim=1)
     expected = (predicted - target).abs().sum(dim=(1, 2))
-    assert torch.allclose(model.mim_errors(tokens, masks, {}), expected)
+    assert torch.allclose(model.mim_errors(tokens, masks, {}).float(), expected)
 
 
 def test_masks():
@@ -130,6 +135,11 @@ def test_masks():
         m = ladmim.block_mask(24, 24, 115, 38, g)
         assert 38 <= int(m.sum()) <= 115
     assert int(ladmim.random_mask(24, 24, 115, g).sum()) == 115
+    # the release's sampler fills up with single tokens: exactly r N (here blocks alone stop short)
+    short = [int(ladmim.block_mask(8, 8, 50, 30, torch.Generator().manual_seed(i)).sum()) for i in range(10)]
+    exact = [int(ladmim.block_mask(8, 8, 50, 30, torch.Generator().manual_seed(i), exact=True).sum())
+             for i in range(10)]
+    assert min(short) < 50 and exact == [50] * 10
     board = ladmim.checkerboard_mask(24, 24, 3, g)
     assert int(board.sum()) == 288 and not torch.equal(board[:3, :3], board[:3, 3:6])
     model = make(mask="block", num_test_masks=5)
@@ -170,11 +180,12 @@ def test_standardisation_statistics_come_from_the_calibration_split():
     batch = torch.stack([validation[i]["image"] for i in range(6)])
     parts = model.score_parts(model.extract(batch))
     assert model.hvq_mean.item() == pytest.approx(parts["s_hvq"].mean().item(), rel=1e-5)
-    assert model.mim_std.item() == pytest.approx(parts["s_mim"].std().item(), rel=1e-4)
+    # population std, as the released code's np.std
+    assert model.mim_std.item() == pytest.approx(parts["s_mim"].std(correction=0).item(), rel=1e-4)
     scores = model.predict(batch).scores
-    z = (parts["s_hvq"] - parts["s_hvq"].mean()) / parts["s_hvq"].std() + \
-        (parts["s_mim"] - parts["s_mim"].mean()) / parts["s_mim"].std()
-    assert torch.allclose(scores, z, atol=1e-4)
+    z = (parts["s_hvq"] - parts["s_hvq"].mean()) / parts["s_hvq"].std(correction=0) + \
+        (parts["s_mim"] - parts["s_mim"].mean()) / parts["s_mim"].std(correction=0)
+    assert torch.allclose(scores, z.float(), atol=1e-4)
     assert abs(float(scores.mean())) < 1e-4  # standardised on these very images
     stats = ladmim.standardisation(torch.tensor([2.0]), torch.tensor([1.0, 1.0]))
     assert stats["hvq_std"] == 1.0 and stats["mim_std"] == 1.0  # degenerate spreads fall back to 1
@@ -213,8 +224,10 @@ def test_deterministic_with_a_seed_and_checkpoint_round_trip(tmp_path):
     fresh.hvq.quantizers[0].codebook.data.zero_()
     loaded, epoch = engine.load_checkpoint(path, model=fresh)
     assert epoch == 6 and loaded.calibrated
-    assert torch.allclose(loaded.predict(images).scores, runs[1])
-    assert torch.allclose(loaded.predict(images).maps, model.predict(images).maps)
+    assert loaded.training  # a fresh model is in training mode: the scores must not depend on it (issue 23)
+    assert torch.equal(loaded.predict(images).scores, runs[1])
+    assert torch.equal(loaded.predict(images).maps, model.predict(images).maps)
+    assert loaded.training  # predict left the mode as it was
 
 
 @pytest.mark.parametrize("target", ["code", "feature", "pixel"])

@@ -175,3 +175,89 @@ def test_runs_kinds_table_gives_one_row_per_kind_and_run(tmp_path):
     table = loco.runs_kinds_table({"r": run}).set_index("metric")["value"]
     assert table["auroc_logical_turned"] == 100 and table["auroc_logical_missing"] == 50
     assert len(table) == len(synth.LOCO_CATEGORIES["pins"].logical_kinds) + len(synth.LOCO_STRUCTURAL)
+
+
+# ------------------------------------------------------------------------------ kinds of real MVTec LOCO data
+def _loco_category(root, mask_values):
+    """A tiny MVTec LOCO category: one normal image per split, one logical anomaly per entry of
+    ``mask_values`` (the values of its mask files, one file per value), and defects_config.json."""
+    import json
+
+    from PIL import Image
+
+    cat = root / "box"
+    image = Image.fromarray(np.zeros((8, 8, 3), np.uint8))
+    for folder in ("train/good", "validation/good", "test/good"):
+        (cat / folder).mkdir(parents=True)
+        image.save(cat / folder / "000.png")
+    (cat / "test/logical_anomalies").mkdir(parents=True)
+    for i, values in enumerate(mask_values):
+        image.save(cat / "test/logical_anomalies" / f"{i:03d}.png")
+        masks = cat / "ground_truth/logical_anomalies" / f"{i:03d}"
+        masks.mkdir(parents=True)
+        for j, value in enumerate(values):
+            array = np.zeros((8, 8), np.uint8)
+            array[j, :4] = value
+            Image.fromarray(array).save(masks / f"{j:03d}.png")
+    config = [{"defect_name": "missing_top", "pixel_value": 255}, {"defect_name": "missing_bottom", "pixel_value": 254},
+              {"defect_name": "swapped", "pixel_value": 253}]
+    (cat / "defects_config.json").write_text(json.dumps(config))
+    return cat
+
+
+def test_kinds_of_mvtec_loco_come_from_the_mask_ids_and_its_defect_list(tmp_path):
+    from adlib.data import AnomalyDataset
+
+    _loco_category(tmp_path, [(253,), (254, 255), (255,)])
+    test = AnomalyDataset(tmp_path, "box", "test")
+    assert loco.anomaly_kinds(test) == ["good", "swapped", "missing_top+missing_bottom", "missing_top"]
+    assert "defects_config.json" in loco.kinds_source(test)
+
+
+def test_flattened_masks_name_no_kind_and_an_annotation_applies_only_to_its_files(tmp_path, monkeypatch):
+    from pathlib import Path
+
+    from adlib.data import AnomalyDataset
+
+    cat = _loco_category(tmp_path, [(255,), (255,)])  # every type flattened to one value: 255 names nothing here
+    test = AnomalyDataset(tmp_path, "box", "test")
+    assert loco.anomaly_kinds(test) is None and loco.kinds_source(test) == ""
+    anomalous = [s for s in test.samples if s.label]
+    keys = {id(s): Path(s.image_path).relative_to(cat / "test").as_posix() for s in anomalous}
+    stamp = loco.split_fingerprint(cat, anomalous, keys)
+    note = loco.KindAnnotation("box", "by eye", stamp, {"logical_anomalies/000.png": "a", "logical_anomalies/001.png": "b"})
+    monkeypatch.setattr(loco, "ANNOTATIONS", {stamp: note})
+    assert loco.anomaly_kinds(test) == ["good", "a", "b"] and loco.kinds_source(test) == "box: by eye"
+    from PIL import Image
+
+    Image.fromarray(np.full((8, 8), 255, np.uint8)).save(cat / "ground_truth/logical_anomalies/001/000.png")
+    assert loco.anomaly_kinds(AnomalyDataset(tmp_path, "box", "test")) is None  # other files: it does not apply
+
+
+@pytest.mark.data
+def test_the_loco_subsets_kinds_are_our_annotation():
+    import os
+    from collections import Counter
+    from pathlib import Path
+
+    from adlib.data import AnomalyDataset
+
+    root = Path(os.environ.get("ADLIB_DATA", "")) / "mvtec_loco_subset"
+    if not os.environ.get("ADLIB_DATA") or not (root / "juice_bottle").is_dir():
+        pytest.skip("ADLIB_DATA is not set or lacks mvtec_loco_subset/juice_bottle")
+    test = AnomalyDataset(root, "juice_bottle", "test")
+    kinds = Counter(loco.anomaly_kinds(test))
+    assert kinds["good"] == 56 and sum(kinds.values()) == 198 and len(kinds) == 13
+    assert kinds["wrong_juice_type"] == 22 and kinds["wrong_fill_level_not_enough"] == 24
+    assert "flattened" in loco.kinds_source(test)
+
+
+def test_describe_says_each_group_and_a_missing_one():
+    scores, labels, groups = _data()
+    both = loco.evaluate_groups(scores, labels, groups)
+    line = both.describe()
+    assert f"logical anomalies: image AUROC {100 * both.logical:.1f} (7 vs 12 normal test images)" in line
+    assert f"Overall {100 * both.overall:.1f}" in line
+    keep = [g != "structural" for g in groups]
+    only = loco.evaluate_groups(scores[keep], labels[keep], [g for g in groups if g != "structural"])
+    assert "structural anomalies: none in the test set" in only.describe() and "Overall" not in only.describe()

@@ -288,19 +288,23 @@ def test_random_weights_disable_the_feature_cache_key():
     assert _model().feature_key() is None
 
 
-def test_load_release_state_dict_maps_every_release_key():
-    # tests/fixtures/mambaad_release_keys.json: the release's MAMBAAD state-dict keys and shapes (ResNet34,
-    # [3,4,6,3], Hilbert, 8 directions), read from its code. Random tensors of those shapes must land on every
-    # trainable key of adlib's model, with the release's direction stacking permuted into the paper's order.
+def test_a_release_checkpoint_maps_onto_every_key_with_the_directions_permuted():
+    # tests/fixtures/parity/mambaad_keys.json: the release's MAMBAAD state-dict keys and shapes at the paper's
+    # size (ResNet34, [3,4,6,3], Hilbert, 8 directions), written from its code by benchmarks/parity/mambaad.py.
+    # Random tensors of those shapes must land on every key of adlib's model (the encoder's too), with the
+    # release's direction stacking permuted into the paper's order.
     import json
     from pathlib import Path
 
-    spec = json.loads((Path(__file__).parent / "fixtures" / "mambaad_release_keys.json").read_text())["keys"]
+    from adlib.models import authors
+
+    spec = json.loads((Path(__file__).parent / "fixtures" / "parity" / "mambaad_keys.json").read_text())["paper"]
     g = torch.Generator().manual_seed(0)
     state = {k: (torch.randn(shape, generator=g) if shape else torch.tensor(3)) for k, shape in spec.items()}
-    model = create_model("mambaad", backbone="resnet34", pretrained=False)
-    model.load_release_state_dict(state)
+    model = authors.from_authors("mambaad", state)
+    assert model.config.backbone == "resnet34" and tuple(model.config.depths) == (3, 4, 6, 3)
     mine = model.state_dict()
+    assert torch.equal(mine["tokenizer.model.layer3.5.conv2.weight"], state["net_t.layer3.5.conv2.weight"])
     assert torch.equal(mine["bottleneck.down1.0.weight"], state["mff_oce.conv1.weight"])
     assert torch.equal(mine["bottleneck.blocks.2.conv3.weight"], state["mff_oce.bn_layer.2.conv3.weight"])
     assert torch.equal(mine["decoder.upsample.1.expand.weight"], state["net_s.layers_up.1.upsample.expand.weight"])
@@ -312,7 +316,28 @@ def test_load_release_state_dict_maps_every_release_key():
     d = mine[ours + "Ds"].numel() // 8
     assert torch.equal(mine[ours + "Ds"][d:2 * d], state[release + "Ds"][4 * d:5 * d])
     assert torch.equal(mine["decoder.stages.3.0.local.1.1.0.weight"], state["net_s.layers_up.3.blocks.0.conv77.0.weight"])
-    with pytest.raises(ValueError, match="release's configuration"):
-        _model(directions=4).load_release_state_dict(state)
-    with pytest.raises(ValueError, match="shape"):
-        create_model("mambaad", pretrained=False).load_release_state_dict(state)  # EfficientNet widths
+    with pytest.raises(ValueError, match="release's MambaAD"):
+        authors.from_authors("mambaad", state, directions=4)
+    with pytest.raises(authors.AuthorsCheckpointError, match="does not fit"):
+        authors.from_authors("mambaad", state, backbone="resnet18")  # another encoder than the checkpoint's
+
+
+def test_the_released_weights_in_aders_layout_load_as_the_same_computation():
+    # MambaAD issues #30/#31: the released checkpoints name the 7x7 branch's 1x1 convs conv1b3/conv1a3 and hold
+    # an extra 3x3 conv33, ADer's copy of the model (model/mambaad.py), whose forward runs
+    # conv1a3(conv77(conv1b3(x))) and never calls conv33. Renamed, they are the release's 7x7 branch.
+    import json
+    from pathlib import Path
+
+    from adlib.models import authors
+
+    listing = json.loads((Path(__file__).parent / "fixtures" / "parity" / "mambaad_keys.json").read_text())
+    ader = listing["variants"]["ader_layout"]
+    assert any(".conv33." in k for k in ader) and not any(".conv1b7." in k for k in ader)
+    g = torch.Generator().manual_seed(1)
+    state = {k: (torch.randn(shape, generator=g) if shape else torch.tensor(3)) for k, shape in ader.items()}
+    mine = authors.from_authors("mambaad", state).state_dict()
+    assert torch.equal(mine["decoder.stages.1.0.local.1.0.0.weight"], state["net_s.layers_up.1.blocks.0.conv1b3.0.weight"])
+    assert torch.equal(mine["decoder.stages.1.0.local.1.2.0.weight"], state["net_s.layers_up.1.blocks.0.conv1a3.0.weight"])
+    without_conv33 = {k: v for k, v in state.items() if ".conv33." not in k}
+    authors.from_authors("mambaad", without_conv33)  # conv33 is ignored, not needed

@@ -83,7 +83,7 @@ def test_patchcore_on_the_engine(reweight, tmp_path):
     fresh = PatchCore(model.config, tokenizer=ToyTokenizer())
     engine.load_checkpoint(path, model=fresh)
     assert torch.equal(fresh.memory_bank, model.memory_bank)
-    assert torch.allclose(fresh.predict(Squares(2, test=True).images).maps, model.predict(Squares(2, test=True).images).maps)
+    assert torch.equal(fresh.predict(Squares(2, test=True).images).maps, model.predict(Squares(2, test=True).images).maps)
 
 
 def test_patchcore_scores_are_nearest_neighbour_distances():
@@ -149,3 +149,30 @@ def test_fast_coreset_on_backbone_patches():
     expected = greedy_coreset_reference(patches, 60, 128, 0)
     assert torch.equal(greedy_coreset(patches, 60, 128, 0, full_pass_fraction=1.0), expected)
     assert torch.equal(greedy_coreset(patches, 60, 128, 0), expected)
+
+
+def test_memory_bank_is_a_buffer_that_takes_a_checkpoints_length():
+    model = PatchCore(PatchCoreConfig(image_size=32, coreset_ratio=0.25), tokenizer=ToyTokenizer())
+    assert model.memory_bank.shape == (0, 20) and not model.fitted
+    bank = torch.randn(7, 20)
+    model.load_state_dict({**model.state_dict(), "memory_bank": bank})
+    assert model.fitted and torch.equal(model.memory_bank, bank)
+    assert "memory_bank" in model.checkpoint_state()
+
+
+def test_border_mean_counts_the_padding_and_the_map_upsampling_switch():
+    """Both reference codes divide a border patch's 3 x 3 sum by 9 (zero padding); anomalib upsamples the
+    patch scores by nearest neighbour (map_upsample='nearest'), the paper and its authors bilinearly."""
+    features = [torch.ones(1, 2, 4, 4)]
+    model = PatchCore(PatchCoreConfig(image_size=32), tokenizer=ToyTokenizer())
+    assert model.embed(features)[0, 0, 0, 0] == pytest.approx(4 / 9) and model.embed(features)[0, 0, 1, 1] == 1
+    model.config.pool_include_pad = False
+    assert model.embed(features)[0, 0, 0, 0] == 1
+    scores = torch.tensor([[[0.0, 1.0], [2.0, 3.0]]])
+    nearest = PatchCore(PatchCoreConfig(image_size=4, smoothing_sigma=0, map_upsample="nearest"),
+                        tokenizer=ToyTokenizer()).anomaly_map(scores)
+    assert torch.equal(nearest[0], scores[0].repeat_interleave(2, 0).repeat_interleave(2, 1))
+    bilinear = PatchCore(PatchCoreConfig(image_size=4, smoothing_sigma=0), tokenizer=ToyTokenizer()).anomaly_map(scores)
+    assert bilinear[0, 0, 1] == pytest.approx(0.25)
+    with pytest.raises(ValueError, match="map_upsample"):
+        PatchCore(PatchCoreConfig(map_upsample="cubic"), tokenizer=ToyTokenizer())

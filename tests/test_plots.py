@@ -75,7 +75,7 @@ def test_grouped_bars_skips_nan_and_rejects_empty():
 def test_resolution_lines_sorted_by_resolution():
     df = pd.concat([long_rows(["res=512", "res=256", "res=1024"], method=m) for m in ("VarAD", "PatchCore")])
     fig = plots.resolution_lines(df, metrics=("f1max",))
-    lines = fig.axes[0].get_lines()
+    lines = [c.lines[0] for c in fig.axes[0].containers]  # one error-bar line per method
     assert len(lines) == 2
     assert list(lines[0].get_xdata()) == [256, 512, 1024]
     assert list(lines[0].get_ydata()) == [11.0, 1.0, 21.0]
@@ -133,3 +133,57 @@ def test_image_row_images_and_maps():
     fig = plots.image_row({"image": torch.rand(3, 8, 8), "map": torch.rand(8, 8)})
     titled = [ax for ax in fig.axes if ax.get_title()]
     assert [ax.get_title() for ax in titled] == ["image", "map"]
+
+
+def _seeded(settings, values, metric="f1max", chance=None, **extra):
+    """Rows over three seeds (value, value + 1, value + 2 per setting), as run_grid gives them."""
+    return pd.DataFrame([{"dataset": "A", "method": "VarAD", "setting": s, "level": "pixel", "metric": metric,
+                          "value": v + seed, "seed": seed, **({"chance": chance} if chance is not None else {}), **extra}
+                         for s, v in zip(settings, values) for seed in range(3)])
+
+
+def test_variant_panels_start_at_zero_and_draw_the_seeds_spread_and_chance():
+    """The issue's fig4: values near 99 once drawn on a 98.4-99.6 axis; bars now start at zero (or a stated
+    baseline), with the spread over seeds and the chance level."""
+    df = _seeded(["a", "b"], [98.0, 97.0], chance=1.0)
+    fig = plots.variant_panels(df, metrics=("f1max",))
+    ax = fig.axes[0]
+    assert ax.get_ylim()[0] == 0.0
+    bars = [p for p in ax.patches if p.get_height() > 0]
+    assert [b.get_height() for b in bars] == [99.0, 98.0]  # the means over seeds
+    segments = [c for c in ax.collections if c.get_segments()]
+    assert segments and np.allclose([s[1][1] - s[0][1] for s in segments[0].get_segments()], [2.0, 2.0])  # ± 1 std
+    assert any(line.get_linestyle() == "--" and line.get_ydata()[0] == 1.0 for line in ax.get_lines())  # chance
+    from_chance = plots.variant_panels(_seeded(["a", "b"], [60.0, 55.0], metric="auroc", chance=50.0),
+                                       metrics=("auroc",), baseline="chance")
+    assert from_chance.axes[0].get_ylim()[0] == 50.0 and "from 50" in from_chance.axes[0].get_title()
+
+
+def test_figures_never_average_scopes_or_protocols():
+    df = pd.concat([_seeded(["a"], [80.0], scope="mean", protocol="exact"),
+                    _seeded(["a"], [20.0], scope="pooled", protocol="exact")])
+    ax = plots.variant_panels(df, metrics=("f1max",)).axes[0]
+    assert [p.get_height() for p in ax.patches] == [81.0]  # the mean over categories, not (81 + 21) / 2
+    both = pd.concat([_seeded(["a"], [80.0], protocol="exact"), _seeded(["a"], [70.0], protocol="ader")])
+    with pytest.raises(ValueError, match="protocols"):
+        plots.variant_panels(both, metrics=("f1max",))
+    with pytest.raises(ValueError, match="protocols"):
+        plots.grouped_bars(both, metrics=("f1max",))
+
+
+def test_long_labels_are_wrapped_not_clipped():
+    labels = ["hss=2/3,skip=yes,local=dw+1x1,k=5+7", "hss=1,skip=no,local=dw+1x1,k=5+7"]
+    fig = plots.variant_panels(_seeded(labels, [90.0, 80.0]), metrics=("f1max",))
+    ticks = [t.get_text() for t in fig.axes[0].get_xticklabels()]
+    assert all("\n" in t and max(len(line) for line in t.splitlines()) <= 17 for t in ticks)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    box = fig.get_tightbbox(renderer)
+    assert box.x0 >= -1 and box.x1 <= fig.bbox.x1 + 1  # nothing drawn outside the figure
+
+
+def test_grouped_bars_draw_the_seeds_spread():
+    fig = plots.grouped_bars(_seeded(["a", "b"], [50.0, 40.0]), metrics=("f1max",))
+    ax = fig.axes[0]
+    assert [p.get_height() for p in ax.patches] == [51.0, 41.0] and ax.get_ylim()[0] == 0.0
+    assert ax.collections and len(ax.collections[0].get_segments()) == 2

@@ -29,7 +29,7 @@ from nbformat.v4 import new_code_cell, new_notebook, new_output  # noqa: E402
 from adlib import results
 from adlib.app import report  # noqa: E402
 from adlib.study import claims, tables  # noqa: E402
-from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Side, TableSpec  # noqa: E402
+from adlib.study.spec import Claim, Floor, PaperSpec, ProfileSpec, Side, TableSpec  # noqa: E402
 
 ORANGE = (255, 127, 14)  # matplotlib's tab:orange, the colour of the test figure's bars
 SEEDS = (0, 1, 2)
@@ -42,7 +42,8 @@ SPEC = PaperSpec(
     methods={"demo": "Demo", "patchcore": "PatchCore"},
     claims=(
         Claim("beats_patchcore", "Demo has a higher pixel max-F1 than PatchCore.", "Sec. 4, Table 2", table="table2",
-              metric="f1max", favoured=Side("Demo", {"method": "Demo"}), against=(Side("PatchCore", {"method": "PatchCore"}),)),
+              metric="f1max", favoured=Side("Demo", {"method": "Demo"}), against=(Side("PatchCore", {"method": "PatchCore"}),),
+              floor=Floor()),
         Claim("smaller", "Demo has fewer parameters than PatchCore.", "Sec. 5, Fig. 7", table="fig7", metric="params_m",
               level="model", higher_is_better=False, favoured=Side("Demo", {"method": "Demo"}),
               against=(Side("PatchCore", {"method": "PatchCore"}),)),
@@ -82,16 +83,21 @@ def _data(source: str, size: int = 256) -> str:
 
 def _runs(methods: dict, sources: list[str], level: str, metrics: dict, protocol: str = "exact",
           scope: str = "category", spread: float = 0.5, size: int = 256) -> list[dict]:
-    """Rows as ``adlib.study.run_grid`` writes them: per method, source, seed and metric; ``metrics`` maps a
-    metric to its value per method (the seeds scatter around it by ``spread``)."""
+    """Rows as ``adlib.study.run_grid`` makes them: per method, source, seed and metric; ``metrics`` maps a
+    metric to its value per method (the seeds scatter around it by ``spread``); quality rows carry test-image
+    resamples (the same draws per source: paired), a chance level and the test images' identity."""
     rng = np.random.default_rng(0)
     out = []
     for method, backbone in methods.items():
         for source in sources:
+            draws = np.random.default_rng(len(source)).normal(0, 0.3, 100)
             for seed in SEEDS:
                 for metric, values in metrics.items():
+                    value = values[method] + spread * rng.standard_normal()
+                    evidence = {} if level == "model" else {"boot": (value + draws).astype(np.float32), "chance": 1.0,
+                                                            "test_id": source}
                     out.append({"dataset": source, "method": method, "setting": "default", "level": level,
-                                "metric": metric, "value": values[method] + spread * rng.standard_normal(),
+                                "metric": metric, "value": value, **evidence,
                                 "backbone": backbone, "data": _data(source, size), "seed": seed,
                                 "protocol": protocol if level != "model" else "", "class_setting": "one-class",
                                 "image_size": size, "scope": scope, "note": ""})
@@ -268,14 +274,15 @@ def test_claims_table_has_verdicts_numbers_and_reasons(tree):
     rows = _md_table_after((tree / "results/smoke/REPORT.md").read_text(), "| claim | where")
     by_text = {r[0]: r for r in rows}
     beats = by_text["Demo has a higher pixel max-F1 than PatchCore."]
-    assert beats[1] == "Sec. 4, Table 2" and beats[6] in ("held", "inconclusive")
+    assert beats[1] == "Sec. 4, Table 2" and beats[8] == "held"
     fav, other = beats[3].split(" vs ")
     assert re.fullmatch(r"\d+\.\d ± \d+\.\d", fav) and re.fullmatch(r"\d+\.\d ± \d+\.\d", other)
-    assert beats[5] == "3" and beats[2] == "Demo vs PatchCore · pixel max-F1 (%)"
+    assert beats[7] == "3" and beats[2] == "Demo vs PatchCore · pixel max-F1 (%)"
+    assert re.fullmatch(r"\[\+\d+\.\d, \+\d+\.\d\]", beats[5]) and beats[6].startswith("1.0")  # interval, floor
     smaller = by_text["Demo has fewer parameters than PatchCore."]
-    assert smaller[6] == "**failed**" and "Params (M)" in smaller[2]
+    assert smaller[8] == "**failed**" and "Params (M)" in smaller[2] and smaller[5] == "does not apply"
     never = by_text["Demo is robust to noise."]
-    assert never[6] == "not run" and "02_broken failed: ValueError: boom" in never[7]
+    assert never[8] == "not run" and "02_broken failed: ValueError: boom" in never[9]
     recorded = pd.read_csv(tree / "results/smoke/demo/claims.csv")
     assert set(recorded["verdict"]) <= set(claims.VERDICTS) and list(recorded.columns) == claims.COLUMNS
 
@@ -325,7 +332,9 @@ def test_comparable_rows_get_a_diff_and_only_they_are_counted(tree):
     assert re.fullmatch(r"99\.\d ± 0\.\d \(99\.4\) \*\*Δ[+-]0\.\d\*\*", demo[1]), demo[1]
     # the index counts comparable cells only: table2's six side-by-side cells are not in it
     overview = _md_table_after(text, "| paper | notebooks")
-    assert next(r for r in overview if r[0].startswith("[demo]"))[4].startswith("3 of 6 comparable cells agree")
+    demo = next(r for r in overview if r[0].startswith("[demo]"))
+    assert demo[4].startswith("3 of 6 agree") and demo[5] == "none comparable (8 side by side)"
+    assert demo[7].startswith("6 quality cell(s) match the paper's data")
 
 
 def test_comparability_rule():
@@ -560,7 +569,7 @@ def test_site_links_are_relative_and_resolve(tree):
     assert 'class="num differs"' not in (site / "demo.html").read_text().split("Table 3")[0]
     assert "ValueError: boom" in demo and "not run" in demo
     index = (site / "index.html").read_text()
-    assert "comparable cells only" in index and 'href="demo.html"' in index
+    assert "quality cells" in index and 'href="demo.html"' in index
 
 
 def test_rebuild_is_incremental(tree):
@@ -582,3 +591,44 @@ def test_notebook_root_lists_notebooks_not_run(tmp_path):
 def test_empty_tree_still_builds(tmp_path):
     path = report.build_report(tmp_path, "paper", paper_root=tmp_path, specs={})
     assert path.exists() and "nothing to report" in (tmp_path / "results/paper/site/index.html").read_text()
+
+
+def test_front_page_counts_kinds_apart_and_lists_the_main_paper_first(tmp_path):
+    """Quality cells, cost/count cells and 0/1 architecture properties are counted apart; a printed table counts
+    as reproduced only with a computed row; the main paper comes first and is marked; its Faithfulness part says
+    what the release allows and shows the recorded checks."""
+    profile = ProfileSpec(description="CPU", image_size=256, backbone="b", paper_backbone="b", seeds=SEEDS)
+    ticks = TableSpec("Table 4: properties (1 = yes)", rows=("method",), columns=("metric",))
+    quality = TableSpec("Table 2: pixel level", image_size=256, backbones={"*": "b"})
+    specs = {"alpha": PaperSpec(name="alpha", title="Alpha", method="alpha", profiles={"smoke": profile},
+                                tables={"table4": ticks, "table2": quality}),
+             "zeta": PaperSpec(name="zeta", title="Zeta", method="zeta", profiles={"smoke": profile}, main=True,
+                               methods={"zeta": "Zeta"}, reference_code="The release holds no readable code.")}
+    for name in specs:
+        (tmp_path / "results" / "paper" / name).mkdir(parents=True)
+    _rows(["", "A", "default", "model", "pyramidal_encoder", 1.0], ["", "A", "default", "model", "heavy_fuser", 0.0]
+          ).to_csv(tmp_path / "results/paper/alpha/table4.csv", index=False)
+    _rows(["MVTec AD", "A", "default", "pixel", "auroc", 97.0]).to_csv(tmp_path / "results/paper/alpha/table2.csv", index=False)
+    write = dict(profile="smoke", backbone="b", data="d", root=tmp_path)
+    results.write_table(_rows(["", "A", "default", "model", "pyramidal_encoder", 1.0],
+                              ["", "A", "default", "model", "heavy_fuser", 0.0]), "alpha", "table4", **write)
+    not_run = _rows(["MVTec AD", "A", "default", "pixel", "auroc", float("nan")]).assign(note="no data here")
+    results.write_table(not_run, "alpha", "table2", **write)
+    faithful = tmp_path / "results" / "faithfulness"
+    faithful.mkdir(parents=True)
+    pd.DataFrame([{"component": "selective scan", "reference_file": "reference loop", "commit": "",
+                   "largest_difference": "3e-7", "status": "ok", "reason": "within 1e-5"}]).to_csv(faithful / "zeta.csv", index=False)
+    text = report.build_report(tmp_path, "smoke", paper_root=tmp_path, specs=specs).read_text()
+    overview = _md_table_after(text, "| paper | notebooks")[2:]
+    assert [r[0].split("]")[0] for r in overview] == ["[zeta", "[alpha"] and "**(main paper)**" in overview[0][0]
+    alpha = overview[1]
+    assert alpha[3] == "1 of 2 with a computed row"  # the not-run table2 does not count
+    assert alpha[4] == "none here" and alpha[5] == "none here" and alpha[6].startswith("2 of 2 agree")
+    assert text.index("\n## zeta") < text.index("\n## alpha")
+    zeta = _section(text, "zeta")
+    assert "### Faithfulness" in zeta and "The release holds no readable code." in zeta
+    rows = _md_table_after(zeta, "| model | component")
+    assert rows[2][:2] == ["zeta", "selective scan"] and rows[2][5] == "ok"
+    assert "### Faithfulness" not in _section(text, "alpha")
+    site = (tmp_path / "results/smoke/site/zeta.html").read_text()
+    assert 'href="data/zeta/zeta.csv"' in site and (tmp_path / "results/smoke/site/data/zeta/zeta.csv").exists()

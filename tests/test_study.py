@@ -259,9 +259,15 @@ def test_partial_map_with_everything_is_the_full_map():
 
 
 # ------------------------------------------------------------------------------------------------ claims
-def _evidence(values: dict[str, list[float]], metric="f1max", level="pixel", datasets=("d/a",)) -> pd.DataFrame:
+def _evidence(values: dict[str, list[float]], metric="f1max", level="pixel", datasets=("d/a",),
+              spread: float = 0.1, chance: float = 1.0) -> pd.DataFrame:
+    """Rows as run_grid gives them: per seed a value and its test-image resamples (``spread``: their standard
+    deviation, the same draws for every side of one data source: a paired bootstrap)."""
+    noise = {d: np.random.default_rng(i).normal(0, 1, 200).astype(np.float32) for i, d in enumerate(datasets)}
     return pd.DataFrame([{"dataset": d, "method": "M", "setting": label, "level": level, "metric": metric,
-                          "value": v + (1.0 if d.endswith("b") else 0.0), "seed": s, "protocol": "exact"}
+                          "value": v + (1.0 if d.endswith("b") else 0.0), "seed": s, "protocol": "exact",
+                          "boot": v + (1.0 if d.endswith("b") else 0.0) + spread * noise[d], "chance": chance,
+                          "test_id": d}
                          for label, per_seed in values.items() for s, v in enumerate(per_seed) for d in datasets])
 
 

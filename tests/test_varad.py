@@ -205,7 +205,10 @@ def test_mahalanobis_error_is_calibrated_on_the_training_images_and_changes_the_
     assert fitted.calibration_split() == "train"
     config = engine.FitConfig(epochs=1, batch_size=2, progress=False, disk_cache=False)
     engine.fit(plain, images, config)
-    engine.fit(fitted, images, config)  # no calibration set given: the engine calibrates on the training images
+    engine.fit(fitted, images, config)  # no calibration set given: the engine does not choose one
+    with pytest.raises(RuntimeError, match="calibration="):
+        fitted.explain(torch.rand(1, 3, 32, 48))
+    engine.calibrate(fitted, images, config)  # what run_one's calibration_plan hands to engine.fit
     assert all(int(w.count) == 3 * h * w_ for w, (h, w_) in zip(fitted.whiteners, fitted.grids))
     assert not any(torch.allclose(w.whitening, torch.eye(len(w.whitening))) for w in fitted.whiteners)
     test = torch.rand(2, 3, 32, 48)

@@ -12,6 +12,7 @@ import sys
 COMMANDS = {
     "data": ("adlib.data.cli", "dataset statistics, the synthetic benchmark, downloads and converters"),
     "run": ("adlib.app.run", "fit and evaluate one model on one category"),
+    "compare": ("adlib.app.compare", "every model (or a chosen list) on one dataset: a CSV and an HTML page"),
     "reproduce": ("adlib.app.reproduce", "execute the notebook collection and build the report"),
 }
 

@@ -14,6 +14,14 @@ Per paper, in this order:
    tables with no printed counterpart, the figures with their provenance, and the notebooks (rendered as
    HTML; failed, not run and not started ones listed as such).
 
+The front page lists the papers, the main one first and marked, and says per paper what is comparable:
+quality cells, cost and count cells and architecture properties (0/1 ticks) counted apart
+(``adlib.study.tables.cell_kind``), printed tables counted as reproduced only when a computed row exists,
+and one sentence on what this profile can and cannot tell. A paper's section ends its summary with a
+"Faithfulness" part: what the authors released and what adlib is checked against (``PaperSpec.reference_code``)
+and, where ``results/faithfulness/<model>.csv`` exists for one of the paper's models
+(``benchmarks/parity/faithfulness.py``), its rows.
+
 REPORT.md and the site are rendered from the same content; the site uses relative links only and copies
 the figures and CSVs into itself, so `site/index.html` opens from disk with no server.
 
@@ -40,17 +48,20 @@ from typing import Mapping
 import pandas as pd
 
 from adlib import results
+from adlib.study import claims as C
 from adlib.study import tables as T
 
 # Agreement of a comparable cell: |ours − paper| within AGREE percentage points (percent metrics) or AGREE
 # percent of the paper's value (counts and costs) "agrees"; within CLOSE "close"; else "differs".
 AGREE, CLOSE = 1.0, 5.0
 CLAIMS_FILE = "claims.csv"
+FAITHFULNESS_COLUMNS = ["component", "reference_file", "commit", "largest_difference", "status", "reason"]
 SUPERSCRIPT = str.maketrans("0123456789", "⁰¹²³⁴⁵⁶⁷⁸⁹")
 READING = ("Each cell is ours (paper): ours is the mean ± standard deviation over seeds, in the unit named in the "
            "column or row (% for quality metrics). A cell is comparable only when dataset, resolution, backbone, "
            "protocol and class setting all match the paper's; only there is the difference Δ = ours − paper shown and "
-           "counted. Every other cell carries a numbered note saying why it has no Δ.")
+           "counted, quality cells apart from costs and counts and from architecture properties. Every other cell "
+           "carries a numbered note saying why it has no Δ. Claims are decided by one rule: " + C.RULE + ".")
 
 CSS = """
 body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:0;color:#222;line-height:1.45}
@@ -207,6 +218,7 @@ class PaperEntry:
     claims_path: Path | None = None
     claims_error: str = ""
     views: dict | None = None  # table name -> TableView, built once (``views_of``)
+    faithfulness: list = field(default_factory=list)  # (model, rows, path) per results/faithfulness/<model>.csv
 
 
 def _read_json(path: Path) -> dict:
@@ -257,9 +269,10 @@ def collect(output_root: Path, profile: str, papers: list[str] | None = None,
     if papers:
         names &= set(papers)
     entries = []
-    for name in sorted(names):
+    for name in names:
         entry = PaperEntry(name)
         entry.spec, entry.spec_error = _load_spec(name, specs)
+        _load_faithfulness(entry, [root, paper_root])
         table_specs = dict(getattr(entry.spec, "tables", {}) or {})
         stems = {p.stem for p in (ours_dir / name).glob("*.csv") if p.name != CLAIMS_FILE} \
             | {p.stem for p in (paper_root / "results" / "paper" / name).glob("*.csv")}
@@ -279,7 +292,30 @@ def collect(output_root: Path, profile: str, papers: list[str] | None = None,
         if notebook_root is not None:
             _add_notebooks_not_run(entry, Path(notebook_root), profile)
         entries.append(entry)
-    return entries
+    return sorted(entries, key=_paper_order)
+
+
+def _paper_order(entry: PaperEntry) -> tuple:
+    """The main paper first (``PaperSpec.main``), then the order of ``adlib.papers.PAPERS``, then by name."""
+    from adlib import papers
+
+    known = list(papers.PAPERS)
+    main = bool(getattr(entry.spec, "main", False))
+    return (not main, known.index(entry.name) if entry.name in known else len(known), entry.name)
+
+
+def _load_faithfulness(entry: PaperEntry, roots: list[Path]) -> None:
+    """``results/faithfulness/<model>.csv`` of each of the paper's models (the first root that has it)."""
+    for model in dict(getattr(entry.spec, "methods", {}) or {}):
+        path = next((r / "results" / "faithfulness" / f"{model}.csv" for r in roots
+                     if (r / "results" / "faithfulness" / f"{model}.csv").exists()), None)
+        if path is None:
+            continue
+        try:
+            rows = pd.read_csv(path, keep_default_na=False, dtype=str)
+        except (OSError, ValueError) as exc:
+            rows = pd.DataFrame([{"component": "(unreadable)", "status": "error", "reason": str(exc)}])
+        entry.faithfulness.append((model, rows.reindex(columns=FAITHFULNESS_COLUMNS).fillna(""), path))
 
 
 def _add_notebooks_not_run(entry: PaperEntry, notebook_root: Path, profile: str) -> None:
@@ -323,8 +359,7 @@ def _load_claims(entry: PaperEntry, path: Path) -> None:
         entry.claims_error = str(exc)
 
 
-_CLAIM_NUMBERS = ("n_seeds", "favoured_mean", "favoured_std", "other_mean", "other_std", "diff_mean", "diff_std",
-                  "diff_se", "margin")
+_CLAIM_NUMBERS = C.NUMBERS
 
 
 # ----------------------------------------------------------------------------------------- table views
@@ -659,18 +694,26 @@ def _claims_grid(rows: pd.DataFrame) -> Grid:
             sides = "" if pd.isna(row.get("favoured_mean")) else f"{_value(row, 'favoured')} vs {_value(row, 'other')}"
             diff = "" if pd.isna(row.get("diff_mean")) else _value(row, "diff")
             n = row.get("n_seeds")
-            note = "" if pd.isna(row.get("note")) else str(row.get("note"))
+            note = "; ".join(filter(None, [_cell_text(row.get("floor_note")) if verdict == "not testable here" else "",
+                                           _cell_text(row.get("note"))]))
             verdict_text = [Strong(verdict)] if verdict == "failed" else [verdict]
             body.append([Cell([str(row.get("text", "")) if i == 0 else "↳"]),
                          Cell([str(row.get("where", "")) if i == 0 else ""]),
                          Cell([comparison + (f" · {'' if level in ('model', 'data') else level + ' '}{unit}"
                                                   if unit and i == 0 else "")]),
                          Cell([sides], num=True), Cell([diff], num=True),
+                         Cell([C.interval_text(row) if not pd.isna(row.get("diff_mean")) else ""], num=True),
+                         Cell([C.floor_text(row) if not pd.isna(row.get("floor")) else ""], num=True),
                          Cell(["" if pd.isna(n) else str(int(n))], num=True),
                          Cell(verdict_text, verdict.replace(" ", "-")), Cell([note])])
             classes.append("sub" if i else "")
-    return Grid([["claim"], ["where"], ["comparison"], ["favoured vs other"], ["difference"], ["seeds"], ["verdict"],
-                 ["note"]], body, row_cls=classes)
+    return Grid([["claim"], ["where"], ["comparison"], ["favoured vs other"], ["difference (seeds)"],
+                 [f"difference, test images {C.INTERVAL:g} %"], ["floor"], ["seeds"], ["verdict"], ["note"]], body,
+                row_cls=classes)
+
+
+def _cell_text(value) -> str:
+    return "" if value is None or (isinstance(value, float) and pd.isna(value)) else str(value)
 
 
 def _status_words(nb: NotebookEntry) -> str:
@@ -694,14 +737,14 @@ def _notebook_counts(paper: PaperEntry) -> str:
 
 def _verdict_counts(verdicts: dict[str, str]) -> str:
     counts = Counter(verdicts.values())
-    order = ["held", "failed", "inconclusive", "not run"]
+    order = list(C.VERDICTS)
     return ", ".join(f"{counts[v]} {v}" for v in order + sorted(set(counts) - set(order)) if counts[v]) or "none"
 
 
 def _summary_blocks(paper: PaperEntry, views: dict, ctx: Context) -> list:
     spec = paper.spec
     title = [paper.name] + ([f" — {spec.title}"] if spec is not None and getattr(spec, "title", "") else [])
-    blocks: list = [Heading(2, title, anchor=paper.name)]
+    blocks: list = [Heading(2, title, anchor=paper.name), *_path_check_blocks(ctx.profile)]
     rows = _ours_rows(paper)
     claim_rows = _claim_rows(paper)
     verdicts = claim_verdicts(claim_rows)
@@ -721,7 +764,10 @@ def _summary_blocks(paper: PaperEntry, views: dict, ctx: Context) -> list:
                             "measured on (backbone, resolution, protocol, class setting) is unknown here, so no "
                             "cell below is called comparable."], "failed"))
     else:
-        profile_spec = spec.profiles.get(ctx.profile)
+        try:
+            profile_spec = spec.profile(ctx.profile)  # a check profile ("paper-check") is its base, cut
+        except (ValueError, AttributeError):
+            profile_spec = None
         if profile_spec is not None:
             sub = "" if profile_spec.backbone == profile_spec.paper_backbone else \
                 f" {profile_spec.backbone} stands in for the paper's {profile_spec.paper_backbone}."
@@ -734,12 +780,40 @@ def _summary_blocks(paper: PaperEntry, views: dict, ctx: Context) -> list:
     if paper.claims_error:
         blocks.append(Para([f"could not read {CLAIMS_FILE}: {paper.claims_error}"], "failed"))
     if len(claim_rows):
-        rule = next((str(r) for r in claim_rows.get("rule", []) if isinstance(r, str) and r), "")
+        rule = next((str(r) for r in claim_rows.get("rule", []) if isinstance(r, str) and r), C.RULE)
         blocks.append(Para(_t(f"{_verdict_counts(verdicts)}. ", f"Rule: {rule}. " if rule else "",
                               _csv_link(ctx, paper.name, paper.claims_path, CLAIMS_FILE)), "meta"))
         blocks.append(_claims_grid(claim_rows))
     else:
         blocks.append(Para(["no claims declared or recorded"], "meta"))
+    return blocks + _faithfulness_blocks(paper, ctx)
+
+
+def _faithfulness_blocks(paper: PaperEntry, ctx: Context) -> list:
+    """What the authors released and what adlib's implementation is checked against, and the recorded checks."""
+    reference = getattr(paper.spec, "reference_code", "") if paper.spec is not None else ""
+    if not reference and not paper.faithfulness:
+        return []
+    blocks: list = [Heading(3, ["Faithfulness"], anchor=f"{paper.name}-faithfulness")]
+    if reference:
+        blocks.append(Para([reference]))
+    body = []
+    for model, rows, _ in paper.faithfulness:
+        for row in rows.to_dict("records"):
+            status = str(row["status"])
+            body.append([Cell([model]), Cell([row["component"]]), Cell([Code(row["reference_file"])] if row["reference_file"] else [""]),
+                         Cell([row["commit"][:10]]), Cell([row["largest_difference"]], num=True),
+                         Cell([Strong(status)] if status not in ("ok", "match", "matches", "pass") else [status]),
+                         Cell([row["reason"]])])
+    if body:
+        links = [_csv_link(ctx, paper.name, path, f"{model}.csv") for model, _, path in paper.faithfulness]
+        blocks.append(Grid([["model"], ["component"], ["reference file"], ["commit"], ["largest difference"],
+                            ["status"], ["reason"]], body))
+        blocks.append(Para(["Recorded by ", Code("benchmarks/parity/faithfulness.py"), ": "]
+                           + [piece for i, link in enumerate(links) for piece in ([", "] if i else []) + [link]], "meta"))
+    else:
+        blocks.append(Para(["No component check recorded in ", Code("results/faithfulness/"), " for ",
+                            ", ".join(dict(getattr(paper.spec, "methods", {}) or {})), "."], "meta"))
     return blocks
 
 
@@ -964,20 +1038,61 @@ def paper_blocks(paper: PaperEntry, ctx: Context) -> list:
             + _figures_blocks(paper, ctx) + _notebook_blocks(paper, ctx))
 
 
+def kind_headline(cells: list[dict], kind: str) -> str:
+    """Agreement of one kind of cell (``adlib.study.tables.cell_kind``): the comparable cells, else how many
+    stand beside the paper's without being comparable."""
+    mine = [c for c in cells if T.cell_kind(c["metric"], c["level"]) == kind
+            and not pd.isna(c["ours"]) and not pd.isna(c["paper"])]
+    comparable = [c for c in mine if not pd.isna(c["diff"])]
+    if comparable:
+        counts = Counter(agreement(c["diff"], c["paper"], c["metric"], c["level"]) for c in comparable)
+        text = f"{counts['agree']} of {len(comparable)} agree, {counts['close']} close, {counts['differs']} differ"
+        return text + (f"; {len(mine) - len(comparable)} not comparable" if len(mine) > len(comparable) else "")
+    return f"none comparable ({len(mine)} side by side)" if mine else "none here"
+
+
+def can_tell(paper: PaperEntry, cells: list[dict], verdicts: dict[str, str]) -> str:
+    """One sentence: what this profile can and cannot tell about the paper."""
+    both = [c for c in cells if T.cell_kind(c["metric"], c["level"]) == "quality"
+            and not pd.isna(c["ours"]) and not pd.isna(c["paper"])]
+    comparable = [c for c in both if not pd.isna(c["diff"])]
+    decided = Counter(v for v in verdicts.values() if v in ("held", "failed"))
+    claims_part = (f"whether its claims hold on this profile's own runs ({decided['held']} held, {decided['failed']} "
+                   f"failed of {len(verdicts)})" if verdicts else "how the method behaves on this profile's runs")
+    untestable = sum(v == "not testable here" for v in verdicts.values())
+    if untestable:
+        claims_part += f"; {untestable} claim(s) not testable here, where the method does not work"
+    if comparable:
+        return (f"{len(comparable)} quality cell(s) match the paper's data, resolution, backbone, protocol and class "
+                f"setting and test its numbers directly; beyond them this profile tells {claims_part}.")
+    if both:
+        kinds = Counter(k for c in both for k in map(_reason_kind, c["not_comparable"].split("; ")) if k)
+        why = "; ".join(k for k, _ in kinds.most_common(2))
+        return (f"No quality number is comparable with the paper's ({why}): this profile can tell {claims_part}, "
+                f"not whether the paper's numbers reproduce.")
+    return (f"Nothing reproduced here stands beside a printed quality number: this profile can tell {claims_part}, "
+            f"not whether the paper's numbers reproduce.")
+
+
 def overview_grid(papers: list[PaperEntry]) -> Grid:
     body = []
     for paper in papers:
         views = views_of(paper)
         printed = [t for t in paper.tables if t.paper is not None]
-        reproduced = [t for t in printed if t.ours is not None]
+        reproduced = [t for t in printed if t.ours is not None and t.ours["value"].notna().any()]
         verdicts = claim_verdicts(_claim_rows(paper))
         cells = [c for v in views.values() for c in v.shown()]
-        body.append([Cell([Link(paper.name, f"#{paper.name}", f"{paper.name}.html")]),
+        name = [Link(paper.name, f"#{paper.name}", f"{paper.name}.html")]
+        if getattr(paper.spec, "main", False):
+            name += [" ", Strong("(main paper)")]
+        body.append([Cell(name),
                      Cell([_notebook_counts(paper)], "failed" if any(nb.status == "failed" for nb in paper.notebooks) else ""),
                      Cell([_verdict_counts(verdicts)], "failed" if "failed" in verdicts.values() else ""),
-                     Cell([f"{len(reproduced)} of {len(printed)} with rows here"]),
-                     Cell([headline(cells)])])
-    return Grid([["paper"], ["notebooks"], ["claims"], ["printed tables"], ["agreement (comparable cells only)"]], body)
+                     Cell([f"{len(reproduced)} of {len(printed)} with a computed row"]),
+                     Cell([kind_headline(cells, "quality")]), Cell([kind_headline(cells, "cost")]),
+                     Cell([kind_headline(cells, "property")]), Cell([can_tell(paper, cells, verdicts)])])
+    return Grid([["paper"], ["notebooks"], ["claims"], ["printed tables"], ["quality cells"],
+                 ["cost and count cells"], ["architecture properties (0/1)"], ["what this profile can tell"]], body)
 
 
 # ----------------------------------------------------------------------------------------- Markdown
@@ -1107,8 +1222,18 @@ def _revision() -> str:
     return f"git {git['commit'][:10]}{' (dirty)' if git['dirty'] else ''}" if git["commit"] else "no git"
 
 
+def _path_check_blocks(profile: str) -> list:
+    """A path check's report says, where no reader can miss it, that its numbers are not results."""
+    from adlib.study.spec import PATH_CHECK_CUTS, is_check
+
+    if not is_check(profile):
+        return []
+    return [Para([Strong(f"{PATH_CHECK_CUTS.label.upper()}."), f" {PATH_CHECK_CUTS.describe()}. Every number below "
+                  "only shows that the code ran; none is a measurement of any method."], "failed")]
+
+
 def _intro_blocks(papers: list[PaperEntry], profile: str) -> list:
-    blocks: list = [Heading(1, [f"adlib reproduction report — profile {profile}"]),
+    blocks: list = [Heading(1, [f"adlib reproduction report — profile {profile}"]), *_path_check_blocks(profile),
                     Para([f"Built {time.strftime('%Y-%m-%d %H:%M:%S %Z')} · {_revision()}."], "meta"),
                     Para([READING])]
     if papers:
@@ -1154,6 +1279,8 @@ def build_site(papers: list[PaperEntry], output_root: Path, profile: str) -> Pat
                 _copy(entry.paper_path, site / _csv_site(paper.name, entry.paper_path, "paper"))
         if paper.claims_path is not None:
             _copy(paper.claims_path, site / _csv_site(paper.name, paper.claims_path, "ours"))
+        for _, _, path in paper.faithfulness:
+            _copy(path, site / _csv_site(paper.name, path, "ours"))
     for paper in papers:
         body = render_html(paper_blocks(paper, ctx))
         results.atomic_write_text(site / f"{paper.name}.html",

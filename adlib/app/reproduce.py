@@ -10,6 +10,13 @@ notebook, the failing cell and its error, and the command exits non-zero.
 
 Layout under `results/<profile>/executed/`: `<paper>/<notebook>.ipynb` (executed), `<paper>/<notebook>.run.json`
 (run record), `resume.json` (input key of every successful run, for `--resume`).
+
+`--check` runs a profile's path check: the notebooks get the profile "<profile>-check" (outputs under
+`results/<profile>-check/` and `figures/<profile>-check/`, never `results/paper/`, which holds the papers'
+printed numbers), whose settings are the profile's with only the scale cut (`adlib.study.spec.PathCheck`).
+Every executed notebook, run record and the report say "path check: not results"; the time of each notebook
+is printed at the end. `--plan` prints, before anything runs, what each selected notebook needs (datasets,
+weights, estimated GPU hours from the paper's own training times) and what is missing here.
 """
 from __future__ import annotations
 
@@ -58,6 +65,10 @@ PROFILES = {
 }
 
 
+# Profiles with a path check (``--check``): the smoke profile is already sized for a CPU.
+CHECKED_PROFILES = ("paper",)
+
+
 def resolve_device(device: str) -> str:
     if device != "auto":
         return device
@@ -88,10 +99,14 @@ class ReproduceConfig:
     # More notebook parameters (``-p NAME VALUE``), passed to every selected notebook; each must be declared
     # in the notebook's parameters cell, like the standard ones.
     parameters: dict[str, Any] = field(default_factory=dict)
+    check: bool = False  # run the profile's path check ("<profile>-check"), see the module docstring
 
     def __post_init__(self) -> None:
         if self.profile not in PROFILES:
             raise ValueError(f"profile {self.profile!r}: expected one of {sorted(PROFILES)}")
+        if self.check and self.profile not in CHECKED_PROFILES:
+            raise ValueError(f"--check: profile {self.profile!r} has no path check; expected one of "
+                             f"{sorted(CHECKED_PROFILES)}")
         if self.jobs < 1:
             raise ValueError(f"jobs must be >= 1, got {self.jobs}")
         if self.executor not in EXECUTORS:
@@ -105,8 +120,15 @@ class ReproduceConfig:
             raise ValueError(f"-p {clash[0]}: set it with its own option (--{clash[0].replace('_', '-')}), not -p")
 
     @property
+    def run_profile(self) -> str:
+        """The profile the notebooks get and the output folders are named after: "paper-check" for a check."""
+        from adlib.study.spec import CHECK_SUFFIX
+
+        return self.profile + CHECK_SUFFIX if self.check else self.profile
+
+    @property
     def executed_dir(self) -> Path:
-        return self.output_root / "results" / self.profile / EXECUTED_DIR
+        return self.output_root / "results" / self.run_profile / EXECUTED_DIR
 
 
 # ----------------------------------------------------------------------------------------- jobs
@@ -144,6 +166,7 @@ class Outcome:
     missing: list[str] = field(default_factory=list)
     record: str | None = None
     key: str | None = None
+    cpu_seconds: float | None = None  # the kernel's CPU time (user + system), when notebooks ran one at a time
 
 
 # ----------------------------------------------------------------------------------------- fingerprints
@@ -217,12 +240,12 @@ def plan(config: ReproduceConfig, notebooks: list[Path]) -> list[Job]:
     fingerprint = data_fingerprint(data_roots(config.data_root))
     code = code_fingerprint()
     parameters = {
-        "profile": config.profile, "data_root": config.data_root, "device": device, "seed": config.seed,
+        "profile": config.run_profile, "data_root": config.data_root, "device": device, "seed": config.seed,
         "output_root": str(config.output_root.resolve()), **config.parameters,
     }
     jobs = []
     for path in notebooks:
-        title, outputs = notebook_metadata(path, config.profile)
+        title, outputs = notebook_metadata(path, config.run_profile)
         paper, name = path.parent.name, path.stem
         folder = config.executed_dir / paper
         jobs.append(Job(
@@ -309,30 +332,66 @@ class _NotStarted(Exception):
     """The notebook was refused before its kernel started (the error says why)."""
 
 
-def check_parameters(notebook: str | Path, parameters: dict) -> str | None:
-    """None when the notebook's parameters cell declares every parameter passed, else the error: a name
-    papermill would inject without the notebook knowing it (a typo on either side) must fail the notebook,
-    not be silently ignored."""
+def check_parameters(notebook: str | Path, parameters: dict, paper: str | None = None) -> str | None:
+    """None when ``notebook_parameters`` accepts the parameters, else its one-line error."""
+    from adlib.study.parameters import ParameterError
+
+    try:
+        notebook_parameters(notebook, parameters, paper)
+    except ParameterError as error:
+        return str(error)
+    return None
+
+
+_SETTING_LOCK = threading.Lock()  # one setting check at a time (it may generate the synthetic data)
+
+
+def notebook_parameters(notebook: str | Path, parameters: dict, paper: str | None = None) -> dict:
+    """The parameters a notebook is run with, checked before its kernel starts (``adlib.study.parameters``):
+    each declared in its parameters cell (a name papermill would inject without the notebook knowing it, a typo
+    on either side, must fail the notebook, not be silently ignored), each of its type and converted to it
+    (``-p seeds 0,1`` -> ``[0, 1]``), a backbone or model that exists; and for a notebook of a registered
+    ``paper`` (its folder), the setting they make (``adlib.study.resolve_setting``: a category the profile's
+    data has, a data folder that exists). Raises ``ParameterError`` with one line."""
     import papermill
+
+    from adlib.study.parameters import ParameterError, check_values
 
     try:
         declared = papermill.inspect_notebook(str(notebook))
     except Exception as exc:  # unreadable notebook, unknown kernel language
-        return f"cannot read the parameters of {notebook}: {type(exc).__name__}: {exc}"
+        raise ParameterError(f"cannot read the parameters of {notebook}: {type(exc).__name__}: {exc}") from None
     if not declared:
-        return (f"{Path(notebook).name} has no cell tagged 'parameters' (or it declares nothing); expected one "
-                f"declaring {', '.join(sorted(parameters))}")
-    unknown = sorted(set(parameters) - set(declared))
-    if unknown:
-        return (f"parameter(s) {', '.join(unknown)} passed but not declared in the parameters cell of "
-                f"{Path(notebook).name} (it declares {', '.join(declared)}): a typo in the notebook or in -p?")
-    return None
+        raise ParameterError(f"{Path(notebook).name} has no cell tagged 'parameters' (or it declares nothing); "
+                             f"expected one declaring {', '.join(sorted(parameters))}")
+    defaults = {name: _literal(info["default"]) for name, info in declared.items()}
+    values = check_values(parameters, defaults, Path(notebook).name)
+    if paper is not None:
+        _check_setting(paper, values)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in values.items()}  # papermill writes lists, not tuples
+
+
+def _check_setting(paper: str, values: dict) -> None:
+    import inspect
+
+    from adlib import papers, study
+    from adlib.study.parameters import ParameterError
+
+    if paper not in papers.available():
+        return
+    accepted = inspect.signature(study.resolve_setting).parameters
+    with _SETTING_LOCK:
+        try:
+            study.resolve_setting(papers.get(paper), **{k: v for k, v in values.items() if k in accepted})
+        except (ValueError, TypeError, OSError) as error:
+            raise ParameterError(f"parameters refused by the {paper} setting: {error}") from None
 
 
 def merge_runtime(lines: Iterable[dict]) -> dict:
     """The kernel's ``results.runtime()`` reports (one per table/figure written and one at exit) as one:
-    the latest CPU and thread settings; the union of scan backends (largest count), weights and data."""
-    merged: dict[str, Any] = {"scan_backends": {}, "weights": {}, "data_sources": {}}
+    the latest CPU and thread settings; the union of scan backends (largest count), weights and data; the
+    fits trained and read from the run cache (counts so far: the largest)."""
+    merged: dict[str, Any] = {"scan_backends": {}, "weights": {}, "data_sources": {}, "fits": {}}
     for line in sorted(lines, key=lambda entry: entry.get("time", 0)):
         runtime = line.get("runtime") or {}
         for key in ("cpu", "threads"):
@@ -342,6 +401,8 @@ def merge_runtime(lines: Iterable[dict]) -> dict:
             merged["scan_backends"][name] = max(count, merged["scan_backends"].get(name, 0))
         merged["weights"].update(runtime.get("weights") or {})
         merged["data_sources"].update(runtime.get("data_sources") or {})
+        for name, count in (runtime.get("fits") or {}).items():
+            merged["fits"][name] = max(count, merged["fits"].get(name, 0))
     return merged
 
 
@@ -378,13 +439,16 @@ def execute_job(job: Job) -> Outcome:
         env["OMP_NUM_THREADS"] = str(job.threads)
     env.update({k: os.environ[k] for k in KERNEL_ENV_DEFAULTS if k in os.environ})  # the user's setting wins
     start = time.time()
+    cpu_before = _children_cpu()
     error = cell = None
     try:
-        error = check_parameters(job.notebook, job.parameters)
-        if error is not None:
-            raise _NotStarted()
+        try:
+            parameters = notebook_parameters(job.notebook, job.parameters, job.paper)
+        except ValueError as exc:  # ParameterError: one line, the kernel is not started
+            error = str(exc)
+            raise _NotStarted() from None
         papermill.execute_notebook(
-            job.notebook, str(work / executed.name), parameters=job.parameters, kernel_name="python3",
+            job.notebook, str(work / executed.name), parameters=parameters, kernel_name="python3",
             cwd=str(Path(job.notebook).parent), progress_bar=False, execution_timeout=job.cell_timeout,
             kernel_manager_class=_kernel_manager_class(env, kernel_log),
         )
@@ -397,6 +461,9 @@ def execute_job(job: Job) -> Outcome:
     except Exception as exc:  # a kernel that dies or cannot start is a notebook failure too
         error = f"{type(exc).__name__}: {exc}"
     end = time.time()
+    # the kernel is a child of this process: its CPU time is that of the children reaped meanwhile (exact when
+    # notebooks run one at a time; with several at once the others' would mix in, so it is left out)
+    cpu = round(_children_cpu() - cpu_before, 1) if job.threads is None else None
 
     log = _run_log(run_log)
     written = sorted({entry["path"] for entry in log if "path" in entry})
@@ -410,16 +477,20 @@ def execute_job(job: Job) -> Outcome:
         error = f"declared outputs not written: {', '.join(missing)}"
     status = "ok" if error is None else "failed"
 
+    check = path_check_label(job.parameters.get("profile"))
     if (work / executed.name).exists():
+        if check:
+            _stamp_notebook(work / executed.name, check)
         executed.parent.mkdir(parents=True, exist_ok=True)
         os.replace(work / executed.name, executed)
     record = {
         "notebook": job.label, "title": job.title, "source": job.notebook, "executed": str(executed),
+        **({"path_check": check} if check else {}),
         "status": status, "error": error, "failed_cell": cell, "missing_outputs": missing,
         "parameters": job.parameters, "seed": job.parameters.get("seed"), "device": job.parameters.get("device"),
         "profile": job.parameters.get("profile"), "data_fingerprint": job.data_fingerprint,
         "code_fingerprint": job.code_fingerprint, "input_key": job.key,
-        "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3),
+        "start": _iso(start), "end": _iso(end), "seconds": round(end - start, 3), "kernel_cpu_seconds": cpu,
         "declared_outputs": job.outputs,
         "written_files": [_relative(p, root) for p in written],
         "kernel_python": sys.executable,
@@ -430,7 +501,31 @@ def execute_job(job: Job) -> Outcome:
     }
     results.atomic_write_json(record_path, record)
     shutil.rmtree(work, ignore_errors=True)
-    return Outcome(job.label, status, end - start, error, cell, missing, str(record_path), job.key)
+    return Outcome(job.label, status, end - start, error, cell, missing, str(record_path), job.key, cpu)
+
+
+def _children_cpu() -> float:
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def path_check_label(profile: str | None) -> str | None:
+    """The path check's description for a check profile ("paper-check"), else None."""
+    from adlib.study.spec import PATH_CHECK_CUTS, is_check
+
+    return PATH_CHECK_CUTS.describe() if profile and is_check(profile) else None
+
+
+def _stamp_notebook(path: Path, text: str) -> None:
+    """Put a markdown cell saying "path check: not results" first in an executed notebook."""
+    import nbformat
+
+    notebook = nbformat.read(path, as_version=4)
+    notebook.cells.insert(0, nbformat.v4.new_markdown_cell(f"<div style='background:#c62828;color:white;padding:8px'>"
+                                                           f"<b>{text}</b></div>"))
+    nbformat.write(notebook, path)
 
 
 def _safe_execute(job: Job) -> Outcome:
@@ -545,6 +640,7 @@ class Summary:
     outcomes: list[Outcome]
     seconds: float
     report: Path | None = None
+    check: str | None = None  # a path check's description: the summary says it and lists every notebook's time
 
     @property
     def failed(self) -> list[Outcome]:
@@ -560,6 +656,12 @@ class Summary:
                  f"{counts['ok']} ran ok, {counts['skipped']} unchanged (skipped), {counts['failed']} failed"]
         if counts["deferred"]:
             lines[0] += f", {counts['deferred']} not started (time budget spent; run again with --resume)"
+        if self.check:
+            lines.insert(0, self.check)
+            lines.append("time per notebook (path check):")
+            lines += [f"  {o.seconds:8.1f} s  {o.status:8s} {o.label}"
+                      + (f"  (kernel CPU {o.cpu_seconds:.0f} s)" if o.cpu_seconds is not None else "")
+                      for o in self.outcomes]
         for outcome in self.failed:
             lines.append(f"  FAILED {outcome.label}: {outcome.error}")
             if outcome.cell:
@@ -597,7 +699,11 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
     results.check_writable_dir(config.output_root, "--output-root")  # before any notebook runs
     results.check_writable_dir(config.executed_dir, "--output-root")
     sweep_partial(config.executed_dir / PARTIAL_DIR)  # left by a killed run
-    results.remove_stale([config.output_root / top / config.profile for top in ("results", "figures")])
+    results.remove_stale([config.output_root / top / config.run_profile for top in ("results", "figures")])
+    if config.check:  # a new check run fits every data source once again (adlib.study.grid's covering)
+        from adlib.study.grid import CHECK_FITTED_FILE
+
+        (config.output_root / "results" / config.run_profile / CHECK_FITTED_FILE).unlink(missing_ok=True)
     jobs = plan(config, notebooks)
     index = ResumeIndex(config.executed_dir / RESUME_INDEX)
     progress = Progress(len(jobs), stream)
@@ -623,11 +729,12 @@ def reproduce(config: ReproduceConfig, stream=None) -> Summary:
 
     if todo:
         EXECUTORS[config.executor](config).run(todo, on_start, on_done)
-    summary = Summary([outcomes[j.label] for j in jobs], time.time() - start)
+    summary = Summary([outcomes[j.label] for j in jobs], time.time() - start,
+                      check=path_check_label(config.run_profile))
     if config.report:
         from adlib.app.report import build_report
 
-        summary.report = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
+        summary.report = build_report(config.output_root, config.run_profile, notebook_root=config.notebook_root,
                                       paper_root=config.paper_root)
     return summary
 
@@ -654,7 +761,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-p", "--parameter", nargs=2, action="append", default=[], metavar=("NAME", "VALUE"),
                         dest="parameters",
                         help="one more notebook parameter, as papermill's -p (VALUE parsed as a Python literal, "
-                             "else a string); every notebook run must declare it in its parameters cell")
+                             "else a string); every notebook run must declare it in its parameters cell, and the "
+                             "value must be of its type (e.g. -p seeds 0,1,2), checked before the kernel starts")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
                         help="start no notebook after this many seconds (CI); the rest are listed as not started")
@@ -664,6 +772,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="where results/ and figures/ go (default: the repository)")
     parser.add_argument("--report-only", action="store_true",
                         help="build the report from existing results, execute nothing")
+    parser.add_argument("--check", action="store_true",
+                        help="path check of the profile (paper): its code path with at most 2 training and 4 test "
+                             "images per data source, one optimiser step per stage, one seed, random weights where "
+                             "none can be had, synthetic stand-ins for missing datasets; outputs go to "
+                             "results/<profile>-check/ and say 'path check: not results'")
+    parser.add_argument("--plan", action="store_true",
+                        help="print what each selected notebook needs (datasets, weights, estimated GPU hours) and "
+                             "what is missing here; run nothing")
     parser.add_argument("--no-report", action="store_true", help="execute the notebooks but do not build the report")
 
 
@@ -673,6 +789,7 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
         executor=args.executor, scheduler=args.scheduler, data_root=args.data_root, device=args.device,
         seed=args.seed, cell_timeout=args.cell_timeout, time_budget=args.time_budget, report=not args.no_report,
         parameters={name.replace("-", "_"): _literal(value) for name, value in getattr(args, "parameters", [])},
+        check=bool(getattr(args, "check", False)),
     )
     if args.notebooks is not None:
         config.notebook_root = args.notebooks
@@ -706,14 +823,30 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _main(args: argparse.Namespace, config: ReproduceConfig) -> int:
+    if getattr(args, "plan", False):
+        from adlib.app.plan import plan_text
+
+        notebooks = discover(config.notebook_root, config.papers, config.only)
+        if not notebooks:
+            print(f"adlib reproduce: no notebooks found under {config.notebook_root} "
+                  f"(papers={config.papers or 'all'}, only={config.only or '-'})", file=sys.stderr)
+            return 1
+        print(plan_text(notebooks, config.profile, config.data_root, check=config.check))
+        return 0
     if args.report_only:
         from adlib.app.report import build_report
 
-        path = build_report(config.output_root, config.profile, notebook_root=config.notebook_root,
+        path = build_report(config.output_root, config.run_profile, notebook_root=config.notebook_root,
                             paper_root=config.paper_root)
         print(f"report: {path}")
         return 0
-    print(f"adlib reproduce: profile {config.profile} ({PROFILES[config.profile].description})", file=sys.stderr)
+    printed = results.paper_table_path("x", "x", root=config.paper_root).parent.parent
+    if (config.output_root / "results" / config.run_profile).resolve() == printed.resolve():
+        print(f"adlib reproduce: error: profile {config.run_profile} would write into {printed}, where the papers' "
+              "printed numbers are kept; pass --output-root DIR (another folder)", file=sys.stderr)
+        return 2
+    print(f"adlib reproduce: profile {config.run_profile} ({PROFILES[config.profile].description})"
+          + (f"; {path_check_label(config.run_profile)}" if config.check else ""), file=sys.stderr)
     summary = reproduce(config)
     if not summary.outcomes:
         print(f"adlib reproduce: no notebooks found under {config.notebook_root} "

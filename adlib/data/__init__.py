@@ -20,6 +20,7 @@ _EXPORTS = {
     "download_file": "download", "extract_archive": "download", "DownloadError": "download",
     "UnsafeArchiveError": "download",
     "convert_visa": "visa",
+    "DATASETS": "standins", "DatasetInfo": "standins", "missing_reason": "standins", "standin_root": "standins",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -374,6 +374,7 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
             _write_members(members, staging)
         if dest.exists():
             dest.rmdir()  # empty, checked above
+        os.chmod(staging, _folder_mode())  # a staging folder is private (0700); the dataset folder is not
         os.replace(staging, dest)
         staging = None
     except (UnsafeArchiveError, ArchiveError):
@@ -386,6 +387,13 @@ def extract_archive(archive: str | Path, dest: str | Path) -> Path:
         if staging is not None:
             shutil.rmtree(staging, ignore_errors=True)
     return dest
+
+
+def _folder_mode() -> int:
+    """The mode ``mkdir`` gives a new folder under this process's umask."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o777 & ~umask
 
 
 def _write_members(members: list[_Member], dest: Path) -> None:

@@ -1,6 +1,8 @@
 """`AnomalyDataset`: a torch Dataset over one category of a dataset in a supported folder layout."""
 from __future__ import annotations
 
+import os
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
@@ -9,15 +11,58 @@ import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 
-from .layout import DatasetError, LayoutSpec, Sample, category_dir, index_split, list_categories, resolve_layout
+from .layout import (DatasetError, LayoutSpec, Sample, category_dir, index_split, list_categories, replace_spec,
+                     resolve_layout)
 from .transforms import MASK_MODES, ResizeImage, ResizeMask, as_size
+
+
+PIXEL_LIMIT_ENV = "ADLIB_MAX_IMAGE_PIXELS"
+
+
+def max_image_pixels() -> int | None:
+    """The largest image (width x height) read: ``$ADLIB_MAX_IMAGE_PIXELS`` (0: no limit), else the size above
+    which Pillow refuses a file as a possible decompression bomb (2 x ``PIL.Image.MAX_IMAGE_PIXELS``)."""
+    text = os.environ.get(PIXEL_LIMIT_ENV, "").strip()
+    if text:
+        try:
+            value = int(float(text))
+        except ValueError:
+            raise DatasetError(f"{PIXEL_LIMIT_ENV}={text!r}: expected a number of pixels (0: no limit)") from None
+        return value if value > 0 else None
+    return 2 * Image.MAX_IMAGE_PIXELS if Image.MAX_IMAGE_PIXELS else None
+
+
+_PIL_LIMIT = threading.Lock()
+
+
+def _open_checked(handle, path: Path) -> Image.Image:
+    """``PIL.Image.open`` of an open file, its size checked against ``max_image_pixels`` from the header before
+    any pixel is decoded: an oversized file is a DatasetError naming it, its size, the limit and the way to
+    raise it. Pillow's own check is lifted while the header is read (it would raise without saying the size)."""
+    with _PIL_LIMIT:
+        saved, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+        try:
+            image = Image.open(handle)
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+    limit = max_image_pixels()
+    width, height = image.size
+    if limit is not None and width * height > limit:
+        image.close()
+        raise DatasetError(
+            f"image {path} is {width}x{height} px ({width * height / 1e6:.1f} Mpx), above the limit of {limit} px "
+            f"(Pillow's decompression-bomb guard); if the file is trusted, raise it: {PIXEL_LIMIT_ENV}={width * height} "
+            "(0: no limit)")
+    return image
 
 
 def _open(path: Path) -> Image.Image:
     try:
         with open(path, "rb") as handle:  # closed here; the decoded pixels stay in the image
-            image = Image.open(handle)
+            image = _open_checked(handle, path)
             image.load()
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError) as error:
         raise DatasetError(f"cannot read image {path}: {error}; expected a readable PNG/JPEG/BMP/TIFF file") from error
     return image
@@ -39,15 +84,21 @@ def load_image(path: str | Path) -> torch.Tensor:
     return torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))
 
 
-def mask_array(mask: Image.Image, path: str | Path = "", encoding: str = "binary") -> np.ndarray:
+def mask_array(mask: Image.Image, path: str | Path = "", encoding: str = "binary",
+               threshold: float | None = None) -> np.ndarray:
     """A mask image as a boolean (H, W) array (the maximum over colour channels).
 
     ``encoding`` "binary": the mask must hold 0 and at most one other value (255, or 1, or the 16-bit
     maximum), else DatasetError names the file and the values found; "nonzero": defect wherever > 0
-    (MVTec LOCO). See ``LayoutSpec.mask_encoding``.
+    (MVTec LOCO). See ``LayoutSpec.mask_encoding``. A ``threshold`` T replaces the encoding: defect wherever
+    the value is above T, in the file's own values (0-255 for 8-bit masks; a 1-bit mask reads as 0 and 255),
+    for masks saved with antialiasing or as JPEG (``LayoutSpec.mask_threshold``).
     """
     if mask.mode not in ("1", "L", "I", "I;16", "I;16B", "I;16L", "F"):
         mask = mask.convert("RGBA" if "A" in mask.mode else "RGB")
+    if threshold is not None:
+        array = np.asarray(mask.convert("L") if mask.mode == "1" else mask)
+        return (array[..., :3].max(axis=2) if array.ndim == 3 else array) > threshold
     if encoding == "binary" and mask.mode == "L":  # the common case: PIL's histogram, no array pass
         _check_binary(np.flatnonzero(mask.histogram()), path)
         return np.asarray(mask) > 0
@@ -69,25 +120,26 @@ def _check_binary(values: np.ndarray, path: str | Path) -> None:
         return
     shown = ", ".join(str(v) for v in values[:12].tolist()) + (f", ... ({len(values)} values)" if len(values) > 12 else "")
     raise DatasetError(f"mask {path} is not binary: it holds the values {shown}; expected 0 and 255 (or 0 and 1). "
-                       "A resized or JPEG-saved mask has such values; re-save it with nearest-neighbour resizing, "
-                       "or read the dataset with a layout whose mask_encoding is 'nonzero' (defect wherever > 0)")
+                       "A resized or JPEG-saved mask has such values: read it with a threshold, defect wherever the "
+                       "value is above T (adlib run --mask-threshold T, e.g. 127; AnomalyDataset(mask_threshold=T)), "
+                       "or re-save it with nearest-neighbour resizing")
 
 
 def load_mask(paths: Sequence[str | Path], size: tuple[int, int], image_path: str | Path = "",
-              encoding: str = "binary") -> torch.Tensor:
+              encoding: str = "binary", threshold: float | None = None) -> torch.Tensor:
     """The union of mask files as float32 (1, H, W) in {0, 1}; all zero when `paths` is empty.
 
     `size` is the (H, W) of the image; a mask of another size is a DatasetError, and so is a non-binary
-    mask when `encoding` is "binary" (see ``mask_array``).
+    mask when `encoding` is "binary" and no `threshold` is given (see ``mask_array``).
     """
-    return torch.from_numpy(_mask_union(paths, size, image_path, encoding).astype(np.float32))[None]
+    return torch.from_numpy(_mask_union(paths, size, image_path, encoding, threshold).astype(np.float32))[None]
 
 
 def _mask_union(paths: Sequence[str | Path], size: tuple[int, int], image_path: str | Path,
-                encoding: str) -> np.ndarray:
+                encoding: str, threshold: float | None = None) -> np.ndarray:
     union = np.zeros(size, dtype=bool)
     for path in paths:
-        array = mask_array(_open(Path(path)), path, encoding)
+        array = mask_array(_open(Path(path)), path, encoding, threshold)
         if array.shape != tuple(size):
             raise DatasetError(_size_message(path, array.shape, image_path, size))
         union |= array
@@ -107,18 +159,22 @@ class AnomalyDataset(torch.utils.data.Dataset):
     as LOCO's "logical"/"structural"), category, path. `image_size` None keeps the native size;
     images are resized bilinearly with antialiasing, masks by `mask_interpolation` ("nearest", or
     "bilinear" then threshold 0.5). `layout` (a name in `LAYOUTS` or a `LayoutSpec`) is detected from
-    the folder when None. `transform`, if given, is applied to each item dict last.
+    the folder when None. `mask_threshold` T reads masks as "defect wherever the value is above T" instead of
+    the layout's ``mask_encoding`` (for antialiased or JPEG-saved masks; ``self.layout.mask_threshold`` says
+    it). `transform`, if given, is applied to each item dict last.
     """
 
     def __init__(self, root: str | Path, category: str, split: str = "train",
                  image_size: int | tuple[int, int] | None = None, mask_interpolation: str = "nearest",
                  layout: str | LayoutSpec | None = None,
-                 transform: Callable[[dict], dict] | None = None) -> None:
+                 transform: Callable[[dict], dict] | None = None, mask_threshold: float | None = None) -> None:
         self.root = Path(root)
         self.category = category
         self.split = split
         self.category_dir = category_dir(self.root, category)
         self.layout = resolve_layout(self.category_dir, layout)
+        if mask_threshold is not None:
+            self.layout = replace_spec(self.layout, mask_threshold=mask_threshold)
         self.samples: list[Sample] = index_split(self.category_dir, split, self.layout)
         if not self.samples:
             where = self.category_dir / split / (self.layout.good_dir if split != "test" else "")
@@ -151,7 +207,8 @@ class AnomalyDataset(torch.utils.data.Dataset):
     def __getitem__(self, index: int) -> dict:
         sample = self.samples[index]
         image = load_image(sample.image_path)
-        mask = load_mask(sample.mask_paths, tuple(image.shape[-2:]), sample.image_path, self.layout.mask_encoding)
+        mask = load_mask(sample.mask_paths, tuple(image.shape[-2:]), sample.image_path, self.layout.mask_encoding,
+                         self.layout.mask_threshold)
         if self.resize_image is not None:
             image = self.resize_image(image)
             mask = self.resize_mask(mask)
@@ -219,7 +276,7 @@ class SplitCheck:
 def _probe_image(path: Path, mode: str) -> tuple[int, int]:
     """(H, W) of an image file, raising DatasetError when it cannot be read at the depth ``mode`` asks."""
     try:
-        with open(path, "rb") as handle, Image.open(handle) as image:
+        with open(path, "rb") as handle, _open_checked(handle, path) as image:
             size = (image.height, image.width)
             if mode == "full":
                 image.load()
@@ -231,6 +288,8 @@ def _probe_image(path: Path, mode: str) -> tuple[int, int]:
                     image.load()  # the whole entropy-coded stream, decoded at 1/8 scale
                 else:
                     image.load()
+    except DatasetError:
+        raise
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
         raise DatasetError(f"cannot read image {path}: {error}; expected a readable PNG/JPEG/BMP/TIFF file") from None
     return size
@@ -238,7 +297,8 @@ def _probe_image(path: Path, mode: str) -> tuple[int, int]:
 
 def check_split(dataset: "AnomalyDataset", mode: str = "verify", max_problems: int = 10) -> SplitCheck:
     """Check a (test) split before any training: every image readable, every mask readable, of its image's
-    size and binary (per the layout's ``mask_encoding``); report which metrics the split can give.
+    size and binary (per the layout's ``mask_encoding``, unless it reads masks with a ``mask_threshold``);
+    report which metrics the split can give.
 
     ``mode``: "header" reads image headers only (sizes); "verify" (default) also checks each PNG's chunk
     checksums and decodes each JPEG at 1/8 scale, which finds truncated and damaged files at a small
@@ -259,7 +319,7 @@ def check_split(dataset: "AnomalyDataset", mode: str = "verify", max_problems: i
             if sample.label == 0:
                 normal_pixels = True
             marked = int(np.count_nonzero(_mask_union(sample.mask_paths, size, sample.image_path,
-                                                      dataset.layout.mask_encoding)))
+                                                      dataset.layout.mask_encoding, dataset.layout.mask_threshold)))
             defect_pixels |= marked > 0
             normal_pixels |= marked < size[0] * size[1]
         except DatasetError as error:

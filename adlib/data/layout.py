@@ -7,6 +7,7 @@ dataset's name. This module needs only the standard library, so `adlib data stat
 from __future__ import annotations
 
 import dataclasses
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,7 +28,9 @@ class LayoutSpec:
     `mask_encoding` says how a mask marks defects: "binary" (0 and one value, 255 or 1, else the mask is
     refused: a mask with other values is most likely resized or JPEG-compressed, and reading it as
     "defect wherever > 0" silently changes pixel metrics), or "nonzero" (defect wherever the value is
-    above 0: MVTec LOCO stores a defect type's id as the pixel value).
+    above 0: MVTec LOCO stores a defect type's id as the pixel value). `mask_threshold` T, when set, replaces
+    the encoding: defect wherever the value is above T (masks saved with antialiasing or as JPEG; a user's
+    choice, ``AnomalyDataset(mask_threshold=T)`` / ``adlib run --mask-threshold T``, not a layout default).
     """
 
     name: str
@@ -38,11 +41,17 @@ class LayoutSpec:
     splits: tuple[str, ...] = ("train", "test")
     defect_groups: tuple[tuple[str, str], ...] = ()  # (defect folder, group) pairs
     mask_encoding: str = "binary"  # "binary" or "nonzero" (see above)
+    mask_threshold: float | None = None  # defect wherever the mask value is above it (see above)
 
     def __post_init__(self) -> None:
         if self.mask_encoding not in MASK_ENCODINGS:
             raise ValueError(f"layout {self.name!r}: mask_encoding={self.mask_encoding!r}, expected one of "
                              f"{MASK_ENCODINGS}")
+        threshold = self.mask_threshold
+        if threshold is not None and (isinstance(threshold, bool) or not isinstance(threshold, (int, float))
+                                      or not threshold >= 0):
+            raise ValueError(f"mask_threshold={threshold!r}: expected a number >= 0 (defect wherever the mask "
+                             "value is above it)")
 
     def matches(self, category_dir: Path) -> bool:
         """True when every split folder exists with a normal sub-folder where one is required."""
@@ -53,6 +62,29 @@ class LayoutSpec:
     def expected(self) -> str:
         parts = [f"{split}/{self.good_dir}" if split != "test" else "test/<defect>" for split in self.splits]
         return f"{self.name} ({', '.join(parts)})"
+
+    def marks(self, category_dir: Path) -> list[str]:
+        """What in a category folder is this layout's own (not shared with the plain MVTec layout): masks in
+        one folder per image (``mask_is_folder``), the test folders of its ``defect_groups``. A folder with
+        such marks but a split missing is this layout, incomplete (``detect_layout`` says what is missing)."""
+        found = []
+        gt = category_dir / "ground_truth"
+        if self.mask_is_folder and gt.is_dir() and any(_has_folder(defect) for defect in gt.iterdir() if defect.is_dir()):
+            found.append("masks in one folder per image, ground_truth/<defect>/<image>/")
+        groups = [name for name, _ in self.defect_groups if (category_dir / "test" / name).is_dir()]
+        if groups:
+            found.append(", ".join(f"test/{name}" for name in groups))
+        return found
+
+    def missing(self, category_dir: Path) -> list[str]:
+        """The split folders (with their normal sub-folder) this layout needs that a category folder lacks."""
+        needed = [f"{split}/{self.good_dir}" if split != "test" else "test" for split in self.splits]
+        return [f"{need}/" for need in needed if not (category_dir / need).is_dir()]
+
+
+def _has_folder(folder: Path) -> bool:
+    with os.scandir(folder) as entries:  # the entries' types come with the listing: no stat per mask file
+        return any(entry.is_dir() for entry in entries)
 
 
 LAYOUTS: dict[str, LayoutSpec] = {}
@@ -127,13 +159,26 @@ def category_dir(root: str | Path, category: str) -> Path:
 
 
 def detect_layout(folder: str | Path) -> LayoutSpec:
-    """The most specific registered layout that matches a category folder."""
+    """The most specific registered layout that matches a category folder.
+
+    A folder with the marks of a more specific layout (``LayoutSpec.marks``: e.g. MVTec LOCO's per-image mask
+    folders) that lacks one of its splits is refused, naming what is missing, rather than read as another
+    layout it happens to match."""
     folder = Path(folder)
     candidates = [spec for spec in LAYOUTS.values() if spec.matches(folder)]
-    if not candidates:
+    best = max(candidates, key=lambda spec: len(spec.splits)) if candidates else None
+    for spec in LAYOUTS.values():
+        if spec in candidates or (best is not None and len(spec.splits) <= len(best.splits)):
+            continue
+        marks = spec.marks(folder)
+        if marks:
+            raise DatasetError(f"{folder} has the marks of the {spec.name} layout ({'; '.join(marks)}) but no "
+                               f"{' and no '.join(spec.missing(folder))}: expected {spec.expected()}; restore the "
+                               "missing split (a copy of the dataset may have left it out)")
+    if best is None:
         expected = "; ".join(spec.expected() for spec in LAYOUTS.values())
         raise DatasetError(f"{folder} matches no known dataset layout; expected one of: {expected}")
-    return max(candidates, key=lambda spec: len(spec.splits))
+    return best
 
 
 def resolve_layout(folder: Path, layout: str | LayoutSpec | None) -> LayoutSpec:

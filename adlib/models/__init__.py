@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass, fields, is_dataclass
-from typing import Any
+from typing import Any, Mapping
+
+from adlib.config import coerce_fields
 
 
 @dataclass(frozen=True)
@@ -53,8 +55,12 @@ def config_class(name: str) -> type:
 
 
 def model_config(name: str, config: Any = None, **overrides: Any) -> Any:
-    """The model's config dataclass: ``config`` (or the defaults) with ``overrides`` applied."""
-    _, _, config_cls = _entry(name)
+    """The model's config dataclass: ``config`` (or the defaults) with ``overrides`` applied.
+
+    Each override is checked against its field's type (``adlib.config``: a list becomes a tuple, ``m=2.5`` is
+    refused) and the result against the model's own rules (its ``_validate``, when it has one), so a bad value
+    is reported here, before any data is read or any weight is built."""
+    _, model_cls, config_cls = _entry(name)
     known = {f.name for f in fields(config_cls)}
     unknown = sorted(set(overrides) - known)
     if unknown:
@@ -63,9 +69,24 @@ def model_config(name: str, config: Any = None, **overrides: Any) -> Any:
     if not is_dataclass(base) or not isinstance(base, config_cls):
         raise TypeError(f"{name}: config must be a {config_cls.__name__}")
     values = {f.name: getattr(base, f.name) for f in fields(config_cls)}
-    for key, value in overrides.items():
-        values[key] = tuple(value) if isinstance(value, list) else value
-    return config_cls(**values)
+    values.update(coerce_fields([config_cls], overrides))
+    built = config_cls(**values)
+    validate = getattr(model_cls, "_validate", None)
+    if validate is not None:
+        validate(built)
+    return built
+
+
+def typed_overrides(name: str, overrides: Mapping[str, Any], *others: type,
+                    from_text: bool = False) -> list[dict[str, Any]]:
+    """``overrides`` split over the fields of model ``name``'s config and of the dataclasses ``others`` (e.g.
+    ``adlib.engine.FitConfig``): one dict per class, in that order, with the overrides that class has a field
+    for (a name two classes share, such as a model's ``seed``, goes to both), each value checked against its
+    field's type (``from_text``: values are command-line texts, see ``adlib.config``). A name no class has is
+    a ValueError listing the valid ones; a value of the wrong type a ``ConfigValueError`` naming it."""
+    classes = [config_class(name), *others]
+    values = coerce_fields(classes, overrides, from_text=from_text)
+    return [{k: v for k, v in values.items() if k in {f.name for f in fields(cls)}} for cls in classes]
 
 
 def create_model(name: str, config: Any = None, **overrides: Any):

@@ -110,11 +110,17 @@ class AnomalyModel(nn.Module):
         return {k: v for k, v in self.state_dict().items() if k not in frozen}
 
     def load_checkpoint_state(self, state: dict[str, Any]) -> None:
+        """Load ``checkpoint_state()``'s tensors and leave the model as a fit leaves it: in eval mode and in its
+        last training stage (``start_stage``), so that what the mode and the stage set beside the weights
+        (dropout, which parameters require gradients) is the fitted model's too. Either may send an attention
+        layer down another kernel (PyTorch's fast path), which differs from the fitted model in the last bits."""
         missing, unexpected = self.load_state_dict(state, strict=False)
         frozen = self.frozen_keys()
         missing = [k for k in missing if k not in frozen]
         if missing or unexpected:
             raise ValueError(f"checkpoint does not match {self.name}: missing {missing[:5]}, unexpected {unexpected[:5]}")
+        self.start_stage(self.training_stages()[-1])
+        self.eval()
 
     def train(self, mode: bool = True) -> "AnomalyModel":
         super().train(mode)

@@ -15,13 +15,31 @@ def gaussian_kernel1d(sigma: float, truncate: float = 4.0) -> torch.Tensor:
     return kernel / kernel.sum()
 
 
-def gaussian_blur(maps: torch.Tensor, sigma: float) -> torch.Tensor:
-    """Separable Gaussian blur of (B, H, W) maps with reflect padding; ``sigma <= 0`` returns the input."""
+def _symmetric_index(n: int, radius: int) -> torch.Tensor:
+    """Indices of a length-n axis padded by ``radius`` on both sides as scipy.ndimage's "reflect" mode
+    (d c b a | a b c d | d c b a, the edge sample repeated), at any radius, larger than n too."""
+    i = torch.arange(-radius, n + radius) % (2 * n)
+    return torch.where(i < n, i, 2 * n - 1 - i)
+
+
+def gaussian_blur(maps: torch.Tensor, sigma: float, padding: str = "reflect") -> torch.Tensor:
+    """Separable Gaussian blur of (B, H, W) maps (truncated at 4 sigma); ``sigma <= 0`` returns the input.
+
+    ``padding``: "reflect" is PyTorch's (d c b | a b c d, the edge sample not repeated; "replicate" where a
+    side is not longer than the radius); "symmetric" is scipy.ndimage.gaussian_filter's default mode (also
+    called "reflect" there: the edge sample repeated), what the reference code of ViTAD, MambaAD and RD4AD
+    calls."""
     if sigma <= 0:
         return maps
+    check_choice("padding", padding, ("reflect", "symmetric"))
     kernel = gaussian_kernel1d(sigma).to(maps)
     radius = kernel.numel() // 2
     x = maps.unsqueeze(1)
+    if padding == "symmetric":
+        h, w = maps.shape[-2:]
+        x = F.conv2d(x[..., _symmetric_index(w, radius).to(maps.device)], kernel.view(1, 1, 1, -1))
+        x = F.conv2d(x[..., _symmetric_index(h, radius).to(maps.device), :], kernel.view(1, 1, -1, 1))
+        return x.squeeze(1)
     mode = "reflect" if min(maps.shape[-2:]) > radius else "replicate"
     x = F.conv2d(F.pad(x, (radius, radius, 0, 0), mode=mode), kernel.view(1, 1, 1, -1))
     x = F.conv2d(F.pad(x, (0, 0, radius, radius), mode=mode), kernel.view(1, 1, -1, 1))
@@ -61,13 +79,15 @@ def count_params(module, trainable_only: bool = False) -> int:
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
 
 
-def local_patch_features(features: list[torch.Tensor], patch_size: int) -> torch.Tensor:
+def local_patch_features(features: list[torch.Tensor], patch_size: int,
+                         include_pad: bool = True) -> torch.Tensor:
     """Every tap averaged over p x p neighbourhoods, resampled (bilinear) to the first tap's grid and
-    concatenated over channels: (B, sum C, h, w)."""
+    concatenated over channels: (B, sum C, h, w). ``include_pad``: the border's mean counts the zero padding."""
     size = features[0].shape[-2:]
     parts = []
     for feat in features:
-        feat = F.avg_pool2d(feat, patch_size, stride=1, padding=patch_size // 2, count_include_pad=False)
+        feat = F.avg_pool2d(feat, patch_size, stride=1, padding=patch_size // 2,
+                            count_include_pad=include_pad)
         if feat.shape[-2:] != size:
             feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
         parts.append(feat)

@@ -31,10 +31,40 @@ Ablations are config fields: ``scorer`` (Tab. 5), ``mask``/``mask_ratio`` (Tab. 
 "pixel", "feature", "code", "histogram"), ``mim_dim`` (Fig. 3). One-class vs multi-class (Tab. 3) is a data
 setting: one model per category, or one model on a ``ConcatDataset`` of all categories' training images
 (no class label; HVQ-Trans' per-class codebook switch is not used).
+
+**Faithfulness** (``tests/test_parity.py``, fixture ``ladmim`` from ``benchmarks/parity/ladmim.py``): the
+released ViT (SkyShunsuke/LADMIM 89ae156, ``src/model.py`` as ``get_model_with_args`` builds it for
+``scripts/train.sh``) and its scoring (``src/train_engine.py``: ``get_pred_dist``, ``get_target_dist``,
+``evaluate``'s z-scores), with upstream HVQ-Trans (RuiyingLu/HVQ-Trans 12fbfa9) standing in for the release's
+tokenizer, a fork that is not public: the code maps, P^l and Q^l per mask, S_HVQ, S_MIM and the summed score
+match within the test's 1e-5 relative (``benchmarks/parity/faithfulness.py`` prints each difference).
+Where adlib differs on purpose, a switch gives the release's behaviour:
+
+- ``hvq_layout="paper"``: Eq. 3-7 as printed (psi^l, L codebooks of d_q); the code has no psi and L + 1
+  codebooks (``"code"``; see ``adlib.models.hvq.HVQTrans``). Paper and code disagree: the paper by default;
+- ``mim_cls_token=False``: Eq. 8's sequence is the tokens and p; the released ViT also carries a class token;
+- ``feature_norm="layernorm"``: ours, for the substitute backbone's features; the release feeds raw h^0;
+- ``hvq_score="mean"``: the paper's S_HVQ; the release reads HVQ-Trans' ``max_score`` (``"release"``);
+- ``standardise_on="validation"``: the repro spec's reading; the release z-scores over the test set (``"test"``);
+- ``mim_levels=None`` (o^1..o^L): the release's head predicts upstream's order o^L..o^1 (``(4, 3, 2, 1)``);
+- ``mask_exact=False``: BEiT's block sampler; the release fills to exactly r N with single tokens;
+- HVQ-Trans' training (``codebook_update``, ``codebook_init``, ``codebook_restart``, ``commitment``): the
+  release's EMA codebooks, N(0, 1) init, no restarts, weight 0.25 are ``"ema"``, ``"normal"``, False, 0.25.
+
+Not switched, each for its reason: the test masks are drawn once (``mask_seed``) and shared by every image
+(the release draws new ones per image: adlib's scores are deterministic); the initialisation of e and p
+(zero, as the paper says; the release draws them trunc-normal) and of the Linear layers (torch's; the
+release's BEiT init), and the layer-scale value 0.1 (``train.sh``'s flag; ``get_model_with_args`` ignores it
+and uses 1e-4), act before training only; the MIM loss is the batch mean (the release sums over the batch:
+a learning-rate factor). Fixed by the parity check: the z-scores used the sample std (the release ``np.std``,
+the population std; a constant factor on the sum, the ranking unchanged); P^l, Q^l and the statistics were
+float32 (the release computes them in float64, and a z-score divides by S_MIM's small spread); and a model fresh
+from its checkpoint scored in training mode (``inference``).
 """
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
@@ -44,13 +74,15 @@ from torch import nn
 
 from adlib.models.base import AnomalyModel, Prediction
 from adlib.models.common import check_choice, gaussian_blur
-from adlib.models.hvq import FeatureGrid, HVQTrans
+from adlib.models.hvq import FeatureGrid, HVQTrans, release_score
 
 TARGETS = ("histogram", "code", "feature", "pixel")
-HVQ_SCORES: dict[str, Callable[[torch.Tensor, float], torch.Tensor]] = {
-    "mean": lambda error, k: error.mean(dim=1),
-    "max": lambda error, k: error.amax(dim=1),
-    "topk": lambda error, k: error.topk(max(1, math.ceil(k * error.shape[1])), dim=1).values.mean(dim=1),
+# S_HVQ from HVQ-Trans' output (``error`` and ``distance``, (B, N)) and the hvq_topk fraction
+HVQ_SCORES: dict[str, Callable[[dict, float], torch.Tensor]] = {
+    "mean": lambda out, k: out["error"].mean(dim=1),
+    "max": lambda out, k: out["error"].amax(dim=1),
+    "topk": lambda out, k: out["error"].topk(max(1, math.ceil(k * out["error"].shape[1])), dim=1).values.mean(dim=1),
+    "release": lambda out, k: release_score(out["distance"], (math.isqrt(out["distance"].shape[1]),) * 2),
 }
 MASKS = ("block", "random", "checkerboard")
 SCORERS = ("sum", "hvq", "mim")
@@ -80,8 +112,16 @@ class LADMIMConfig:
     hvq_dropout: float = 0.1  # (HVQ-Trans code)
     commitment: float = 1.0  # beta of Eq. 7 (printed without a weight: 1; HVQ-Trans code: 0.25 with EMA)
     codebook_update: str = "loss"  # "loss" (Eq. 7's codebook term) or "ema" (HVQ-Trans code, decay 0.99)
-    codebook_init: str = "data"  # "data": first batch's vectors; "random" (paper silent)
+    codebook_init: str = "data"  # "data": first batch's vectors; "random"; "normal" (HVQ-Trans code) (paper silent)
     codebook_restart: bool = True  # move dead codes to current vectors (ours; without it the codebooks collapse)
+    # "paper": Eq. 3-7 as printed (psi^l, L codebooks of d_q); "code": HVQ-Trans' released HVQ_TR_switch (no psi,
+    # L + 1 codebooks, position embeddings in every attention; see adlib.models.hvq.HVQTrans). With "code" the
+    # MIM targets are its L lower levels and code_dim / hvq_dec_dim are unused (widths hvq_dim and 2 hvq_dim).
+    hvq_layout: str = "paper"
+    # HVQ-Trans' released checkpoints hold hvq_classes sets of codebooks and output heads, one per class; the
+    # set of class hvq_switch_class is loaded (adlib.models.authors; adlib's model holds one set)
+    hvq_switch_class: int = 0
+    hvq_classes: int = 1
     # a trained HVQ-Trans saved by LADMIM.save_tokenizer: loaded, frozen, and the tokenizer stage is skipped
     # (ours: ablations of the MIM stage share one tokenizer per seed; the paper trains it once per category too)
     hvq_checkpoint: str | None = None
@@ -91,7 +131,12 @@ class LADMIMConfig:
     mim_heads: int = 8  # (release)
     mim_mlp_ratio: float = 4.0  # (release)
     mim_attn_dropout: float = 0.1  # (release)
-    layer_scale: float = 0.1  # layer-scale init (release); 0 disables
+    # layer-scale init; 0 disables. train.sh passes --layer_scale_init_value 0.1, but the released
+    # model.get_model_with_args ignores it and builds every block with 1e-4: the script's value is kept here
+    layer_scale: float = 0.1
+    # the released ViT also has a class token (trained by nothing in the histogram loss, but attended to);
+    # Eq. 8 has none (paper: False; the released code: True)
+    mim_cls_token: bool = False
     target: str = "histogram"  # Tab. 8: "histogram" (Eq. 11-12), "code" (per token), "feature", "pixel"
     mim_levels: tuple[int, ...] | None = None  # HVQ levels (1-based) whose codes are targets; None = all (Eq. 12)
     # --- masking (Tab. 7: BlockRandom-0.2 best; block aspect ratio in [0.3, 1/0.3], BEiT-style)
@@ -99,13 +144,18 @@ class LADMIMConfig:
     mask_ratio: float = 0.2  # r for training (Tab. 7's best; release: 130 / 576 = 0.23)
     test_mask_ratio: float | None = None  # r for scoring; None = mask_ratio (release: 230 / 576 = 0.4)
     mask_min_block: int | None = None  # smallest block in tokens; None = a third of the masked tokens (release ~46)
+    # block masks stop when no block fits, short of r N tokens (BEiT's sampler); the release then masks random
+    # single tokens up to r N exactly (True)
+    mask_exact: bool = False
     checker_size: int = 3  # checkerboard square side in tokens (Tab. 7: 3 / 6 / 12)
     num_test_masks: int = 8  # masks averaged in S_MIM (paper and release: unstated)
     mask_seed: int = 0  # the test masks are fixed (the same for every image), drawn with this seed
     # --- scoring (Sec. 3.4)
     scorer: str = "sum"  # Tab. 5: "sum" = S'_HVQ + S'_MIM, "hvq" = S_HVQ alone, "mim" = S_MIM alone
-    # S_HVQ from the per-token errors: "mean" (paper), "max" (release's max_score) or "topk" (mean of the largest
-    # hvq_topk fraction, ours: robust to the high normal error of a briefly trained HVQ-Trans)
+    # S_HVQ from the per-token errors: "mean" (paper), "max" (the largest token error), "release" (the released
+    # code's HVQ-Trans max_score: the per-token L2 error map upsampled x16 bilinearly, a 16 x 16 box mean, its
+    # maximum; see release_score) or "topk" (mean of the largest hvq_topk fraction, ours: robust to the high
+    # normal error of a briefly trained HVQ-Trans)
     hvq_score: str = "mean"
     hvq_topk: float = 0.02
     # Which normal images the caller hands to calibrate() for the standardisation: "validation" (default,
@@ -119,9 +169,10 @@ class LADMIMConfig:
 
 
 def block_mask(h: int, w: int, count: int, min_block: int, generator: torch.Generator | None = None,
-               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10) -> torch.Tensor:
+               aspect: tuple[float, float] = (0.3, 1 / 0.3), attempts: int = 10, exact: bool = False) -> torch.Tensor:
     """BEiT's block-wise masking: add random rectangles (area >= min_block, aspect ratio in ``aspect``) until
-    ``count`` of the h x w tokens are masked (never more; it stops early when no block fits). (h, w) bool."""
+    ``count`` of the h x w tokens are masked (never more; it stops early when no block fits). ``exact``: then
+    mask random single tokens up to ``count`` (LADMIM's released ``BlockMaskingSampler``). (h, w) bool."""
     mask = torch.zeros(h, w, dtype=torch.bool)
     low, high = math.log(aspect[0]), math.log(aspect[1])
     done = 0
@@ -146,6 +197,9 @@ def block_mask(h: int, w: int, count: int, min_block: int, generator: torch.Gene
         if added == 0:
             break
         done += added
+    if exact and done < count:
+        free = (~mask).flatten().nonzero().squeeze(1)
+        mask.view(-1)[free[torch.randperm(len(free), generator=generator)[:count - done]]] = True
     return mask
 
 
@@ -196,17 +250,20 @@ class Block(nn.Module):
 
 class MIMViT(nn.Module):
     """Eq. 8-9: feature tokens (one per grid cell), masked ones replaced by e, plus the prediction token p,
-    learned absolute position embeddings, L' blocks; returns (p' (B, D), token outputs (B, N, D))."""
+    learned absolute position embeddings, L' blocks; returns (p' (B, D), token outputs (B, N, D)).
+    ``cls_token``: a class token after p (the released ViT's; its sequence is [cls, p, tokens], the same
+    computation, position embeddings permuted with the tokens)."""
 
     def __init__(self, in_dim: int, tokens: int, dim: int, layers: int, heads: int, mlp_ratio: float,
-                 attn_dropout: float, layer_scale: float) -> None:
+                 attn_dropout: float, layer_scale: float, cls_token: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"mim_dim={dim} must be a multiple of mim_heads={heads}")
         self.embed = nn.Linear(in_dim, dim)
         self.mask_token = nn.Parameter(torch.zeros(1, 1, dim))  # e (zero-initialised, Sec. 3.3)
         self.pred_token = nn.Parameter(torch.zeros(1, 1, dim))  # p
-        self.pos = nn.Parameter(torch.zeros(1, tokens + 1, dim))
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if cls_token else None
+        self.pos = nn.Parameter(torch.zeros(1, tokens + 1 + cls_token, dim))
         nn.init.trunc_normal_(self.pos, std=0.02)
         self.blocks = nn.ModuleList(Block(dim, heads, mlp_ratio, attn_dropout, layer_scale) for _ in range(layers))
         self.norm = nn.LayerNorm(dim)
@@ -214,11 +271,13 @@ class MIMViT(nn.Module):
     def forward(self, tokens: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.embed(tokens)
         x = torch.where(mask[..., None], self.mask_token.to(x.dtype), x)  # Eq. 8
-        x = torch.cat([x, self.pred_token.expand(len(x), -1, -1)], dim=1) + self.pos
+        n = x.shape[1]
+        extra = [self.pred_token] + ([self.cls_token] if self.cls_token is not None else [])
+        x = torch.cat([x] + [t.expand(len(x), -1, -1) for t in extra], dim=1) + self.pos
         for block in self.blocks:
             x = block(x)
         x = self.norm(x)
-        return x[:, -1], x[:, :-1]
+        return x[:, n], x[:, :n]
 
 
 # ------------------------------------------------------------------------------------------------ model
@@ -249,15 +308,15 @@ class LADMIM(AnomalyModel):
         self.hvq = HVQTrans(self.in_dim, self.tokens, config.hvq_dim, config.hvq_heads, config.hvq_ffn,
                             config.hvq_layers, config.hvq_dec_dim, config.codebook_size, config.code_dim,
                             config.hvq_dropout, config.commitment, config.codebook_update, 0.99, config.codebook_init,
-                            config.codebook_restart)
+                            config.codebook_restart, config.hvq_layout, grid)
         self.levels = [l - 1 for l in (config.mim_levels or range(1, config.hvq_layers + 1))]
         self.mim = MIMViT(self.in_dim, self.tokens, config.mim_dim, config.mim_layers, config.mim_heads,
-                          config.mim_mlp_ratio, config.mim_attn_dropout, config.layer_scale)
+                          config.mim_mlp_ratio, config.mim_attn_dropout, config.layer_scale, config.mim_cls_token)
         out = {"histogram": config.codebook_size * len(self.levels), "code": config.codebook_size * len(self.levels),
                "feature": self.in_dim, "pixel": 3 * self.patch ** 2}[config.target]
         self.head = nn.Linear(config.mim_dim, out)  # the MIMHeads (one Linear for all levels, split per level)
-        for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):
-            self.register_buffer(name, torch.tensor(float("nan")))
+        for name in ("hvq_mean", "hvq_std", "mim_mean", "mim_std"):  # float64: a z-score divides by a small std
+            self.register_buffer(name, torch.tensor(float("nan"), dtype=torch.float64))
         if config.hvq_checkpoint is not None:
             self.load_tokenizer(config.hvq_checkpoint)
         self.stage = "tokenizer"
@@ -273,7 +332,8 @@ class LADMIM(AnomalyModel):
             raise ValueError(f"hvq_topk={config.hvq_topk}: expected a fraction in (0, 1]")
         check_choice("feature_norm", config.feature_norm, ("layernorm", "none"))
         check_choice("codebook_update", config.codebook_update, ("loss", "ema"))
-        check_choice("codebook_init", config.codebook_init, ("data", "random"))
+        check_choice("codebook_init", config.codebook_init, ("data", "random", "normal"))
+        check_choice("hvq_layout", config.hvq_layout, ("paper", "code"))
         check_choice("standardise_on", config.standardise_on, STANDARDISE_ON)
         for name in ("mask_ratio", "test_mask_ratio"):
             value = getattr(config, name)
@@ -293,7 +353,7 @@ class LADMIM(AnomalyModel):
     # The config fields that fix HVQ-Trans' weights: a saved tokenizer fits only a model that agrees on them.
     TOKENIZER_FIELDS = ("backbone", "layers", "weights", "image_size", "grid", "feature_norm", "hvq_layers",
                         "codebook_size", "code_dim", "hvq_dim", "hvq_dec_dim", "hvq_heads", "hvq_ffn", "hvq_dropout",
-                        "commitment", "codebook_update", "codebook_init", "codebook_restart")
+                        "commitment", "codebook_update", "codebook_init", "codebook_restart", "hvq_layout")
 
     def save_tokenizer(self, path) -> None:
         """Save the trained HVQ-Trans (its weights, codebooks and the config fields that made it) for
@@ -368,7 +428,7 @@ class LADMIM(AnomalyModel):
         g, count = self.config.grid, self._count(ratio)
         if self.config.mask == "block":
             min_block = self.config.mask_min_block or max(4, count // 3)
-            mask = block_mask(g, g, count, min(min_block, count), generator)
+            mask = block_mask(g, g, count, min(min_block, count), generator, exact=self.config.mask_exact)
         elif self.config.mask == "random":
             mask = random_mask(g, g, count, generator)
         else:
@@ -418,11 +478,19 @@ class LADMIM(AnomalyModel):
                            for i in range(0, len(tokens), chunk)])
         return {**features, "codes": codes}
 
-    def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+    def histograms(self, p_out: torch.Tensor, tokens: torch.Tensor, masks: torch.Tensor,
+                   features: dict[str, torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The predicted P^l (Eq. 9) from the prediction token's outputs p' (B, D) and the target Q^l (Eq. 11)
+        under ``masks`` (B, N): both (B, levels, K), in float64 as the released code computes them (S_MIM's
+        spread over images is small beside its value, and the z-scores divide by it)."""
         codes = self._codes(tokens, features)
         k = self.config.codebook_size
-        predicted = self.head(p_out).view(len(p_out), len(self.levels), k).softmax(dim=-1)  # Eq. 9
-        target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)  # Eq. 11
+        predicted = self.head(p_out).view(len(p_out), len(self.levels), k).double().softmax(dim=-1)
+        target = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1).double()
+        return predicted, target
+
+    def _histogram_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
+        predicted, target = self.histograms(p_out, tokens, masks, features)
         return (predicted - target).abs().sum(dim=(1, 2))  # Eq. 12
 
     def _code_error(self, p_out, token_out, tokens, masks, features) -> torch.Tensor:
@@ -442,10 +510,16 @@ class LADMIM(AnomalyModel):
 
     @torch.no_grad()
     def score_parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """Raw S_HVQ (B,), S_MIM (B,) (mean over the fixed test masks), the HVQ error map (B, grid, grid)."""
+        """Raw S_HVQ (B,), S_MIM (B,) (mean over the fixed test masks), the HVQ error map (B, grid, grid).
+        Always computed in eval mode (see ``inference``)."""
+        with inference(self):
+            return self._score_parts(features)
+
+    def _score_parts(self, features: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         tokens = self.tokens_of(features)
-        error = self.hvq(tokens)["error"]
-        s_hvq = HVQ_SCORES[self.config.hvq_score](error, self.config.hvq_topk)
+        out = self.hvq(tokens)
+        error = out["error"]
+        s_hvq = HVQ_SCORES[self.config.hvq_score](out, self.config.hvq_topk)
         masks = self.test_masks().to(tokens.device)
         b, m = len(tokens), len(masks)
         repeated = {k: v.repeat_interleave(m, dim=0) for k, v in features.items()}
@@ -479,15 +553,15 @@ class LADMIM(AnomalyModel):
         scorer = scorer or self.config.scorer
         check_choice("scorer", scorer, SCORERS)
         if scorer == "hvq":
-            return s_hvq
+            return s_hvq.float()
         if scorer == "mim":
-            return s_mim
+            return s_mim.float()
         if not self.calibrated:
             raise RuntimeError("LADMIM's scorer='sum' standardises S_HVQ and S_MIM with statistics of held-out "
                                "normal images: fit with adlib.engine.fit(..., calibration=<validation split>) or call "
                                "model.calibrate(batches) first (or use scorer='hvq' / 'mim')")
-        return standardised_sum(s_hvq, s_mim, {"hvq_mean": self.hvq_mean, "hvq_std": self.hvq_std,
-                                               "mim_mean": self.mim_mean, "mim_std": self.mim_std})
+        return standardised_sum(s_hvq.double(), s_mim.double(), {
+            "hvq_mean": self.hvq_mean, "hvq_std": self.hvq_std, "mim_mean": self.mim_mean, "mim_std": self.mim_std}).float()
 
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
@@ -514,6 +588,10 @@ class LADMIM(AnomalyModel):
         (B, L, grid, grid), ``error_map`` (B, grid, grid), ``map`` (B, H, W), ``s_hvq``, ``s_mim``, ``scores``;
         and for test mask ``mask_index``: ``mask`` (grid, grid), ``predicted`` P^l and ``target`` Q^l (B, levels, K)
         (histogram target only)."""
+        with inference(self):
+            return self._explain(images, mask_index)
+
+    def _explain(self, images: torch.Tensor, mask_index: int) -> dict[str, Any]:
         features = self.extract(images)
         parts = self.score_parts(features)
         tokens = self.tokens_of(features)
@@ -525,17 +603,28 @@ class LADMIM(AnomalyModel):
         out["mask"] = mask.view(g, g)
         if self.config.target == "histogram":
             masks = mask.expand(len(images), -1)
-            p_out, _ = self.mim(tokens, masks)
-            k = self.config.codebook_size
-            out["predicted"] = self.head(p_out).view(len(images), len(self.levels), k).softmax(dim=-1)
-            codes = self._codes(tokens)
-            out["target"] = torch.stack([histogram(codes[:, i], masks, k) for i in range(len(self.levels))], dim=1)
+            out["predicted"], out["target"] = self.histograms(self.mim(tokens, masks)[0], tokens, masks)
         return out
 
     def codebook_usage(self, reset: bool = False) -> list[dict[str, float]]:
         """Per HVQ level: fraction of the K codes used and the perplexity over the training batches since the
         last reset (read it from an engine callback: ``callback=lambda epoch, m: {"usage": m.codebook_usage(True)}``)."""
         return self.hvq.usage(reset)
+
+
+@contextmanager
+def inference(model: nn.Module):
+    """Run ``model`` in eval mode and give every submodule its mode back afterwards. Scores never depend on
+    the mode: in training mode HVQ-Trans' quantisers would count usage, restart dead codes and move EMA
+    codebooks, dropout would be on, and torch's attention takes another kernel path in eval mode, so a model
+    fresh from its checkpoint (in training mode) scored other bits than the one saved (issue 23, item 7)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, mode in modes:
+            module.training = mode
 
 
 def _masked_mean(values: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
@@ -553,10 +642,11 @@ TARGET_ERRORS: dict[str, Callable] = {
 
 
 def standardisation(s_hvq: torch.Tensor, s_mim: torch.Tensor) -> dict[str, float]:
-    """Mean and sample std of each raw score (std 1 when it is 0 or undefined, e.g. a single image)."""
+    """Mean and population std (``np.std``, as the released code's z-scores) of each raw score (std 1 when it
+    is 0 or undefined, e.g. a single image)."""
     out = {}
     for name, values in (("hvq", s_hvq.double()), ("mim", s_mim.double())):
-        std = float(values.std()) if len(values) > 1 else 0.0
+        std = float(values.std(correction=0)) if len(values) > 1 else 0.0
         out[f"{name}_mean"] = float(values.mean())
         out[f"{name}_std"] = std if std > 0 and math.isfinite(std) else 1.0
     return out
@@ -589,3 +679,118 @@ def score_components(model: LADMIM, dataset, batch_size: int = 8, device: str | 
         out[key] = torch.cat(out[key]).numpy()
     out["labels"] = out["labels"].astype(np.int64)
     return out
+
+
+# ------------------------------------------------------------------------------------- the authors' checkpoints
+#
+# LADMIM's release is two checkpoints: its tokenizer, HVQ-Trans (a fork that is not public; upstream's
+# HVQ_TR_switch keys, see adlib.models.hvq) and its MIM ViT (src/model.py, VisionTransformerMIM). from_authors
+# takes them as one dict: the tokenizer's keys under "hvq.", the ViT's under "mim.". The backbone (the PDN) is
+# in neither: give weights=<pretrained_teacher_small.pth>. The calibration statistics are computed by adlib.
+
+
+# The settings in which LADMIM's (and its HVQ-Trans') released code differs from adlib's defaults
+AUTHORS_SWITCHES = ("hvq_layout", "codebook_update", "codebook_init", "codebook_restart", "commitment",
+                    "feature_norm", "mim_cls_token", "mim_levels", "hvq_score", "standardise_on", "mask_exact")
+
+
+def authors_config(shapes, **config) -> LADMIMConfig:
+    """The released model's settings from its shapes: HVQ-Trans' code layout, the ViT's width, depth, MLP ratio,
+    class token and the code levels its head predicts (``--codebook_indices``, upstream's order o^L..o^1), and
+    the release's scoring (raw h^0, HVQ-Trans' max_score, z-scores over the test set)."""
+    from adlib.models import model_config
+    from adlib.models.hvq import count_indexed, hvq_authors_fields
+
+    hvq = hvq_authors_fields(shapes, "hvq.")
+    dim, in_dim = shapes["mim.patch_embed.proj.weight"][:2]
+    levels = shapes["mim.lm_head.weight"][0] // hvq["codebook_size"]
+    derived = dict(
+        backbone="pdn", pretrained=False, image_size=224, grid=hvq["grid"][0], feature_norm="none",
+        hvq_layout="code", hvq_layers=hvq["layers"], hvq_dim=hvq["dim"], hvq_ffn=hvq["ffn"],
+        codebook_size=hvq["codebook_size"], code_dim=2 * hvq["dim"], hvq_dec_dim=2 * hvq["dim"], hvq_heads=8,
+        hvq_dropout=0.1, commitment=0.25, codebook_update="ema", codebook_init="normal", codebook_restart=False,
+        hvq_classes=hvq["classes"], mim_dim=dim, mim_layers=count_indexed(shapes, "mim.blocks.{}.norm1.weight"),
+        mim_mlp_ratio=shapes["mim.blocks.0.mlp.fc1.weight"][0] / dim, mim_cls_token="mim.cls_token" in shapes,
+        layer_scale=1e-4 if "mim.blocks.0.gamma_1" in shapes else 0.0,
+        mim_levels=tuple(range(hvq["layers"], hvq["layers"] - levels, -1)), hvq_score="release",
+        standardise_on="test", mask_exact=True)
+    if hvq["grid"][0] != hvq["grid"][1]:
+        raise AuthorsCheckpointShapeError(f"ladmim: a {hvq['grid']} token grid; LADMIM's grid is square")
+    config = model_config("ladmim", None, **{**derived, **config})
+    if in_dim != hvq["in_dim"]:
+        raise AuthorsCheckpointShapeError(f"ladmim: the ViT takes {in_dim} channels, HVQ-Trans {hvq['in_dim']}")
+    return config
+
+
+class AuthorsCheckpointShapeError(ValueError):
+    """The two released checkpoints do not describe one model."""
+
+
+def authors_key_map(config: LADMIMConfig) -> dict[str, str]:
+    from adlib.models.hvq import hvq_authors_key_map
+
+    pairs = {"embed.weight": "patch_embed.proj.weight", "embed.bias": "patch_embed.proj.bias",
+             "mask_token": "mask_token", "pred_token": "hist_token", "pos": "pos_embed",
+             "norm.weight": "norm.weight", "norm.bias": "norm.bias"}
+    if config.mim_cls_token:
+        pairs["cls_token"] = "cls_token"
+    for i in range(config.mim_layers):
+        for mine, theirs in (("norm1", "norm1"), ("norm2", "norm2"), ("qkv", "attn.qkv"), ("proj", "attn.proj"),
+                             ("mlp.0", "mlp.fc1"), ("mlp.2", "mlp.fc2")):
+            for part in ("weight", "bias"):
+                pairs[f"blocks.{i}.{mine}.{part}"] = f"blocks.{i}.{theirs}.{part}"
+        if config.layer_scale > 0:
+            pairs[f"blocks.{i}.gamma1"], pairs[f"blocks.{i}.gamma2"] = f"blocks.{i}.gamma_1", f"blocks.{i}.gamma_2"
+    out = {f"mim.{k}": f"mim.{v}" for k, v in pairs.items()}
+    out.update({"head.weight": "mim.lm_head.weight", "head.bias": "mim.lm_head.bias"})
+    if config.hvq_layout == "code":
+        out.update(hvq_authors_key_map(config.hvq_layers, config.hvq_switch_class, "hvq.", "hvq."))
+    return out
+
+
+def authors_ignored(config: LADMIMConfig) -> set[str]:
+    from adlib.models.hvq import hvq_authors_ignored
+
+    return hvq_authors_ignored(config.hvq_layers, config.hvq_switch_class, config.hvq_classes, "hvq.")
+
+
+def authors_layout(state: dict, config: LADMIMConfig) -> dict:
+    """HVQ-Trans' tensors as ``hvq_authors_layout``; the ViT's 1 x 1 patch convolution as a Linear, its
+    position table from [cls, p, tokens] to adlib's [tokens, p, cls] order, and its q and v biases (it has no
+    k bias) as one qkv bias with a zero k part."""
+    from adlib.models.hvq import count_indexed, hvq_authors_layout
+
+    out = hvq_authors_layout(state, "hvq.")
+    if "mim.patch_embed.proj.weight" in out:
+        out["mim.patch_embed.proj.weight"] = out["mim.patch_embed.proj.weight"].flatten(1)
+    if "mim.pos_embed" in out:
+        pos = out["mim.pos_embed"]
+        first = 2 if "mim.cls_token" in out else 1  # the tokens before the patches
+        out["mim.pos_embed"] = torch.cat([pos[:, first:], pos[:, first - 1:first], pos[:, :first - 1]], dim=1)
+    for i in range(count_indexed(out, "mim.blocks.{}.norm1.weight")):
+        q, v = out.pop(f"mim.blocks.{i}.attn.q_bias", None), out.pop(f"mim.blocks.{i}.attn.v_bias", None)
+        if q is not None and v is not None:
+            out[f"mim.blocks.{i}.attn.qkv.bias"] = torch.cat([q, torch.zeros_like(v), v])
+    return out
+
+
+@torch.no_grad()
+def authors_stages(model: LADMIM, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The stages of ``benchmarks/parity/ladmim.py`` for ``inputs``: the feature map h^0 (B, C, g, g) and the
+    masks (M, N), used as the test masks: the code maps, P^l and Q^l per image and mask (B, M, L, K), S_HVQ,
+    S_MIM and the standardised sum, its statistics taken over these images (the release's test-set z-scores)."""
+    features = {"features": inputs["features"]}
+    masks = inputs["masks"].bool()
+    model._test_masks = masks
+    with inference(model):
+        tokens = model.tokens_of(features)
+        b, m = len(tokens), len(masks)
+        repeated = tokens.repeat_interleave(m, dim=0)
+        tiled = masks.repeat(b, 1)
+        predicted, target = model.histograms(model.mim(repeated, tiled)[0], repeated, tiled)
+        parts = model.score_parts(features)
+        model.calibrate([features])
+        score = model.combine(parts["s_hvq"], parts["s_mim"], "sum")
+    shape = (b, m, len(model.levels), model.config.codebook_size)
+    return {"codes": model._codes(tokens).float(), "predicted": predicted.view(shape), "target": target.view(shape),
+            "s_hvq": parts["s_hvq"], "s_mim": parts["s_mim"], "score": score}

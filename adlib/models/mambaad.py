@@ -45,6 +45,21 @@ Use: ``create_model("mambaad", scan="zigzag+hilbert", directions=8)`` (Tab. 3 ro
 ``local_conv="dw"``, ``kernel_sizes=(3, 5, 7)``, ``residual=False`` (Tab. 4), ``depths=(2, 2, 2, 2)``,
 ``backbone="resnet18"`` (Tab. 2). ``explain(images)`` returns every intermediate map; an HSS core's
 ``forward_core(x, trace={})`` fills ``trace`` with the sequences of each direction before and after the scan.
+
+Checked against the release's code (lewandofskee/MambaAD 0434452 on zhangzjn/ADer 902937a; issue 22):
+``tests/fixtures/parity/mambaad.pt`` holds the release's MAMBAAD at a reduced width (their classes and init,
+mamba_ssm replaced by a reference selective-scan loop) and its outputs; with its weights loaded through
+``authors.from_authors`` (the release's stacked directions permuted into adlib's order) every stage (encoder
+maps, H-FPN, decoder maps, map, score) equals the release's within 1e-5 (``results/faithfulness/``). Deviations:
+
+- on purpose, ``map_divisor``: ADer's ``cal_anomaly_map`` divides the scale sum by n_scales ** 2; adlib sums,
+  as the paper; "ader" gives the code's scale;
+- a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer's evaluator calls scipy's
+  (edge sample repeated), which changes the map near its borders;
+  ``smoothing_padding='reflect'`` restores it (``benchmarks/parity/faithfulness.py``: before and after);
+- released weights (MambaAD issues #30/#31) carry ADer's copy's names: its 7x7 branch's 1x1 convs are
+  ``conv1b3``/``conv1a3`` and it builds a 3x3 ``conv33`` its forward never calls; they load renamed, with
+  conv33 ignored (``authors_layout``), and compute what the release's 7x7 branch computes.
 """
 from __future__ import annotations
 
@@ -73,6 +88,9 @@ class MambaADConfig:
     layers: tuple | None = (1, 2, 3)  # three taps at strides 4/8/16 (ResNet: layers 1-3, as the release)
     pretrained: bool = True
     image_size: int | tuple[int, int] = 256  # paper: 256; any size works (see module docs)
+    # timm keyword arguments that change the encoder's shape (a ResNet's ``channels``), with pretrained=False:
+    # a release checkpoint carries its encoder (``authors_config`` sets them for a reduced one). None: timm's.
+    backbone_kwargs: dict | None = None
     # --- decoder (Tab. 2)
     depths: tuple[int, ...] = (3, 4, 6, 3)  # HSS blocks per stage, mirroring ResNet34 (paper)
     # HSS blocks per LSS module: None = the paper's rule (3 when a stage's depth divides by 3, else 2);
@@ -94,6 +112,12 @@ class MambaADConfig:
     # --- loss, map, score
     loss_weight: float = 5.0  # L2Loss(lam=5) in the release; the paper says "sum of MSE"
     smoothing_sigma: float = 4.0  # Gaussian on the final map (release: gaussian_sigma=4)
+    # The scale maps are summed (the paper: "sum of cosine similarities"); "ader" divides the sum by
+    # n_scales ** 2 as ADer's ``cal_anomaly_map(amap_mode='add')`` does: a constant that changes no metric.
+    map_divisor: str = "none"
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # ADer's evaluator calls; "reflect" (PyTorch's) is what adlib used before the parity check found it.
+    smoothing_padding: str = "symmetric"
     score_rule: str = "max"  # image score: plain max of the map (release: pooling_ks=None; paper silent)
     topk_ratio: float = 0.01  # for score_rule="topk_mean"
     scan_impl: str = "auto"  # adlib.ssm.selective_scan implementation ("auto": mamba_ssm on CUDA if present)
@@ -245,7 +269,8 @@ class SS2D(nn.Module):
         from adlib.scans import hybrid_directions
 
         self.scan, self.count, self.variant = config.scan, config.directions, config.direction_set
-        hybrid_directions(2, 2, self.scan, self.count, self.variant)  # validates scan/directions early
+        with torch.device("cpu"):  # validates scan/directions early (on the CPU: a model may be built on meta)
+            hybrid_directions(2, 2, self.scan, self.count, self.variant)
         self.d_state, self.scan_impl = config.d_state, config.scan_impl
         self.d_inner = int(config.expand * dim)
         self.dt_rank = math.ceil(dim / 16)
@@ -411,7 +436,7 @@ class MambaDecoder(nn.Module):
     def __init__(self, dims: list[int], config: MambaADConfig) -> None:
         super().__init__()
         depths = list(config.depths)
-        rates = torch.linspace(0, config.drop_path, sum(depths)).tolist()[::-1]
+        rates = torch.linspace(0, config.drop_path, sum(depths), device="cpu").tolist()[::-1]
         self.stages = nn.ModuleList()
         self.upsample = nn.ModuleList()
         for i, (dim, depth) in enumerate(zip(dims, depths)):
@@ -460,7 +485,8 @@ class MambaAD(AnomalyModel):
         if encoder is None:
             from adlib import backbones
 
-            encoder = backbones.create(config.backbone, layers=config.layers, pretrained=config.pretrained)
+            encoder = backbones.create(config.backbone, layers=config.layers, pretrained=config.pretrained,
+                                       timm_kwargs=config.backbone_kwargs)
         self.tokenizer = encoder  # the frozen encoder; the base class knows it by this name
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
@@ -477,6 +503,8 @@ class MambaAD(AnomalyModel):
     @staticmethod
     def _validate(config: MambaADConfig) -> None:
         check_choice("local_conv", config.local_conv, LOCAL_CONVS)
+        check_choice("map_divisor", config.map_divisor, ("none", "ader"))
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)
         if len(config.depths) != 4:
             raise ValueError(f"depths={config.depths!r}: expected 4 stage depths (the bottleneck stage and three "
@@ -489,7 +517,8 @@ class MambaAD(AnomalyModel):
             raise ValueError(f"d_conv={config.d_conv}: expected an odd kernel size")
         from adlib.scans import hybrid_directions
 
-        hybrid_directions(2, 2, config.scan, config.directions, config.direction_set)
+        with torch.device("cpu"):  # a model may be built on the meta device (shapes only)
+            hybrid_directions(2, 2, config.scan, config.directions, config.direction_set)
 
     @property
     def encoder(self) -> nn.Module:
@@ -519,7 +548,10 @@ class MambaAD(AnomalyModel):
         their sum, Gaussian-smoothed."""
         up = [F.interpolate((1 - F.cosine_similarity(f, r, dim=1)).unsqueeze(1), size=size, mode="bilinear",
                             align_corners=True).squeeze(1) for f, r in zip(features, recon)]
-        return up, gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma)
+        total = torch.stack(up).sum(dim=0)
+        if self.config.map_divisor == "ader":
+            total = total / len(up) ** 2
+        return up, gaussian_blur(total, self.config.smoothing_sigma, padding=self.config.smoothing_padding)
 
     def predict(self, images: torch.Tensor) -> Prediction:
         out = self.explain(images)
@@ -541,75 +573,145 @@ class MambaAD(AnomalyModel):
         """Every HSS block of the decoder, in forward order."""
         return [m for m in self.decoder.modules() if isinstance(m, HSSBlock)]
 
-    def load_release_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Load the trained part (H-FPN and decoder) of a checkpoint of MambaAD's release (``mff_oce.*`` and
-        ``net_s.*`` keys; ``net_t.*``, the frozen encoder, and the scan indices are skipped).
 
-        The release stacks its K directions as (x, x^T, rot90(x), rot90(x)^T) and then their reverses; adlib
-        in the paper's order (forward, reverse, wh forward, ...): the per-direction parameters are permuted.
-        Needs the release's configuration: ResNet34-sized widths, 8 Hilbert directions, ``direction_set
-        ="release"``, the default LSS design. With the release's own code and the same weights, this model's
-        decoder output was checked equal to the release's (max difference 2e-5 on outputs of size 10-20).
-        """
-        config = self.config
-        if (config.directions, config.scan, config.direction_set, tuple(config.kernel_sizes), config.local_conv) != (
-                8, "hilbert", "release", (5, 7), "dw+1x1"):
-            raise ValueError("load_release_state_dict needs the release's configuration: scan='hilbert', directions=8, "
-                             "direction_set='release', kernel_sizes=(5, 7), local_conv='dw+1x1'")
-        state = {k.removeprefix("module."): v for k, v in state.items()}
-        mine = self.state_dict()
-        converted: dict[str, torch.Tensor] = {}
-        for key, value in state.items():
-            if key.startswith("net_t.") or "index_flat" in key:
-                continue
-            name = _release_key(key)
-            if name is None or name not in mine:
-                raise ValueError(f"release checkpoint key {key!r} has no counterpart in adlib's MambaAD ({name!r})")
-            converted[name] = _release_direction_order(name, value)
-            if converted[name].shape != mine[name].shape:
-                raise ValueError(f"release checkpoint key {key!r}: shape {tuple(value.shape)}, adlib's {name!r} is "
-                                 f"{tuple(mine[name].shape)}: built for another encoder, depth or width")
-        missing = [k for k in mine if k not in converted and not k.startswith("tokenizer.")]
-        if missing:
-            raise ValueError(f"release checkpoint lacks {len(missing)} of adlib's keys, e.g. {missing[:3]}")
-        self.load_state_dict({**mine, **converted})
+# ------------------------------------------------------------------ the authors' checkpoints (the release)
+# The release's MAMBAAD (lewandofskee/MambaAD model/mambaad.py, run inside ADer) holds net_t (timm features_only
+# ResNet), mff_oce (the H-FPN) and net_s (MambaUPNet: layers_up.i.upsample / .blocks.j.smm_blocks.k). A released
+# checkpoint keeps them under "net", the encoder's weights included. The released weights (MambaAD issues #30,
+# #31) carry ADer's copy's names: the 7x7 branch's 1x1 convs are conv1b3/conv1a3 and an unused 3x3 conv33 is
+# built; ``authors_layout`` renames the former, ``authors_ignored`` lists the latter.
 
+# Config fields whose fixture value is the release's behaviour where adlib's default differs on purpose, and the
+# values that give adlib's behaviour before the bug fixes the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_SWITCHES = ("map_divisor",)
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
 
-_RELEASE_HFPN = {"conv1.": "down1.0.", "bn1.": "down1.1.", "conv21.": "lateral2.0.", "bn21.": "lateral2.1.",
-                 "conv2.": "down2.0.", "bn2.": "down2.1.", "conv31.": "lateral3.0.", "bn31.": "lateral3.1.",
-                 "convf.": "fuse.0.", "bnf.": "fuse.1.", "bn_layer.": "blocks."}
-_RELEASE_LSS = {"smm_blocks.": "hss.", "conv1b5.": "local.0.0.", "conv55.": "local.0.1.", "conv1a5.": "local.0.2.",
-                "conv1b7.": "local.1.0.", "conv77.": "local.1.1.", "conv1a7.": "local.1.2.", "finalconv11.": "fuse."}
+_RELEASE_HFPN = {"down1.0.": "conv1.", "down1.1.": "bn1.", "lateral2.0.": "conv21.", "lateral2.1.": "bn21.",
+                 "down2.0.": "conv2.", "down2.1.": "bn2.", "lateral3.0.": "conv31.", "lateral3.1.": "bn31.",
+                 "fuse.0.": "convf.", "fuse.1.": "bnf.", "blocks.": "bn_layer."}
+_RELEASE_LSS = {"hss.": "smm_blocks.", "local.0.0.": "conv1b5.", "local.0.1.": "conv55.", "local.0.2.": "conv1a5.",
+                "local.1.0.": "conv1b7.", "local.1.1.": "conv77.", "local.1.2.": "conv1a7.", "fuse.": "finalconv11."}
 # adlib's direction k is the release's RELEASE_ORDER[k] (release: x, x^T, rot, rot^T, then the four reversed)
 RELEASE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)
+_RELEASE_DESIGN = dict(directions=8, scan="hilbert", direction_set="release", kernel_sizes=(5, 7),
+                       local_conv="dw+1x1", residual=True, hss_per_lss=None)
 
 
-def _release_key(key: str) -> str | None:
-    """adlib's state-dict name of a key of the release's MAMBAAD module (None: unknown)."""
-    if key.startswith("mff_oce."):
-        rest = key.removeprefix("mff_oce.")
-        for old, new in _RELEASE_HFPN.items():
-            if rest.startswith(old):
-                return "bottleneck." + new + rest.removeprefix(old)
-        return None
-    parts = key.split(".")
-    if key.startswith("net_s.layers_up.") and len(parts) > 4:
-        stage, rest = parts[2], ".".join(parts[3:])
-        if rest.startswith("upsample."):
-            return f"decoder.upsample.{stage}." + rest.removeprefix("upsample.")
-        if rest.startswith("blocks.") and len(parts) > 5:
-            module, rest = parts[4], ".".join(parts[5:])
-            for old, new in _RELEASE_LSS.items():
-                if rest.startswith(old):
-                    return f"decoder.stages.{stage}.{module}." + new + rest.removeprefix(old)
+def _swap(name: str, table: dict[str, str]) -> str | None:
+    for old, new in table.items():
+        if name.startswith(old):
+            return new + name[len(old):]
     return None
 
 
-def _release_direction_order(name: str, value: torch.Tensor) -> torch.Tensor:
-    """Permute the release's stacked per-direction parameters into adlib's direction order."""
+def _authors_key(ours: str) -> str | None:
+    """The release's key of adlib key ``ours`` (None: not the release's)."""
+    if ours.startswith("tokenizer.model."):
+        return "net_t." + ours[len("tokenizer.model."):]
+    if ours.startswith("bottleneck."):
+        rest = _swap(ours[len("bottleneck."):], _RELEASE_HFPN)
+        return None if rest is None else "mff_oce." + rest
+    parts = ours.split(".")
+    if ours.startswith("decoder.upsample."):
+        return f"net_s.layers_up.{parts[2]}.upsample." + ".".join(parts[3:])
+    if ours.startswith("decoder.stages."):
+        rest = _swap(".".join(parts[4:]), _RELEASE_LSS)
+        return None if rest is None else f"net_s.layers_up.{parts[2]}.blocks.{parts[3]}." + rest
+    return None
+
+
+def authors_key_map(config: MambaADConfig) -> dict[str, str]:
+    """adlib key -> the release's key, for the release's design (8 Hilbert directions, 5x5 and 7x7 branches)."""
+    differs = {k: getattr(config, k) for k, v in _RELEASE_DESIGN.items()
+               if (tuple(getattr(config, k)) if k == "kernel_sizes" else getattr(config, k)) != v}
+    if differs:
+        raise ValueError(f"the release's MambaAD has {_RELEASE_DESIGN}; this config differs in {differs}")
+    with torch.device("meta"):
+        own = MambaAD(config).state_dict()
+    key_map = {ours: _authors_key(ours) for ours in own}
+    unknown = [k for k, v in key_map.items() if v is None]
+    if unknown:
+        raise ValueError(f"adlib keys without a release counterpart: {unknown[:5]}")
+    return key_map
+
+
+_DIRECTION_PARAMETERS = ("x_proj_weight", "dt_projs_weight", "dt_projs_bias", "A_logs", ".Ds")
+
+
+def authors_layout(state: dict, config: MambaADConfig) -> dict:
+    """A release checkpoint in adlib's layout: the stacked per-direction parameters permuted into adlib's
+    direction order (release: x, x^T, rot, rot^T, then the four reversed); a checkpoint in ADer's layout (the 7x7
+    branch's 1x1 convs named conv1b3/conv1a3: the released weights, MambaAD issues #30/#31) renamed to the
+    release's conv1b7/conv1a7, the same computation (ADer's forward runs conv1a3(conv77(conv1b3(x))))."""
     k = len(RELEASE_ORDER)
-    if name.endswith(("x_proj_weight", "dt_projs_weight", "dt_projs_bias")):
-        return value[list(RELEASE_ORDER)]
-    if name.endswith(("A_logs", ".Ds")):
-        return value.view(k, -1, *value.shape[1:])[list(RELEASE_ORDER)].reshape(value.shape)
-    return value
+    ader = any(".conv1b3." in name for name in state) and not any(".conv1b7." in name for name in state)
+    out = {}
+    for name, value in state.items():
+        if ader:
+            name = name.replace(".conv1b3.", ".conv1b7.").replace(".conv1a3.", ".conv1a7.")
+        if name.startswith("net_s.") and name.endswith(_DIRECTION_PARAMETERS):
+            value = value.reshape(k, -1, *value.shape[1:])[list(RELEASE_ORDER)].reshape(value.shape)
+        out[name] = value
+    return out
+
+
+def authors_ignored(config: MambaADConfig) -> set[str]:
+    """Release keys adlib does not hold: each HSS block's scan index and its inverse (``scans.index_flat``,
+    ``index_flat_inv``, int64 copies of the scan order kept as parameters; adlib rebuilds the orders), and
+    ADer's unused ``conv33`` (3x3 depthwise conv, its IN and SiLU: built, never called) of every LSS module."""
+    ignored = set()
+    for ours, theirs in authors_key_map(config).items():
+        if theirs.endswith("self_attention.in_proj.weight"):
+            ignored |= {theirs.replace("in_proj.weight", f"scans.{n}") for n in ("index_flat", "index_flat_inv")}
+        if theirs.endswith("finalconv11.weight"):
+            ignored.add(theirs.replace("finalconv11.weight", "conv33.0.weight"))
+    return ignored
+
+
+def authors_config(shapes, **config) -> MambaADConfig:
+    """The config of a release checkpoint: the encoder (ResNet18/34/50 or Wide-ResNet50 by its blocks and
+    widths, weights from ``net_t``: ``pretrained=False``), the decoder depths and ``d_state``."""
+    from adlib.models import model_config
+
+    derived: dict[str, Any] = {}
+    if "net_t.conv1.weight" in shapes:
+        blocks = tuple(len({k.split(".")[2] for k in shapes if k.startswith(f"net_t.layer{i}.")}) for i in (1, 2, 3))
+        bottleneck = "net_t.layer1.0.conv3.weight" in shapes
+        out = "conv3" if bottleneck else "conv2"
+        widths = tuple(shapes[f"net_t.layer{i}.0.{out}.weight"][0] for i in (1, 2, 3))
+        wide = bottleneck and shapes["net_t.layer1.0.conv1.weight"][0] * 2 == widths[0]  # inner width / output
+        names = {((2, 2, 2), False): "resnet18", ((3, 4, 6), False): "resnet34",
+                 ((3, 4, 6), True): "wide_resnet50" if wide else "resnet50"}
+        name = names.get((blocks, bottleneck))
+        if name is None:
+            raise ValueError(f"net_t: a ResNet with blocks {blocks} is none of resnet18/34/50, wide_resnet50")
+        standard = (256, 512, 1024) if bottleneck else (64, 128, 256)
+        derived.update(backbone=name, pretrained=False, layers=(1, 2, 3))
+        if widths != standard:
+            planes = tuple(w // (4 if bottleneck else 1) for w in widths)
+            derived["backbone_kwargs"] = {"channels": planes + (2 * planes[-1],)}
+    depths = []
+    for stage in range(4):
+        prefix = f"net_s.layers_up.{stage}.blocks."
+        modules = {k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)}
+        depths.append(sum(len({k.split(".")[6] for k in shapes if k.startswith(f"{prefix}{m}.smm_blocks.")})
+                          for m in modules))
+    if all(depths):
+        derived["depths"] = tuple(depths)
+    x_proj = shapes.get("net_s.layers_up.0.blocks.0.smm_blocks.0.self_attention.x_proj_weight")
+    dim = shapes.get("net_s.layers_up.0.blocks.0.smm_blocks.0.ln_1.weight")
+    if x_proj is not None and dim is not None:
+        derived["d_state"] = (x_proj[1] - math.ceil(dim[0] / 16)) // 2
+    derived.update(config)
+    return model_config("mambaad", None, **derived)
+
+
+def authors_stages(model: MambaAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Encoder maps, the H-FPN output, the decoder maps (encoder order), the map and the image score."""
+    out = model.explain(images)
+    stages = {f"encoder_{i + 1}": f for i, f in enumerate(out["features"])}
+    stages["bottleneck"] = out["bottleneck"]
+    stages.update({f"decoder_{i + 1}": r for i, r in enumerate(out["reconstructions"])})
+    stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(out["features"]).reshape(1)  # 5 x sum of MSEs, eval mode (ADer's L2Loss)
+    return stages

@@ -1,22 +1,43 @@
 """PatchCore (Roth et al., CVPR 2022): a memory bank of locally aware patch features, greedy coreset, kNN.
 
 - patch features: each tapped layer (default: strides 8 and 16, "layer 2 and 3") is averaged over 3x3
-  neighbourhoods, upsampled to the first layer's grid and concatenated over channels;
+  neighbourhoods (zero padding counted in the mean at the border, as both reference codes do),
+  upsampled (bilinear) to the first layer's grid and concatenated over channels;
 - the memory bank is a greedy k-center coreset of all training patches (distances on a random projection);
+  it is a buffer whose length comes from the fit (or from a checkpoint);
 - a test patch's score is its distance to the nearest memory item; the map is upsampled to the image and
   Gaussian-blurred; the image score is the largest patch score, optionally with the paper's reweighting.
+
+Checked against anomalib's ``PatchcoreModel`` (``tests/test_parity.py``, fixture ``patchcore``, written by
+``benchmarks/parity/patchcore.py``): embeddings, the greedy coreset on anomalib's projected features, the
+nearest-neighbour distances, the anomaly map and the reweighted image score match. Differences, each with a
+switch back (the fixture's config uses them):
+
+- ``map_upsample="bilinear"`` (the paper and the authors' code, amazon-science/patchcore-inspection); anomalib
+  upsamples the patch scores by nearest neighbour (``"nearest"``);
+- ``reweight=False``: the image score is the largest patch score, as the authors' code scores it; the
+  paper's Eq. 7 reweighting (anomalib's default, ``num_neighbors=9``) is ``reweight=True``;
+- the coreset's random projection: a dense Gaussian one to ``projection_dim`` = 128 (the authors' code);
+  anomalib uses a sparse Johnson-Lindenstrauss projection (eps 0.9) whose width grows with the bank. Not a
+  switch: the selection given the projected features is what is compared (``greedy_coreset(start=...)``).
+- ``embed_dim``: adlib pools the concatenated channels to ``embed_dim`` (None: keep them, as anomalib); the
+  authors' code pools each layer's unfolded 3 x 3 x C patch to 1024 and then their stack. Not compared.
+
+Fixed by the parity check (before: after): the 3 x 3 mean divided border patches by the valid neighbours only
+(``count_include_pad=False``; both references divide by 9 with zero padding), now ``pool_include_pad=True``;
+the coreset size was ``round(ratio * n)``, both references take ``int(ratio * n)``.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from adlib.models.base import AnomalyModel, Prediction
-from adlib.models.common import gaussian_blur, image_score, local_patch_features
+from adlib.models.common import check_choice, gaussian_blur, image_score, local_patch_features
 
 
 @dataclass
@@ -27,12 +48,14 @@ class PatchCoreConfig:
     pretrained: bool = True
     image_size: int | tuple[int, int] = 256
     patch_size: int = 3  # local neighbourhood p for the aggregation (paper: 3)
+    pool_include_pad: bool = True  # the border's mean counts the zero padding (both reference codes); False: not
     embed_dim: int | None = None  # average-pool the concatenated channels to this width (paper: 1024); None = keep
     coreset_ratio: float = 0.1  # fraction of training patches kept (paper: 10%, 1% also reported)
     projection_dim: int = 128  # random projection for the coreset distances (paper: Johnson-Lindenstrauss, 128)
     reweight: bool = False  # paper's image-score reweighting by the nearest item's neighbourhood
     reweight_neighbors: int = 9  # b in the reweighting
     smoothing_sigma: float = 4.0  # Gaussian sigma in image pixels (paper: 4)
+    map_upsample: str = "bilinear"  # patch scores -> image size (paper, authors' code); "nearest": anomalib
     score_rule: str = "max"  # image score from the patch scores: "max" (paper) or "topk_mean"
     topk_ratio: float = 0.01
     chunk_size: int = 8192  # test patches per distance block (memory)
@@ -94,10 +117,10 @@ def _leftover_rows(x: torch.Tensor, seed: int) -> torch.Tensor:
 
 
 def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | None = 128, seed: int = 0, *,
-                   full_pass_fraction: float = 0.25) -> torch.Tensor:
+                   full_pass_fraction: float = 0.25, start: int | None = None) -> torch.Tensor:
     """Indices of ``count`` rows chosen by greedy k-center selection (each pick is the row farthest from
-    those already picked), starting from a seeded random row; distances on a random projection when
-    ``projection_dim`` is smaller than the feature width.
+    those already picked), starting from a seeded random row (or row ``start``); distances on a random
+    projection when ``projection_dim`` is smaller than the feature width.
 
     The same picks as ``greedy_coreset_reference`` (index for index, ties included), with far fewer
     distances computed. Every row remembers the pick it is nearest to (``assign``) and its squared
@@ -124,7 +147,8 @@ def greedy_coreset(features: torch.Tensor, count: int, projection_dim: int | Non
         x = x @ projection.to(x)
     x = x.contiguous()
     norms = x.pow(2).sum(dim=1)
-    start = int(torch.randint(n, (1,), generator=generator))
+    drawn = int(torch.randint(n, (1,), generator=generator))
+    start = drawn if start is None else int(start)
     selected = torch.empty(count, dtype=torch.long)  # on the CPU; the distances stay on the features' device
     selected[0] = start
     min_dist = (norms - 2 * (x @ x[start]) + norms[start]).clamp_min(0)
@@ -192,6 +216,7 @@ class PatchCore(AnomalyModel):
         config = config or PatchCoreConfig()
         if not 0 < config.coreset_ratio <= 1:
             raise ValueError(f"coreset_ratio={config.coreset_ratio}: expected a fraction in (0, 1]")
+        check_choice("map_upsample", config.map_upsample, ("bilinear", "nearest"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)
         super().__init__(config)
         if tokenizer is None:
@@ -203,19 +228,20 @@ class PatchCore(AnomalyModel):
             p.requires_grad_(False)
         self.tokenizer.eval()
         self.image_hw = (config.image_size, config.image_size) if isinstance(config.image_size, int) else tuple(config.image_size)
-        self.memory_bank: torch.Tensor | None = None
+        width = sum(getattr(self.tokenizer, "channels", [0]))
+        if config.embed_dim and config.embed_dim < width:
+            width = config.embed_dim
+        self.register_buffer("memory_bank", torch.empty(0, width))  # (items, D) after fit_memory
 
-    def get_extra_state(self) -> Any:
-        return {"memory_bank": self.memory_bank}
+    @property
+    def fitted(self) -> bool:
+        return len(self.memory_bank) > 0
 
-    def set_extra_state(self, state: Any) -> None:
-        self.memory_bank = state["memory_bank"]
-
-    def _apply(self, fn, recurse=True):  # keep the bank on the model's device through .to(device)
-        super()._apply(fn, recurse)
-        if self.memory_bank is not None:
-            self.memory_bank = fn(self.memory_bank)
-        return self
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        bank = state_dict.get(prefix + "memory_bank")
+        if bank is not None:  # the bank's length is the checkpoint's
+            self.memory_bank = self.memory_bank.new_empty(bank.shape)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def feature_key(self) -> str | None:
         return self.tokenizer_key()
@@ -225,7 +251,7 @@ class PatchCore(AnomalyModel):
 
     def embed(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Locally aware patch features (B, D, h, w) on the first tapped layer's grid."""
-        x = local_patch_features(features, self.config.patch_size)
+        x = local_patch_features(features, self.config.patch_size, self.config.pool_include_pad)
         if self.config.embed_dim and self.config.embed_dim < x.shape[1]:
             b, d, h, w = x.shape
             x = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, d), self.config.embed_dim)
@@ -238,7 +264,7 @@ class PatchCore(AnomalyModel):
             x = self.embed(features)
             patches.append(x.permute(0, 2, 3, 1).reshape(-1, x.shape[1]))  # stays on the model's device
         patches = torch.cat(patches)
-        count = max(1, int(round(self.config.coreset_ratio * len(patches))))
+        count = max(1, int(self.config.coreset_ratio * len(patches)))
         if count >= len(patches):
             self.memory_bank = patches
         else:
@@ -246,7 +272,7 @@ class PatchCore(AnomalyModel):
 
     def patch_scores(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest-neighbour distances (B, h, w) and the embedded patches (B, h*w, D)."""
-        if self.memory_bank is None:
+        if not self.fitted:
             raise RuntimeError("PatchCore has no memory bank: fit it first (adlib.engine.fit)")
         x = self.embed(self.extract(images))
         b, d, h, w = x.shape
@@ -266,13 +292,79 @@ class PatchCore(AnomalyModel):
         weight = 1 - torch.softmax(dists, dim=1)[:, 0]
         return weight * flat.gather(1, best[:, None])[:, 0]
 
+    def anomaly_map(self, scores: torch.Tensor) -> torch.Tensor:
+        """Patch scores (B, h, w) upsampled to the image (``map_upsample``) and Gaussian-smoothed."""
+        align = {"align_corners": False} if self.config.map_upsample == "bilinear" else {}
+        maps = F.interpolate(scores.unsqueeze(1), size=self.image_hw, mode=self.config.map_upsample, **align)
+        return gaussian_blur(maps.squeeze(1), self.config.smoothing_sigma)
+
     @torch.no_grad()
     def predict(self, images: torch.Tensor) -> Prediction:
         scores, patches = self.patch_scores(images)
-        maps = F.interpolate(scores.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=False).squeeze(1)
-        maps = gaussian_blur(maps, self.config.smoothing_sigma)
+        maps = self.anomaly_map(scores)
         if self.config.reweight:
             image_scores = self._reweighted(scores, patches)
         else:
             image_scores = image_score(scores, self.config.score_rule, self.config.topk_ratio)
         return Prediction(maps, image_scores)
+
+
+# ------------------------------------------------------------------------------------- the authors' checkpoints
+#
+# anomalib's PatchcoreModel state dict: ``memory_bank`` and its timm ``features_only`` backbone under
+# ``feature_extractor.feature_extractor.``; the backbone's name and taps are not in the shapes, so they are the
+# caller's (adlib's names: backbone="wide_resnet50", layers=(2, 3) for anomalib's default).
+
+THEIRS = "feature_extractor.feature_extractor."
+# The settings in which anomalib differs from adlib's defaults (see the module docstring)
+AUTHORS_SWITCHES = ("pool_include_pad", "map_upsample", "reweight")
+
+
+def authors_config(shapes, **config) -> PatchCoreConfig:
+    """anomalib's behaviour: the paper's reweighted image score (``num_neighbors=9``), nearest-neighbour map
+    upsampling, the backbone's weights from the checkpoint (``pretrained=False``)."""
+    from adlib.models import model_config
+
+    return model_config("patchcore", None, **{"pretrained": False, "reweight": True, "reweight_neighbors": 9,
+                                              "map_upsample": "nearest", "pool_include_pad": True, **config})
+
+
+def _own_backbone_keys(config: PatchCoreConfig) -> list[str]:
+    with torch.device("meta"):
+        return list(PatchCore(config).tokenizer.model.state_dict())
+
+
+def authors_key_map(config: PatchCoreConfig) -> dict[str, str]:
+    out = {f"tokenizer.model.{k}": THEIRS + k for k in _own_backbone_keys(config)}
+    out["memory_bank"] = "memory_bank"
+    return out
+
+
+def authors_ignored(config: PatchCoreConfig) -> set[str]:
+    """The Gaussian kernel (recomputed from sigma) and the blocks of anomalib's ``features_only`` network after
+    the last tap, which it runs but never returns (adlib prunes them): prefixes of the top-level modules past
+    the last one adlib keeps."""
+    own = _own_backbone_keys(config)
+    ignored = {"anomaly_map_generator."}
+    last = max(int(k.split(".")[1]) for k in own if k.startswith("blocks.")) if any(
+        k.startswith("blocks.") for k in own) else None
+    if last is not None:
+        ignored |= {f"{THEIRS}blocks.{i}." for i in range(last + 1, last + 16)}
+    ignored |= {f"{THEIRS}{name}." for name in ("layer4", "conv_head", "bn2")}
+    return ignored
+
+
+@torch.no_grad()
+def authors_stages(model: PatchCore, inputs: dict) -> dict[str, torch.Tensor]:
+    """The stages of ``benchmarks/parity/patchcore.py``: the test images' embeddings, the coreset greedy
+    selection on anomalib's projected training features from its first pick (indices, and the bank they give),
+    the nearest-neighbour distances to the loaded bank, the anomaly map and the image score."""
+    model.eval()
+    embedding = model.embed(model.extract(inputs["images"]))
+    train = model.embed(model.extract(inputs["train_images"]))
+    train = train.permute(0, 2, 3, 1).reshape(-1, train.shape[1])
+    picks = greedy_coreset(inputs["projected"], inputs["count"], projection_dim=None, start=inputs["start"])
+    scores, _ = model.patch_scores(inputs["images"])
+    maps, image_scores = model.predict(inputs["images"])
+    return {"embedding": embedding, "coreset_indices": picks.float(), "memory_bank": train[picks],
+            "patch_scores": scores, "anomaly_map": maps, "image_score": image_scores}

@@ -17,10 +17,19 @@ With the offline EfficientNet-Lite0 the teacher is tapped at strides 4, 8 and 16
 RD4AD's structure exactly (two stride-2 convs from stride 4, one from stride 8, embedding at stride 32,
 three decoder stages), only with the teacher's stage widths. Lite0's stride-32 stage (320 channels) plays
 the part of WideResNet's unused layer4 and is not tapped.
-"""
+
+Checked against the official code (hq-deng/RD4AD 6554076: ``resnet.py``, ``de_resnet.py``, ``test.py``; issue 22):
+``tests/fixtures/parity/rd4ad.pt`` holds their encoder, BN_layer (OCBE) and decoder at 1/64 of Wide-ResNet-50-2's
+widths (their classes and init) and their outputs; every stage (teacher, embedding, student, map, score) equals
+theirs within 1e-5 (``results/faithfulness/``). One bug, fixed: the Gaussian padded maps with PyTorch's reflect
+border where ``test.py`` calls ``scipy.ndimage.gaussian_filter`` (edge sample repeated), which changes the map
+near its borders (``smoothing_padding='reflect'`` restores it; ``benchmarks/parity/faithfulness.py`` prints the
+difference before and after). Their checkpoint (``{'bn': ..., 'decoder': ...}``) loads through ``authors.load``; BN_layer's
+``conv4``/``bn4`` are built but never called and are ignored."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -41,6 +50,9 @@ class RD4ADConfig:
     layers: tuple | None = None
     pretrained: bool = True
     image_size: int | tuple[int, int] = 256  # paper: 256 x 256
+    # timm keyword arguments that change the teacher's shape (a ResNet's ``channels``), with pretrained=False
+    # and the teacher's weights from a checkpoint (``authors_config`` sets them). None: timm's own.
+    backbone_kwargs: dict | None = None
     ocbe_blocks: int = 3  # bottleneck blocks in the OCBE's residual stage (official: 3, the first with stride 2)
     decoder_blocks: tuple[int, ...] = (3, 4, 6)  # blocks per decoder stage, deepest first (official: 3, 4, 6)
     # Inner width of a bottleneck block / its output width: 0.5 in Wide-ResNet-50-2 (official), 0.25 in ResNet-50.
@@ -51,6 +63,9 @@ class RD4ADConfig:
     # "per_position": mean over positions of the per-position 1 - cos, as the paper's Eq. 3 writes it.
     loss: str = "flattened"
     smoothing_sigma: float = 4.0  # Gaussian sigma of the map in image pixels (official: 4, scipy truncate 4)
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # test.py calls; "reflect" (PyTorch's) is what adlib used before the parity check found it (issue 22).
+    smoothing_padding: str = "symmetric"
     align_corners: bool = True  # the map's bilinear upsampling (official: align_corners=True)
     score_rule: str = "max"  # image score from the map (official: max)
     topk_ratio: float = 0.01  # fraction of pixels for score_rule "topk_mean"
@@ -162,6 +177,7 @@ class RD4AD(AnomalyModel):
     def __init__(self, config: RD4ADConfig | None = None, tokenizer: nn.Module | None = None) -> None:
         config = config or RD4ADConfig()
         check_choice("loss", config.loss, ("flattened", "per_position"))
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         image_score(torch.zeros(1, 1, 1), config.score_rule)
         if config.ocbe_blocks < 1 or any(b < 1 for b in config.decoder_blocks):
             raise ValueError(f"ocbe_blocks={config.ocbe_blocks}, decoder_blocks={config.decoder_blocks}: "
@@ -171,7 +187,8 @@ class RD4AD(AnomalyModel):
             from adlib import backbones
 
             layers = config.layers if config.layers is not None else _default_layers(config.backbone)
-            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained)
+            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained,
+                                         timm_kwargs=config.backbone_kwargs)
         self.tokenizer = tokenizer
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
@@ -241,7 +258,8 @@ class RD4AD(AnomalyModel):
         level_maps = [1 - F.cosine_similarity(t, s, dim=1) for t, s in zip(teacher, student)]
         up = [F.interpolate(m[:, None], size=self.image_hw, mode="bilinear", align_corners=self.config.align_corners)[:, 0]
               for m in level_maps]
-        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma)
+        amap = gaussian_blur(torch.stack(up).sum(dim=0), self.config.smoothing_sigma,
+                             padding=self.config.smoothing_padding)
         scores = image_score(amap, self.config.score_rule, self.config.topk_ratio)
         return {"teacher": teacher, "student": student, "level_maps": level_maps, "map": amap, "scores": scores}
 
@@ -259,3 +277,95 @@ def _default_layers(backbone: str) -> tuple[int, ...]:
         raise ValueError(f"RD4AD mirrors a CNN teacher's stages; backbone {backbone!r} is a {spec.kind}: "
                          f"give a CNN backbone or explicit layers")
     return (1, 2, 3)
+
+
+# ------------------------------------------------------------------------- the authors' checkpoints (official)
+# hq-deng/RD4AD main.py saves {'bn': BN_layer.state_dict(), 'decoder': de_resnet.ResNet.state_dict()}; the
+# teacher is torchvision's ImageNet Wide-ResNet-50-2 (timm's wide_resnet50_2.tv_in1k is that file), not saved.
+# ``authors.unwrap`` reads the two parts as "bn.*" and "decoder.*"; a state dict that also holds the teacher
+# under "encoder.*" (the parity fixture's reduced one) loads it too.
+
+# The value that gives adlib's behaviour before the bug fix the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
+
+_OCBE_FUSE = {"fuse.0.0.": "conv1.", "fuse.0.1.": "bn1.", "fuse.0.3.": "conv2.", "fuse.0.4.": "bn2.",
+              "fuse.1.0.": "conv3.", "fuse.1.1.": "bn3."}
+
+
+def _authors_key(ours: str) -> str | None:
+    parts = ours.split(".")
+    if ours.startswith("tokenizer.model."):
+        return "encoder." + ours[len("tokenizer.model."):]
+    if ours.startswith("ocbe.fuse."):
+        rest = ours[len("ocbe."):]
+        return next(("bn." + new + rest[len(old):] for old, new in _OCBE_FUSE.items() if rest.startswith(old)), None)
+    if ours.startswith("ocbe.stage."):
+        return "bn.bn_layer." + ".".join(parts[2:]).replace(".shortcut.", ".downsample.")
+    if ours.startswith("decoder.stages."):
+        return f"decoder.layer{int(parts[2]) + 1}." + ".".join(parts[3:]).replace(".shortcut.", ".upsample.")
+    return None
+
+
+def authors_key_map(config: RD4ADConfig) -> dict[str, str]:
+    """adlib key -> the official key: OCBE <- ``bn.*`` (BN_layer), decoder <- ``decoder.layer1-3.*``, and the
+    teacher <- ``encoder.*`` when it comes from the checkpoint (``pretrained=False``)."""
+    from dataclasses import replace
+
+    with torch.device("meta"):
+        own = RD4AD(replace(config, pretrained=False)).state_dict()
+    key_map = {ours: _authors_key(ours) for ours in own if not (config.pretrained and ours.startswith("tokenizer."))}
+    unknown = [k for k, v in key_map.items() if v is None]
+    if unknown:
+        raise ValueError(f"adlib keys without an official counterpart: {unknown[:5]}")
+    return key_map
+
+
+def authors_ignored(config: RD4ADConfig) -> set[str]:
+    """Official keys adlib does not hold: BN_layer's ``conv4``/``bn4`` (built, never called in its forward) and,
+    with a teacher in the checkpoint, its ``layer4`` and ``fc`` (the teacher is tapped at layer1-3)."""
+    ignored = {"bn.conv4.weight"} | {f"bn.bn4.{k}" for k in ("weight", "bias", "running_mean", "running_var",
+                                                              "num_batches_tracked")}
+    if not config.pretrained:
+        import timm
+
+        from adlib import backbones
+
+        with torch.device("meta"):
+            full = timm.create_model(backbones.SPECS[config.backbone].timm_id, pretrained=False,
+                                     **(config.backbone_kwargs or {}))
+        ignored |= {f"encoder.{k}" for k in full.state_dict() if k.startswith(("layer4.", "fc."))}
+    return ignored
+
+
+def authors_config(shapes, **config) -> RD4ADConfig:
+    """Blocks, inner width ratio and teacher of an official checkpoint (Wide-ResNet-50-2 when the decoder's
+    inner width is half its output, ResNet-50 when a quarter); ``pretrained=False`` when it holds the teacher."""
+    from adlib.models import model_config
+
+    def count(prefix: str) -> int:
+        return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+    derived: dict[str, Any] = {"ocbe_blocks": count("bn.bn_layer."),
+                               "decoder_blocks": tuple(count(f"decoder.layer{i}.") for i in (1, 2, 3))}
+    if "decoder.layer1.0.conv3.weight" in shapes:
+        derived["width_ratio"] = shapes["decoder.layer1.0.conv1.weight"][0] / shapes["decoder.layer1.0.conv3.weight"][0]
+        derived["embedding_channels"] = shapes["bn.bn_layer.0.conv3.weight"][0]
+        derived["backbone"] = "wide_resnet50" if derived["width_ratio"] == 0.5 else "resnet50"
+    if "encoder.layer1.0.conv3.weight" in shapes:
+        outs = tuple(shapes[f"encoder.layer{i}.0.conv3.weight"][0] for i in (1, 2, 3))
+        derived["pretrained"] = False
+        if outs != (256, 512, 1024):
+            derived["backbone_kwargs"] = {"channels": tuple(c // 4 for c in outs) + (outs[-1] // 2,)}
+    derived.update(config)
+    return model_config("rd4ad", None, **derived)
+
+
+def authors_stages(model: RD4AD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Teacher features, the OCBE embedding, the student features, the map and the image score."""
+    out = model.explain(images)
+    stages = {f"encoder_{i + 1}": f for i, f in enumerate(out["teacher"])}
+    stages["bottleneck"] = model.ocbe(out["teacher"])
+    stages.update({f"decoder_{i + 1}": f for i, f in enumerate(out["student"])})
+    stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(out["teacher"]).reshape(1)  # main.py's loss_fucntion, eval mode
+    return stages

@@ -14,10 +14,20 @@
 5. the reconstruction is projected back to the feature width; training minimises the MSE to the clean
    (un-jittered) features; the map is the per-position L2 reconstruction error, upsampled bilinearly to the
    image; the image score is the maximum of the map average-pooled over 16 x 16 windows (stride 1).
-"""
+
+Checked against the official code (zhiyuanyou/UniAD a5b9d9d: ``models/reconstructions/uniad.py``,
+``models/necks/mfcn.py``, ``utils/eval_helper.py``; issue 22): ``tests/fixtures/parity/uniad.pt`` holds their
+ResNet backbone (at 1/64 width), MFCN and UniAD (hidden 16, 2 + 2 layers) with their init and outputs; every stage
+(encoder, neck, reconstruction, map, score) equals theirs within 1e-5 (``results/faithfulness/``). One bug, fixed:
+their EfficientNet-B4 port computes its TF "same" padding for 380 px and keeps it at 224 px (one stride-2 5 x 5
+conv pads (2, 2), timm's per-input SAME (1, 2)); ``static_padding_size="auto"`` now pads as theirs for
+efficientnet_b4 (``tests/test_parity_uniad.py`` compares the padding table of their code; the B4 features
+themselves cannot be compared: B4 does not shrink to a fixture and its weights cannot be had here)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -38,6 +48,15 @@ class UniADConfig:
     layers: tuple | None = None
     pretrained: bool = True
     image_size: int | tuple[int, int] = 224  # paper: 224 x 224
+    # timm keyword arguments that change the encoder's shape (a ResNet's ``channels``), with pretrained=False
+    # and the encoder's weights from a checkpoint (``authors_config`` sets them). None: timm's own.
+    backbone_kwargs: dict | None = None
+    # The encoder's TensorFlow "same" padding of its stride-2 convs. UniAD's EfficientNet (lukemelas' port,
+    # Conv2dStaticSamePadding) computes it once for the network's default resolution, 380 px for B4, and keeps
+    # it at 224 px: one 5 x 5 stride-2 conv (56 -> 28 px) then pads (2, 2) where TF SAME at 224 px pads (1, 2).
+    # "auto": 380 for efficientnet_b4 (UniAD's code), else the input's size (timm); an int: padding computed
+    # for that size; None: the input's size (TF SAME, timm).
+    static_padding_size: int | str | None = "auto"
     feature_stride: int = 16  # the neck resizes every tap to this stride (paper: 16)
     hidden_dim: int = 256  # transformer width (paper: 256)
     num_heads: int = 8  # (paper: 8)
@@ -161,6 +180,49 @@ def _init_weights(module: nn.Module) -> None:
                 nn.init.zeros_(m.bias)
 
 
+def _static_size(config: UniADConfig) -> int | None:
+    size = config.static_padding_size
+    if size == "auto":
+        return 380 if config.backbone == "efficientnet_b4" else None
+    if size is not None and (isinstance(size, str) or size < 1):
+        raise ValueError(f"static_padding_size={size!r}: expected 'auto', None or a size in pixels")
+    return size
+
+
+def _static_forward(conv: nn.Conv2d, pads: tuple[int, int, int, int], x: torch.Tensor) -> torch.Tensor:
+    return F.conv2d(F.pad(x, pads), conv.weight, conv.bias, conv.stride, 0, conv.dilation, conv.groups)
+
+
+def _fix_same_padding(encoder: nn.Module, size: int | None) -> list[tuple]:
+    """Give every TF-"same" conv of ``encoder`` that pads at run time (timm's Conv2dSame: the stride-2 ones) the
+    fixed padding it gets at a ``size`` x ``size`` input, as lukemelas' Conv2dStaticSamePadding does; returns
+    (module name, input size at ``size``, padding) per conv. None: nothing changes (padding per input)."""
+    if size is None:
+        return []
+    from timm.layers import Conv2dSame
+    from timm.layers.padding import pad_same_arg
+
+    convs = {name: m for name, m in encoder.named_modules() if isinstance(m, Conv2dSame)}
+    seen: dict[str, tuple[int, int]] = {}
+    def record(name: str, args) -> None:  # a pre-hook must return None (a value would replace the input)
+        seen.setdefault(name, tuple(args[0].shape[-2:]))
+
+    hooks = [m.register_forward_pre_hook(lambda m, args, name=name: record(name, args)) for name, m in convs.items()]
+    try:
+        with torch.no_grad():
+            encoder(torch.zeros(1, 3, size, size, device=next(encoder.parameters()).device))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    table = []
+    for name, hw in seen.items():
+        conv = convs[name]
+        pads = tuple(pad_same_arg(list(hw), list(conv.kernel_size), list(conv.stride), list(conv.dilation)))
+        conv.forward = partial(_static_forward, conv, pads)
+        table.append((name, hw, pads))
+    return table
+
+
 def _image_hw(size: int | tuple[int, int]) -> tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
@@ -187,12 +249,14 @@ class UniAD(AnomalyModel):
             from adlib import backbones
 
             layers = config.layers if config.layers is not None else (0, 1, 2, 3)
-            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained)
+            tokenizer = backbones.create(config.backbone, layers=layers, pretrained=config.pretrained,
+                                         timm_kwargs=config.backbone_kwargs)
         self.tokenizer = tokenizer
         for p in self.tokenizer.parameters():
             p.requires_grad_(False)
         self.tokenizer.eval()
         self.image_hw = _image_hw(config.image_size)
+        self.static_paddings = _fix_same_padding(self.tokenizer, _static_size(config))
         stride = config.feature_stride
         if self.image_hw[0] % stride or self.image_hw[1] % stride:
             raise ValueError(f"image_size={config.image_size} must be a multiple of feature_stride={stride}")
@@ -210,7 +274,8 @@ class UniAD(AnomalyModel):
         for module in (self.input_proj, self.output_proj, self.encoder, self.decoder):  # not the backbone
             _init_weights(module)
         self.pos_embed = POSITION_EMBEDDINGS[config.pos_embed](h, w, dim)
-        mask = window_mask(h, w, tuple(config.neighbor_size))
+        with torch.device("cpu"):  # a model may be built on the meta device (shapes only)
+            mask = window_mask(h, w, tuple(config.neighbor_size))
         if any(config.neighbor_mask) and bool(mask.all(dim=1).any()):
             raise ValueError(f"neighbor_size={tuple(config.neighbor_size)} hides every position of the {h} x {w} "
                              f"feature grid from some query; use a smaller window or a larger image_size")
@@ -290,3 +355,107 @@ class UniAD(AnomalyModel):
     def predict(self, images: torch.Tensor) -> Prediction:
         out = self.explain(images)
         return Prediction(out["map"], out["scores"])
+
+
+# ------------------------------------------------------------------------- the authors' checkpoints (official)
+# zhiyuanyou/UniAD saves the whole ModelHelper (backbone, neck, reconstruction) under "state_dict". Its MVTec
+# backbone is lukemelas' EfficientNet-B4 port holding TensorFlow's AutoAugment ImageNet weights (frozen), which
+# adlib takes from timm (tf_efficientnet_b4.aa_in1k, the same weights, pretrained=True): the checkpoint's
+# "backbone." keys are then ignored. Their ResNet backbone (same names as timm's) loads from the checkpoint.
+
+_DECODER_NAMES = {"query.": "learned_embed.", "attn_memory.": "self_attn.", "attn_previous.": "multihead_attn.",
+                  "ffn.0.": "linear1.", "ffn.3.": "linear2."}
+_ENCODER_NAMES = {"attn.": "self_attn.", "ffn.0.": "linear1.", "ffn.3.": "linear2."}
+
+
+def _rename(rest: str, table: dict[str, str]) -> str:
+    return next((new + rest[len(old):] for old, new in table.items() if rest.startswith(old)), rest)
+
+
+def _authors_key(ours: str) -> str | None:
+    parts = ours.split(".")
+    if ours.startswith("tokenizer.model."):
+        return "backbone." + ours[len("tokenizer.model."):]
+    if parts[0] in ("input_proj", "output_proj"):
+        return "reconstruction." + ours
+    if ours.startswith("pos_embed."):
+        return {"pos_embed.row.weight": "reconstruction.pos_embed.row_embed.weight",
+                "pos_embed.col.weight": "reconstruction.pos_embed.col_embed.weight"}.get(ours)
+    if parts[0] == "encoder":
+        return f"reconstruction.transformer.encoder.layers.{parts[1]}." + _rename(".".join(parts[2:]), _ENCODER_NAMES)
+    if parts[0] == "decoder":
+        return f"reconstruction.transformer.decoder.layers.{parts[1]}." + _rename(".".join(parts[2:]), _DECODER_NAMES)
+    if parts[0] == "decoder_norm":
+        return "reconstruction.transformer.decoder.norm." + parts[1]
+    return None
+
+
+def authors_key_map(config: UniADConfig) -> dict[str, str]:
+    """adlib key -> the official key (``reconstruction.*``; ``backbone.*`` when the encoder comes from the
+    checkpoint, ``pretrained=False``)."""
+    from dataclasses import replace
+
+    with torch.device("meta"):
+        own = UniAD(replace(config, pretrained=False)).state_dict()
+    key_map = {ours: _authors_key(ours) for ours in own if not config.pretrained or not ours.startswith("tokenizer.")}
+    unknown = [k for k, v in key_map.items() if v is None]
+    if unknown:
+        raise ValueError(f"adlib keys without an official counterpart: {unknown[:5]}")
+    return key_map
+
+
+def authors_ignored(config: UniADConfig) -> set[str]:
+    """Official keys adlib does not hold: with ``pretrained=True`` the whole ``backbone.`` (a prefix: the
+    frozen ImageNet encoder, loaded from timm); else the encoder's stages after the last tap (their ResNet
+    runs layer4, MFCN never reads it) and its classifier."""
+    if config.pretrained:
+        return {"backbone."}
+    import timm
+
+    from adlib import backbones
+
+    with torch.device("meta"):
+        full = timm.create_model(backbones.SPECS[config.backbone].timm_id, pretrained=False,
+                                 **(config.backbone_kwargs or {}))
+        own = UniAD(config).tokenizer.model.state_dict()
+    return {f"backbone.{k}" for k in full.state_dict() if k not in own}
+
+
+def authors_config(shapes, **config) -> UniADConfig:
+    """Transformer sizes, grid (hence image size) and position embedding of an official checkpoint; a ResNet
+    backbone in it (their ``models/backbones/resnet.py``) is loaded from it (``pretrained=False``)."""
+    from adlib.models import model_config
+
+    prefix = "reconstruction.transformer."
+
+    def count(part: str) -> int:
+        return len({k[len(prefix + part):].split(".")[0] for k in shapes if k.startswith(prefix + part)})
+
+    derived: dict[str, Any] = {}
+    if "reconstruction.input_proj.weight" in shapes:
+        derived["hidden_dim"] = shapes["reconstruction.input_proj.weight"][0]
+        derived["num_encoder_layers"] = count("encoder.layers.")
+        derived["num_decoder_layers"] = count("decoder.layers.")
+        derived["dim_feedforward"] = shapes[prefix + "encoder.layers.0.linear1.weight"][0]
+    if "reconstruction.pos_embed.row_embed.weight" in shapes:
+        h = shapes["reconstruction.pos_embed.row_embed.weight"][0]
+        w = shapes["reconstruction.pos_embed.col_embed.weight"][0]
+        derived.update(pos_embed="learned", image_size=(16 * h, 16 * w) if h != w else 16 * h)
+    if "backbone.layer1.0.conv3.weight" in shapes:  # their ResNet (Bottleneck) backbone
+        outs = tuple(shapes[f"backbone.layer{i}.0.conv3.weight"][0] for i in (1, 2, 3))
+        ratio = shapes["backbone.layer1.0.conv1.weight"][0] / outs[0]
+        derived.update(backbone="wide_resnet50" if ratio == 0.5 else "resnet50", pretrained=False)
+        if outs != (256, 512, 1024):
+            derived["backbone_kwargs"] = {"channels": tuple(c // 4 for c in outs) + (outs[-1] // 2,)}
+    derived.update(config)
+    return model_config("uniad", None, **derived)
+
+
+def authors_stages(model: UniAD, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """Encoder features, the MFCN output, the reconstruction, the map (the official ``pred``) and the score."""
+    feats = list(model.tokenizer(images))
+    out = model.explain(images)
+    stages = {f"encoder_{i + 1}": f for i, f in enumerate(feats)}
+    stages.update(neck=out["features"], reconstruction=out["reconstruction"], map=out["map"], score=out["scores"])
+    stages["loss"] = model.loss(model.extract(images)).reshape(1)  # FeatureMSELoss, eval mode (no jitter)
+    return stages

@@ -522,8 +522,13 @@ class VarAD(AnomalyModel):
 
     def calibration_split(self) -> str | None:
         """error="mahalanobis" estimates the normal residuals' statistics on the training images after training
-        (``adlib.study.run_one`` and ``adlib.engine.fit`` hand them to ``calibrate``)."""
+        (``adlib.study.run_one`` hands them to ``calibrate`` through ``engine.fit(..., calibration=)``)."""
         return "train" if self.whiteners is not None else None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the map can be scored: always for error="l2"; for "mahalanobis" once ``calibrate`` ran."""
+        return self.whiteners is None or all(float(w.count) >= 2 for w in self.whiteners)
 
     @torch.no_grad()
     def calibrate(self, batches) -> None:
@@ -621,6 +626,10 @@ class VarAD(AnomalyModel):
         "mahalanobis"), ``error_maps`` (B, H, W) per hierarchy, the token scores upsampled, ``map`` (B, H, W)
         final smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
         """
+        if not self.calibrated:
+            raise RuntimeError("VarAD(error='mahalanobis') scores residuals with statistics of normal training "
+                               "residuals: fit with adlib.engine.fit(..., calibration=<the training images>) or call "
+                               "model.calibrate(batches) first (adlib.study.run_one does it)")
         out = self.forward_tokens(self.extract(images))
         out["token_scores"] = [self.token_score(h, p - t) for h, (p, t) in enumerate(zip(out["predicted"], out["targets"]))] \
             if self.whiteners is not None else out["errors"]

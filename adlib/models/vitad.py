@@ -26,6 +26,22 @@ CNN encoders (the offline smoke profile, EfficientNet-Lite0): a CNN is pyramidal
 resampled to one common grid (stride ``cnn_stride``) to make it columnar, and decoder outputs pass through a
 per-stage Linear read-out where a stage's width differs from the decoder's. Both are additions for
 non-ViT encoders; a ViT encoder runs exactly the paper's architecture (no resampling, no read-out).
+
+Checked against ADer's code (zhangzjn/ADer 902937a: ``model/vitad.py``, ``util/metric.py``; issue 22):
+``tests/fixtures/parity/vitad.pt`` holds ADer's ViTAD at a reduced size (their classes and init) and its outputs;
+with its weights loaded through ``authors.from_authors`` every stage (teacher taps, fuser input and output,
+decoder taps, each stage's upsampled map, the map, the score) equals theirs within 1e-5
+(``results/faithfulness/``). Deviations:
+
+- on purpose, ``map_divisor``: ADer's ``cal_anomaly_map(amap_mode='add')`` divides the stage sum by
+  n_stages ** 2; adlib sums, as the paper's map (a constant: no metric changes); "ader" gives the code's scale;
+- a bug, fixed: the Gaussian padded maps with PyTorch's reflect border where ADer calls
+  ``scipy.ndimage.gaussian_filter`` (its "reflect" repeats the edge sample), which changes the map near its
+  borders; ``smoothing_padding='reflect'`` restores it (``benchmarks/parity/faithfulness.py`` prints the
+  difference before and after);
+- a released ADer checkpoint (``ckpt.pth``/``net.pth``) holds the encoder (``net_t``): ``authors_config``
+  reads its width, depth and image size and loads it (``pretrained=False``); only its head count, which no
+  shape shows, is width / 64 unless given.
 """
 from __future__ import annotations
 
@@ -41,6 +57,7 @@ from adlib.models.base import AnomalyModel, Prediction
 from adlib.models.common import check_choice, gaussian_blur
 
 FUSERS = ("linear", "add", "vit", "conv")
+MAP_DIVISORS = ("none", "ader")
 LOSSES = ("cos_flat", "cos_pos", "l1", "mse")
 
 
@@ -54,6 +71,10 @@ class ViTADConfig:
     pretrained: bool = True  # False: a random, frozen encoder (Tab. I "Rand")
     weights: str | None = None  # a local timm checkpoint for the encoder (overrides pretrained)
     image_size: int = 256  # square input side; paper 256 (Fig. 9 varies it)
+    # timm keyword arguments that change the encoder's shape (img_size, embed_dim, depth, num_heads), with
+    # pretrained=False: an authors' checkpoint carries its encoder's weights (ADer builds the ViT at img_size
+    # 256, so its position embedding has 16 x 16 + 1 entries); ``authors_config`` sets them. None: timm's own.
+    backbone_kwargs: dict | None = None
     # Taps that end the encoder's divisions = stages 1..N (ViT: 1-indexed blocks; CNN: feature stages). The last
     # division feeds the fuser by default. None: 4 equal divisions of a ViT (3, 6, 9, 12), a CNN's stages 1-4.
     layers: tuple[int, ...] | None = None
@@ -78,6 +99,12 @@ class ViTADConfig:
     # --- objective and scoring
     loss: str = "cos_flat"  # Tab. XI: "cos_flat" (default), "cos_pos", "l1", "mse"; the map uses the same distance
     smoothing_sigma: float = 4.0  # Gaussian sigma in pixels (ADer; the paper gives none)
+    # The stage maps are summed (the paper); "ader" divides the sum by n_stages ** 2 as ADer's
+    # ``cal_anomaly_map(amap_mode='add')`` does (len(maps) * sum(weights)): a constant that changes no metric.
+    map_divisor: str = "none"
+    # The Gaussian's border: "symmetric" is scipy.ndimage.gaussian_filter's (the edge sample repeated), what
+    # ADer calls; "reflect" (PyTorch's) is what adlib used before the parity check found it (issue 22).
+    smoothing_padding: str = "symmetric"
     score_pool: int = 16  # image score: max after a k x k stride-1 average pooling (ADer); 0: plain max
     # --- training data
     # Tab. XII: "none" (paper), "cc+cj", "cc+rhf", "cc+rr", "rrc", "all"; applied to training images only, so
@@ -325,6 +352,8 @@ class ViTAD(AnomalyModel):
         check_choice("fuser", config.fuser, FUSERS)
         check_choice("loss", config.loss, LOSSES)
         check_choice("augmentation", config.augmentation, AUGMENTATIONS)
+        check_choice("map_divisor", config.map_divisor, MAP_DIVISORS)
+        check_choice("smoothing_padding", config.smoothing_padding, ("symmetric", "reflect"))
         if not config.restraint_stages:
             raise ValueError("restraint_stages: need at least one stage to reconstruct")
         if len(set(config.restraint_stages)) != len(config.restraint_stages):
@@ -369,7 +398,7 @@ class ViTAD(AnomalyModel):
             import timm
 
             with torch.device("meta"):
-                depth = len(timm.create_model(spec.timm_id, pretrained=False).blocks)
+                depth = len(timm.create_model(spec.timm_id, pretrained=False, **(config.backbone_kwargs or {})).blocks)
             taps = [depth // 4 * i for i in (1, 2, 3, 4)]
         else:
             taps = [1, 2, 3, 4]
@@ -379,7 +408,8 @@ class ViTAD(AnomalyModel):
             taps = [0] + taps
             self._cnn_stem_tap = True
         return backbones.create(config.backbone, layers=taps, pretrained=config.pretrained, weights=config.weights,
-                                final_norm=not config.before_norm and spec.kind == "vit")
+                                final_norm=not config.before_norm and spec.kind == "vit",
+                                timm_kwargs=config.backbone_kwargs)
 
     def _device(self) -> torch.device:
         return next(self.tokenizer.parameters()).device
@@ -496,7 +526,10 @@ class ViTAD(AnomalyModel):
         """Stage maps upsampled to the image (bilinear, align_corners=True as ADer), summed and smoothed."""
         up = [F.interpolate(m.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=True).squeeze(1)
               for m in stage_maps]
-        return up, gaussian_blur(torch.stack(up).sum(0), self.config.smoothing_sigma)
+        total = torch.stack(up).sum(0)
+        if self.config.map_divisor == "ader":
+            total = total / len(up) ** 2
+        return up, gaussian_blur(total, self.config.smoothing_sigma, padding=self.config.smoothing_padding)
 
     def image_scores(self, maps: torch.Tensor) -> torch.Tensor:
         k = min(self.config.score_pool, *maps.shape[-2:])
@@ -552,4 +585,108 @@ def parameter_groups(model: ViTAD) -> dict[str, int]:
             "readouts": count(model.readouts)}
 
 
-__all__ = ["ViTAD", "ViTADConfig", "FUSERS", "LOSSES", "AUGMENTATIONS", "parameter_groups"]
+# ------------------------------------------------------------------------- the authors' checkpoints (ADer)
+# ADer's ViTAD (zhangzjn/ADer model/vitad.py) holds net_t (timm ViT encoder, all its blocks), net_fusion.fc
+# (the Linear) and net_s (a timm VisionTransformer used from its position embedding and blocks only). A
+# released ckpt.pth keeps them under "net"; the encoder's weights are in it, so no DINO download is needed.
+
+
+def _block_count(shapes, prefix: str) -> int:
+    return len({k[len(prefix):].split(".")[0] for k in shapes if k.startswith(prefix)})
+
+
+def authors_config(shapes, **config) -> ViTADConfig:
+    """The config of an ADer ViTAD checkpoint: encoder width, patch, depth and ``img_size`` from ``net_t``
+    (weights loaded from the checkpoint, ``pretrained=False``), decoder divisions from ``net_s``'s depth."""
+    import math
+
+    from adlib.models import model_config
+
+    derived: dict[str, Any] = {}
+    if "net_t.pos_embed" in shapes and "net_t.patch_embed.proj.weight" in shapes:
+        tokens, dim = shapes["net_t.pos_embed"][1], shapes["net_t.pos_embed"][2]
+        patch = shapes["net_t.patch_embed.proj.weight"][-1]
+        side = math.isqrt(tokens - 1) * patch
+        depth = _block_count(shapes, "net_t.blocks.")
+        known = {(384, 16): "dino_vits16", (384, 8): "dino_vits8"}  # ADer's ViT-S entries, ImageNet mean/std
+        kwargs: dict[str, Any] = {"img_size": side}
+        backbone = known.get((dim, patch), "dino_vits16")
+        if (dim, patch) not in known:  # another width: ADer's heads are width / 64 for ViT-S/B/L
+            kwargs.update(embed_dim=dim, patch_size=patch, num_heads=max(dim // 64, 1))
+        if depth != 12 or (dim, patch) not in known:
+            kwargs["depth"] = depth
+        derived.update(backbone=backbone, pretrained=False, weights=None, image_size=side, backbone_kwargs=kwargs)
+    decoder_depth = _block_count(shapes, "net_s.blocks.")
+    if decoder_depth and decoder_depth % 3 == 0:
+        derived["decoder_divisions"] = (decoder_depth // 3,) * 3
+    derived.update(config)
+    return model_config("vitad", None, **derived)
+
+
+def _meta_model(config: ViTADConfig) -> "ViTAD":
+    with torch.device("meta"):
+        return ViTAD(config)
+
+
+def authors_key_map(config: ViTADConfig) -> dict[str, str]:
+    """adlib key -> ADer key: ``tokenizer.model.*`` <- ``net_t.*``, ``fuser.linear`` <- ``net_fusion.fc``,
+    ``decoder.*`` <- ``net_s.*`` (same timm block names)."""
+    if config.fuser != "linear" or not config.fuser_linear:
+        raise ValueError(f"ADer's ViTAD has one Linear fuser; fuser={config.fuser!r} has no authors' weights")
+    key_map = {}
+    for ours in _meta_model(config).state_dict():
+        if ours.startswith("tokenizer.model."):
+            key_map[ours] = "net_t." + ours[len("tokenizer.model."):]
+        elif ours.startswith("fuser.linear."):
+            key_map[ours] = "net_fusion.fc." + ours[len("fuser.linear."):]
+        elif ours.startswith("decoder."):
+            key_map[ours] = "net_s." + ours[len("decoder."):]
+        else:
+            raise ValueError(f"{ours}: no ADer counterpart (a CNN encoder's read-out?)")
+    return key_map
+
+
+def authors_ignored(config: ViTADConfig) -> set[str]:
+    """ADer keys adlib's model does not hold: net_s's unused ViT parts (class token, patch embedding, final
+    norm, classifier head: ViT_Decoder.forward starts at the position embedding and stops after the blocks),
+    net_t's final norm and head (the taps are raw block outputs, before_norm) and any encoder block after the
+    last tap."""
+    ignored = {f"net_s.{k}" for k in ("cls_token", "patch_embed.proj.weight", "patch_embed.proj.bias",
+                                      "norm.weight", "norm.bias", "head.weight", "head.bias")}
+    ignored |= {"net_t.head.weight", "net_t.head.bias"}
+    if config.before_norm:
+        ignored |= {"net_t.norm.weight", "net_t.norm.bias"}
+    import timm
+    from adlib import backbones
+
+    with torch.device("meta"):
+        full = timm.create_model(backbones.SPECS[config.backbone].timm_id, pretrained=False,
+                                 **(config.backbone_kwargs or {}))
+    used = max(_meta_model(config).stage_taps)
+    ignored |= {f"net_t.{k}" for k in full.state_dict() if k.startswith("blocks.") and int(k.split(".")[1]) >= used}
+    return ignored
+
+
+def authors_stages(model: "ViTAD", images: torch.Tensor) -> dict[str, torch.Tensor]:
+    """The stages the fixture holds, in ADer's layouts: teacher (restraint) features and decoder outputs as
+    (B, C, h, w), the fuser's input and output tokens, each stage's upsampled map, the map and the score."""
+    out = model.explain(images)
+    grid = lambda t: t[:, model.prefix:].transpose(1, 2).reshape(t.shape[0], -1, *model.grid)  # noqa: E731
+    stages = {f"encoder_{i + 1}": grid(t) for i, t in enumerate(out["targets"])}
+    stages["fuser_input"] = out["stages"][model.fuser_stages[0]]
+    stages["fuser"] = out["fused"]
+    stages.update({f"decoder_{i + 1}": grid(r) for i, r in enumerate(out["reconstructions"])})
+    stages.update({f"stage_map_{i + 1}": m for i, m in enumerate(out["upsampled"])})
+    stages["map"], stages["score"] = out["map"], out["scores"]
+    stages["loss"] = model.loss(model.extract(images)).reshape(1)  # Cos_f, eval mode (ADer's CosLoss)
+    return stages
+
+
+# Config fields whose fixture value is the authors' behaviour where adlib's default differs on purpose, and the
+# values that give adlib's behaviour before the bug fixes the parity check made (benchmarks/parity/faithfulness.py).
+AUTHORS_SWITCHES = ("map_divisor",)
+AUTHORS_FIXES = {"smoothing_padding": "reflect"}
+
+
+__all__ = ["ViTAD", "ViTADConfig", "FUSERS", "LOSSES", "AUGMENTATIONS", "MAP_DIVISORS", "parameter_groups",
+           "authors_config", "authors_key_map", "authors_ignored", "authors_stages"]

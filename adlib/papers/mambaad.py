@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.spec import Claim, PaperSpec, ProfileSpec, Recipe, Side, TableSpec
+from adlib.study.spec import Claim, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec, TrainTime
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -132,12 +132,23 @@ PAPER_PROFILE = ProfileSpec(
         "table2": _TABLE2_PAPER, "table2_cost": _TABLE2_COST,
         "table3": {**_TABLE3, **_FIGURE_DIRECTIONS}, "table4": _TABLE4,
         "defaults": DEFAULT_SETTINGS,
-        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None,
+        "ablation": {"categories": None, "class_setting": "multi-class", "max_train": None, "max_test": None,
                      "epochs": None, "batch_size": None, "image_size": 256},
         "complexity_sizes": (128, 256, 384, 512),
         "non_power_of_two_size": 224,
     },
 )
+
+# The paper's own training times (for `adlib reproduce --plan`): Sec. 4.1 states 500 epochs on one V100 32GB and no
+# duration; it prints no training time for any method.
+TRAIN_TIMES = {model: TrainTime(None, "dataset", "one V100 32GB", "Sec. 4.1", "not stated: 500 epochs on one V100, "
+                                "no duration given") for model in ("mambaad", "patchcore", "rd4ad", "uniad")}
+NOTEBOOK_RUNS = {
+    "00_method": NotebookRuns(note="architecture, parameters and decoder timing on random inputs: no fit"),
+    "01_main_results": NotebookRuns(("mambaad", "patchcore", "rd4ad", "uniad")),
+    "02_ablations": NotebookRuns(("mambaad",), ("table3", "table4", "table2_cost"),
+                                 weights=("resnet18", "resnet50", "wide_resnet50")),
+}
 
 # ------------------------------------------------------------------------------------------------ recipes
 
@@ -246,44 +257,52 @@ def _side(label: str, **where) -> Side:
 
 _PEERS = (_side("RD4AD", method="RD4AD"), _side("UniAD", method="UniAD"), _side("PatchCore", method="PatchCore"))
 _T4_DEFAULT = DEFAULT_SETTINGS["table4"]
+# When MambaAD counts as working (adlib.study.spec.Floor): above chance against the peers; for its scan and LSS
+# ablations also half the best other method's value on the same images where one ran.
+_WORKS = Floor(why="MambaAD must detect something on these images: above chance")
+_WORKS_LIKE_A_PEER = Floor(of_best_peer=0.5, why="an ablation is read only where MambaAD works: above chance and at "
+                                                 "half the best other method's value")
 
 CLAIMS = (
     Claim("beats_peers_multiclass", "MambaAD outperforms the compared methods in the multi-class setting "
           "(Table 1: mAD 86.0 on MVTec AD against RD4AD 82.3 and UniAD 81.7).", "Sec. 4.2, Table 1", table="table1",
           metric="mad", level="summary", favoured=_side("MambaAD", method="MambaAD"), against=_PEERS,
-          note="PatchCore is not in the paper; it is adlib's reference peer"),
+          note="PatchCore is not in the paper; it is adlib's reference peer", floor=_WORKS),
     Claim("pixel_auroc_beats_peers", "MambaAD's pixel mAU-ROC is above the compared methods' (Table 1).",
           "Sec. 4.2, Table 1", table="table1", metric="auroc", level="pixel",
-          favoured=_side("MambaAD", method="MambaAD"), against=_PEERS),
+          favoured=_side("MambaAD", method="MambaAD"), against=_PEERS, floor=_WORKS),
     Claim("hilbert_8_best_scan", "Hilbert scanning with 8 directions is the best scan (Table 3): the other methods "
           "are 'marginally inferior at the image level', and mixing methods lowers performance.",
           "Sec. 4.3, Table 3", table="table3", metric="auroc", level="image",
           favoured=_side("Hilbert, 8 directions", setting="scan=hilbert,dirs=8"),
           against=tuple(_side(label, setting=label) for label in _TABLE3 if label != "scan=hilbert,dirs=8"),
-          note="the printed spread is at most 1.8 image AU-ROC: expect inconclusive on a CPU"),
+          note="the printed spread is at most 1.8 image AU-ROC: expect inconclusive on a CPU",
+          floor=_WORKS_LIKE_A_PEER),
     Claim("more_directions_help", "Image-level metrics improve as the number of scan directions grows (Table 3, "
           "rows 5-7: 2, 4, 8 Hilbert directions).", "Sec. 4.3, Table 3", table="table3", metric="auroc",
           level="image", favoured=_side("8 directions", setting="scan=hilbert,dirs=8"),
           against=(_side("2 directions", setting="scan=hilbert,dirs=2"),
-                   _side("4 directions", setting="scan=hilbert,dirs=4"))),
+                   _side("4 directions", setting="scan=hilbert,dirs=4")), floor=_WORKS_LIKE_A_PEER),
     Claim("cascaded_hss_help", "LSS modules of 2-3 cascaded HSS blocks beat one HSS block per LSS (Table 4).",
           "Sec. 4.3, Table 4", table="table4", metric="auroc", level="image",
           favoured=_side("M_i = 2/3", setting=_T4_DEFAULT),
-          against=(_side("M_i = 1", setting=_tab4_label("1", "yes", "dw+1x1", (5, 7))),)),
+          against=(_side("M_i = 1", setting=_tab4_label("1", "yes", "dw+1x1", (5, 7))),), floor=_WORKS_LIKE_A_PEER),
     Claim("pointwise_convs_help", "With M_i = 2/3, depthwise branches flanked by 1x1 convolutions beat depthwise "
           "convolutions alone (Table 4).", "Sec. 4.3, Table 4", table="table4", metric="auroc", level="image",
           favoured=_side("DWConv + 1x1", setting=_T4_DEFAULT),
-          against=(_side("only DWConv", setting=_tab4_label("2/3", "yes", "dw", (5, 7))),)),
+          against=(_side("only DWConv", setting=_tab4_label("2/3", "yes", "dw", (5, 7))),), floor=_WORKS_LIKE_A_PEER),
     Claim("kernels_5_7_best", "Kernel sizes 5 and 7 suit the local branches best (Table 4, M_i = 2/3 with 1x1 "
           "convolutions).", "Sec. 4.3, Table 4", table="table4", metric="auroc", level="image",
           favoured=_side("k = 5, 7", setting=_T4_DEFAULT),
           against=(_side("k = 3, 5", setting=_tab4_label("2/3", "yes", "dw+1x1", (3, 5))),
-                   _side("k = 3, 5, 7", setting=_tab4_label("2/3", "yes", "dw+1x1", (3, 5, 7))))),
+                   _side("k = 3, 5, 7", setting=_tab4_label("2/3", "yes", "dw+1x1", (3, 5, 7)))),
+                   floor=_WORKS_LIKE_A_PEER),
     Claim("residual_helps", "The residual connection of the LSS module helps (Table 4, M_i = 1 with 1x1 "
           "convolutions, k = 5, 7; the paper notes that without it some metrics are higher but training is longer "
           "and harder to converge).", "Sec. 4.3, Table 4", table="table4", metric="auroc", level="image",
           favoured=_side("with residual", setting=_tab4_label("1", "yes", "dw+1x1", (5, 7))),
-          against=(_side("no residual", setting=_tab4_label("1", "no", "dw+1x1", (5, 7))),)),
+          against=(_side("no residual", setting=_tab4_label("1", "no", "dw+1x1", (5, 7))),),
+          floor=_WORKS_LIKE_A_PEER),
     Claim("linear_complexity", "MambaAD's decoder has linear complexity in the number of tokens (Sec. 1, Fig. 1): "
           "its time grows with a fitted exponent near 1, below a same-width self-attention block's.",
           "Sec. 1 and 3, Fig. 1", table="complexity", metric="exponent", level="model", higher_is_better=False,
@@ -303,6 +322,10 @@ PAPER = PaperSpec(
     figures=FIGURES,
     datasets={"mvtec_ad": "MVTec AD", "visa": "VisA", "real_iad": "Real-IAD", "uni_medical": "Uni-Medical",
               "mvtec_3d": "MVTec 3D-AD", "coco_ad": "COCO-AD"},
+    train_times=TRAIN_TIMES,
+    notebook_runs=NOTEBOOK_RUNS,
+    reference_code=("The authors' code is their release (lewandofskee/MambaAD, commit 0434452: model, trainer, "
+                    "configs) run inside the ADer toolbox (zhangzjn/ADer, commit 902937a), whose evaluator it uses."),
 )
 
 # ------------------------------------------------------------------------------------------- measurements
@@ -509,22 +532,20 @@ def _absent_reason(setting, folder: str, dataset: str, printed: str, ran: list[s
     """Why nothing of ours stands beside the printed row ``printed`` (a category, or ``dataset``'s mean over its
     ``count`` printed categories) when ``ran`` (our categories of ``dataset`` with values) does not hold it. The
     words name the dataset, not the row, so that one statement covers all the rows it explains."""
-    from pathlib import Path
-
     from adlib.data import list_categories
+    from adlib.data.standins import missing_reason
 
-    root = Path(setting.real_root) / folder if setting.real_root is not None else None
+    root, standin = setting.dataset_root(folder)  # a path check's stand-in counts as here
     if root is None:
-        where = f"{dataset} is not on this machine (no data root: data_root and $ADLIB_DATA unset)"
-    elif not root.is_dir():
-        where = f"{dataset} is not on this machine (no {folder}/ under {setting.real_root})"
+        where = missing_reason(folder, setting.real_root)  # where it was looked for and how to get it
     elif "/" not in printed:  # the dataset's mean row
         where = (f"the mean over the paper's {count} {dataset} categories: only {', '.join(ran)} ran here" if ran
                  else f"no {dataset} category ran here")
     else:
         present = list_categories(root)
         if printed.split("/", 1)[1] not in present:
-            where = f"not on this machine (its {folder}/ holds only {', '.join(present)})"
+            where = (f"not on this machine (its {folder}/ holds only {', '.join(present)}"
+                     + (", a path check's stand-in)" if standin else ")"))
         else:
             runs = setting.spec.real_categories
             where = (f"on this machine, but the {setting.profile} profile runs only "

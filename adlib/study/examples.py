@@ -42,7 +42,8 @@ def example_maps(runs: Mapping[str, object], k: int = 3, indices: Sequence[int] 
 
 
 def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | None = None):
-    """For each data source, k anomalous test images with every method's map on them.
+    """For each data source, and each category of a multi-class run, k anomalous test images with every
+    method's map on them (so a grid shows every category the runs evaluated, k rows each).
 
     ``runs`` is the ``keep`` dict of ``run_grid`` (keys (model, label, source name, seed)); ``seed`` picks one
     seed's runs (default: the smallest). Returns images, masks, {method: maps} and row labels."""
@@ -54,12 +55,15 @@ def examples_by_source(runs: Mapping[tuple, object], k: int = 2, seed: int | Non
         if key[3] == seed:
             by_source.setdefault(run.source.name, {})[run.method] = run
     for name, group in by_source.items():
-        imgs, msks, mps = example_maps(group, k)
-        images += imgs
-        masks += msks
-        labels += [name] * len(imgs)
-        for method, stack in mps.items():
-            maps.setdefault(method, []).extend(stack)
+        first = next(iter(group.values()))
+        categories = [s.category for s in first.sources] if isinstance(first.test, dict) else [None]
+        for category in categories:
+            imgs, msks, mps = example_maps(group, k, category=category)
+            images += imgs
+            masks += msks
+            labels += [f"{first.dataset_name}/{category}" if category else name] * len(imgs)
+            for method, stack in mps.items():
+                maps.setdefault(method, []).extend(stack)
     return images, masks, maps, labels
 
 

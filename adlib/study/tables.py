@@ -1,21 +1,50 @@
-"""Long-format table helpers for the notebooks: seed summaries, wide views, means, trends, dataset counts."""
+"""Long-format table helpers for the notebooks: seed summaries, wide views, means, trends, dataset counts.
+
+Numbers are shown as computed: a helper that summarises rows over seeds never averages rows of different
+scopes (a category, the mean over categories, all images pooled) or of different metric protocols into one
+number. Where a group of rows would mix them, ``seed_summary`` (and every view built on it) raises a
+one-line ``ValueError`` naming what is mixed; select one (``pivot(..., scope="mean", protocol="ader")``) or
+keep the column in the keys.
+"""
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Mapping, Sequence
 
+import numpy as np
 import pandas as pd
 
 from adlib.study.setting import Setting
+from adlib.study.spec import PATH_CHECK, is_check
 
 QUALITY_METRICS = ("auroc", "ap", "f1max", "aupro")
 GROUP_KEYS = ("dataset", "method", "setting", "level", "metric", "protocol", "class_setting", "scope", "image_size")
+UNMIXED = ("scope", "protocol")  # never averaged across: a group of rows must hold one value of each
+
+
+def check_unmixed(df: pd.DataFrame, keys: Sequence[str], what: str = "seed_summary") -> None:
+    """Raise when rows that ``keys`` put in one group differ in scope or protocol (see the module docstring)."""
+    for column in UNMIXED:
+        if column not in df.columns or column in keys or df.empty:
+            continue
+        values = df[column].fillna("").astype(str)
+        if keys:
+            mixed = values.groupby([df[k].astype(str) for k in keys], sort=False).nunique() > 1
+            if not mixed.any():
+                continue
+        elif values.nunique() <= 1:
+            continue
+        found = sorted(set(values))
+        raise ValueError(f"{what}: rows of different {column}s {found} would be averaged into one number; "
+                         f"select one ({column}=...) or keep '{column}' in the keys")
 
 
 def seed_summary(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS) -> pd.DataFrame:
-    """Mean, standard deviation (ddof 1) and number of seeds of every row group over its seeds."""
+    """Mean, standard deviation (ddof 1) and number of seeds of every row group over its seeds. Refuses groups
+    that mix scopes or protocols (``check_unmixed``)."""
     keys = [k for k in keys if k in df.columns]
     ran = df.dropna(subset=["value"])
+    check_unmixed(ran, keys)
     grouped = ran.groupby(keys, sort=False, dropna=False)["value"]
     out = grouped.agg(mean="mean", std="std", n="count").reset_index()
     out["std"] = out["std"].fillna(0.0)
@@ -23,13 +52,18 @@ def seed_summary(df: pd.DataFrame, keys: Sequence[str] = GROUP_KEYS) -> pd.DataF
 
 
 def pivot(df: pd.DataFrame, level: str = "pixel", columns: str = "metric", index=("dataset", "method", "setting"),
-          metrics: Sequence[str] = QUALITY_METRICS, protocol: str | None = None, with_std: bool = False) -> pd.DataFrame:
+          metrics: Sequence[str] = QUALITY_METRICS, protocol: str | None = None, with_std: bool = False,
+          scope: str | None = None) -> pd.DataFrame:
     """A readable wide view: one row per (dataset, method, setting), one column per metric; values are the
-    mean over seeds ("mean ± std" strings with ``with_std`` when there are several seeds)."""
+    mean over seeds ("mean ± std" strings with ``with_std`` when there are several seeds). ``protocol`` and
+    ``scope`` select rows; rows of several scopes or protocols in one cell are refused, not averaged."""
     part = df[(df["level"] == level) & (df["metric"].isin(metrics))]
     if protocol is not None and "protocol" in part.columns:
         part = part[part["protocol"] == protocol]
+    if scope is not None and "scope" in part.columns:
+        part = part[part["scope"] == scope]
     index = [i for i in index if i in part.columns]
+    check_unmixed(part.dropna(subset=["value"]), list(index) + [columns], "pivot")
     summary = seed_summary(part, list(index) + [columns])
     if with_std and (summary["n"] > 1).any():
         summary["value"] = [f"{m:.1f} ± {s:.1f}" if n > 1 else f"{m:.1f}"
@@ -72,21 +106,41 @@ def trend(df: pd.DataFrame, method: str, metric: str = "f1max", level: str = "pi
     part["resolution"] = part["setting"].map(setting_value)
     wide = part.pivot_table(index="dataset", columns="resolution", values="mean", aggfunc="first")
     wide = wide[sorted(wide.columns)]
-    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0]
+    wide["change"] = wide.iloc[:, -1] - wide.iloc[:, 0] if len(wide.columns) else float("nan")  # nothing ran: empty
     return wide.round(1)
+
+
+def _mean_boot(values) -> object:
+    """The mean per resample of several rows' test-image resamples (None unless every row has them)."""
+    arrays = list(values)
+    if not arrays or not all(isinstance(a, np.ndarray) for a in arrays) or len({a.shape for a in arrays}) != 1:
+        return None
+    return np.mean(np.stack(arrays), axis=0)
 
 
 def dataset_means(df: pd.DataFrame, expected: Mapping[str, int]) -> pd.DataFrame:
     """Add per-dataset mean rows (dataset = the part before "/", scope "mean") when every one of the
     dataset's ``expected`` categories ran (name -> count, e.g. from the paper's Table I). A partial run (bottle
-    only) gets no mean row, so it is never mistaken for the dataset's number."""
-    parts = df.assign(parent=df["dataset"].str.split("/").str[0])
+    only) gets no mean row, so it is never mistaken for the dataset's number. Only per-category rows are
+    averaged; their test-image resamples (``boot``) and chance levels are averaged with them, and the mean
+    row's ``test_id`` names the categories' images together."""
+    from adlib import metrics
+
+    rows = df[df["scope"] == "category"] if "scope" in df.columns else df
+    parts = rows.assign(parent=rows["dataset"].str.split("/").str[0])
     means = []
     for parent, part in parts[parts["dataset"].str.contains("/")].groupby("parent", sort=False):
         if parent in expected and part["dataset"].nunique() == int(expected[parent]):
             keys = [k for k in ("method", "setting", "level", "metric", "backbone", "seed", "protocol",
                                 "class_setting", "image_size") if k in part.columns]
-            mean = part.groupby(keys, sort=False, dropna=False)["value"].mean().reset_index()
+            grouped = part.groupby(keys, sort=False, dropna=False)
+            mean = grouped["value"].mean().reset_index()
+            if "boot" in part.columns:
+                mean["boot"] = [_mean_boot(boots) for _, boots in grouped["boot"]]
+            if "chance" in part.columns:
+                mean["chance"] = list(grouped["chance"].mean())
+            if "test_id" in part.columns:
+                mean["test_id"] = [metrics.test_identity([str(t) for t in ids]) for _, ids in grouped["test_id"]]
             mean["dataset"] = parent
             mean["scope"] = "mean"
             mean["data"] = f"{parent} (mean of {part['dataset'].nunique()} categories)"
@@ -196,6 +250,20 @@ def metric_label(metric: str, level: str | None = None) -> str:
 
 def _is_count(metric: str, level: str | None) -> bool:
     return metric in COUNT_METRICS or level == "data"
+
+
+CELL_KINDS = ("quality", "cost", "property")
+
+
+def cell_kind(metric: str, level: str | None) -> str:
+    """What a printed cell measures: "quality" (image, pixel or summary metrics, in percent), "cost" (costs with a
+    unit and counts: parameters, FLOPs, speed, time, epochs, images), or "property" (a model-level value with no
+    unit, such as a table's 0/1 ticks for an architecture's properties)."""
+    if level in PERCENT_LEVELS:
+        return "quality"
+    if _is_count(metric, level) or unit(metric, level):
+        return "cost"
+    return "property"
 
 
 def format_value(value, metric: str, level: str | None = None, signed: bool = False) -> str:
@@ -361,6 +429,8 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
             reasons.append(not_run)
         else:
             reasons.append(f"{not_run}; not in the paper")
+    if _path_check(ours):  # a path check's numbers are never set against a paper's
+        reasons = [f"{PATH_CHECK}; {r}" if r else PATH_CHECK for r in reasons]
     table["not_comparable"] = reasons
     comparable = table["ours"].notna() & table["paper"].notna() & (table["not_comparable"] == "")
     table["diff"] = (table["ours"] - table["paper"]).where(comparable)
@@ -369,6 +439,13 @@ def side_by_side(spec, paper: pd.DataFrame, ours: pd.DataFrame) -> pd.DataFrame:
     out = table[columns].reset_index(drop=True)
     out.attrs["left_out"] = left_out
     return out
+
+
+def _path_check(ours: pd.DataFrame) -> bool:
+    """True for rows of a path check (their ``profile`` ends in "-check", or a ``path_check`` column is set)."""
+    if "path_check" in ours.columns and ours["path_check"].map(_text).astype(bool).any():
+        return True
+    return "profile" in ours.columns and ours["profile"].map(_text).map(is_check).any()
 
 
 def _join_printed(summary: pd.DataFrame, paper: pd.DataFrame, extra: list[str]) -> pd.DataFrame:
@@ -426,11 +503,13 @@ def paper_vs_ours(setting: Setting, name: str, ours: pd.DataFrame, methods: Sequ
 
     spec = setting.paper.tables.get(name)
     paper = results.paper_table(setting.paper.name, name)
+    if getattr(setting, "check", None) is not None:
+        ours = ours.assign(path_check=setting.check.label)
     if methods is not None:
         paper = paper[paper["method"].isin(methods)]
         ours = ours[ours["method"].isin(methods)]
     pairs = set(zip(paper["level"], paper["metric"]))
-    ours = ours[[pair in pairs for pair in zip(ours["level"], ours["metric"])]]
+    ours = ours[pd.Series([pair in pairs for pair in zip(ours["level"], ours["metric"])], index=ours.index, dtype=bool)]
     table = side_by_side(spec, paper, ours)
 
     def cell(row) -> str:

@@ -19,6 +19,7 @@ paper-size state dict's names and shapes, and those of any released-checkpoint v
 from __future__ import annotations
 
 import argparse
+import importlib
 import importlib.util
 import io
 import json
@@ -41,11 +42,16 @@ CONTRACT = """benchmarks/parity/<model>.py defines:
                                         {"config": {adlib config fields for from_authors},
                                          "authors_config": {what their constructor got},
                                          "state_dict": {their key: tensor}, "input": tensor,
-                                         "stages": {stage name: tensor}, "notes": "..."}
+                                         "stages": {stage name: tensor}, "notes": "...",
+                                         optional "files": {file name: object}: other files (a checkpoint
+                                         in the authors' format) torch.save'd next to the fixture}
   def full_keys(root: Path) -> dict     {"paper": {key: shape}, "variants": {name: {key: shape}}, "config": {...}}
                                         (shapes of the paper-size model, built on the meta device or from a
                                         released checkpoint's listing; a variant is a released checkpoint whose
-                                        keys differ from the code's)"""
+                                        keys differ from the code's)
+  ALSO = {"folder": "owner/name"}       (optional) other repositories the code needs (a submodule the snapshot
+                                        lacks): given as --also folder=GIT_DIR, exported into root/folder and
+                                        recorded with their commits"""
 
 
 def export(reference: Path, commit: str) -> tuple[Path, str]:
@@ -78,11 +84,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", required=True, help="adlib model name (a file benchmarks/parity/<model>.py)")
     parser.add_argument("--commit", default="HEAD", help="the reference commit (default: HEAD)")
     parser.add_argument("--out", type=Path, default=OUT)
+    parser.add_argument("--also", action="append", default=[], metavar="FOLDER=GIT_DIR",
+                        help="a repository the model file's ALSO names, exported (HEAD) into that folder")
     args = parser.parse_args(argv)
     import torch
 
     module = model_module(args.model)
     root, commit = export(args.reference, args.commit)
+    given = dict(item.split("=", 1) for item in args.also)
+    also = []
+    for folder, repository in getattr(module, "ALSO", {}).items():
+        if folder not in given:
+            raise SystemExit(f"--model {args.model} needs {repository}: pass --also {folder}=GIT_DIR")
+        extra, extra_commit = export(Path(given[folder]), "HEAD")
+        if (root / folder).is_dir():  # a submodule's empty folder
+            (root / folder).rmdir()
+        os.replace(extra, root / folder)
+        also.append({"folder": folder, "repository": repository, "commit": extra_commit})
     sys.path.insert(0, str(root))
     cwd = os.getcwd()
     os.chdir(root)  # some reference code reads files relative to its own root
@@ -91,9 +109,24 @@ def main(argv: list[str] | None = None) -> int:
         keys = module.full_keys(root)
     finally:
         os.chdir(cwd)
-    reference = {"repository": module.REPOSITORY, "commit": commit, "files": list(module.FILES)}
-    fixture = {"model": args.model, "reference": reference, "torch": torch.__version__, **fixture}
+    reference = {"repository": module.REPOSITORY, "commit": commit, "files": list(module.FILES),
+                 **({"also": also} if also else {})}
+    extra_files = fixture.pop("files", {})
+    versions = {"torch": torch.__version__}
+    for package in ("timm", "numpy"):
+        try:
+            versions[package] = importlib.import_module(package).__version__
+        except ImportError:
+            pass
+    fixture = {"model": args.model, "reference": reference, **versions, **fixture}
     args.out.mkdir(parents=True, exist_ok=True)
+    for file_name, content in extra_files.items():
+        extra = io.BytesIO()
+        torch.save(content, extra)
+        if extra.tell() > MAX_BYTES:
+            raise SystemExit(f"{args.model}: {file_name} is {extra.tell() / 2**20:.1f} MB > 2 MB")
+        (args.out / f"{file_name}.tmp").write_bytes(extra.getvalue())
+        os.replace(args.out / f"{file_name}.tmp", args.out / file_name)
     buffer = io.BytesIO()
     torch.save(fixture, buffer)
     if buffer.tell() > MAX_BYTES:
