@@ -57,12 +57,17 @@ PatchCore's features, a 4x longer training, batch 2), each scored both ways. Wha
 - The batch-size collapse is the same fault: at batch 2 half the optimiser steps leave larger residuals on the
   outlines, and Eq. 9's max-F1 follows how far training got.
 - The fix, ``error="mahalanobis"``: after training, the mean and covariance of the residuals of every token of
-  the training images are estimated per hierarchy (``calibrate``; ``adlib.engine.fit`` and
-  ``adlib.study.run_one`` do it), and a token scores (r - mu)^T Sigma^-1 (r - mu) / C. The directions in which
+  the training images are estimated per hierarchy (``calibrate``; ``adlib.study.run_one`` hands the training
+  images to ``engine.fit(..., calibration=)``; an uncalibrated whitened model refuses to score), and a token scores (r - mu)^T Sigma^-1 (r - mu) / C. The directions in which
   normal residuals are large (outlines, grain) weigh less, so outline tokens score lower and defective tokens
   higher relative to plain ones; normal tokens score about 1 in every hierarchy, so no hierarchy swamps another;
   and a model trained for fewer steps is scored against its own, larger, normal residuals. It is a deviation
   from Eq. 9 (a config switch; the paper's ``"l2"`` is the config default and the paper profile's).
+- Which of issue 24's targets each map meets, against PatchCore on the same images, is what
+  ``varad_targets.py`` prints (before: ``--set error="'l2'"``; after: no option). Where a target stays out of
+  reach, ``--set tokens="'patchcore'"`` runs the same targets on PatchCore's features, to tell a tokenizer that
+  cannot see the defect from a map that cannot show it; ``--real ROOT CATEGORY`` runs the real-data target on any
+  MVTec-layout category (the held-out dataset of issue 24 is not here).
 
 How to use: ``explain(images)`` returns every intermediate quantity; ablations are config overrides, e.g.
 ``create_model("varad", directions=("row_tl",))``, ``m=3``, ``adapter="resblock"``, ``layers=(1, 2, 3)``.
