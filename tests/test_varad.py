@@ -291,3 +291,13 @@ def test_bottle_smoke_target(tmp_path):
     assert rc == 0
     record = json.loads(out.read_text())
     assert record["image"]["auroc"] >= 0.95 and record["pixel"]["auroc"] >= 0.95, record
+
+
+def test_the_cost_of_a_whitened_varad_is_measured_on_random_weights():
+    """study.speed calibrates a model scored with normal images' statistics on random images before timing it
+    (an uncalibrated whitened VarAD refuses to score)."""
+    from adlib import papers, study
+
+    setting = study.resolve_setting(papers.get("varad"), "smoke", image_size=128)
+    cost = study.speed(setting, "varad", images=1, m=1, d_state=4, error="mahalanobis")
+    assert cost["params_m"] > 0 and cost["flops_g"] > 0 and cost["fps"] > 0
