@@ -361,7 +361,9 @@ def fit(model, dataset: Dataset, config: FitConfig | None = None, device: str | 
     with a fresh optimiser over the parameters that require gradients once ``model.start_stage`` ran and
     with ``config.for_stage(stage)``'s settings. ``callback(epoch, model)`` runs after every epoch (epochs
     counted over all stages, from 1); what it returns is kept in ``FitResult.history``. ``calibration``
-    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training.
+    (normal held-out images) is passed to ``model.calibrate`` as feature batches after training. The engine does
+    not choose calibration images: the caller does (``adlib.study.run_one`` through
+    ``study.grid.calibration_plan``, from the model's ``calibration_split()``).
     """
     config = config or FitConfig()
     device = torch.device(device)

@@ -6,14 +6,14 @@
     python benchmarks/varad_smoke.py --dataset synthetic_hr --categories washer --size 512
     python benchmarks/varad_smoke.py --set m=2 --models varad   # a recipe override (model or FitConfig field)
 
-Each fit is what ``python -m adlib run MODEL --profile smoke`` does: the model's home recipe
-(``adlib.papers.home_recipe``), ``engine.seed_everything(seed)`` before the model is built, the seed in the
-``FitConfig``, ``engine.fit`` then ``engine.evaluate`` (exact protocol). ``--caps`` takes the images the
-notebooks take (``adlib.study.setting.spread`` / ``test_indices``). Prints, per category and for the mean over
-categories, mean ± std over seeds of image AUROC, pixel AUROC and pixel max-F1 (percent), and the seconds of
-one fit (training, including feature extraction unless the on-disk feature cache already holds them) and of
-one evaluation, and the process CPU seconds of the fit (with OMP_NUM_THREADS=1 about the wall time the fit would
-take on one idle core). Wall times are noisy on a shared machine; the load average is printed.
+Each run is ``adlib.study.run_one`` in the smoke profile (the paper's recipe for the model, the seed before the
+model is built and in the ``FitConfig``, evaluation under the exact protocol); without ``--caps`` the setting
+takes every image of a category. Prints, per category and for the mean over categories, mean ± std over seeds
+of image AUROC, pixel AUROC, pixel max-F1 and the share of defective test images whose map peaks in the defect
+(``study.peak_hits``; percent), the seconds of one fit (training, including feature
+extraction unless the on-disk feature cache already holds them, and calibration) and of one evaluation, and the
+process CPU seconds of the whole run (with OMP_NUM_THREADS=1 about the wall time it would take on one idle core).
+Wall times are noisy on a shared machine; the load average is printed.
 """
 from __future__ import annotations
 
@@ -23,13 +23,13 @@ import json
 import os
 import sys
 import time
-from dataclasses import fields, replace
 from pathlib import Path
 
 import numpy as np
 
-METRICS = (("image", "auroc"), ("pixel", "auroc"), ("pixel", "f1max"))
-LABELS = {("image", "auroc"): "img AUROC", ("pixel", "auroc"): "px AUROC", ("pixel", "f1max"): "px F1max"}
+METRICS = (("image", "auroc"), ("pixel", "auroc"), ("pixel", "f1max"), ("peak", "in_defect"))
+LABELS = {("image", "auroc"): "img AUROC", ("pixel", "auroc"): "px AUROC", ("pixel", "f1max"): "px F1max",
+          ("peak", "in_defect"): "peak in def %"}
 
 
 def parse_overrides(items: list[str]) -> dict:
@@ -44,63 +44,49 @@ def parse_overrides(items: list[str]) -> dict:
     return out
 
 
-def build(model_name: str, seed: int, size: int, overrides: dict | None = None):
-    """(model, FitConfig) of the smoke home recipe with ``overrides`` on the model config or the FitConfig."""
-    from adlib import engine, papers
-    from adlib.models import config_class, create_model
+def smoke_setting(caps: bool = False, data_root: str | None = None):
+    """VarAD's smoke ``Setting``: the notebooks' image caps with ``caps``, else every image."""
+    from adlib import papers, study
 
-    recipe = papers.home_recipe(model_name, "smoke")
-    overrides = dict(overrides or {})
-    model_fields = {f.name for f in fields(config_class(model_name))}
-    fit_fields = {f.name for f in fields(recipe.fit)}
-    unknown = sorted(set(overrides) - model_fields - fit_fields)
-    if unknown:
-        raise SystemExit(f"--set: unknown field(s) {unknown} for {model_name}")
-    model_over = {**dict(recipe.model), "image_size": size, **{k: v for k, v in overrides.items() if k in model_fields}}
-    fit = replace(recipe.fit, seed=seed, progress=False, **{k: v for k, v in overrides.items() if k in fit_fields})
-    engine.seed_everything(seed)
-    return create_model(model_name, **model_over), fit
+    limits = {} if caps else {"max_train": None, "max_test": None}
+    return study.resolve_setting(papers.get("varad"), "smoke", data_root=data_root, **limits)
+
+
+def sources(setting, dataset: str = "synthetic_ad", categories=None, bottle: bool = False):
+    """The data sources of a run: the synthetic set's categories (all by default) or real MVTec AD bottle."""
+    if bottle:
+        return [s for s in setting.real_sources(["mvtec_ad"]) if s.category == "bottle"]
+    return setting.synthetic_sources(dataset, categories, limit=None)
+
+
+def build(model_name: str, seed: int, size: int, overrides: dict | None = None, caps: bool = True):
+    """(model, FitConfig) exactly as ``study.run_one`` builds them in the smoke setting (for timing one fit)."""
+    from adlib import study
+
+    return study.build(smoke_setting(caps), model_name, image_size=size, seed=seed, **dict(overrides or {}))
 
 
 def datasets(root: Path, category: str, size: int, caps: bool):
-    """(train, test) of a category, capped as the notebooks cap them when ``caps``."""
-    import torch
+    """(train, test) of a synthetic category as ``study.run_one`` takes them (the notebooks' caps with ``caps``)."""
+    from adlib import study
 
-    from adlib.data import AnomalyDataset
-    from adlib.papers.varad import PAPER
-    from adlib.study.setting import spread, test_indices
-
-    train = AnomalyDataset(root, category, "train", image_size=size)
-    test = AnomalyDataset(root, category, "test", image_size=size)
-    if caps:
-        spec = PAPER.profile("smoke")
-        train = torch.utils.data.Subset(train, spread(len(train), spec.max_train))
-        test = torch.utils.data.Subset(test, test_indices(test.labels, spec.max_test))
-    return train, test
+    setting = smoke_setting(caps)
+    (source,) = setting.synthetic_sources(Path(root).name, [category])
+    return study.datasets_for(source, setting, size)
 
 
-def _indices(dataset) -> list[int]:
-    return list(dataset.indices) if hasattr(dataset, "indices") else list(range(len(dataset)))
+def run_row(setting, source, model_name: str, seed: int, size: int, overrides: dict | None = None) -> dict:
+    """One ``study.run_one``: metrics in percent, fit / evaluation seconds, CPU seconds and image counts."""
+    from adlib import study
 
-
-def run_one(model_name: str, train, tests: dict, seed: int, size: int, overrides: dict | None = None) -> dict:
-    """One fit on ``train``, evaluated on each of ``tests`` (name -> test set): name -> row of metrics in
-    percent and the seconds of the fit and of each evaluation."""
-    from adlib import engine
-
-    model, fit = build(model_name, seed, size, overrides)
-    start, cpu = time.perf_counter(), time.process_time()
-    engine.fit(model, train, fit)
-    fit_s, fit_cpu_s = time.perf_counter() - start, time.process_time() - cpu
-    rows = {}
-    for name, test in tests.items():
-        start = time.perf_counter()
-        result = engine.evaluate(model, test, batch_size=8, progress=False)
-        row = {f"{level}_{metric}": 100 * getattr(result, level)[metric] for level, metric in METRICS}
-        row.update(fit_s=fit_s, fit_cpu_s=fit_cpu_s, eval_s=time.perf_counter() - start, n_train=len(train),
-                   n_test=len(test))
-        rows[name] = row
-    return rows
+    cpu = time.process_time()
+    run = study.run_one(setting, source, model_name, seed=seed, image_size=size, **dict(overrides or {}))
+    cpu = time.process_time() - cpu
+    row = {f"{level}_{metric}": 100 * getattr(run.evaluation, level)[metric] for level, metric in METRICS[:3]}
+    row["peak_in_defect"] = 100 * float(study.peak_hits(run)["peak_in_defect"].mean())
+    row.update(fit_s=run.fit.train_seconds, fit_cpu_s=cpu, eval_s=run.evaluation.seconds,
+               n_train=run.train_images, n_test=len(run.test))
+    return row
 
 
 def mean_std(values) -> str:
@@ -128,11 +114,10 @@ def summarise(rows: list[dict], models: list[str], categories: list[str], seeds:
                             if any(r["seed"] == s for r in sel)]
                 cells.append(f"{mean_std(per_seed):>13}")
             fit_s = np.mean([r["fit_s"] for r in sel])
-            cpu = [r["fit_cpu_s"] for r in sel if "fit_cpu_s" in r]
-            cpu_s = f"{np.mean(cpu):6.1f}" if cpu else f"{'':>6}"
+            cpu_s = np.mean([r["fit_cpu_s"] for r in sel])
             eval_s = np.mean([r["eval_s"] for r in sel])
             counts = f"{sel[0]['n_train']}/{sel[0]['n_test']}" if cat != "MEAN" else ""
-            lines.append(f"{cat:<10} {model:<10} " + " ".join(cells) + f" {fit_s:6.1f} {cpu_s} {eval_s:6.1f} {counts:>10}")
+            lines.append(f"{cat:<10} {model:<10} " + " ".join(cells) + f" {fit_s:6.1f} {cpu_s:6.1f} {eval_s:6.1f} {counts:>10}")
     return "\n".join(lines)
 
 
@@ -162,8 +147,6 @@ def main() -> int:
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--caps", action="store_true", help="the notebooks' image caps (smoke ProfileSpec)")
-    parser.add_argument("--both", action="store_true", help="all images and the notebooks' caps: one fit serves "
-                                                            "both where the train cap keeps every image")
     parser.add_argument("--bottle", action="store_true", help="real MVTec AD bottle under $ADLIB_DATA instead")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a VarAD recipe field (model config or FitConfig)")
@@ -171,59 +154,48 @@ def main() -> int:
                                                     "already in it (same settings) are not run again")
     args = parser.parse_args()
 
-    from adlib.data import list_categories, synthetic_root
-
     if args.bottle:
         data = os.environ.get("ADLIB_DATA")
         if not data or not (Path(data) / "mvtec_ad" / "bottle").is_dir():
             print("--bottle: set ADLIB_DATA to a folder with mvtec_ad/bottle", file=sys.stderr)
             return 2
-        root, categories = Path(data) / "mvtec_ad", ["bottle"]
-    else:
-        root = Path(synthetic_root()) / args.dataset
-        categories = args.categories or list_categories(root)
+    setting = smoke_setting(args.caps)
+    chosen = sources(setting, args.dataset, args.categories, args.bottle)
+    categories = [s.category for s in chosen]
     overrides = parse_overrides(args.overrides)
-    modes = ["all", "caps"] if args.both else (["caps"] if args.caps else ["all"])
+    from adlib import study
+
+    study.configs(setting, "varad", **overrides)  # an unknown field fails here, before any fit
+    mode = "caps" if args.caps else "all"
     load = os.getloadavg()[0]
-    print(f"smoke profile, {root.name} {categories}, {args.size}px, images: {' and '.join(modes)}, seeds {args.seeds}, "
+    print(f"smoke profile, {chosen[0].dataset} {categories}, {args.size}px, images: {mode}, seeds {args.seeds}, "
           f"VarAD overrides {overrides or 'none'}; load {load:.1f} on {os.cpu_count()} cores", flush=True)
     rows, done = [], {}
-    key = dict(dataset=root.name, size=args.size, overrides=repr(sorted(overrides.items())))
+    key = dict(dataset=chosen[0].dataset, size=args.size, images=mode, overrides=repr(sorted(overrides.items())))
     if args.out and Path(args.out).exists():
         for line in Path(args.out).read_text().splitlines():
             row = json.loads(line)
             if all(row.get(k) == v for k, v in key.items()):
-                done[(row["images"], row["model"], row["category"], row["seed"])] = row
-    for category in categories:
-        data = {mode: datasets(root, category, args.size, mode == "caps") for mode in modes}
-        # modes whose training sets are the same images share one fit
-        fits: dict[tuple, list[str]] = {}
-        for mode in modes:
-            fits.setdefault(tuple(_indices(data[mode][0])), []).append(mode)
+                done[(row["model"], row["category"], row["seed"])] = row
+    for source in chosen:
         for model in args.models:
             for seed in args.seeds:
-                for shared in fits.values():
-                    todo = [m for m in shared if (m, model, category, seed) not in done]
-                    rows += [done[(m, model, category, seed)] for m in shared if m not in todo]
-                    if not todo:
-                        continue
-                    out = run_one(model, data[todo[0]][0], {m: data[m][1] for m in todo}, seed, args.size,
-                                  overrides if model == "varad" else None)
-                    for mode, row in out.items():
-                        row.update(images=mode, model=model, category=category, seed=seed, **key)
-                        rows.append(row)
-                        if args.out:
-                            with open(args.out, "a") as f:
-                                f.write(json.dumps(row) + "\n")
-                        print(f"  {category:<8} {model:<9} seed {seed} {mode:<4}: " +
-                              " ".join(f"{LABELS[m]} {row[f'{m[0]}_{m[1]}']:5.1f}" for m in METRICS) +
-                              f"  fit {row['fit_s']:.1f} s (CPU {row['fit_cpu_s']:.1f} s), eval {row['eval_s']:.1f} s", flush=True)
-    for mode in modes:
-        sel = [r for r in rows if r["images"] == mode]
-        print(f"\n{'notebook caps' if mode == 'caps' else 'all images'}:")
-        print(summarise(sel, args.models, categories, args.seeds))
-        print()
-        print(targets(sel, args.seeds))
+                row = done.get((model, source.category, seed))
+                if row is None:
+                    row = run_row(setting, source, model, seed, args.size, overrides if model == "varad" else None)
+                    row.update(model=model, category=source.category, seed=seed, **key)
+                    if args.out:
+                        with open(args.out, "a") as f:
+                            f.write(json.dumps(row) + "\n")
+                    print(f"  {source.category:<8} {model:<9} seed {seed}: " +
+                          " ".join(f"{LABELS[m]} {row[f'{m[0]}_{m[1]}']:5.1f}" for m in METRICS) +
+                          f"  fit {row['fit_s']:.1f} s (run CPU {row['fit_cpu_s']:.1f} s), eval {row['eval_s']:.1f} s",
+                          flush=True)
+                rows.append(row)
+    print(f"\n{'notebook caps' if args.caps else 'all images'}:")
+    print(summarise(rows, args.models, categories, args.seeds))
+    print()
+    print(targets(rows, args.seeds))
     print(f"load average {load:.1f} -> {os.getloadavg()[0]:.1f}")
     return 0
 

@@ -262,6 +262,19 @@ def test_ladmim_calibrates_on_the_validation_split_or_on_held_out_training_image
     assert _run("patchcore", tmp_path / "data", "plain").calibration == ""
 
 
+def test_varad_whitened_map_is_calibrated_by_the_run_path_on_its_training_images(tiny_root, cache_dir):
+    """calibration_plan alone chooses VarAD's calibration images (the engine does not); the key holds them."""
+    fresh = _run("varad", tiny_root, error="mahalanobis")
+    assert fresh.calibration == f"the training images ({fresh.train_images} normal images)"
+    assert fresh.model.calibrated and fresh.fit_from == "trained"
+    cached = _run("varad", tiny_root, error="mahalanobis")
+    assert cached.fit_from == "cache" and cached.model.calibrated
+    _same_evaluation(fresh.evaluations, cached.evaluations)
+    keys = [json.loads((e[3] / "key.json").read_text()) for e in runcache.RunCache(cache_dir).entries()]
+    assert len(keys) == 1 and keys[0]["calibration"] and keys[0]["calibration"] == keys[0]["train"]
+    assert _run("varad", tiny_root, error="l2").calibration == ""  # Eq. 9's L2 map needs no calibration
+
+
 def test_adlib_run_says_whether_the_fit_was_trained_or_read(tiny_root, tmp_path, cache_dir, capsys):
     argv = ["run", "patchcore", "--data-root", str(tiny_root), "--category", "widget", "--image-size", "64",
             "--no-progress", "--set", "pretrained=False"]

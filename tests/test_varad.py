@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from toy_tokenizer import ToyTokenizer
-from adlib.models.varad import ADAPTERS, ChannelStandardiser, HierarchyPredictor, VarAD, VarADConfig
+from adlib.models.varad import ADAPTERS, ChannelStandardiser, HierarchyPredictor, ResidualWhitener, VarAD, VarADConfig
 
 
 def toy_model(**overrides) -> VarAD:
@@ -175,6 +175,65 @@ def test_channel_token_norm_statistics_train_and_checkpoint():
                           model.explain(torch.rand(1, 3, 32, 48) * 0 + 0.5)["map"])
 
 
+def test_whitener_weighs_directions_of_large_normal_residuals_less():
+    torch.manual_seed(0)
+    scale = torch.tensor([10.0, 1.0, 1.0]).view(1, 3, 1, 1)
+    whitener = ResidualWhitener(3, shrinkage=0.0)
+    unit = torch.eye(3).view(3, 3, 1, 1)  # three residuals, one per channel
+    assert torch.allclose(whitener(unit)[:, 0, 0], torch.full((3,), 1 / 3))  # before calibration: |r|^2 / C
+    for _ in range(32):
+        whitener.update(torch.randn(8, 3, 5, 5) * scale + 2.0)
+    whitener.finish()
+    assert torch.allclose(whitener.mean, torch.full((3,), 2.0), atol=0.5)
+    normal = whitener(torch.randn(64, 3, 5, 5) * scale + 2.0)
+    assert abs(float(normal.mean()) - 1.0) < 0.1  # normal residuals score about 1 on average
+    scores = whitener(unit + 2.0)[:, 0, 0]  # the same step along channel 0 (large normal spread) or 1, 2
+    assert scores[0] * 50 < scores[1] and scores[0] * 50 < scores[2]
+    shrunk = ResidualWhitener(3, shrinkage=1.0)
+    shrunk.load_state_dict({**whitener.state_dict(), "whitening": torch.eye(3)})
+    shrunk.finish()  # full shrinkage: one variance for every channel, the L2 norm up to a constant
+    assert torch.allclose(shrunk.whitening, shrunk.whitening[0, 0] * torch.eye(3), atol=1e-6)
+
+
+def test_mahalanobis_error_is_calibrated_on_the_training_images_and_changes_the_map():
+    from adlib import engine
+
+    images = [{"image": torch.rand(3, 32, 48)} for _ in range(3)]
+    plain = toy_model()
+    assert plain.calibration_split() is None
+    fitted = toy_model(error="mahalanobis")
+    assert fitted.calibration_split() == "train"
+    config = engine.FitConfig(epochs=1, batch_size=2, progress=False, disk_cache=False)
+    engine.fit(plain, images, config)
+    engine.fit(fitted, images, config)  # no calibration set given: the engine does not choose one
+    with pytest.raises(RuntimeError, match="calibration="):
+        fitted.explain(torch.rand(1, 3, 32, 48))
+    engine.calibrate(fitted, images, config)  # what run_one's calibration_plan hands to engine.fit
+    assert all(int(w.count) == 3 * h * w_ for w, (h, w_) in zip(fitted.whiteners, fitted.grids))
+    assert not any(torch.allclose(w.whitening, torch.eye(len(w.whitening))) for w in fitted.whiteners)
+    test = torch.rand(2, 3, 32, 48)
+    a, b = plain.explain(test), fitted.explain(test)
+    assert all(torch.allclose(x, y) for x, y in zip(a["errors"], b["errors"]))  # same training, same Eq. 9 errors
+    assert a["token_scores"] is a["errors"] and not torch.allclose(a["map"], b["map"])
+    assert torch.allclose(fitted.partial_map(b, 1), b["map"][1], atol=1e-5)
+    fresh = toy_model(error="mahalanobis")
+    fresh.load_checkpoint_state(fitted.checkpoint_state())  # the statistics travel in checkpoints
+    assert torch.allclose(fresh.eval().explain(test)["map"], b["map"], atol=1e-5)
+
+
+def test_patchcore_tokens_are_the_features_patchcore_scores():
+    from adlib.models.patchcore import PatchCore, PatchCoreConfig
+
+    taps = toy_model()
+    model = toy_model(tokens="patchcore")
+    assert model.grids == taps.grids[:1] and model.channels == [sum(taps.channels)]  # one hierarchy, finest grid
+    feats = model.extract(torch.rand(2, 3, 32, 48))
+    patchcore = PatchCore(PatchCoreConfig(pretrained=False, image_size=(32, 48), embed_dim=None))
+    (ours,) = model.hierarchies(feats)
+    assert torch.allclose(ours, patchcore.embed(feats))
+    assert model.explain(torch.rand(1, 3, 32, 48))["map"].shape == (1, 32, 48)
+
+
 def test_direction_subset_and_bos_choices():
     model = toy_model(directions=("col_bl",), bos="broadcast", share_predictor=False, depth=2)
     assert set(model.predictors[0].gaps) == {"col_bl"}
@@ -206,6 +265,7 @@ def test_target_choice_controls_gradient_into_the_target():
 @pytest.mark.parametrize("overrides, parameter", [
     ({"adapter": "mlp"}, "adapter"), ({"m": 9}, "m="), ({"directions": ("diag",)}, "directions"),
     ({"score_rule": "median"}, "score rule"), ({"target": "x"}, "target"), ({"m": 0}, "m="),
+    ({"error": "l1"}, "error"), ({"tokens": "fused"}, "tokens"), ({"error_shrinkage": 1.5}, "error_shrinkage"),
 ])
 def test_bad_config_names_the_parameter(overrides, parameter):
     with pytest.raises(ValueError, match=parameter):
@@ -231,3 +291,13 @@ def test_bottle_smoke_target(tmp_path):
     assert rc == 0
     record = json.loads(out.read_text())
     assert record["image"]["auroc"] >= 0.95 and record["pixel"]["auroc"] >= 0.95, record
+
+
+def test_the_cost_of_a_whitened_varad_is_measured_on_random_weights():
+    """study.speed calibrates a model scored with normal images' statistics on random images before timing it
+    (an uncalibrated whitened VarAD refuses to score)."""
+    from adlib import papers, study
+
+    setting = study.resolve_setting(papers.get("varad"), "smoke", image_size=128)
+    cost = study.speed(setting, "varad", images=1, m=1, d_state=4, error="mahalanobis")
+    assert cost["params_m"] > 0 and cost["flops_g"] > 0 and cost["fps"] > 0

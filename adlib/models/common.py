@@ -77,3 +77,18 @@ def check_choice(parameter: str, value: str, choices) -> None:
 def count_params(module, trainable_only: bool = False) -> int:
     """Parameters of a module (only those that require gradients with ``trainable_only``)."""
     return sum(p.numel() for p in module.parameters() if p.requires_grad or not trainable_only)
+
+
+def local_patch_features(features: list[torch.Tensor], patch_size: int,
+                         include_pad: bool = True) -> torch.Tensor:
+    """Every tap averaged over p x p neighbourhoods, resampled (bilinear) to the first tap's grid and
+    concatenated over channels: (B, sum C, h, w). ``include_pad``: the border's mean counts the zero padding."""
+    size = features[0].shape[-2:]
+    parts = []
+    for feat in features:
+        feat = F.avg_pool2d(feat, patch_size, stride=1, padding=patch_size // 2,
+                            count_include_pad=include_pad)
+        if feat.shape[-2:] != size:
+            feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
+        parts.append(feat)
+    return torch.cat(parts, dim=1)

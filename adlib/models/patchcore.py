@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlib.models.base import AnomalyModel, Prediction
-from adlib.models.common import check_choice, gaussian_blur, image_score
+from adlib.models.common import check_choice, gaussian_blur, image_score, local_patch_features
 
 
 @dataclass
@@ -251,16 +251,7 @@ class PatchCore(AnomalyModel):
 
     def embed(self, features: list[torch.Tensor]) -> torch.Tensor:
         """Locally aware patch features (B, D, h, w) on the first tapped layer's grid."""
-        size = features[0].shape[-2:]
-        pad = self.config.patch_size // 2
-        parts = []
-        for feat in features:
-            feat = F.avg_pool2d(feat, self.config.patch_size, stride=1, padding=pad,
-                                count_include_pad=self.config.pool_include_pad)
-            if feat.shape[-2:] != size:
-                feat = F.interpolate(feat, size=size, mode="bilinear", align_corners=False)
-            parts.append(feat)
-        x = torch.cat(parts, dim=1)
+        x = local_patch_features(features, self.config.patch_size, self.config.pool_include_pad)
         if self.config.embed_dim and self.config.embed_dim < x.shape[1]:
             b, d, h, w = x.shape
             x = F.adaptive_avg_pool1d(x.permute(0, 2, 3, 1).reshape(-1, 1, d), self.config.embed_dim)

@@ -8,61 +8,66 @@ Pipeline, one hierarchy h at a time (the paper's notation):
 4. a Mamba predictor sees [BOS_1..BOS_M, v_1..v_L] and its last M outputs are dropped, so output l predicts
    v_l from v_1..v_{l-M} only, with M = m * span (span = row length for row-spanned sequences, column length
    for column-spanned ones) (Eq. 6-7);
-5. predictions are scanned back to the grid and averaged over directions (Eq. 8), the squared L2 error per
+5. predictions are scanned back to the grid and averaged over directions (Eq. 8); the squared L2 error per
    token is the hierarchy's map, maps are upsampled to the image and summed over hierarchies (Eq. 9);
-   training minimises it on normal images (Eq. 10).
+   training minimises it on normal images (Eq. 10). With ``error="mahalanobis"`` (the smoke recipe) the map
+   scores each token's residual F_bar - F_hat by its whitened norm instead (below); training is unchanged.
 
-Every choice the paper leaves open is a field of ``VarADConfig`` whose comment says so. Measured on MVTec AD
-bottle (smoke: EfficientNet-Lite0 strides 8+16 at 256 px, CPU):
+Every choice the paper leaves open is a field of ``VarADConfig`` whose comment says so. The measurements
+behind the defaults are printed by the benchmarks named here (smoke profile: EfficientNet-Lite0 strides 8 and
+16, CPU); no number is typed into this text.
 
-- ``target``: with the paper-literal target (the adapter output, gradient flowing into it) the adapted tokens
-  shrink towards the trivial minimiser phi(F) = -F (||F_hat|| / ||F|| 1.15 -> 0.72 after 200 steps, 0.67
-  after 800, levelling off; no full collapse seen at lr 5e-4) and part of the loss decrease is that
-  shrinking; with ``"detached"`` the ratio stays at 1.1. Pixel AUROC on the stride-16 hierarchy alone:
-  adapted 0.977 (200 steps) / 0.974 (800), detached 0.976 (200). Default: ``"detached"`` (same quality,
-  no drift).
-- ``token_norm``: raw EfficientNet tokens give pixel AUROC 0.42 (m=1, 3 epochs), LayerNorm'd tokens 0.93
-  (m=1, 2 epochs on 64 images). Default: ``"layernorm"``.
-- ``m`` on a 32 x 32 grid (64 images, 2 epochs): m=1 pixel AUROC 0.930, m=2 0.961.
-- ``adapter``: "none" 0.913 vs "linear" 0.930 (m=1), in line with the paper's Fig. 4.
-- smoke profile, all 209 images, 4 epochs: image AUROC 0.997, pixel AUROC 0.978.
+Earlier choices (issues 4 and 10), e.g. ``python benchmarks/varad_variants.py --categories capsule washer
+--variant recipe --variant adapted "target='adapted'" --variant ln "token_norm='channel'"``:
 
-Why VarAD failed on the embedded synthetic data, and the fix (issue 10). ``benchmarks/varad_diagnose.py``
-prints, per hierarchy, the metrics of each map, where the good images' largest errors lie (``edge%``: share of
-the top 1 % pixels on an edge band) and how often a defective image's map maximum lies in its defect::
+- ``target="detached"``: with the paper-literal target (the adapter output, gradient flowing into it) the loss
+  has the trivial minimiser phi(F) = -F and the adapted tokens shrink towards it; the stopped target does not.
+- ``token_norm="layernorm"``: raw EfficientNet tokens train badly (their scales differ by hierarchy and
+  channel); per-channel standardisation scored below LayerNorm.
+- the smoke recipe trains at batch 1 (``adlib.papers.varad``): at batch 4 the 24-40 images of a synthetic
+  category gave too few optimiser steps and Eq. 9's map followed how far training got.
 
-    python benchmarks/varad_diagnose.py --set batch_size=4 --set m=2   # the old smoke recipe
-    python benchmarks/varad_diagnose.py                                 # the recipe now
+Why VarAD missed tiny defects and lit object outlines, and the fix (issue 24). The commands::
 
-Old recipe (batch 4, m = 2: 4 epochs over 40 images = 40 optimiser steps), seed 0: the training loss had only
-fallen from 155 to 100; the largest errors of good images sat on the object's outline (edge% 98-99 on capsule
-and washer, whose outlines cover 24-33 % of the image) and the map's maximum lay in the defect for 10 % of
-capsule's and 5 % of washer's defective images, so the max-based image score ranked the outlines (capsule
-image AUROC 28.5, washer 53.5). The maps were not wrong about the defects (pixel AUROC 92 and 98); the
-predictor was unconverged, and an unconverged predictor errs most where normal images vary most: edges.
+    python benchmarks/varad_targets.py --set error="'l2'"    # the targets with Eq. 9's map (before)
+    python benchmarks/varad_targets.py                       # the targets now (add ADLIB_DATA for bottle)
+    python benchmarks/varad_diagnose.py --dataset synthetic_hr --categories washer --size 512
+    python benchmarks/varad_diagnose.py --categories capsule
+    python benchmarks/varad_variants.py --preset issue24 --dataset synthetic_hr --categories washer --size 512 --caps
+    python benchmarks/varad_variants.py --preset issue24 --categories capsule --caps
 
-Measured candidates (capsule seed 0 unless said; image AUROC / pixel AUROC / pixel max-F1 of the summed map):
+``varad_diagnose.py`` scores one fitted model several ways: each hierarchy's Eq. 9 error, their sum, the sum
+divided by channel counts, each hierarchy's whitened residual and their sum, under several smoothings; it prints
+pixel max-F1, how often the map peaks in the defect, how much of the good images' top pixels lie on outlines,
+and, token by token, how much higher defective and outline tokens score than plain ones. ``varad_variants.py
+--preset issue24`` retrains under each other candidate (m, [BOS], token normalisation, the fine hierarchy alone,
+PatchCore's features, a 4x longer training, batch 2), each scored both ways. What they show:
 
-- optimiser steps: batch 1 (160 steps for about the compute of 40 at batch 4) 84.5 / 94.2 / 33.9, loss
-  125 -> 63, maximum in the defect 55 %; 16 epochs at batch 4 (also 160 steps, 4 x the compute) 80.0 / 94.1 /
-  35.4. Batch 2 with lr 1e-3: 73.0 / 93.7 / 31.3. The number of steps, not the number of images, was short.
-- the gap: at batch 1, m = 1 82.0 / 93.5 / 36.8 and m = 4 82.0 / 95.8 / 34.0 (capsule); m = 2 was the worst
-  m in the old recipe. The smoke default is the paper's m = 4.
-- token normalisation: per-channel standardisation with training-set statistics (``token_norm="channel"``)
-  70.0 / 93.9 / 20.5 against LayerNorm's 82.0 / 95.8 / 34.0: LayerNorm stays.
-- the hierarchies' weighting: dividing each hierarchy's error by its channel count (``channel_reduction="mean"``)
-  72.5 / 95.9 / 32.1 on capsule, 70.5 / 99.3 / 47.6 on washer, against the plain sum's 82.0 / 95.8 / 34.0 and
-  85.5 / 99.0 / 49.8: the sum (Eq. 9 as printed) stays.
-- the generator: left unchanged; with the fix VarAD beats PatchCore on stone, weave and wood and trails it on
-  capsule and washer, so the defects are not unlike what the method can see.
-
-Fix: the smoke recipe trains at batch 1 with m = 4 (``adlib.papers.varad``). ``python benchmarks/varad_smoke.py``
-(all images, 3 seeds, synthetic_ad's 5 categories): VarAD image AUROC 90.2 +- 1.2, pixel AUROC 97.5 +- 0.3,
-pixel max-F1 35.0 +- 0.4 against PatchCore's 84.6 / 93.9 / 35.8 (before: 71.2 / 96.4 / 22.7).
-Left as it is: on ``synthetic_hr`` washer (defects of a few pixels at 512 px) the stride-16 hierarchy's map
-misses them (pixel max-F1 0.3) while the stride-8 one finds them (22.6 at 512 px, 10.0 at 256 px), so the
-summed map's max-F1 stays near zero: Eq. 9's plain sum lets the coarse hierarchy's large errors swamp the
-fine one. The resolution claim is decided on that data as it is.
+- Eq. 9's error is largest on object outlines and texture grain of normal images. A token is predicted from
+  tokens at least m rows or columns away; from there the exact place of an edge, or the grain of a stride-8 CNN
+  token, is not predictable, so those residuals stay large, and a tiny defect changes its token by less. On
+  ``synthetic_hr`` at 512 px the stride-8 hierarchy's L2 map finds part of the defects, the stride-16 one none,
+  and Eq. 9's sum, dominated by the coarse hierarchy's larger error (and its 112 channels against 40), loses
+  even those; the sum divided by channel counts recovers only a part.
+- Not the features: VarAD on exactly the features PatchCore scores (``tokens="patchcore"``: 3 x 3-averaged taps
+  on the stride-8 grid) misses the tiny defects under Eq. 9 just as the taps do, while PatchCore finds them on
+  those features (``varad_targets.py``'s ``hr`` lines).
+- Not m, the [BOS] tokens, the token normalisation, the smoothing or the training budget: under Eq. 9 none of
+  them brings the tiny defects out (longer training lowers the loss, the outlines stay ahead).
+- The batch-size collapse is the same fault: at batch 2 half the optimiser steps leave larger residuals on the
+  outlines, and Eq. 9's max-F1 follows how far training got.
+- The fix, ``error="mahalanobis"``: after training, the mean and covariance of the residuals of every token of
+  the training images are estimated per hierarchy (``calibrate``; ``adlib.study.run_one`` hands the training
+  images to ``engine.fit(..., calibration=)``; an uncalibrated whitened model refuses to score), and a token scores (r - mu)^T Sigma^-1 (r - mu) / C. The directions in which
+  normal residuals are large (outlines, grain) weigh less, so outline tokens score lower and defective tokens
+  higher relative to plain ones; normal tokens score about 1 in every hierarchy, so no hierarchy swamps another;
+  and a model trained for fewer steps is scored against its own, larger, normal residuals. It is a deviation
+  from Eq. 9 (a config switch; the paper's ``"l2"`` is the config default and the paper profile's).
+- Which of issue 24's targets each map meets, against PatchCore on the same images, is what
+  ``varad_targets.py`` prints (before: ``--set error="'l2'"``; after: no option). Where a target stays out of
+  reach, ``--set tokens="'patchcore'"`` runs the same targets on PatchCore's features, to tell a tokenizer that
+  cannot see the defect from a map that cannot show it; ``--real ROOT CATEGORY`` runs the real-data target on any
+  MVTec-layout category (the held-out dataset of issue 24 is not here).
 
 How to use: ``explain(images)`` returns every intermediate quantity; ablations are config overrides, e.g.
 ``create_model("varad", directions=("row_tl",))``, ``m=3``, ``adapter="resblock"``, ``layers=(1, 2, 3)``.
@@ -78,7 +83,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from adlib.models.base import AnomalyModel, Prediction
-from adlib.models.common import check_choice, gaussian_blur, image_score
+from adlib.models.common import check_choice, gaussian_blur, image_score, local_patch_features
 
 ALL_DIRECTIONS = ("row_tl", "row_br", "col_tr", "col_bl")
 
@@ -94,6 +99,11 @@ class VarADConfig:
     # Paper: DINOv2 ViT-S/14 blocks 4, 8, 12.
     layers: tuple | None = None
     pretrained: bool = True
+    # What is predicted. "taps": one hierarchy per tap, on the tap's own grid (the paper; a ViT's taps share
+    # one grid, a CNN's do not). "patchcore": one hierarchy of PatchCore's locally aware patch features (every
+    # tap averaged over 3 x 3 tokens, resampled to the first tap's grid, concatenated): a diagnostic that runs
+    # VarAD on exactly the features PatchCore scores (benchmarks/varad_diagnose.py).
+    tokens: str = "taps"
     # Square side or (H, W). VarAD is built for one input size: the [BOS] tokens are M x C per direction.
     image_size: int | tuple[int, int] = 256
     # Feature adapter (Sec. III.C.1, Fig. 4): a name from ADAPTERS. Paper default: "linear".
@@ -119,14 +129,16 @@ class VarADConfig:
     pre_norm: bool = True  # LayerNorm before each Mamba block (paper silent; standard for Mamba)
     # Normalise each token over channels (LayerNorm without affine) before the adapter, so hierarchies with
     # different feature scales weigh alike in the summed map (paper silent; "none" is the literal reading).
-    # Measured on bottle (EfficientNet-Lite0 strides 8+16, 2 epochs): "none" pixel AUROC 0.42, "layernorm" 0.93.
+    # "channel": per-channel standardisation with training-set statistics. Measured by
+    # benchmarks/varad_variants.py --preset issue24 (token_norm lines).
     token_norm: str = "layernorm"
     # Prediction target. With a trainable residual adapter and target = adapter output (paper-literal,
     # "adapted"), the loss has the trivial minimiser phi(F) = -F (all tokens zero). "detached" stops the
     # gradient at the target (the adapter learns only through the predictor input); "raw" predicts the
-    # un-adapted tokens F. Paper silent; see the model docs for the measurement. The stopped target still moves
-    # with the adapter: a ResBlock adapter follows it to near-constant tokens (washer, 128 px: pixel max-F1 1.2
-    # "detached" vs 40.7 "raw"; benchmarks/varad_variants.py), the linear one does not (97.2 vs 96.6 pixel AUROC).
+    # un-adapted tokens F. Paper silent; see the model docs. The stopped target still moves with the adapter: a
+    # ResBlock adapter follows it to near-constant tokens, the linear one does not (benchmarks/varad_variants.py
+    # --size 128 --categories washer --caps --variant resblock "adapter='resblock'" --variant raw
+    # "adapter='resblock'" "target='raw'").
     target: str = "detached"
     # Loss on the direction-averaged prediction (Eq. 9-10, "average") or the mean over directions of each
     # direction's own error ("directions"). Paper: average.
@@ -138,6 +150,15 @@ class VarADConfig:
     # (CNN tokenizers) the sum weighs each hierarchy by its C in the summed map; "mean" divides by C, which is
     # the paper's sum up to one constant when every hierarchy has the same C (its ViT). Paper silent.
     channel_reduction: str = "sum"
+    # How a token's prediction residual r = F_bar - F_hat is scored in the anomaly map. "l2": Eq. 9's squared
+    # L2 norm (paper). "mahalanobis": (r - mu)^T Sigma^-1 (r - mu) / C, with mu and Sigma the mean and
+    # covariance of the residuals of the normal training tokens of that hierarchy, estimated once after
+    # training (``calibrate``, on the training images), Sigma shrunk towards its mean variance by
+    # ``error_shrinkage``. Normal tokens then score about 1 in every hierarchy, and the directions of channel
+    # space in which normal residuals are large (object outlines, texture grain) weigh less. Training (Eq. 10)
+    # is unchanged; ``channel_reduction`` applies to "l2" only. Paper: "l2"; see the model docs.
+    error: str = "l2"
+    error_shrinkage: float = 0.1  # Sigma <- (1 - s) Sigma + s * mean variance * I (paper: no such step)
     # Gaussian sigma (pixels at image resolution) for the final map; the paper does not state it, 4 is
     # the usual value in the field (PatchCore, RD4AD, ViTAD). 0 disables.
     smoothing_sigma: float = 4.0
@@ -264,6 +285,46 @@ class ChannelStandardiser(nn.Module):
 
 
 # ---------------------------------------------------------------------------------------------- predictor
+
+
+class ResidualWhitener(nn.Module):
+    """Scores residuals r (B, C, h, w) by ||W (r - mu)||^2 / C, W = Sigma^-1/2, with the mean mu and covariance
+    Sigma of normal residuals pooled by ``update`` and fixed by ``finish``. Before ``finish``: W = I, mu = 0 (the
+    squared L2 norm divided by C). Buffers, so the statistics travel in checkpoints."""
+
+    def __init__(self, channels: int, shrinkage: float) -> None:
+        super().__init__()
+        self.shrinkage = shrinkage
+        self.register_buffer("mean", torch.zeros(channels))
+        self.register_buffer("whitening", torch.eye(channels))
+        self.register_buffer("count", torch.zeros((), dtype=torch.float64))
+        self.register_buffer("total", torch.zeros(channels, dtype=torch.float64))
+        self.register_buffer("total_outer", torch.zeros(channels, channels, dtype=torch.float64))
+
+    def reset(self) -> None:
+        for buf in (self.count, self.total, self.total_outer):
+            buf.zero_()
+
+    def update(self, residual: torch.Tensor) -> None:
+        flat = residual.detach().transpose(0, 1).flatten(1).double()  # (C, N)
+        self.count += flat.shape[1]
+        self.total += flat.sum(dim=1)
+        self.total_outer += flat @ flat.T
+
+    def finish(self) -> None:
+        if self.count < 2:
+            raise ValueError("VarAD.calibrate: no residuals were seen; give it at least one batch of normal images")
+        mean = self.total / self.count
+        cov = self.total_outer / self.count - torch.outer(mean, mean)
+        scale = cov.diagonal().mean().clamp_min(1e-12)
+        cov = (1 - self.shrinkage) * cov + self.shrinkage * scale * torch.eye(len(cov), dtype=cov.dtype, device=cov.device)
+        values, vectors = torch.linalg.eigh(cov)
+        self.mean.copy_(mean.to(self.mean))
+        self.whitening.copy_((vectors * values.clamp_min(1e-12 * scale).rsqrt()).T.to(self.whitening))
+
+    def forward(self, residual: torch.Tensor) -> torch.Tensor:
+        centred = residual - self.mean.view(1, -1, 1, 1)
+        return torch.einsum("dc,bchw->bdhw", self.whitening, centred).pow(2).mean(dim=1)
 
 
 class MambaStack(nn.Module):
@@ -395,6 +456,8 @@ class VarAD(AnomalyModel):
         self.standardisers = nn.ModuleList(ChannelStandardiser(c) for c in self.channels) \
             if config.token_norm == "channel" else None
         self.has_feature_adapter = spec.feature_adapter is not None
+        self.whiteners = nn.ModuleList(ResidualWhitener(c, config.error_shrinkage) for c in self.channels) \
+            if config.error == "mahalanobis" else None
 
     @staticmethod
     def _validate(config: VarADConfig) -> None:
@@ -406,6 +469,10 @@ class VarAD(AnomalyModel):
         check_choice("loss_on", config.loss_on, ("average", "directions"))
         check_choice("loss_reduction", config.loss_reduction, ("mean", "sum"))
         check_choice("channel_reduction", config.channel_reduction, ("sum", "mean"))
+        check_choice("error", config.error, ("l2", "mahalanobis"))
+        check_choice("tokens", config.tokens, ("taps", "patchcore"))
+        if not 0.0 <= config.error_shrinkage <= 1.0:
+            raise ValueError(f"error_shrinkage={config.error_shrinkage}: expected a value in [0, 1]")
         image_score(torch.zeros(1, 1, 1), config.score_rule)  # validates the rule name
         bad = [d for d in config.directions if d not in ALL_DIRECTIONS]
         if bad or not config.directions:
@@ -419,7 +486,7 @@ class VarAD(AnomalyModel):
         probe = torch.zeros(1, 3, *self.image_hw, device=next(self.tokenizer.parameters()).device)
         try:
             with torch.no_grad():
-                feats = self.tokenizer(probe)
+                feats = self.hierarchies(self.tokenizer(probe))
         except Exception as error:  # the backbone's own message says what size it needs
             raise ValueError(f"image_size={self.config.image_size} does not work with backbone "
                              f"{self.config.backbone!r}: {error}") from error
@@ -441,6 +508,12 @@ class VarAD(AnomalyModel):
                              f"resize the data to image_size={self.config.image_size}")
         return list(self.tokenizer(images))
 
+    def hierarchies(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        """The token grids F^h that are predicted, from the tokenizer's taps (``tokens``)."""
+        if self.config.tokens == "patchcore":
+            return [local_patch_features(list(features), 3)]
+        return list(features)
+
     def loss(self, features: list[torch.Tensor]) -> torch.Tensor:
         out = self.forward_tokens(features)
         errors = out["errors"] if self.config.loss_on == "average" else out["direction_errors"]
@@ -452,11 +525,36 @@ class VarAD(AnomalyModel):
         out = self.explain(images)
         return Prediction(out["map"], out["scores"])
 
+    def calibration_split(self) -> str | None:
+        """error="mahalanobis" estimates the normal residuals' statistics on the training images after training
+        (``adlib.study.run_one`` hands them to ``calibrate`` through ``engine.fit(..., calibration=)``)."""
+        return "train" if self.whiteners is not None else None
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the map can be scored: always for error="l2"; for "mahalanobis" once ``calibrate`` ran."""
+        return self.whiteners is None or all(float(w.count) >= 2 for w in self.whiteners)
+
+    @torch.no_grad()
+    def calibrate(self, batches) -> None:
+        """Mean and covariance of the prediction residuals of every token of the given normal images, per
+        hierarchy (error="mahalanobis"; a no-op for "l2")."""
+        if self.whiteners is None:
+            return
+        for whitener in self.whiteners:
+            whitener.reset()
+        for features in batches:
+            out = self.forward_tokens(features)
+            for whitener, pred, target in zip(self.whiteners, out["predicted"], out["targets"]):
+                whitener.update(pred - target)
+        for whitener in self.whiteners:
+            whitener.finish()
+
     # ---- the method
 
     def _targets_and_inputs(self, features: list[torch.Tensor]) -> tuple[list, list, list]:
         tokens, adapted, targets = [], [], []
-        for h, (feat, adapter) in enumerate(zip(features, self.adapters)):
+        for h, (feat, adapter) in enumerate(zip(self.hierarchies(features), self.adapters)):
             if self.config.token_norm == "layernorm":
                 feat = F.layer_norm(feat.permute(0, 2, 3, 1), feat.shape[1:2]).permute(0, 3, 1, 2)
             elif self.config.token_norm == "channel":
@@ -489,8 +587,17 @@ class VarAD(AnomalyModel):
         return {"tokens": tokens, "adapted": adapted, "targets": targets, "predictions": per_direction,
                 "predicted": predicted, "errors": errors, "direction_errors": direction_errors}
 
+    def token_score(self, hierarchy: int, residual: torch.Tensor) -> torch.Tensor:
+        """Token scores (B, h, w) of one hierarchy from its residuals F_bar - F_hat (B, C, h, w), as ``error``
+        says: Eq. 9's squared L2 norm ("l2", reduced over channels as ``channel_reduction`` says) or the
+        whitened residual ("mahalanobis")."""
+        if self.whiteners is not None:
+            return self.whiteners[hierarchy](residual)
+        reduce = torch.sum if self.config.channel_reduction == "sum" else torch.mean
+        return reduce(residual.pow(2), dim=1)
+
     def anomaly_map(self, errors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.Tensor]:
-        """Upsample each hierarchy's error map to the image (bilinear), sum (Eq. 9) and smooth."""
+        """Upsample each hierarchy's token scores to the image (bilinear), sum (Eq. 9) and smooth."""
         up = [F.interpolate(e.unsqueeze(1), size=self.image_hw, mode="bilinear", align_corners=False).squeeze(1) for e in errors]
         total = torch.stack(up).sum(dim=0)
         return up, gaussian_blur(total, self.config.smoothing_sigma)
@@ -508,8 +615,8 @@ class VarAD(AnomalyModel):
             if not chosen:
                 raise ValueError(f"partial_map: none of {list(directions)} in the model's directions {list(per_direction)}")
             mean = sum(per_direction[d][index] for d in chosen) / len(chosen)
-            squared = (mean - explanation["targets"][h][index]).pow(2)
-            errors.append((squared.sum(dim=0) if self.config.channel_reduction == "sum" else squared.mean(dim=0))[None])
+            residual = (mean - explanation["targets"][h][index])[None]
+            errors.append(self.token_score(h, residual))
         _, total = self.anomaly_map(errors)
         return total[0]
 
@@ -519,11 +626,19 @@ class VarAD(AnomalyModel):
 
         Keys: ``tokens`` F^h, ``adapted`` F_hat^h, ``targets`` (what is predicted), ``predictions`` (per hierarchy a
         dict direction -> predicted grid (B, C, h, w)), ``predicted`` (direction average F_bar^h), ``errors``
-        (B, h, w) per hierarchy, ``error_maps`` (B, H, W) per hierarchy upsampled, ``map`` (B, H, W) final
-        smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
+        (B, h, w) per hierarchy (Eq. 9's squared error, what training minimises), ``token_scores`` (B, h, w) per
+        hierarchy (what the map is made of: ``errors`` for error="l2", the whitened residuals for
+        "mahalanobis"), ``error_maps`` (B, H, W) per hierarchy, the token scores upsampled, ``map`` (B, H, W)
+        final smoothed map, ``scores`` (B,). Lists are ordered by hierarchy.
         """
+        if not self.calibrated:
+            raise RuntimeError("VarAD(error='mahalanobis') scores residuals with statistics of normal training "
+                               "residuals: fit with adlib.engine.fit(..., calibration=<the training images>) or call "
+                               "model.calibrate(batches) first (adlib.study.run_one does it)")
         out = self.forward_tokens(self.extract(images))
-        out["error_maps"], out["map"] = self.anomaly_map(out["errors"])
+        out["token_scores"] = [self.token_score(h, p - t) for h, (p, t) in enumerate(zip(out["predicted"], out["targets"]))] \
+            if self.whiteners is not None else out["errors"]
+        out["error_maps"], out["map"] = self.anomaly_map(out["token_scores"])
         out["scores"] = image_score(out["map"], self.config.score_rule, self.config.topk_ratio)
         out.pop("direction_errors")
         return out

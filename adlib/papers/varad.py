@@ -31,9 +31,9 @@ SMOKE = ProfileSpec(
     class_setting="one-class",
     protocol="exact",
     shared_backbone=True,
-    # Fig. 4's ablations at 128 px on synthetic washer, where VarAD works at that size (default recipe: pixel
-    # AUROC 98.7 +- 0.1, max-F1 41.7 +- 1.9 over 3 seeds; benchmarks/varad_variants.py --size 128
-    # --categories washer); at 128 px on capsule the maps were near chance before the recipe fix.
+    # Fig. 4's ablations at 128 px on synthetic washer, where VarAD works at that size (benchmarks/varad_variants.py
+    # --size 128 --categories washer --caps); at 128 px on capsule the maps were near chance before the issue-10
+    # recipe fix.
     grids={"explorer": EXPLORER, "m_values": (1, 2, 4, 6), "resolutions": (128, 256, 512), "ablation_size": 128,
            "ablation_categories": ("washer",)},
 )
@@ -87,14 +87,22 @@ NOTEBOOK_RUNS = {
 RECIPES = {
     # CPU-sized predictor (d_state 8, expand 1), the paper's m = 4 and lr, and batch 1: on the 24-40 images
     # of a synthetic category, batch 4 gave 40 optimiser steps and an unconverged model (see the model docs).
+    # The map scores each token's residual by its whitened norm (error="mahalanobis") instead of Eq. 9's squared
+    # error: with the offline CNN tokenizer, Eq. 9's map lights object outlines and misses tiny defects (issue 24,
+    # the model docs; benchmarks/varad_targets.py prints both).
     ("varad", "smoke"): Recipe(
-        model={"m": 4, "d_state": 8, "expand": 1},
+        model={"m": 4, "d_state": 8, "expand": 1, "error": "mahalanobis"},
         fit=FitConfig(epochs=4, batch_size=1, lr=5e-4),
         notes={"d_state": "8 instead of Mamba's 16 (CPU)", "expand": "1 instead of Mamba's 2 (CPU)",
                "epochs": "4 instead of 10 (CPU)",
+               "error": "the residual's squared Mahalanobis distance under the normal training residuals' "
+                        "covariance instead of Eq. 9's squared L2 norm (training unchanged): with EfficientNet-Lite0 "
+                        "tokens Eq. 9's map is highest on object outlines and texture grain and misses tiny "
+                        "defects (adlib/models/varad.py; benchmarks/varad_targets.py --set error=\"'l2'\")",
                "batch_size": "1 (paper: 2, Fig. 7): 4 epochs over 40 images are then 160 optimiser steps for "
-                             "about the compute of 40 steps at batch 4; at batch 4 VarAD stays unconverged "
-                             "(synthetic_ad image AUROC 71 vs 90, see the model docs)"},
+                             "about the compute of 40 steps at batch 4; Eq. 9's map needed those steps (issue 10), "
+                             "the whitened map depends much less on them (benchmarks/varad_targets.py --targets "
+                             "batch; the model docs)"},
     ),
     ("varad", "paper"): Recipe(
         model={"backbone": "dinov2_vits14", "layers": (4, 8, 12), "image_size": 1024, "m": 4},

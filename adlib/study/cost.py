@@ -67,6 +67,11 @@ def speed(setting: Setting, model: str | None = None, images: int = 2, image_siz
     if not getattr(net, "trainable", True):
         raise ValueError(f"speed: {model} needs a fitted memory bank; measure it after fitting")
     batch = torch.rand(1, 3, size, size, device=setting.device)
+    hook = getattr(net, "calibration_split", None)
+    if callable(hook) and hook() is not None:  # scored with statistics of normal images: random ones here (untimed)
+        from adlib import engine
+
+        engine.calibrate(net, [torch.rand(3, size, size) for _ in range(2)], device=setting.device)
     with torch.no_grad():
         net.predict(batch)  # warm-up
         start = time.perf_counter()

@@ -263,6 +263,8 @@ def calibration_set(model, sources: Sequence[DataSource], parts: Sequence[tuple]
     if not callable(hook):
         return None
     split = hook()
+    if split is None:  # the model's configuration needs no calibration
+        return None
     if split in ("train", "test"):
         sets = [part[0 if split == "train" else 1] for part in parts]
     else:
@@ -286,9 +288,9 @@ def calibration_plan(model, sources: Sequence[DataSource], parts: Sequence[tuple
     from adlib.study.setting import spread
 
     hook = getattr(model, "calibration_split", None)
-    if not callable(hook):
+    split = hook() if callable(hook) else None
+    if split is None:  # no hook, or a configuration that needs no calibration
         return list(parts), None, ""
-    split = hook()
     try:
         calibration = calibration_set(model, sources, parts, image_size)
         what = {"train": "the training images", "test": "the test images"}.get(split, f"the {split} split")
