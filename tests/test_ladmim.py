@@ -224,7 +224,8 @@ def test_deterministic_with_a_seed_and_checkpoint_round_trip(tmp_path):
     fresh.hvq.quantizers[0].codebook.data.zero_()
     loaded, epoch = engine.load_checkpoint(path, model=fresh)
     assert epoch == 6 and loaded.calibrated
-    assert loaded.training  # a fresh model is in training mode: the scores must not depend on it (issue 23)
+    assert not loaded.training  # a loaded checkpoint is ready to evaluate
+    loaded.train()  # the scores must not depend on the mode (issue 23)
     assert torch.equal(loaded.predict(images).scores, runs[1])
     assert torch.equal(loaded.predict(images).maps, model.predict(images).maps)
     assert loaded.training  # predict left the mode as it was

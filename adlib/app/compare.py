@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from adlib.app.run import (UsageError, _apply, _categories, _data_root, _device, _epochs_per_stage, _overrides,
-                           recipe_setting)
+                           _parse_override, recipe_setting)
 
 # (level, metric) columns of the summary, in order
 COLUMNS = (("image", "auroc"), ("image", "ap"), ("pixel", "auroc"), ("pixel", "aupro"), ("pixel", "f1max"))
@@ -90,20 +90,26 @@ def _seeds(text: str) -> list[int]:
         raise UsageError(f"--seeds {text!r}: expected integers such as 0,1,2") from None
 
 
-def _model_overrides(models: list[str], overrides: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per model, the overrides whose field it has; a key no model has is a UsageError."""
+def _model_overrides(models: list[str], args: argparse.Namespace) -> dict[str, dict[str, Any]]:
+    """Per model, the overrides whose field it has, each ``--set`` typed against that model's field (``_typed``);
+    a key no model has is a UsageError."""
     from adlib.engine import FitConfig
     from adlib.models import config_class
 
+    texts = dict(_parse_override(o) for o in args.overrides)
     fit_fields = {f.name for f in fields(FitConfig)}
-    out, used = {}, set()
-    for model in models:
-        known = fit_fields | {f.name for f in fields(config_class(model))}
-        out[model] = {k: v for k, v in overrides.items() if k in known}
-        used |= set(out[model])
-    unused = sorted(set(overrides) - used)
+    known = {model: fit_fields | {f.name for f in fields(config_class(model))} for model in models}
+    unused = sorted(k for k in texts if not any(k in fields_ for fields_ in known.values()))
     if unused:
         raise UsageError(f"--set: {unused} is a field of none of the models {', '.join(models)}")
+    out = {}
+    for model in models:
+        own = [o for o in args.overrides if _parse_override(o)[0] in known[model]]
+        mine = argparse.Namespace(**{**vars(args), "model": model, "overrides": own})
+        overrides = _overrides(mine)
+        overrides.pop("seed")
+        overrides["progress"] = False  # one bar per model instead of the engine's
+        out[model] = {k: v for k, v in overrides.items() if k in known[model] or k == "progress"}
     return out
 
 
@@ -142,10 +148,7 @@ def run_models(args: argparse.Namespace) -> dict:
     seeds = _seeds(args.seeds)
     if args.examples < 0:
         raise UsageError(f"--examples {args.examples}: expected a number >= 0")
-    overrides = _overrides(args)
-    overrides.pop("seed")
-    overrides["progress"] = False  # one bar per model instead of the engine's
-    per_model = _model_overrides(models, overrides)
+    per_model = _model_overrides(models, args)
     device = _device(args.device)
     sources = [DataSource(data_name, root, c, synthetic=args.data_root is None, mask_threshold=args.mask_threshold)
                for c in categories]
