@@ -21,7 +21,7 @@ from pathlib import Path
 
 
 def data_targets(only: str | None) -> dict[str, list[str]]:
-    targets = {"synthetic_ad": ["--synthetic", "synthetic_ad"]}
+    targets = {"synthetic_ad/capsule": ["--synthetic", "synthetic_ad", "--category", "capsule"]}
     loco = Path(os.environ.get("ADLIB_DATA", "")) / "mvtec_loco_subset"
     if (loco / "juice_bottle").is_dir():
         targets["mvtec_loco_subset/juice_bottle"] = ["--data-root", str(loco), "--category", "juice_bottle"]
