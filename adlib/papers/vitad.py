@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from adlib.engine import FitConfig
 from adlib.papers import peers
-from adlib.study.cost import StructureProbe
+from adlib.study.cost import StructureProbe, augments_in_training
 from adlib.study.spec import (Claim, ExplorerAxis, Floor, NotebookRuns, PaperSpec, ProfileSpec, Recipe, Side, TableSpec,
                               TrainTime, side)
 
@@ -294,7 +294,6 @@ FIGURES = {
 }
 
 # ---------------------------------------------------------------------------------------------- efficiency
-
 # Table XIII's metrics that are GPU measurements (benchmarks/gpu_vitad.py on a lent GPU), with the reason they are
 # not run here; parameters and multiply-adds are counted by adlib.study.cost.architecture_rows.
 GPU_MEASURED = {m: "a GPU measurement (benchmarks/gpu_vitad.py on a lent GPU); not run on this CPU"
@@ -302,7 +301,6 @@ GPU_MEASURED = {m: "a GPU measurement (benchmarks/gpu_vitad.py on a lent GPU); n
 
 
 # -------------------------------------------------------------------------------------------------- claims
-
 
 # When ViTAD counts as working (adlib.study.spec.Floor): above chance on the same images against the peers; for its
 # ablations also half the best other method's mAD on the same images where one ran.
@@ -389,20 +387,14 @@ PROPERTY_COLUMNS = {
 HEAVY_FUSER_SHARE = 0.1
 
 
-def _augments(config) -> bool:
-    """Image or feature augmentation in training: ViTAD's ``augmentation``, UniAD's feature jitter."""
-    return getattr(config, "augmentation", "none") != "none" or (
-        getattr(config, "jitter_scale", 0) > 0 and getattr(config, "jitter_prob", 0) > 0)
-
-
 # How each compared method's structure is read (adlib.study.cost.StructureProbe): what its decoder gives from the
 # encoder features, and (fuser, decoder) modules. UniAD's neck (resize and concatenate the taps) has no
 # parameters; its input projection is one Linear. PatchCore has no decoder: a memory bank of patch embeddings.
 PROBES = {
     "vitad": StructureProbe(lambda m, f: m.forward_features(f)["reconstructions"],
-                            lambda m: ([m.fuser], [m.decoder, m.readouts]), _augments),
-    "rd4ad": StructureProbe(lambda m, f: m.forward_features(f), lambda m: ([m.ocbe], [m.decoder]), _augments),
+                            lambda m: ([m.fuser], [m.decoder, m.readouts]), augments_in_training),
+    "rd4ad": StructureProbe(lambda m, f: m.forward_features(f), lambda m: ([m.ocbe], [m.decoder]), augments_in_training),
     "uniad": StructureProbe(lambda m, f: [m.reconstruct(m.targets(f))], lambda m: (
-        [m.input_proj], [c for n, c in m.named_children() if n not in ("tokenizer", "input_proj")]), _augments),
-    "patchcore": StructureProbe(lambda m, f: [], lambda m: ([], []), _augments),
+        [m.input_proj], [c for n, c in m.named_children() if n not in ("tokenizer", "input_proj")]), augments_in_training),
+    "patchcore": StructureProbe(lambda m, f: [], lambda m: ([], []), augments_in_training),
 }

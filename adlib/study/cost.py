@@ -143,6 +143,13 @@ def model_rows(setting: Setting, method: str, values: Mapping[str, tuple[float, 
                          for metric, (value, note) in values.items()])
 
 
+def augments_in_training(config) -> bool:
+    """Image or feature augmentation in training, read from a model config's fields: an ``augmentation`` other
+    than "none" (ViTAD), or a feature jitter with a positive scale and probability (UniAD)."""
+    return getattr(config, "augmentation", "none") != "none" or (
+        getattr(config, "jitter_scale", 0) > 0 and getattr(config, "jitter_prob", 0) > 0)
+
+
 @dataclass(frozen=True)
 class StructureProbe:
     """How to read one model's structure (a paper file declares one per compared method):
