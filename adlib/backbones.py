@@ -26,7 +26,7 @@ Path checks only (``allow_random_weights(label)``, which ``adlib.study.resolve_s
 profile): pretrained weights that cannot be had are replaced by random ones, the same for every run of the
 process (seeded by the backbone's name), recorded in ``RANDOM_WEIGHTS`` and in ``LOADED_WEIGHTS`` under a name
 that says so. ``memoize_frozen(budget_mb)`` keeps the outputs of frozen extractors with fixed weights per input
-batch in this process (the same network on the same images gives the same features), so a check's grid does
+image in this process (the same network on the same images gives the same features), so a check's grid does
 not recompute a 1024 px ViT for every variant.
 """
 
@@ -221,7 +221,7 @@ def random_weights_label(name: str) -> str:
 
 
 def memoize_frozen(budget_mb: float) -> None:
-    """Keep up to ``budget_mb`` of frozen extractors' outputs (fixed weights, no gradient) per input batch in
+    """Keep up to ``budget_mb`` of frozen extractors' outputs (fixed weights, no gradient) per input image in
     this process; 0 turns it off and drops what is kept."""
     _MEMO["budget"] = float(budget_mb) * 2**20
     if not budget_mb:
@@ -490,20 +490,27 @@ class FeatureExtractor(nn.Module):
         return [(-(-height // s), -(-width // s)) for s in self.strides]
 
     def forward(self, images: torch.Tensor) -> list[torch.Tensor]:
-        key = self._memo_key(images)
-        if key is not None and key in _MEMO["entries"]:
-            return [f.clone() for f in _MEMO["entries"][key]]
+        keys = self._memo_keys(images)
+        if keys is None:
+            return self._forward(images)
+        entries = _MEMO["entries"]
+        if all(key in entries for key in keys):  # every image of the batch seen before, in whatever batch
+            return [torch.stack([entries[key][level] for key in keys]) for level in range(len(entries[keys[0]]))]
         features = self._forward(images)
-        if key is not None:
-            size = sum(f.numel() * f.element_size() for f in features)
-            if _MEMO["bytes"] + size <= _MEMO["budget"]:
-                _MEMO["entries"][key] = [f.detach().clone() for f in features]
+        for index, key in enumerate(keys):
+            kept = [f[index].detach().clone() for f in features]
+            size = sum(f.numel() * f.element_size() for f in kept)
+            if key not in entries and _MEMO["bytes"] + size <= _MEMO["budget"]:
+                entries[key] = kept
                 _MEMO["bytes"] += size
         return features
 
-    def _memo_key(self, images: torch.Tensor) -> tuple | None:
-        """The key of this batch in the frozen-output memo (``memoize_frozen``), or None when it must not be
-        kept: memo off, random weights of a run's own seed, gradients on, or a trainable part (LoRA)."""
+    def _memo_keys(self, images: torch.Tensor) -> list[tuple] | None:
+        """The keys of this batch's images in the frozen-output memo (``memoize_frozen``), one per image, or None
+        when they must not be kept: memo off, random weights of a run's own seed, gradients on, or a trainable
+        part (LoRA). Per image, so that an image evaluated in a batch of 8 is found again when a figure asks for
+        it in a batch of 2 (the memo is for path checks, whose numbers are not results: a batch of features put
+        together from several earlier batches may differ from a fresh batch's in the last bits)."""
         if not _MEMO["budget"] or self.identity is None or torch.is_grad_enabled():
             return None
         if any(p.requires_grad for p in self.parameters()):
@@ -511,8 +518,8 @@ class FeatureExtractor(nn.Module):
         import hashlib
 
         data = images.detach().to("cpu", torch.float32).contiguous()
-        digest = hashlib.sha1(data.numpy().tobytes()).hexdigest()
-        return (self.identity, tuple(images.shape), str(images.device), digest)
+        return [(self.identity, tuple(image.shape), str(images.device), hashlib.sha1(image.numpy().tobytes()).hexdigest())
+                for image in data]
 
     def _forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:

@@ -197,8 +197,16 @@ def test_frozen_outputs_are_kept_per_input_when_the_memo_is_on(monkeypatch):
     with torch.enable_grad():
         extractor(images)  # gradients on: never from the memo
     assert len(calls) == 3
+    pair = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():  # kept per image: each image of a batch is found again alone, and in another batch
+        whole = extractor(pair)
+        alone = extractor(pair[1:])
+        mixed = extractor(torch.cat([pair[1:], images]))
+    assert len(calls) == 4
+    assert all(torch.equal(w[1:], a) for w, a in zip(whole, alone))
+    assert all(torch.equal(m[1], x[0]) for m, x in zip(mixed, a))
     random = backbones.create("resnet18", pretrained=False)  # a run's own random weights: no identity, no memo
-    assert random.identity is None and random._memo_key(images) is None
+    assert random.identity is None and random._memo_keys(images) is None
 
 
 # ------------------------------------------------------------------------------------------------ engine
@@ -242,16 +250,31 @@ def test_check_grid_runs_every_variant_once_and_every_dataset_once(data_root, st
 
     monkeypatch.setattr(grid, "run_one", fake_run_one)
     sources = setting.real_sources()
-    variants = {"a": {}, "b": {"adapter": "lora"}, "m=2": {"m": 2}, "m=3": {"m": 3}}
+    variants = {"a": {}, "b": {"adapter": "lora"}, "m=2": {"m": 2}, "m=3": {"m": 3},
+                "vit": {"backbone": "vit_b16"}, "vit-l": {"backbone": "dinov2_vitl14"}, "cnn": {"backbone": "resnet18"},
+                "c": {"adapter": "resblock"}, "b+c": {"adapter": "lora+resblock"}, "b+x": {"adapter": "lora+linear"}}
     table = study.run_grid(setting, variants, sources, log=lambda *a: None)
     first = sources[0].name
-    assert {label for label, names in tried if names == (first,)} == {"a", "b", "m=2"}
+    # the default ("a": m=4, the DINOv2 ViT-S, the linear adapter) stands for other numbers and other ViTs, and
+    # "lora" with "linear" (a's adapter) and "resblock" for their combinations
+    assert {label for label, names in tried if names == (first,)} == {"a", "b", "cnn", "c"}
     ran_with_a = {names[0] for label, names in tried if label == "a"}
     assert ran_with_a == {"MVTec AD/bottle", "VisA/candle", "BTAD/01", "DTD-Synthetic/Blotchy_099"}
     assert not any(label != "a" and names[0] != first for label, names in tried)
     notes = table.drop_duplicates(["dataset", "setting"]).set_index(["dataset", "setting"])["note"]
     assert notes[("VisA/capsules", "a")] == grid.ONE_CATEGORY and notes[("VisA/candle", "b")] == grid.COVERING
-    assert notes[(first, "m=3")] == grid.SAME_CODE.format(label="m=2")  # same code, other numbers (CPU)
+    assert notes[(first, "m=3")] == grid.SAME_CODE.format(label="a")  # same code, other numbers (CPU)
+    assert notes[(first, "vit-l")] == grid.SAME_CODE.format(label="a")  # another ViT: the same extractor code
+    assert notes[(first, "b+c")] == grid.COMBINED.format(labels="b, c")
+    assert notes[(first, "b+x")] == grid.COMBINED.format(labels="b, a")
+    # of the same code, the default configuration runs (other notebooks run it: a run-cache hit), wherever it is
+    later = grid.same_code_as(setting, {"m=1": {"m": 1}, "m=4": {"m": 4}, "vit-b": {"backbone": "vit_b16"},
+                                        "vit-s": {"backbone": "dinov2_vits14"}})
+    assert later == {"m=1": grid.SAME_CODE.format(label="m=4"), "vit-b": grid.SAME_CODE.format(label="m=4"),
+                     "vit-s": grid.SAME_CODE.format(label="m=4")}
+    tried.clear()  # the grid's first variant left out as the same code as the default: the default reads the rest
+    study.run_grid(setting, {"vit-b": {"backbone": "vit_b16"}, "a": {}}, sources, log=lambda *a: None)
+    assert {label for label, _ in tried} == {"a"} and {names[0] for _, names in tried} == ran_with_a
     tried.clear()
     study.run_grid(dataclasses.replace(setting, device="cuda"), variants, sources[:1], log=lambda *a: None)
     assert {label for label, _ in tried} == set(variants)  # a GPU check runs every variant
@@ -293,6 +316,16 @@ def test_check_fits_each_data_source_once_per_check_run(data_root, standin_root,
     grid._CHECK_FITTED.clear()  # another notebook of the same check run: a new process, the same results folder
     study.run_grid(setting, {"other": {"m": 2}}, sources, log=lambda *a: None)
     assert fitted == [("other", sources[0].name)]  # the other sources ran in this check run already
+    fitted.clear()
+    grid._CHECK_FITTED.clear()
+    study.run_grid(setting, {"p": {}}, sources, models=("patchcore",), log=lambda *a: None)
+    assert fitted == [("p", sources[0].name)]  # whatever model read them: their readers ran
+    grid._CHECK_FITTED.clear()
+    (tmp_path / "results" / "paper-check" / grid.CHECK_FITTED_FILE).write_text(
+        '[["mambaad", ["VisA/candle", "VisA/capsules"]]]')  # read in a multi-class group
+    fitted.clear()
+    study.run_grid(setting, {"q": {}}, [sources[0], *(s for s in sources if s.dataset == "VisA")], log=lambda *a: None)
+    assert fitted == [("q", sources[0].name)]
     (tmp_path / "results" / "paper-check" / grid.CHECK_FITTED_FILE).unlink()  # what `reproduce --check` does first
     fitted.clear()
     study.run_grid(setting, {"other": {"m": 2}}, sources, log=lambda *a: None)
@@ -397,3 +430,36 @@ def test_the_paper_profile_never_writes_over_the_printed_numbers(tmp_path, capsy
     assert reproduce._main(args, reproduce.config_from_args(args)) == 0
     out = capsys.readouterr().out
     assert "profile paper-check" in out and "varad/02_main_results" in out
+
+
+def test_speed_rows_leave_out_what_a_cpu_check_runs_as_the_same_code(data_root, monkeypatch, tmp_path):
+    from adlib.study import cost
+
+    measured = []
+    monkeypatch.setattr(cost, "speed", lambda setting, model, images=1, **o: measured.append(o["backbone"]) or
+                        {"params_m": 1.0, "flops_g": 2.0, "fps": 3.0})
+    variants = {"b16": {"backbone": "vit_b16"}, "l14": {"backbone": "dinov2_vitl14"}, "r18": {"backbone": "resnet18"}}
+    check = study.resolve_setting(VARAD, profile="paper-check", data_root=data_root, synthetic=False,
+                                  output_root=tmp_path)
+    rows = study.speed_rows(check, "varad", variants)
+    assert measured == ["vit_b16", "resnet18"] and len(rows) == 9
+    left_out = rows[rows["setting"] == "l14"]
+    assert left_out["value"].isna().all() and (left_out["note"] == grid.SAME_CODE.format(label="b16")).all()
+    assert set(rows.loc[rows["setting"] == "r18", "value"]) == {1.0, 2.0, 3.0}
+    measured.clear()
+    rows = study.speed_rows(dataclasses.replace(check, device="cuda"), "varad", variants)  # a GPU check: all
+    assert measured == ["vit_b16", "dinov2_vitl14", "resnet18"] and rows["value"].notna().all()
+
+
+def test_check_runs_that_differ_only_in_a_batch_larger_than_the_data_share_one_fit(data_root, monkeypatch, tmp_path):
+    monkeypatch.setenv("ADLIB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("ADLIB_RUN_CACHE", "1")
+    setting = study.resolve_setting(VARAD, profile="paper-check", data_root=data_root, synthetic=False,
+                                    output_root=tmp_path, image_size=112)
+    source = setting.real_sources()[0]
+    first = study.run_one(setting, [source], "varad", "batch 8", batch_size=8)
+    again = study.run_one(setting, [source], "varad", "batch 2", batch_size=2)  # 2 training images: the same batch
+    other = study.run_one(setting, [source], "varad", "batch 1", batch_size=1)
+    assert first.fit_config.batch_size == 2 and first.fit_from == "trained"
+    assert again.fit_from == "cache" and again.evaluation_from == "cache"
+    assert other.fit_config.batch_size == 1 and other.fit_from == "trained"

@@ -198,11 +198,12 @@ def test_killed_run_leaves_no_partial_files(tmp_path):
     assert not index.is_current(job), "a killed notebook is not skipped by --resume"
 
 
-def test_time_budget_defers_notebooks_instead_of_failing(tmp_path):
+def test_time_budget_defers_notebooks_and_the_run_does_not_pass(tmp_path):
     config = _config(tmp_path, papers=["demo"], time_budget=0)
     summary = reproduce.reproduce(config, stream=io.StringIO())
     assert [o.status for o in summary.outcomes] == ["deferred", "deferred"] and not summary.failed
-    assert "2 not started (time budget spent" in summary.text()
+    assert not summary.ok  # not started is a defect, never a pass (the command exits 1)
+    assert "2 not started (time budget spent" in summary.text() and "Not a pass" in summary.text()
     assert not (config.executed_dir / "demo").exists()
 
 

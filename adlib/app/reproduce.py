@@ -94,7 +94,7 @@ class ReproduceConfig:
     device: str | None = None  # None: the profile's device
     seed: int = 0
     cell_timeout: float | None = None
-    time_budget: float | None = None  # seconds; notebooks not started by then are deferred, not failed
+    time_budget: float | None = None  # seconds; notebooks not started by then are deferred (the run does not pass)
     report: bool = True
     # More notebook parameters (``-p NAME VALUE``), passed to every selected notebook; each must be declared
     # in the notebook's parameters cell, like the standard ones.
@@ -647,15 +647,22 @@ class Summary:
         return [o for o in self.outcomes if o.status == "failed"]
 
     @property
+    def deferred(self) -> list[Outcome]:
+        return [o for o in self.outcomes if o.status == "deferred"]
+
+    @property
     def ok(self) -> bool:
-        return bool(self.outcomes) and not self.failed
+        """Every notebook ran (or was unchanged): a notebook the time budget left not started is a defect of the
+        run (the collection is incomplete), never a pass."""
+        return bool(self.outcomes) and not self.failed and not self.deferred
 
     def text(self) -> str:
         counts = {s: sum(o.status == s for o in self.outcomes) for s in ("ok", "skipped", "failed", "deferred")}
         lines = [f"{len(self.outcomes)} notebooks in {_duration(self.seconds)}: "
                  f"{counts['ok']} ran ok, {counts['skipped']} unchanged (skipped), {counts['failed']} failed"]
         if counts["deferred"]:
-            lines[0] += f", {counts['deferred']} not started (time budget spent; run again with --resume)"
+            lines[0] += (f", {counts['deferred']} not started (time budget spent; run again with --resume). "
+                         "Not a pass: the collection is incomplete")
         if self.check:
             lines.insert(0, self.check)
             lines.append("time per notebook (path check):")
@@ -765,7 +772,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "value must be of its type (e.g. -p seeds 0,1,2), checked before the kernel starts")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="start no notebook after this many seconds (CI); the rest are listed as not started")
+                        help="start no notebook after this many seconds (CI); the rest are listed as not started, and the "
+                             "run does not pass")
     parser.add_argument("--notebooks", type=Path, default=None,
                         help="notebook folder (default: notebooks/ of the repository)")
     parser.add_argument("--output-root", type=Path, default=None,

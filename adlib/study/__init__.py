@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from adlib.study import claims
 from adlib.study.choices import open_choices
-from adlib.study.cost import backbone_params_m, cost_rows, count_params, flops_g, speed
+from adlib.study.cost import backbone_params_m, cost_rows, count_params, flops_g, speed, speed_rows
 from adlib.study.examples import example_maps, examples_by_source, peak_hits, pick_examples
 from adlib.study.grid import QUALITY_METRICS, Run, build, configs, model_backbone, run_grid, run_one, try_run
 from adlib.study.parameters import check_parameters
@@ -34,6 +34,6 @@ __all__ = [
     "TableSpec", "backbone_params_m", "best", "build", "claims", "comparability", "configs", "cost_rows", "count_params",
     "dataset_labels", "dataset_means", "dataset_table", "datasets_for", "example_maps", "examples_by_source",
     "flops_g", "model_backbone", "open_choices", "paper_category_counts", "paper_vs_ours", "peak_hits", "pick_examples", "pivot",
-    "resolve_setting", "run_grid", "run_one", "try_run", "seed_summary", "side_by_side", "speed", "spread", "tap_subsets", "test_indices",
+    "resolve_setting", "run_grid", "run_one", "try_run", "seed_summary", "side_by_side", "speed", "speed_rows", "spread", "tap_subsets", "test_indices",
     "trend",
 ]

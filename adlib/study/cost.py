@@ -73,12 +73,36 @@ def speed(setting: Setting, model: str | None = None, images: int = 2, image_siz
 
         engine.calibrate(net, [torch.rand(3, size, size) for _ in range(2)], device=setting.device)
     with torch.no_grad():
-        net.predict(batch)  # warm-up
+        if setting.check is None:  # a path check's speed is not a result: no warm-up pass
+            net.predict(batch)  # warm-up
         start = time.perf_counter()
         for _ in range(images):
             net.predict(batch)
         seconds = time.perf_counter() - start
     return {"params_m": count_params(net) / 1e6, "flops_g": flops_g(net, size, setting.device), "fps": images / seconds}
+
+
+def speed_rows(setting: Setting, model: str, variants: Mapping[str, Mapping[str, Any]], images: int = 1) -> pd.DataFrame:
+    """``speed`` of each variant (label -> overrides) as long model-level rows ("random weights: cost only").
+    On a CPU path check, a variant that runs the same code as an earlier one (``grid.same_code_as``) is a row
+    with no value and the reason, as in ``run_grid``."""
+    from adlib.study.grid import method_name, model_backbone, same_code_as
+
+    size = int(setting.image_size)
+    left_out = same_code_as(setting, variants, model)
+    rows = []
+    for label, overrides in variants.items():
+        base = {"dataset": "", "method": method_name(setting, model), "setting": label, "level": "model",
+                "backbone": model_backbone(setting, model, overrides), "image_size": size,
+                "data": f"one random {size}px image on {setting.device}"}
+        if label in left_out:
+            rows += [{**base, "metric": metric, "value": float("nan"), "note": left_out[label]}
+                     for metric in ("params_m", "flops_g", "fps")]
+            continue
+        measured = speed(setting, model, images=images, **dict(overrides))
+        rows += [{**base, "metric": metric, "value": value, "note": "random weights: cost only"}
+                 for metric, value in measured.items()]
+    return pd.DataFrame(rows)
 
 
 def cost_rows(run, device: str = "cpu") -> pd.DataFrame:

@@ -391,6 +391,10 @@ def run_one(setting: Setting, sources: DataSource | Sequence[DataSource], model:
     parts, calibration, calibration_note = calibration_plan(net, sources, parts, setting, size)
     train = parts[0][0] if len(parts) == 1 else ConcatDataset([p[0] for p in parts])
     test = parts[0][1] if len(parts) == 1 else {s.category: p[1] for s, p in zip(sources, parts)}
+    if setting.check is not None and weights is None and 0 < len(train) < fit_config.batch_size:
+        # a path check's few training images: a larger batch is a batch of all of them, so runs that differ only
+        # in the batch size (another notebook's recipe) are one computation and share one fit (the run cache)
+        fit_config = replace(fit_config, batch_size=len(train))
     batch = setting.batch_size or fit_config.batch_size
     timing: dict[str, float] = {}
 
@@ -485,16 +489,23 @@ def _levels(metrics: Sequence[str]) -> list[tuple[str, str]]:
     return [("pixel", m) for m in metrics] + [("image", m) for m in metrics if m != "aupro"] + summary
 
 
-# A path check runs every (model, variant) of a grid on the first data source (group) and every other source with
-# the grid's first model and variant only: every model's and variant's code and every dataset's reader run, the
-# grid's repetition does not.
-COVERING = ("path check: every model and variant runs on the grid's first data source and every data source with "
-            "its first model and variant (once per check run); this combination is left out to fit the CPU budget "
-            "(a real run has it)")
-# and, on a CPU, a variant whose overrides differ from an earlier one's only in numbers runs the same code: the
-# earlier one represents it (a GPU check runs it)
-SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers; left out to fit the CPU "
-             "budget (the GPU check, benchmarks/gpu_check.py, and a real run have it)")
+# A path check runs every (model, variant) of a grid on the first data source (group) and every other source once
+# per check run, with the first grid that reaches it (its first model and variant): every model's and variant's code
+# and every dataset's reader run, the grid's repetition does not.
+COVERING = ("path check: every model and variant runs on the grid's first data source, and every data source once "
+            "per check run with the first model and variant that reach it; this combination is left out to fit the "
+            "CPU budget (a real run has it)")
+# and, on a CPU, a variant whose values differ from an earlier one's only in numbers, or in a backbone of the same
+# kind (a ViT for a ViT, a CNN for a CNN: the same extractor code with other sizes; in a check their weights are
+# random anyway), runs the same code: one of them runs (the default configuration, else the first; a GPU check runs
+# them all)
+SAME_CODE = ("path check on a CPU: the same code as variant {label} with other numbers or another backbone of the "
+             "same kind; left out to fit the CPU budget (the GPU check, benchmarks/gpu_check.py, and a real run have "
+             "it)")
+# and a variant whose option combines others ("lora+resblock", "zigzag+hilbert") runs the code of the variants that
+# ran each part
+COMBINED = ("path check on a CPU: combines options that ran as variants {labels}, through the same code; left out "
+            "to fit the CPU budget (the GPU check, benchmarks/gpu_check.py, and a real run have it)")
 # and, in the one-class setting, one category per dataset: the others are read and fitted through the same code
 ONE_CATEGORY = ("path check: one category per dataset runs in the one-class setting (the others go through the same "
                 "reader and code); left out to fit the CPU budget (a real run has it)")
@@ -502,8 +513,12 @@ ONE_CATEGORY = ("path check: one category per dataset runs in the one-class sett
 
 def _code_signature(overrides: Mapping[str, Any]) -> tuple:
     """What of a variant's overrides selects code: the names, and every value that is not a number or a sequence
-    of numbers (strings, flags, None)."""
-    def kind(value):
+    of numbers (strings, flags, None); of a backbone, its kind ("vit", "cnn")."""
+    from adlib import backbones
+
+    def kind(value, key=""):
+        if key == "backbone" and isinstance(value, str) and value in backbones.SPECS:
+            return f"<{backbones.SPECS[value].kind} backbone>"
         if isinstance(value, bool) or value is None or isinstance(value, str):
             return value
         if isinstance(value, (int, float)):
@@ -514,22 +529,67 @@ def _code_signature(overrides: Mapping[str, Any]) -> tuple:
             return _code_signature(value)
         return repr(value)
 
-    return tuple(sorted((key, kind(value)) for key, value in overrides.items()))
+    return tuple(sorted((key, kind(value, key)) for key, value in overrides.items()))
 
 
-def _represented(setting: Setting, variants: Mapping[str, Mapping[str, Any]]) -> dict[str, str]:
-    """On a CPU path check: label -> the earlier variant that runs the same code (see ``SAME_CODE``)."""
+def _resolved(setting: Setting, model: str, overrides: Mapping[str, Any], keys) -> dict[str, Any]:
+    """The values a run of ``model`` gets for ``keys`` under these overrides: the resolved model or engine
+    config's, so that a default variant ({}) is compared with the others on the same fields."""
+    try:
+        model_config, fit_config = configs(setting, model, **dict(overrides))
+    except Exception:  # a variant that cannot be built here: compare its overrides as given
+        return dict(overrides)
+    out = {}
+    for key in keys:
+        owner = next((c for c in (model_config, fit_config) if hasattr(c, key)), None)
+        out[key] = getattr(owner, key) if owner is not None else overrides.get(key)
+    return out
+
+
+def same_code_as(setting: Setting, variants: Mapping[str, Mapping[str, Any]],
+                 model: str | None = None) -> dict[str, str]:
+    """On a CPU path check: label -> why the variant is left out: it runs the same code as another variant of
+    ``model`` (``SAME_CODE``) or combines options that other variants ran (``COMBINED``). Of variants that run the
+    same code, the one with the default configuration runs (other notebooks run it too: often a run-cache hit),
+    else the first. Empty elsewhere."""
     if setting.check is None or not str(setting.device).startswith("cpu"):
         return {}
-    first: dict[tuple, str] = {}
+    model = model or setting.paper.method
+    keys = list(dict.fromkeys(key for overrides in variants.values() for key in overrides))
+    resolved = {label: _resolved(setting, model, overrides, keys) for label, overrides in variants.items()}
+    default = _resolved(setting, model, {}, keys)
+    runs: dict[tuple, str] = {}  # code signature -> the variant that runs it
+    defaults = [label for label, values in resolved.items() if values == default][:1]
+    for label, values in resolved.items():
+        runs.setdefault(_code_signature(values), label)
+    for label in defaults:
+        runs[_code_signature(resolved[label])] = label
     out = {}
-    for label, overrides in variants.items():
-        signature = _code_signature(overrides)
-        if signature in first:
-            out[label] = first[signature]
-        else:
-            first[signature] = label
+    for label, values in resolved.items():
+        signature = _code_signature(values)
+        if runs[signature] != label:
+            out[label] = SAME_CODE.format(label=runs[signature])
+            continue
+        parts = _combined_from(values, runs)
+        if parts:
+            out[label] = COMBINED.format(labels=", ".join(parts))
     return out
+
+
+def _combined_from(values: Mapping[str, Any], ran: Mapping[tuple, str]) -> list[str] | None:
+    """The variants that ran each part of ``values``' combined options ("a+b"), the rest the same code; None
+    when there is no combined option or a part has not run."""
+    combined = [key for key, value in values.items() if isinstance(value, str) and "+" in value]
+    if not combined:
+        return None
+    labels = []
+    for key in combined:
+        for part in values[key].split("+"):
+            label = ran.get(_code_signature({**values, key: part}))
+            if label is None:
+                return None
+            labels.append(label)
+    return list(dict.fromkeys(labels))
 
 
 # (model, data source names) a path check has fitted: a later grid's first variant need not read and fit the same
@@ -565,6 +625,11 @@ def _note_fitted(setting: Setting, fitted: tuple[str, tuple[str, ...]]) -> None:
         pass
 
 
+def _check_read(setting: Setting) -> set[str]:
+    """The data sources some fit of this check run has read, alone or in a multi-class group."""
+    return {name for _, names in _check_fitted(setting) for name in names}
+
+
 def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first: bool,
                fitted: tuple[str, tuple[str, ...]]) -> str | None:
     """Why a path check leaves (model and variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or
@@ -573,7 +638,7 @@ def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first
         return None
     if not first_of_dataset[index]:
         return ONE_CATEGORY
-    if index > 0 and (not first or fitted in _check_fitted(setting)):
+    if index > 0 and (not first or set(fitted[1]) <= _check_read(setting)):
         return COVERING
     return None
 
@@ -633,8 +698,9 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
         return _absent(setting, models, variants, seeds, class_setting, protocols, missing, metrics, log)
     rows: list[dict] = []
     groups = _groups(sources, class_setting)
-    first_variant = next(iter(variants))
-    represented = _represented(setting, variants)
+    same_code = {model: same_code_as(setting, variants, model) for model in models}
+    # the first variant that runs (a CPU check may leave out the grid's first as the same code as another)
+    first_variant = next((label for label in variants if label not in same_code[models[0]]), next(iter(variants)))
     seen: set = set()
     first_of_dataset = []  # per group: the first group of its dataset (path checks run only those one-class)
     for group in groups:
@@ -660,8 +726,8 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                     fitted = (model, tuple(s.name for s in group))
                     reason = skip.get(label) or _check_cut(setting, index, first_of_dataset,
                                                            label == first_variant and model == models[0], fitted)
-                    if reason is None and label in represented:
-                        reason = SAME_CODE.format(label=represented[label])
+                    if reason is None and label in same_code[model]:
+                        reason = same_code[model][label]
                     run = None
                     if reason is None:
                         try:
