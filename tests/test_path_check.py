@@ -463,3 +463,18 @@ def test_check_runs_that_differ_only_in_a_batch_larger_than_the_data_share_one_f
     assert first.fit_config.batch_size == 2 and first.fit_from == "trained"
     assert again.fit_from == "cache" and again.evaluation_from == "cache"
     assert other.fit_config.batch_size == 1 and other.fit_from == "trained"
+
+
+def test_a_cpu_check_runs_two_notebooks_at_a_time_unless_told(monkeypatch):
+    import argparse
+
+    from adlib.app import reproduce
+
+    parser = argparse.ArgumentParser()
+    reproduce.add_arguments(parser)
+    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 2)
+    jobs = lambda *argv: reproduce.config_from_args(parser.parse_args(["--profile", "paper", *argv])).jobs
+    assert jobs("--check") == 2 and jobs() == 1 and jobs("--check", "--jobs", "1") == 1
+    assert jobs("--check", "--device", "cuda") == 1
+    monkeypatch.setattr(reproduce.os, "cpu_count", lambda: 1)
+    assert jobs("--check") == 1

@@ -757,7 +757,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="skip notebooks whose content, parameters, adlib code and data are unchanged "
                              "since their last successful run")
-    parser.add_argument("--jobs", type=int, default=1, help="notebooks executed at the same time")
+    parser.add_argument("--jobs", type=int, default=None,
+                        help="notebooks executed at the same time (default 1; a --check on a CPU: 2 where there are "
+                             "2 cores or more, each kernel with half of them)")
     parser.add_argument("--executor", choices=sorted(EXECUTORS), default="local",
                         help="local: in this process; dask: on an existing Dask cluster (--scheduler)")
     parser.add_argument("--scheduler", metavar="ADDRESS", help="Dask scheduler address for --executor dask")
@@ -792,12 +794,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
+    check = bool(getattr(args, "check", False))
+    jobs = args.jobs
+    if jobs is None:  # a path check's notebooks are small CPU runs: two at a time overlap their single-threaded parts
+        on_cpu = not str(getattr(args, "device", None) or "cpu").startswith("cuda")
+        jobs = min(2, os.cpu_count() or 1) if check and on_cpu else 1
     config = ReproduceConfig(
-        profile=args.profile, papers=args.papers, only=args.only, resume=args.resume, jobs=args.jobs,
+        profile=args.profile, papers=args.papers, only=args.only, resume=args.resume, jobs=jobs,
         executor=args.executor, scheduler=args.scheduler, data_root=args.data_root, device=args.device,
         seed=args.seed, cell_timeout=args.cell_timeout, time_budget=args.time_budget, report=not args.no_report,
         parameters={name.replace("-", "_"): _literal(value) for name, value in getattr(args, "parameters", [])},
-        check=bool(getattr(args, "check", False)),
+        check=check,
     )
     if args.notebooks is not None:
         config.notebook_root = args.notebooks
