@@ -518,8 +518,8 @@ class FeatureExtractor(nn.Module):
         import hashlib
 
         data = images.detach().to("cpu", torch.float32).contiguous()
-        return [(self.identity, tuple(image.shape), str(images.device), hashlib.sha1(image.numpy().tobytes()).hexdigest())
-                for image in data]
+        return [(self.identity, tuple(image.shape), str(images.device),
+                 hashlib.sha1(image.numpy().tobytes()).hexdigest()) for image in data]
 
     def _forward(self, images: torch.Tensor) -> list[torch.Tensor]:
         if images.ndim != 4 or images.shape[1] != 3:

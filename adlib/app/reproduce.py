@@ -774,8 +774,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "value must be of its type (e.g. -p seeds 0,1,2), checked before the kernel starts")
     parser.add_argument("--cell-timeout", type=float, default=None, help="seconds a cell may run (default: no limit)")
     parser.add_argument("--time-budget", type=float, default=None, metavar="SECONDS",
-                        help="start no notebook after this many seconds (CI); the rest are listed as not started, and the "
-                             "run does not pass")
+                        help="start no notebook after this many seconds (CI); the rest are listed as not started, "
+                             "and the run does not pass")
     parser.add_argument("--notebooks", type=Path, default=None,
                         help="notebook folder (default: notebooks/ of the repository)")
     parser.add_argument("--output-root", type=Path, default=None,

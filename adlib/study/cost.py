@@ -82,7 +82,8 @@ def speed(setting: Setting, model: str | None = None, images: int = 2, image_siz
     return {"params_m": count_params(net) / 1e6, "flops_g": flops_g(net, size, setting.device), "fps": images / seconds}
 
 
-def speed_rows(setting: Setting, model: str, variants: Mapping[str, Mapping[str, Any]], images: int = 1) -> pd.DataFrame:
+def speed_rows(setting: Setting, model: str, variants: Mapping[str, Mapping[str, Any]],
+               images: int = 1) -> pd.DataFrame:
     """``speed`` of each variant (label -> overrides) as long model-level rows ("random weights: cost only").
     On a CPU path check, a variant that runs the same code as an earlier one (``grid.same_code_as``) is a row
     with no value and the reason, as in ``run_grid``."""
