@@ -559,11 +559,11 @@ def same_code_as(setting: Setting, variants: Mapping[str, Mapping[str, Any]],
     resolved = {label: _resolved(setting, model, overrides, keys) for label, overrides in variants.items()}
     default = _resolved(setting, model, {}, keys)
     runs: dict[tuple, str] = {}  # code signature -> the variant that runs it
-    defaults = [label for label, values in resolved.items() if values == default][:1]
     for label, values in resolved.items():
         runs.setdefault(_code_signature(values), label)
-    for label in defaults:
-        runs[_code_signature(resolved[label])] = label
+    default_label = next((label for label, values in resolved.items() if values == default), None)
+    if default_label is not None:
+        runs[_code_signature(default)] = default_label
     out = {}
     for label, values in resolved.items():
         signature = _code_signature(values)
@@ -631,14 +631,14 @@ def _check_read(setting: Setting) -> set[str]:
 
 
 def _check_cut(setting: Setting, index: int, first_of_dataset: list[bool], first: bool,
-               fitted: tuple[str, tuple[str, ...]]) -> str | None:
+               names: tuple[str, ...]) -> str | None:
     """Why a path check leaves (model and variant, group ``index``) out (``ONE_CATEGORY``, ``COVERING``), or
     None; ``first``: the grid's first model and variant."""
     if setting.check is None:
         return None
     if not first_of_dataset[index]:
         return ONE_CATEGORY
-    if index > 0 and (not first or set(fitted[1]) <= _check_read(setting)):
+    if index > 0 and (not first or set(names) <= _check_read(setting)):
         return COVERING
     return None
 
@@ -725,7 +725,7 @@ def run_grid(setting: Setting, variants: Mapping[str, Mapping[str, Any]] | None 
                         continue
                     fitted = (model, tuple(s.name for s in group))
                     reason = skip.get(label) or _check_cut(setting, index, first_of_dataset,
-                                                           label == first_variant and model == models[0], fitted)
+                                                           label == first_variant and model == models[0], fitted[1])
                     if reason is None and label in same_code[model]:
                         reason = same_code[model][label]
                     run = None
